@@ -1,0 +1,95 @@
+"""Module: the base of every layer. Finds its parameters and sub-modules by walking attributes (lists of modules
+included, as the seed's `self.blocks = [...]`), names them by attribute path, and saves and loads their values."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Iterator, Mapping
+
+import numpy as np
+
+from graphgpt.ir.types import canonical_dtype
+
+from ..tensor import Parameter, Tensor
+from ..tracing import module_scope
+
+
+class Module:
+    """Subclass it, set Parameters and sub-Modules as attributes in __init__, and write forward()."""
+
+    def __call__(self, *args, **kwargs):
+        with module_scope(self):
+            return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} must define forward()")
+
+    def _children(self) -> Iterator[tuple[str, object]]:
+        """(name, Parameter or Module) in attribute order; list and tuple items are named by index."""
+        for name, attribute in vars(self).items():
+            if isinstance(attribute, (Parameter, Module)):
+                yield name, attribute
+            elif isinstance(attribute, (list, tuple)):
+                for index, item in enumerate(attribute):
+                    if isinstance(item, (Parameter, Module)):
+                        yield f"{name}.{index}", item
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
+        """This module (named `prefix`) and every sub-module, depth first, by attribute path."""
+        yield prefix, self
+        for name, child in self._children():
+            if isinstance(child, Module):
+                yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        """(path, parameter) pairs such as ('blocks.0.ln1.gamma', ...); a shared parameter is listed once."""
+        seen: set[int] = set()
+        for module_path, module in self.named_modules(prefix):
+            for name, child in module._children():
+                if isinstance(child, Parameter) and id(child) not in seen:
+                    seen.add(id(child))
+                    yield (f"{module_path}.{name}" if module_path else name), child
+
+    def parameters(self) -> list[Parameter]:
+        return [parameter for _, parameter in self.named_parameters()]
+
+    def to(self, dtype) -> "Module":
+        """Convert every floating-point parameter to `dtype` in place (float64 for gradient checks)."""
+        dtype = canonical_dtype(dtype)
+        for parameter in self.parameters():
+            if parameter.type.is_float:
+                parameter.data = parameter.data.astype(dtype)
+        return self
+
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """A copy of every parameter's values, by name."""
+        return OrderedDict((name, parameter.data.copy()) for name, parameter in self.named_parameters())
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        """Copy values into the parameters in place. Refuses (changing nothing) if any name is missing or extra,
+        or any shape differs, and names every such entry."""
+        parameters = dict(self.named_parameters())
+        missing = [name for name in parameters if name not in state]
+        unexpected = [name for name in state if name not in parameters]
+        mismatched = []
+        for name, parameter in parameters.items():
+            if name in state:
+                shape = np.shape(state[name].data if isinstance(state[name], Tensor) else state[name])
+                if tuple(shape) != parameter.shape:
+                    mismatched.append(f"{name}: expected shape {list(parameter.shape)}, got {list(shape)}")
+        if missing or unexpected or mismatched:
+            parts = []
+            if missing:
+                parts.append(f"missing {missing}")
+            if unexpected:
+                parts.append(f"unexpected {unexpected}")
+            if mismatched:
+                parts.append("mismatched shapes: " + "; ".join(mismatched))
+            raise ValueError(f"cannot load state into {type(self).__name__}: " + ", ".join(parts))
+        for name, parameter in parameters.items():
+            value = state[name]
+            value = value.data if isinstance(value, Tensor) else value
+            parameter.data[...] = np.asarray(value, dtype=parameter.dtype)
+
+    def num_parameters(self) -> int:
+        return sum(parameter.size for parameter in self.parameters())

@@ -1,0 +1,161 @@
+"""graphgpt.Tensor: one class for both worlds. Outside tracing it holds a NumPy array and computes each op at once
+(eager, define-by-run); inside `graphgpt.compile`'s trace the very same methods append graph nodes instead.
+
+Every operator and op method comes from ir.TensorOps (defined once, in the class hierarchy, never patched in);
+this file only says how to run an op eagerly and what a traced tensor refuses to do.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from graphgpt.ir import ShapeError, TensorOps, TensorType, get_op
+from graphgpt.ir.types import canonical_dtype
+
+from .tracing import TraceError, current_provenance, current_trace
+
+
+class Tensor(TensorOps):
+    """A tensor: eager NumPy data, or (during tracing) a symbolic value of the graph being built.
+
+    >>> x = Tensor(np.ones((2, 3), np.float32))
+    >>> (x * 2 + 1).sum().data
+    array(18., dtype=float32)
+    """
+
+    __slots__ = ("_data", "_type", "_traced", "_trace", "requires_grad", "grad", "__weakref__")
+
+    def __init__(self, data, requires_grad: bool = False, dtype=None):
+        if isinstance(data, Tensor):
+            data = data.data
+        array = np.asarray(data, dtype=dtype)
+        canonical_dtype(array.dtype)  # refuses object, complex and other dtypes the IR does not hold
+        self._data: Optional[np.ndarray] = array
+        self._type = TensorType(array.shape, array.dtype)
+        self._traced = None
+        self._trace = None
+        self.requires_grad = requires_grad
+        self.grad: Optional[np.ndarray] = None
+
+    @classmethod
+    def _symbolic(cls, value, trace) -> "Tensor":
+        """A traced tensor standing for graph value `value` of `trace`."""
+        tensor = cls.__new__(cls)
+        tensor._data = None
+        tensor._type = value.type
+        tensor._traced = value
+        tensor._trace = trace
+        tensor.requires_grad = False
+        tensor.grad = None
+        return tensor
+
+    @property
+    def type(self) -> TensorType:
+        return self._type
+
+    @property
+    def is_traced(self) -> bool:
+        return self._traced is not None
+
+    @property
+    def data(self) -> np.ndarray:
+        if self._traced is not None:
+            self._refuse("read .data of")
+        return self._data
+
+    @data.setter
+    def data(self, array) -> None:
+        array = np.asarray(array)
+        if self._traced is not None:
+            self._refuse("assign .data of")
+        self._data = array
+        self._type = TensorType(array.shape, array.dtype)
+
+    def numpy(self) -> np.ndarray:
+        return self.data
+
+    # ---- the two hooks TensorOps needs --------------------------------------------------------------------------
+    def _apply(self, op: str, inputs: tuple, attrs: Optional[dict] = None) -> "Tensor":
+        trace = current_trace()
+        if trace is not None:
+            return Tensor._symbolic(trace.emit(op, inputs, attrs or {}), trace)
+        for tensor in inputs:
+            if tensor._traced is not None:
+                raise TraceError(f"a traced tensor ({tensor._traced.label}) escaped its trace and was used in "
+                                 f"eager code; return it from the traced function instead")
+        op_def = get_op(op)
+        try:
+            checked = op_def.check_attrs(attrs or {})
+            op_def.infer_type([tensor._type for tensor in inputs], checked)
+        except ShapeError as error:
+            raise ShapeError(f"{error}\n  at {current_provenance().describe()}") from None
+        return Tensor(op_def.evaluate([tensor._data for tensor in inputs], checked))
+
+    def _lift(self, array: np.ndarray) -> "Tensor":
+        return Tensor(array)
+
+    # ---- what a traced value cannot do --------------------------------------------------------------------------
+    def _refuse(self, what: str):
+        provenance = current_provenance()
+        where = f"{provenance.filename}:{provenance.lineno}" if provenance.filename else "your code"
+        raise TraceError(
+            f"cannot {what} a traced tensor ({self._traced.label}: {self._type}) at {where}: its value is not "
+            f"known while graphgpt.compile traces the model. A static graph cannot depend on data through Python "
+            f"control flow; use tensor ops instead (for example mask.where(a, b) for an if/else), or run the "
+            f"model eagerly.")
+
+    def __bool__(self) -> bool:
+        if self._traced is not None:
+            self._refuse("use in Python control flow (bool())")
+        return bool(self._data)
+
+    def __float__(self) -> float:
+        if self._traced is not None:
+            self._refuse("convert to float")
+        return float(self._data)
+
+    def __int__(self) -> int:
+        if self._traced is not None:
+            self._refuse("convert to int")
+        return int(self._data)
+
+    def __index__(self) -> int:
+        if self._traced is not None:
+            self._refuse("use as an index")
+        return self._data.__index__()
+
+    def item(self):
+        if self._traced is not None:
+            self._refuse("call .item() on")
+        return self._data.item()
+
+    def __array__(self, dtype=None, copy=None):
+        if self._traced is not None:
+            self._refuse("convert to a NumPy array")
+        return self._data if dtype is None else self._data.astype(dtype)
+
+    def __iter__(self):
+        if self._traced is not None:
+            self._refuse("iterate over")
+        return (Tensor(row) for row in self._data)
+
+    def __repr__(self) -> str:
+        if self._traced is not None:
+            return f"Tensor(traced {self._traced.label}: {self._type})"
+        return f"Tensor({np.array2string(self._data, threshold=20)}, dtype={self._type.dtype})"
+
+
+class Parameter(Tensor):
+    """A Tensor that a Module registers as one of its trainable parameters."""
+
+    __slots__ = ()
+
+    def __init__(self, data, dtype=None):
+        super().__init__(data, requires_grad=True, dtype=dtype)
+
+
+def as_tensor(data) -> Tensor:
+    """A Tensor for `data` (returned as is when it already is one)."""
+    return data if isinstance(data, Tensor) else Tensor(data)

@@ -1,0 +1,139 @@
+"""Tracing state: the active trace (if any), the stack of modules being called, and where the user's code is.
+
+While a `Trace` is active, every Tensor op appends a node to its graph instead of computing. Provenance comes from
+here: the module path of the innermost module being called (`blocks.0.attention.q_proj`), and the first stack
+frame outside graphgpt's own machinery (the model's source line, not Tensor.__add__).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from typing import Optional
+
+from graphgpt import ir
+from graphgpt.ir import GraphBuilder, Provenance, TensorType, Value
+
+
+class TraceError(RuntimeError):
+    """Something a static graph cannot capture was asked for during tracing (for example, Python control flow
+    that depends on a traced value)."""
+
+
+_GRAPHGPT_DIR = os.path.dirname(os.path.abspath(__file__))
+# Frames in these places are machinery; the first frame elsewhere is the user's (or the model's) source line.
+_INTERNAL_DIRS = (os.path.dirname(os.path.abspath(ir.__file__)) + os.sep,)
+_INTERNAL_FILES = {os.path.join(_GRAPHGPT_DIR, name) for name in
+                   ("tensor.py", "tracing.py", "compiler.py", "executor.py",
+                    os.path.join("nn", "module.py"), os.path.join("nn", "functional.py"))}
+
+
+_internal_cache: dict[str, bool] = {}
+
+
+def _is_internal(filename: str) -> bool:
+    known = _internal_cache.get(filename)
+    if known is None:
+        absolute = os.path.abspath(filename)
+        known = _internal_cache[filename] = absolute in _INTERNAL_FILES or absolute.startswith(_INTERNAL_DIRS)
+    return known
+
+
+def user_source_location() -> tuple[str, int]:
+    """(filename, line) of the innermost frame outside graphgpt's machinery."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not _is_internal(filename):
+            return filename, frame.f_lineno
+        frame = frame.f_back
+    return "", 0
+
+
+# ---- module scopes: maintained in eager and traced runs alike, so errors name the module in both -----------------
+
+_module_scopes: list[tuple[dict[int, str], str]] = []  # (path of every module under the root, this module's path)
+
+
+@contextmanager
+def module_scope(module):
+    """Enter `module` for the duration of its forward; the outermost module called is the root (path '')."""
+    if _module_scopes:
+        paths = _module_scopes[-1][0]
+        path = paths.get(id(module), type(module).__name__)
+    else:
+        paths = {id(child): name for name, child in module.named_modules()}
+        path = ""
+    _module_scopes.append((paths, path))
+    try:
+        yield path
+    finally:
+        _module_scopes.pop()
+
+
+def current_module_path() -> str:
+    return _module_scopes[-1][1] if _module_scopes else ""
+
+
+def current_provenance() -> Provenance:
+    filename, lineno = user_source_location()
+    return Provenance(current_module_path(), filename, lineno)
+
+
+# ---- the trace ------------------------------------------------------------------------------------------------
+
+class Trace:
+    """Records Tensor ops into a graph. Parameters are known up front (by id, with their module-path names);
+    any other concrete tensor an op meets becomes a constant node."""
+
+    def __init__(self, named_parameters: list[tuple[str, object]]):
+        self.builder = GraphBuilder(header="traced")
+        self._values_by_tensor_id: dict[int, Value] = {}
+        self._keep_alive: list[object] = []  # ids must not be recycled while the trace maps them
+        for name, parameter in named_parameters:
+            value = self.builder.add_param(name, parameter.type)
+            self._remember(parameter, value)
+
+    def _remember(self, tensor, value: Value) -> None:
+        self._values_by_tensor_id[id(tensor)] = value
+        self._keep_alive.append(tensor)
+
+    def add_input(self, name: str, type: TensorType) -> Value:
+        return self.builder.add_input(name, type)
+
+    def value_of(self, tensor) -> Value:
+        """The graph value of a tensor: its own if traced here, a parameter, or a new constant."""
+        if tensor._traced is not None:
+            if tensor._trace is not self:
+                raise TraceError("a tensor from another trace was used in this one; compute it inside the "
+                                 "traced function instead of keeping it from an earlier compile")
+            return tensor._traced
+        value = self._values_by_tensor_id.get(id(tensor))
+        if value is None:
+            value = self.builder.add_constant(tensor.data, current_provenance())
+            self._remember(tensor, value)
+        return value
+
+    def emit(self, op: str, inputs: tuple, attrs: dict) -> Value:
+        values = [self.value_of(tensor) for tensor in inputs]
+        return self.builder.add_node(op, values, attrs, current_provenance())
+
+    def finish(self, outputs: list) -> ir.Graph:
+        return self.builder.finish([self.value_of(tensor) for tensor in outputs])
+
+
+_active_traces: list[Trace] = []
+
+
+def current_trace() -> Optional[Trace]:
+    return _active_traces[-1] if _active_traces else None
+
+
+@contextmanager
+def tracing(trace: Trace):
+    _active_traces.append(trace)
+    try:
+        yield trace
+    finally:
+        _active_traces.pop()

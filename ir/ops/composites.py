@@ -1,0 +1,81 @@
+"""Composite ops of the GPT: softmax, log_softmax, layer_norm and cross_entropy, each one node with a
+numerically stable NumPy implementation (a decomposition into primitives can be a pass)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ShapeError
+from ..types import INTEGER_DTYPES, TensorType
+from . import attrs as A
+from .registry import OpKind, define_op
+from .rules import check_axis, require_float, same_dtype
+
+
+def _infer_along_axis(x: TensorType, axis: int) -> TensorType:
+    require_float(x)
+    check_axis(x, axis)
+    return x
+
+
+def softmax_reference(x: np.ndarray, axis: int) -> np.ndarray:
+    shifted = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return shifted / np.sum(shifted, axis=axis, keepdims=True)
+
+
+def log_softmax_reference(x: np.ndarray, axis: int) -> np.ndarray:
+    shifted = x - np.max(x, axis=axis, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+
+
+define_op("softmax", kind=OpKind.OPAQUE, arity=1, attrs={"axis": A.INT}, infer=_infer_along_axis,
+          compute=softmax_reference, doc="softmax along one axis, max-shifted for stability")
+define_op("log_softmax", kind=OpKind.OPAQUE, arity=1, attrs={"axis": A.INT}, infer=_infer_along_axis,
+          compute=log_softmax_reference, doc="log of softmax along one axis, computed without overflow")
+
+
+def _infer_layer_norm(x: TensorType, gamma: TensorType, beta: TensorType, eps: float) -> TensorType:
+    require_float(x)
+    same_dtype(x, gamma, beta)
+    if x.rank < 1 or gamma.shape != x.shape[-1:] or beta.shape != x.shape[-1:]:
+        raise ShapeError(f"gamma and beta must have the shape of the last axis of {x}, got {gamma} and {beta}")
+    if not eps > 0:
+        raise ShapeError(f"eps must be positive, got {eps}")
+    return x
+
+
+def layer_norm_reference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> np.ndarray:
+    """(x - mean) / sqrt(biased variance + eps) * gamma + beta over the last axis."""
+    centered = x - np.mean(x, axis=-1, keepdims=True)
+    variance = np.mean(centered * centered, axis=-1, keepdims=True)
+    return centered / np.sqrt(variance + eps) * gamma + beta
+
+
+define_op("layer_norm", kind=OpKind.OPAQUE, arity=3, attrs={"eps": A.FLOAT}, infer=_infer_layer_norm,
+          compute=layer_norm_reference, doc="layer_norm(x, gamma, beta) over the last axis, biased variance")
+
+
+def _infer_cross_entropy(logits: TensorType, targets: TensorType) -> TensorType:
+    require_float(logits)
+    if targets.dtype not in INTEGER_DTYPES:
+        raise ShapeError(f"targets must be integer class indices, got {targets}")
+    if logits.rank < 1 or targets.shape != logits.shape[:-1]:
+        raise ShapeError(f"targets must have the shape of logits without its class axis: logits {logits} "
+                         f"needs targets of shape {list(logits.shape[:-1])}, got {targets}")
+    return TensorType((), logits.dtype)
+
+
+def cross_entropy_reference(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Mean over every position of -log softmax(logits)[target]."""
+    classes = logits.shape[-1]
+    if targets.size and (targets.min() < 0 or targets.max() >= classes):
+        raise IndexError(f"cross_entropy target out of range: targets must lie in 0..{classes - 1}, "
+                         f"got values from {int(targets.min())} to {int(targets.max())}")
+    log_probs = log_softmax_reference(logits, axis=-1)
+    picked = np.take_along_axis(log_probs, targets[..., None], axis=-1)
+    return -np.mean(picked, dtype=logits.dtype)
+
+
+define_op("cross_entropy", kind=OpKind.OPAQUE, arity=2, infer=_infer_cross_entropy,
+          compute=cross_entropy_reference,
+          doc="cross_entropy(logits, targets): mean negative log-likelihood over all positions")

@@ -1,0 +1,116 @@
+"""Elementwise ops: unary maps, broadcasting binary arithmetic, comparisons, where, dtype cast and GELU.
+
+Ops that differ only in their NumPy function are declared from one table row each, so each op still has exactly
+one declaration and adding one is one line.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import ShapeError
+from ..types import TensorType
+from . import attrs as A
+from .registry import OpKind, define_op
+from .rules import broadcast_shapes, broadcast_types, require_float, same_dtype
+
+
+def _float_unary(x: TensorType) -> TensorType:
+    require_float(x)
+    return x
+
+
+def _numeric_unary(x: TensorType) -> TensorType:
+    if x.dtype == "bool":
+        raise ShapeError(f"expected a numeric input, got {x}")
+    return x
+
+
+# name -> (NumPy function, type rule)
+UNARY_OPS = {
+    "neg": (np.negative, _numeric_unary),
+    "exp": (np.exp, _float_unary),
+    "log": (np.log, _float_unary),
+    "tanh": (np.tanh, _float_unary),
+    "sqrt": (np.sqrt, _float_unary),
+}
+for _name, (_function, _infer) in UNARY_OPS.items():
+    define_op(_name, kind=OpKind.ELEMENTWISE, arity=1, infer=_infer, compute=_function,
+              doc=f"elementwise {_function.__name__}")
+
+
+def _numeric_binary(a: TensorType, b: TensorType) -> TensorType:
+    result = broadcast_types(a, b)
+    if result.dtype == "bool":
+        raise ShapeError(f"expected numeric inputs, got {a} and {b}")
+    return result
+
+
+def _float_binary(a: TensorType, b: TensorType) -> TensorType:
+    result = broadcast_types(a, b)
+    require_float(result)
+    return result
+
+
+BINARY_OPS = {
+    "add": (np.add, _numeric_binary),
+    "sub": (np.subtract, _numeric_binary),
+    "mul": (np.multiply, _numeric_binary),
+    "div": (np.divide, _float_binary),  # true division: integer inputs would silently become float64
+    "pow": (np.power, _float_binary),
+    "maximum": (np.maximum, _numeric_binary),
+}
+for _name, (_function, _infer) in BINARY_OPS.items():
+    define_op(_name, kind=OpKind.BROADCAST, arity=2, infer=_infer, compute=_function,
+              doc=f"broadcasting elementwise {_function.__name__}")
+
+
+def _compare(a: TensorType, b: TensorType) -> TensorType:
+    return TensorType(broadcast_types(a, b).shape, "bool")
+
+
+COMPARE_OPS = {
+    "less": np.less,
+    "less_equal": np.less_equal,
+    "greater": np.greater,
+    "greater_equal": np.greater_equal,
+    "equal": np.equal,
+    "not_equal": np.not_equal,
+}
+for _name, _function in COMPARE_OPS.items():
+    define_op(_name, kind=OpKind.BROADCAST, arity=2, infer=_compare, compute=_function,
+              doc=f"broadcasting comparison {_function.__name__}, giving bool")
+
+
+def _infer_where(condition: TensorType, a: TensorType, b: TensorType) -> TensorType:
+    if condition.dtype != "bool":
+        raise ShapeError(f"condition must be bool, got {condition}")
+    return TensorType(broadcast_shapes(condition.shape, a.shape, b.shape), same_dtype(a, b))
+
+
+define_op("where", kind=OpKind.BROADCAST, arity=3, infer=_infer_where, compute=np.where,
+          doc="where(condition, a, b): a where condition holds, else b (broadcasting)")
+
+
+define_op("cast", kind=OpKind.ELEMENTWISE, arity=1, attrs={"dtype": A.DTYPE},
+          infer=lambda x, dtype: TensorType(x.shape, dtype),
+          compute=lambda x, dtype: x.astype(dtype),
+          doc="convert to another dtype")
+
+
+# The seeds' tanh approximation of GELU. Python floats, not NumPy scalars: a float64 NumPy scalar would promote a
+# float32 array to float64 under NumPy 2's rules.
+GELU_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+GELU_CUBIC = 0.044715
+
+
+def gelu_reference(x: np.ndarray) -> np.ndarray:
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), written with z*z*z: float `**` is ~60x slower."""
+    inner = GELU_SQRT_2_OVER_PI * (x + GELU_CUBIC * (x * x * x))
+    return 0.5 * x * (1.0 + np.tanh(inner))
+
+
+define_op("gelu", kind=OpKind.ELEMENTWISE, arity=1, infer=_float_unary, compute=gelu_reference,
+          doc="GELU, tanh approximation (as in the TinyTorch seed)")

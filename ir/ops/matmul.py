@@ -1,0 +1,25 @@
+"""Batched, broadcasting matrix multiplication: (..., n, k) @ (..., k, m) -> (..., n, m)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ShapeError
+from ..types import TensorType
+from .registry import OpKind, define_op
+from .rules import broadcast_shapes, require_float, same_dtype
+
+
+def _infer_matmul(a: TensorType, b: TensorType) -> TensorType:
+    if a.rank < 2 or b.rank < 2:
+        raise ShapeError(f"inputs need at least 2 dimensions, got {a} @ {b}; reshape vectors to matrices")
+    dtype = same_dtype(a, b)
+    require_float(a)
+    if a.shape[-1] != b.shape[-2]:
+        raise ShapeError(f"inner dimensions differ: {a} @ {b} ({a.shape[-1]} != {b.shape[-2]})")
+    batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    return TensorType(batch + (a.shape[-2], b.shape[-1]), dtype)
+
+
+define_op("matmul", kind=OpKind.MATMUL, arity=2, infer=_infer_matmul, compute=np.matmul,
+          doc="batched broadcasting matrix product")

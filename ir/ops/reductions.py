@@ -1,0 +1,42 @@
+"""Reductions over a set of axes, with or without keeping the reduced axes as size 1."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ShapeError
+from ..types import TensorType
+from . import attrs as A
+from .registry import OpKind, define_op
+from .rules import reduced_shape, require_float
+
+REDUCTION_ATTRS = {"axes": A.INTS, "keepdims": A.BOOL}
+
+
+def _infer_sum(x: TensorType, axes, keepdims) -> TensorType:
+    if x.dtype == "bool":
+        raise ShapeError(f"cannot sum a bool input {x}; cast it first")
+    return TensorType(reduced_shape(x, axes, keepdims), x.dtype)
+
+
+def _infer_mean(x: TensorType, axes, keepdims) -> TensorType:
+    require_float(x)
+    return TensorType(reduced_shape(x, axes, keepdims), x.dtype)
+
+
+def _infer_max(x: TensorType, axes, keepdims) -> TensorType:
+    if any(x.shape[axis] == 0 for axis in axes):
+        raise ShapeError(f"max over an empty axis of {x} has no value")
+    return TensorType(reduced_shape(x, axes, keepdims), x.dtype)
+
+
+# dtype=x.dtype: NumPy sums int32 into int64 by default, which would break the declared type.
+define_op("sum", kind=OpKind.REDUCTION, arity=1, attrs=REDUCTION_ATTRS, infer=_infer_sum,
+          compute=lambda x, axes, keepdims: np.sum(x, axis=axes, keepdims=keepdims, dtype=x.dtype),
+          doc="sum over axes")
+define_op("mean", kind=OpKind.REDUCTION, arity=1, attrs=REDUCTION_ATTRS, infer=_infer_mean,
+          compute=lambda x, axes, keepdims: np.mean(x, axis=axes, keepdims=keepdims, dtype=x.dtype),
+          doc="mean over axes")
+define_op("max", kind=OpKind.REDUCTION, arity=1, attrs=REDUCTION_ATTRS, infer=_infer_max,
+          compute=lambda x, axes, keepdims: np.max(x, axis=axes, keepdims=keepdims),
+          doc="maximum over axes")

@@ -1,0 +1,100 @@
+"""The op registry: every op is declared once, here, with everything the system needs to know about it.
+
+An `OpDef` carries
+  - `infer(*input_types, **attrs) -> TensorType`: the result type from input types alone (no data);
+  - `compute(*arrays, **attrs) -> np.ndarray`: the NumPy implementation;
+  - `kind`: its fusion class, after TVM's OpPatternKind;
+  - `attrs`: the attribute names and their kinds (ir/ops/attrs.py), checked wherever a node is made or read;
+  - `vjp`: the gradient rule, written with the op-building API so that the backward pass is IR too (left None
+    until the autodiff work fills it in).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from ..errors import ShapeError
+from ..types import TensorType
+from .attrs import AttrKind
+
+
+class OpKind(enum.Enum):
+    """Fusion class of an op (TVM's OpPatternKind): what a fusion pass may merge it with."""
+
+    ELEMENTWISE = "elementwise"  # same-shape map, one output element per input element
+    BROADCAST = "broadcast"      # elementwise after broadcasting its inputs together
+    INJECTIVE = "injective"      # each output element reads one input element (reshape, transpose, gather)
+    REDUCTION = "reduction"      # reduces one or more axes
+    MATMUL = "matmul"            # contraction; elementwise ops may fuse into its output
+    OPAQUE = "opaque"            # not fused (composites with internal reductions, constants)
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    kind: OpKind
+    arity: int
+    infer: Callable[..., TensorType]
+    compute: Callable[..., Any]
+    attrs: dict[str, AttrKind] = field(default_factory=dict)
+    vjp: Optional[Callable[..., Any]] = None
+    doc: str = ""
+
+    def check_attrs(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        """Canonical attributes, or a ShapeError naming the missing, unknown or malformed one."""
+        missing = sorted(set(self.attrs) - set(attrs))
+        unknown = sorted(set(attrs) - set(self.attrs))
+        if missing or unknown:
+            raise ShapeError(f"{self.name}: expected attributes {sorted(self.attrs)}, "
+                             f"missing {missing}, unknown {unknown}")
+        checked = {}
+        for name, kind in self.attrs.items():
+            try:
+                checked[name] = kind.check(attrs[name])
+            except ShapeError as error:
+                raise ShapeError(f"{self.name}: attribute {name!r}: {error}") from None
+        return checked
+
+    def infer_type(self, input_types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+        """Run the type rule, prefixing any error with the op's name."""
+        if len(input_types) != self.arity:
+            raise ShapeError(f"{self.name} expects {self.arity} inputs, got {len(input_types)}")
+        try:
+            return self.infer(*input_types, **attrs)
+        except ShapeError as error:
+            message = str(error)
+            raise ShapeError(message if message.startswith(self.name) else f"{self.name}: {message}") from None
+
+    def evaluate(self, arrays: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+        """Run the NumPy implementation; always returns an ndarray (NumPy returns scalars for 0-d results)."""
+        return np.asarray(self.compute(*arrays, **attrs))
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def define_op(name: str, *, kind: OpKind, arity: int, infer: Callable[..., TensorType],
+              compute: Callable[..., Any], attrs: Optional[dict[str, AttrKind]] = None,
+              vjp: Optional[Callable[..., Any]] = None, doc: str = "") -> OpDef:
+    """Declare an op. Each name may be declared once.
+
+    >>> define_op("my_negate", kind=OpKind.ELEMENTWISE, arity=1, infer=lambda x: x, compute=np.negative)  # doctest: +SKIP
+    """
+    if name in OPS:
+        raise ValueError(f"op {name!r} is declared twice")
+    op = OpDef(name=name, kind=kind, arity=arity, infer=infer, compute=compute, attrs=dict(attrs or {}),
+               vjp=vjp, doc=doc)
+    OPS[name] = op
+    return op
+
+
+def get_op(name: str) -> OpDef:
+    """The declaration of op `name`, or a ShapeError listing the known ops."""
+    try:
+        return OPS[name]
+    except KeyError:
+        raise ShapeError(f"unknown op {name!r}; known ops: {', '.join(sorted(OPS))}") from None

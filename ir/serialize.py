@@ -1,0 +1,176 @@
+"""JSON save and load of graphs. Loading treats the file as hostile: nothing in it is executed (no pickle), every
+field is checked before use, sizes are bounded, and the result must pass the verifier.
+
+    save_graph(graph, "gpt.json"); same = load_graph("gpt.json")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Union
+
+from .builder import GraphBuilder
+from .errors import GraphError, SerializationError, ShapeError
+from .graph import Graph, Provenance, Value
+from .ops import get_op
+from .types import TensorType
+from .verifier import verify
+
+FORMAT_NAME = "graphgpt-graph"
+FORMAT_VERSION = 1
+MAX_FILE_BYTES = 512 * 1024 * 1024
+MAX_NODES = 1_000_000
+MAX_VALUE_ELEMENTS = 1 << 40  # larger types cannot be meant: refuse before anything allocates for them
+
+
+def _provenance_to_json(provenance: Provenance) -> dict[str, Any]:
+    return {"module_path": provenance.module_path, "filename": provenance.filename, "lineno": provenance.lineno,
+            "differentiates": provenance.differentiates}
+
+
+def graph_to_json(graph: Graph) -> dict[str, Any]:
+    """A JSON-ready dict of the graph."""
+
+    def declared(value: Value) -> dict[str, Any]:
+        return {"id": value.id, "name": value.name, "type": str(value.type)}
+
+    nodes = []
+    for node in graph.nodes:
+        kinds = get_op(node.op).attrs
+        nodes.append({
+            "id": node.output.id,
+            "op": node.op,
+            "inputs": [value.id for value in node.inputs],
+            "attrs": {name: kinds[name].to_json(value) for name, value in node.attrs.items()},
+            "type": str(node.output.type),
+            "provenance": _provenance_to_json(node.provenance),
+        })
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "header": graph.header,
+        "inputs": [declared(value) for value in graph.inputs],
+        "params": [declared(value) for value in graph.params],
+        "nodes": nodes,
+        "outputs": [value.id for value in graph.outputs],
+    }
+
+
+def save_graph(graph: Graph, path: Union[str, os.PathLike]) -> None:
+    """Write the graph as JSON, atomically (a temporary file renamed into place)."""
+    temporary = f"{os.fspath(path)}.tmp"
+    with open(temporary, "w", encoding="utf-8") as file:
+        json.dump(graph_to_json(graph), file, indent=1, allow_nan=False)
+    os.replace(temporary, path)
+
+
+def _expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise SerializationError(message)
+
+
+def _fields(record: Any, where: str, required: dict[str, type]) -> dict[str, Any]:
+    _expect(isinstance(record, dict), f"{where}: expected an object, got {type(record).__name__}")
+    _expect(set(record) == set(required), f"{where}: expected fields {sorted(required)}, got {sorted(record)}")
+    for name, kind in required.items():
+        value = record[name]
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        _expect(ok, f"{where}: field {name!r} must be {getattr(kind, '__name__', kind)}, got {value!r:.80}")
+    return record
+
+
+def _type(text: str, where: str) -> TensorType:
+    try:
+        result = TensorType.parse(text)
+    except (ShapeError, ValueError) as error:
+        raise SerializationError(f"{where}: bad type {text!r:.80}: {error}") from None
+    _expect(result.size <= MAX_VALUE_ELEMENTS, f"{where}: type {text} is absurdly large")
+    return result
+
+
+def graph_from_json(data: Any) -> Graph:
+    """Rebuild and verify a graph from graph_to_json's form; SerializationError says what is wrong and where."""
+    _fields(data, "graph", {"format": str, "version": int, "header": str, "inputs": list, "params": list,
+                            "nodes": list, "outputs": list})
+    _expect(data["format"] == FORMAT_NAME, f"not a graphgpt graph (format {data['format']!r:.80})")
+    _expect(data["version"] == FORMAT_VERSION, f"graph format version {data['version']} is not supported "
+                                               f"(this graphgpt reads version {FORMAT_VERSION})")
+    _expect(len(data["nodes"]) <= MAX_NODES, f"graph has {len(data['nodes'])} nodes, more than {MAX_NODES}")
+    builder = GraphBuilder(header=data["header"])
+    by_id: dict[int, Value] = {}
+
+    def remember(file_id: int, value: Value, where: str) -> None:
+        _expect(file_id not in by_id, f"{where}: id {file_id} is defined twice")
+        by_id[file_id] = value
+
+    try:
+        for kind, records in (("input", data["inputs"]), ("param", data["params"])):
+            for index, record in enumerate(records):
+                where = f"{kind} {index}"
+                _fields(record, where, {"id": int, "name": str, "type": str})
+                _expect(bool(record["name"]), f"{where}: needs a name")
+                add = builder.add_input if kind == "input" else builder.add_param
+                remember(record["id"], add(record["name"], _type(record["type"], where)), where)
+        for index, record in enumerate(data["nodes"]):
+            where = f"node {index}"
+            _fields(record, where, {"id": int, "op": str, "inputs": list, "attrs": dict, "type": str,
+                                    "provenance": dict})
+            where = f"node {index} (id {record['id']}, op {record['op']!r:.40})"
+            op_def = get_op(record["op"])
+            inputs = []
+            for file_id in record["inputs"]:
+                _expect(isinstance(file_id, int) and file_id in by_id,
+                        f"{where}: input {file_id!r:.40} is not defined earlier in the file (unknown id or a cycle)")
+                inputs.append(by_id[file_id])
+            unknown = sorted(set(record["attrs"]) - set(op_def.attrs))
+            _expect(not unknown, f"{where}: unknown attributes {unknown}")
+            attrs = {}
+            for name, kind in op_def.attrs.items():
+                _expect(name in record["attrs"], f"{where}: missing attribute {name!r}")
+                attrs[name] = kind.from_json(record["attrs"][name])
+            source = _fields(record["provenance"], f"{where} provenance",
+                             {"module_path": str, "filename": str, "lineno": int,
+                              "differentiates": (int, type(None))})
+            value = builder.add_node(record["op"], inputs, attrs, Provenance(**source))
+            recorded = _type(record["type"], where)
+            _expect(value.type == recorded, f"{where}: recorded type {recorded} but the rule infers {value.type}")
+            remember(record["id"], value, where)
+        outputs = []
+        for file_id in data["outputs"]:
+            _expect(isinstance(file_id, int) and file_id in by_id, f"output {file_id!r:.40} is not defined")
+            outputs.append(by_id[file_id])
+    except SerializationError:
+        raise
+    except GraphError as error:
+        raise SerializationError(str(error)) from None
+    return verify(builder.finish(outputs))
+
+
+def load_graph(path: Union[str, os.PathLike]) -> Graph:
+    """Read a graph written by save_graph, refusing anything malformed with a SerializationError."""
+    try:
+        size = os.path.getsize(path)
+    except OSError as error:
+        raise SerializationError(f"cannot read graph file {os.fspath(path)!r}: {error.strerror}") from None
+    _expect(size <= MAX_FILE_BYTES, f"graph file is {size} bytes, more than the {MAX_FILE_BYTES} allowed")
+    with open(path, "rb") as file:
+        raw = file.read()
+    return graph_from_text(raw, source=os.fspath(path))
+
+
+def _refuse_constant(name: str):
+    raise SerializationError(f"JSON constant {name} is not allowed in a graph file")
+
+
+def graph_from_text(text: Union[str, bytes], source: str = "<string>") -> Graph:
+    try:
+        data = json.loads(text, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SerializationError(f"{source}: not valid JSON (truncated or corrupt): {error}") from None
+    except RecursionError:
+        raise SerializationError(f"{source}: JSON nested too deeply") from None
+    try:
+        return graph_from_json(data)
+    except SerializationError as error:
+        raise SerializationError(f"{source}: {error}") from None

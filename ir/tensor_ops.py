@@ -1,0 +1,247 @@
+"""The op-building API: Python operators and methods for every op, written once.
+
+`TensorOps` is a mixin. A class that holds a tensor (graphgpt.Tensor, which computes eagerly or emits graph nodes
+while tracing; a symbolic handle the autodiff pass uses to emit backward nodes) supplies three things:
+
+  - `type` (property): its TensorType;
+  - `_apply(op, inputs, attrs)`: run or emit op `op` and wrap the result;
+  - `_lift(array)`: wrap a NumPy array (a Python scalar operand, a constant) as one of its own.
+
+Everything else (broadcasting operands, normalising axes and shapes into the canonical attributes the op
+declarations expect) lives here, so `x * 0.5`, `x.sum(-1, keepdims=True)` or `x[:, -1]` mean the same wherever
+they are written, and gradient rules read like algebra: `(g * b, g * a)`.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from .errors import ShapeError
+from .types import TensorType
+
+Axes = Union[None, int, Sequence[int]]
+
+
+class TensorOps:
+    __slots__ = ()
+    # Let NumPy defer to our reflected operators (`np_array * tensor` calls tensor.__rmul__).
+    __array_priority__ = 1000
+
+    # ---- to be supplied by the concrete class ----------------------------------------------------------------
+    @property
+    def type(self) -> TensorType:
+        raise NotImplementedError
+
+    def _apply(self, op: str, inputs: tuple, attrs: Optional[dict] = None):
+        raise NotImplementedError
+
+    def _lift(self, array: np.ndarray):
+        raise NotImplementedError
+
+    # ---- type facts ---------------------------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.type.shape
+
+    @property
+    def dtype(self) -> str:
+        return self.type.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.type.rank
+
+    @property
+    def size(self) -> int:
+        return self.type.size
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    # ---- operands -----------------------------------------------------------------------------------------------
+    def _operand(self, other):
+        """Turn a Python scalar or array into a tensor of our own kind. A Python scalar takes our dtype (it is
+        'weak', as in NumPy 2, JAX and PyTorch); an array keeps its own, and mismatches are errors, never silent
+        promotions."""
+        if isinstance(other, TensorOps):
+            return other
+        if isinstance(other, (bool, np.bool_)):
+            return self._lift(np.asarray(other, dtype=self.dtype if self.dtype == "bool" else "bool"))
+        if isinstance(other, numbers.Number):
+            if isinstance(other, numbers.Integral) or self.type.is_float:
+                return self._lift(np.asarray(other, dtype=self.dtype))
+            raise ShapeError(f"cannot combine a {self.type} tensor with the float {other!r}; "
+                             f"cast the tensor first with .astype('float32')")
+        return self._lift(np.asarray(other))
+
+    def _binary(self, op: str, other, reverse: bool = False):
+        other = self._operand(other)
+        return self._apply(op, (other, self) if reverse else (self, other))
+
+    # ---- arithmetic ---------------------------------------------------------------------------------------------
+    def __add__(self, other): return self._binary("add", other)
+    def __radd__(self, other): return self._binary("add", other, reverse=True)
+    def __sub__(self, other): return self._binary("sub", other)
+    def __rsub__(self, other): return self._binary("sub", other, reverse=True)
+    def __mul__(self, other): return self._binary("mul", other)
+    def __rmul__(self, other): return self._binary("mul", other, reverse=True)
+    def __truediv__(self, other): return self._binary("div", other)
+    def __rtruediv__(self, other): return self._binary("div", other, reverse=True)
+    def __pow__(self, other): return self._binary("pow", other)
+    def __rpow__(self, other): return self._binary("pow", other, reverse=True)
+    def __matmul__(self, other): return self._binary("matmul", other)
+    def __rmatmul__(self, other): return self._binary("matmul", other, reverse=True)
+    def __neg__(self): return self._apply("neg", (self,))
+
+    # Comparisons give bool tensors. __eq__ stays Python's identity so tensors remain usable as dict keys;
+    # use .equal() for an elementwise comparison.
+    def __lt__(self, other): return self._binary("less", other)
+    def __le__(self, other): return self._binary("less_equal", other)
+    def __gt__(self, other): return self._binary("greater", other)
+    def __ge__(self, other): return self._binary("greater_equal", other)
+    def equal(self, other): return self._binary("equal", other)
+    def not_equal(self, other): return self._binary("not_equal", other)
+
+    def matmul(self, other): return self._binary("matmul", other)
+    def maximum(self, other): return self._binary("maximum", other)
+
+    def where(self, if_true, if_false):
+        """Elementwise select with self as the bool condition: `cond.where(a, b)`."""
+        anchor = next((branch for branch in (if_true, if_false) if isinstance(branch, TensorOps)), None)
+        if anchor is None:
+            raise TypeError("where needs at least one tensor among its two branches")
+        return self._apply("where", (self, anchor._operand(if_true), anchor._operand(if_false)))
+
+    # ---- elementwise maps ---------------------------------------------------------------------------------------
+    def exp(self): return self._apply("exp", (self,))
+    def log(self): return self._apply("log", (self,))
+    def tanh(self): return self._apply("tanh", (self,))
+    def sqrt(self): return self._apply("sqrt", (self,))
+    def gelu(self): return self._apply("gelu", (self,))
+
+    def astype(self, dtype):
+        return self._apply("cast", (self,), {"dtype": dtype})
+
+    # ---- reductions ---------------------------------------------------------------------------------------------
+    def _axes(self, axis: Axes) -> tuple[int, ...]:
+        """None -> every axis; negative axes counted from the end; sorted and unique."""
+        if axis is None:
+            return tuple(range(self.ndim))
+        axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+        normalised = set()
+        for item in axes:
+            if not -self.ndim <= item < self.ndim:
+                raise ShapeError(f"axis {item} is out of range for a tensor of shape {list(self.shape)}")
+            normalised.add(int(item) % self.ndim)
+        return tuple(sorted(normalised))
+
+    def _reduce(self, op: str, axis: Axes, keepdims: bool):
+        return self._apply(op, (self,), {"axes": self._axes(axis), "keepdims": bool(keepdims)})
+
+    def sum(self, axis: Axes = None, keepdims: bool = False): return self._reduce("sum", axis, keepdims)
+    def mean(self, axis: Axes = None, keepdims: bool = False): return self._reduce("mean", axis, keepdims)
+    def max(self, axis: Axes = None, keepdims: bool = False): return self._reduce("max", axis, keepdims)
+
+    # ---- composites ---------------------------------------------------------------------------------------------
+    def _one_axis(self, axis: int) -> int:
+        return self._axes(axis)[0]
+
+    def softmax(self, axis: int = -1): return self._apply("softmax", (self,), {"axis": self._one_axis(axis)})
+    def log_softmax(self, axis: int = -1):
+        return self._apply("log_softmax", (self,), {"axis": self._one_axis(axis)})
+
+    def layer_norm(self, gamma, beta, eps: float = 1e-5):
+        return self._apply("layer_norm", (self, self._operand(gamma), self._operand(beta)), {"eps": float(eps)})
+
+    def cross_entropy(self, targets):
+        """Mean cross-entropy of these logits against integer class targets."""
+        return self._apply("cross_entropy", (self, self._operand(targets)))
+
+    def embedding(self, indices):
+        """Rows of this (num_embeddings, dim) table gathered by integer `indices`."""
+        return self._apply("embedding", (self, self._operand(indices)))
+
+    # ---- shapes -------------------------------------------------------------------------------------------------
+    def reshape(self, *shape):
+        """reshape(2, 3) or reshape((2, 3)); one -1 is inferred from the element count."""
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        shape = [int(dim) for dim in shape]
+        if shape.count(-1) > 1:
+            raise ShapeError(f"reshape to {shape}: at most one dimension may be -1")
+        if -1 in shape:
+            known = int(np.prod([dim for dim in shape if dim != -1], dtype=np.int64))
+            if known == 0 or self.size % known:
+                raise ShapeError(f"cannot reshape shape {list(self.shape)} ({self.size} elements) to {shape}")
+            shape[shape.index(-1)] = self.size // known
+        return self._apply("reshape", (self,), {"shape": tuple(shape)})
+
+    def permute(self, *dims):
+        """Reorder all axes: out.shape[i] = self.shape[dims[i]]."""
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = tuple(dims[0])
+        if len(dims) != self.ndim:
+            raise ShapeError(f"permute needs {self.ndim} axes for shape {list(self.shape)}, got {list(dims)}")
+        perm = tuple(int(d) % self.ndim if -self.ndim <= d < self.ndim else d for d in dims)
+        return self._apply("transpose", (self,), {"perm": perm})
+
+    def transpose(self, dim0: int = -2, dim1: int = -1):
+        """Swap two axes (the last two by default)."""
+        first, second = self._one_axis(dim0), self._one_axis(dim1)
+        perm = list(range(self.ndim))
+        perm[first], perm[second] = perm[second], perm[first]
+        return self._apply("transpose", (self,), {"perm": tuple(perm)})
+
+    def broadcast_to(self, *shape):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return self._apply("broadcast_to", (self,), {"shape": tuple(int(d) for d in shape)})
+
+    def __getitem__(self, index):
+        """Basic indexing: integers, slices with positive steps, `None` and `...`. Emits `slice`, then a
+        `reshape` when integers drop axes or None adds them."""
+        items = index if isinstance(index, tuple) else (index,)
+        if sum(item is Ellipsis for item in items) > 1:
+            raise IndexError("an index can only have a single ellipsis ('...')")
+        if Ellipsis in items:
+            at = items.index(Ellipsis)
+            consumed = sum(item is not None for item in items) - 1
+            items = items[:at] + (slice(None),) * (self.ndim - consumed) + items[at + 1:]
+        if sum(item is not None for item in items) > self.ndim:
+            raise IndexError(f"too many indices for a tensor of shape {list(self.shape)}: {index!r}")
+        slices, result_shape, axis = [], [], 0
+        for item in items:
+            if item is None:
+                result_shape.append(1)
+                continue
+            size = self.shape[axis]
+            if isinstance(item, slice):
+                start, stop, step = item.indices(size)
+                if step < 1:
+                    raise IndexError(f"slice steps must be positive, got {item.step}")
+                stop = max(stop, start)
+                slices.append((start, stop, step))
+                result_shape.append(len(range(start, stop, step)))
+            elif isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+                if not -size <= item < size:
+                    raise IndexError(f"index {item} is out of range for axis {axis} of size {size}")
+                position = int(item) % size
+                slices.append((position, position + 1, 1))
+            else:
+                raise IndexError(f"unsupported index {item!r}: use integers, slices, None and ...; "
+                                 f"gather rows with .embedding(indices)")
+            axis += 1
+        for size in self.shape[axis:]:
+            slices.append((0, size, 1))
+            result_shape.append(size)
+        result = self
+        if any(triple != (0, size, 1) for triple, size in zip(slices, self.shape)):
+            result = self._apply("slice", (self,), {"slices": tuple(slices)})
+        if tuple(result_shape) != result.shape:
+            result = result._apply("reshape", (result,), {"shape": tuple(result_shape)})
+        return result

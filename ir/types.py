@@ -1,0 +1,97 @@
+"""Tensor types of the IR: a static shape and a dtype, with the short spelling the text IR uses (`f32[2,8,64]`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ShapeError
+
+# The dtypes a graph may hold, with the short names the text IR prints.
+SHORT_DTYPE_NAMES = {
+    "float32": "f32",
+    "float64": "f64",
+    "int32": "i32",
+    "int64": "i64",
+    "bool": "bool",
+}
+DTYPE_BY_SHORT_NAME = {short: name for name, short in SHORT_DTYPE_NAMES.items()}
+FLOAT_DTYPES = ("float32", "float64")
+INTEGER_DTYPES = ("int32", "int64")
+
+
+def canonical_dtype(dtype) -> str:
+    """The IR's name for a NumPy dtype, or a clear error for one the IR does not hold.
+
+    >>> canonical_dtype(np.float32), canonical_dtype("i64")
+    ('float32', 'int64')
+    """
+    if isinstance(dtype, str) and dtype in DTYPE_BY_SHORT_NAME:
+        return DTYPE_BY_SHORT_NAME[dtype]
+    try:
+        name = np.dtype(dtype).name
+    except TypeError as error:
+        raise ShapeError(f"unknown dtype {dtype!r}; expected one of {sorted(SHORT_DTYPE_NAMES)}") from error
+    if name not in SHORT_DTYPE_NAMES:
+        raise ShapeError(f"dtype {name} is not supported; expected one of {sorted(SHORT_DTYPE_NAMES)}")
+    return name
+
+
+@dataclass(frozen=True)
+class TensorType:
+    """The static type of an SSA value: shape (a tuple of non-negative ints) and dtype name.
+
+    >>> str(TensorType((2, 8), "float32"))
+    'f32[2,8]'
+    """
+
+    shape: tuple[int, ...]
+    dtype: str
+
+    def __post_init__(self):
+        shape = tuple(self.shape)
+        for dim in shape:
+            if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 0:
+                raise ShapeError(f"shape {shape} must hold non-negative integers")
+        object.__setattr__(self, "shape", tuple(int(dim) for dim in shape))
+        object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
+
+    @classmethod
+    def of(cls, array) -> "TensorType":
+        """The type of a NumPy array (or anything np.asarray accepts)."""
+        array = np.asarray(array)
+        return cls(array.shape, array.dtype)
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.numpy_dtype.itemsize
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in FLOAT_DTYPES
+
+    def __str__(self) -> str:
+        return f"{SHORT_DTYPE_NAMES[self.dtype]}[{','.join(str(d) for d in self.shape)}]"
+
+    @classmethod
+    def parse(cls, text: str) -> "TensorType":
+        """Inverse of str(): 'f32[2,8]' -> TensorType((2, 8), 'float32')."""
+        short, _, rest = text.partition("[")
+        if not rest.endswith("]") or short not in DTYPE_BY_SHORT_NAME:
+            raise ShapeError(f"cannot parse tensor type {text!r}; expected e.g. 'f32[2,8]'")
+        dims = rest[:-1]
+        shape = tuple(int(d) for d in dims.split(",")) if dims else ()
+        return cls(shape, DTYPE_BY_SHORT_NAME[short])
