@@ -206,10 +206,11 @@ class TensorOps:
         """Basic indexing: integers, slices with positive steps, `None` and `...`. Emits `slice`, then a
         `reshape` when integers drop axes or None adds them."""
         items = index if isinstance(index, tuple) else (index,)
-        if sum(item is Ellipsis for item in items) > 1:
+        ellipses = [position for position, item in enumerate(items) if item is Ellipsis]
+        if len(ellipses) > 1:
             raise IndexError("an index can only have a single ellipsis ('...')")
-        if Ellipsis in items:
-            at = items.index(Ellipsis)
+        if ellipses:
+            at = ellipses[0]
             consumed = sum(item is not None for item in items) - 1
             items = items[:at] + (slice(None),) * (self.ndim - consumed) + items[at + 1:]
         if sum(item is not None for item in items) > self.ndim:

@@ -1,0 +1,15 @@
+"""Installed names: graphgpt, graphgpt.ir and graphgpt.passes, with no bare `ir` or `passes` package."""
+
+import importlib.util
+from pathlib import Path
+
+import graphgpt
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ir_and_passes_install_under_graphgpt():
+    assert Path(graphgpt.ir.__file__).resolve() == ROOT / "ir" / "__init__.py"
+    assert Path(graphgpt.passes.__file__).resolve() == ROOT / "passes" / "__init__.py"
+    assert importlib.util.find_spec("ir") is None
+    assert importlib.util.find_spec("passes") is None
