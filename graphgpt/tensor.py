@@ -1,6 +1,9 @@
 """graphgpt.Tensor: one class for both worlds. Outside tracing it holds a NumPy array and computes each op at once
 (eager, define-by-run); inside `graphgpt.compile`'s trace the very same methods append graph nodes instead.
 
+Eagerly, an op whose inputs need gradients is recorded on a tape (the result's `_creator`); `loss.backward()` walks
+that tape with the same chain rule and gradient rules the autodiff pass uses to emit the backward graph.
+
 Every operator and op method comes from ir.TensorOps (defined once, in the class hierarchy, never patched in);
 this file only says how to run an op eagerly and what a traced tensor refuses to do.
 """
@@ -12,9 +15,10 @@ from typing import Optional
 import numpy as np
 
 from graphgpt.ir import ShapeError, TensorOps, TensorType, get_op
+from graphgpt.ir.chain_rule import Application, backpropagate
 from graphgpt.ir.types import canonical_dtype
 
-from .tracing import TraceError, current_provenance, current_trace
+from .tracing import TraceError, current_provenance, current_trace, grad_enabled, no_grad
 
 
 class Tensor(TensorOps):
@@ -25,7 +29,7 @@ class Tensor(TensorOps):
     array(18., dtype=float32)
     """
 
-    __slots__ = ("_data", "_type", "_traced", "_trace", "requires_grad", "grad", "__weakref__")
+    __slots__ = ("_data", "_type", "_traced", "_trace", "_creator", "requires_grad", "grad", "__weakref__")
 
     def __init__(self, data, requires_grad: bool = False, dtype=None):
         if isinstance(data, Tensor):
@@ -36,6 +40,7 @@ class Tensor(TensorOps):
         self._type = TensorType(array.shape, array.dtype)
         self._traced = None
         self._trace = None
+        self._creator: Optional[Application] = None  # the tape entry that computed this tensor
         self.requires_grad = requires_grad
         self.grad: Optional[np.ndarray] = None
 
@@ -47,6 +52,7 @@ class Tensor(TensorOps):
         tensor._type = value.type
         tensor._traced = value
         tensor._trace = trace
+        tensor._creator = None
         tensor.requires_grad = False
         tensor.grad = None
         return tensor
@@ -91,10 +97,56 @@ class Tensor(TensorOps):
             op_def.infer_type([tensor._type for tensor in inputs], checked)
         except ShapeError as error:
             raise ShapeError(f"{error}\n  at {current_provenance().describe()}") from None
-        return Tensor(op_def.evaluate([tensor._data for tensor in inputs], checked))
+        result = Tensor(op_def.evaluate([tensor._data for tensor in inputs], checked))
+        if result._type.is_float and grad_enabled() and any(tensor.requires_grad for tensor in inputs):
+            result.requires_grad = True
+            result._creator = Application(op, checked, tuple(inputs), result)
+        return result
 
     def _lift(self, array: np.ndarray) -> "Tensor":
         return Tensor(array)
+
+    # ---- eager backward ------------------------------------------------------------------------------------------
+    def backward(self) -> None:
+        """Fill `.grad` of every leaf tensor that requires grad (the model's Parameters) with d self / d leaf,
+        adding to what is there (call zero_grad between steps). `self` must be a float scalar."""
+        if self._traced is not None:
+            self._refuse("call .backward() on")
+        if self._type.shape != () or not self._type.is_float:
+            raise ShapeError(f"backward() needs a float scalar loss, got {self._type}; reduce it first")
+        if not self.requires_grad:
+            raise RuntimeError("backward(): the loss does not depend on any tensor that requires grad")
+        tape, leaves = self._tape()
+        with no_grad():
+            seed = Tensor(np.ones((), self._data.dtype))
+            gradients = backpropagate(tape, self, seed, leaves, key=id)
+        for leaf in leaves:
+            gradient = gradients.get(id(leaf))
+            if gradient is not None:
+                leaf.grad = gradient._data.copy() if leaf.grad is None else leaf.grad + gradient._data
+
+    def _tape(self) -> tuple[list[Application], list["Tensor"]]:
+        """The tape entries self depends on, in forward order, and the leaves that require grad."""
+        order: list[Application] = []
+        leaves: list[Tensor] = []
+        seen: set[int] = set()
+        stack = [(self, False)]
+        while stack:  # iterative depth-first post-order: a deep model must not hit Python's recursion limit
+            tensor, expanded = stack.pop()
+            creator = tensor._creator
+            if expanded:
+                order.append(creator)
+                continue
+            if id(tensor) in seen:
+                continue
+            seen.add(id(tensor))
+            if creator is None:
+                if tensor.requires_grad:
+                    leaves.append(tensor)
+                continue
+            stack.append((tensor, True))
+            stack.extend((parent, False) for parent in creator.inputs if parent.requires_grad)
+        return order, leaves
 
     # ---- what a traced value cannot do --------------------------------------------------------------------------
     def _refuse(self, what: str):

@@ -137,3 +137,22 @@ def tracing(trace: Trace):
         yield trace
     finally:
         _active_traces.pop()
+
+
+# ---- eager gradient recording ---------------------------------------------------------------------------------
+
+_grad_recording = [True]
+
+
+def grad_enabled() -> bool:
+    return _grad_recording[-1]
+
+
+@contextmanager
+def no_grad():
+    """Eager ops inside this block record nothing on the tape (as during backward() and optimizer steps)."""
+    _grad_recording.append(False)
+    try:
+        yield
+    finally:
+        _grad_recording.pop()

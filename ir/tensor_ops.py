@@ -166,6 +166,14 @@ class TensorOps:
         """Rows of this (num_embeddings, dim) table gathered by integer `indices`."""
         return self._apply("embedding", (self, self._operand(indices)))
 
+    def scatter_add(self, indices, num_rows: int):
+        """A (num_rows, dim) table adding each row of self at its index (the gradient of embedding)."""
+        return self._apply("scatter_add", (self, self._operand(indices)), {"num_rows": int(num_rows)})
+
+    def one_hot(self, num_classes: int, dtype="float32"):
+        """These integer indices as one-hot rows along a new last axis."""
+        return self._apply("one_hot", (self,), {"num_classes": int(num_classes), "dtype": dtype})
+
     # ---- shapes -------------------------------------------------------------------------------------------------
     def reshape(self, *shape):
         """reshape(2, 3) or reshape((2, 3)); one -1 is inferred from the element count."""
@@ -201,6 +209,25 @@ class TensorOps:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
         return self._apply("broadcast_to", (self,), {"shape": tuple(int(d) for d in shape)})
+
+    def sum_to(self, shape):
+        """Sum a broadcast result back down to `shape`: the one un-broadcast every gradient rule shares.
+
+        A (2, 3, 4) gradient summed to (3, 1) adds over axis 0 (absent in the target) and axis 2 (size 1 there)."""
+        shape = tuple(shape)
+        if self.shape == shape:
+            return self
+        leading = self.ndim - len(shape)
+        if leading < 0:
+            raise ShapeError(f"cannot sum shape {list(self.shape)} to the larger rank of {list(shape)}")
+        axes = tuple(range(leading)) + tuple(
+            leading + axis for axis, size in enumerate(shape) if size == 1 and self.shape[leading + axis] != 1)
+        summed = self._reduce("sum", axes, keepdims=True) if axes else self
+        return summed if summed.shape == shape else summed.reshape(shape)
+
+    def unslice(self, slices, shape):
+        """Zeros of `shape` with self placed at normalised (start, stop, step) `slices` (the gradient of slicing)."""
+        return self._apply("unslice", (self,), {"slices": tuple(slices), "shape": tuple(shape)})
 
     def __getitem__(self, index):
         """Basic indexing: integers, slices with positive steps, `None` and `...`. Emits `slice`, then a

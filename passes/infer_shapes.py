@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from graphgpt.ir import Graph, GraphBuilder, ShapeError, TensorType
+from graphgpt.ir import Graph, GraphBuilder, TensorType
+
+from .rewrite import copy_into
 
 
 def infer_shapes(graph: Graph, input_types: Optional[Sequence[TensorType]] = None) -> Graph:
@@ -17,16 +19,6 @@ def infer_shapes(graph: Graph, input_types: Optional[Sequence[TensorType]] = Non
     >>> typed = infer_shapes(graph)                                 # doctest: +SKIP
     >>> longer = infer_shapes(graph, [TensorType((4, 16), "int64")])  # doctest: +SKIP
     """
-    if input_types is not None and len(input_types) != len(graph.inputs):
-        raise ShapeError(f"graph has {len(graph.inputs)} inputs, got {len(input_types)} input types")
     builder = GraphBuilder(header="infer_shapes")
-    new_values = {}
-    for position, value in enumerate(graph.inputs):
-        new_type = input_types[position] if input_types is not None else value.type
-        new_values[value.id] = builder.add_input(value.name, new_type)
-    for value in graph.params:
-        new_values[value.id] = builder.add_param(value.name, value.type)
-    for node in graph.nodes:
-        inputs = [new_values[value.id] for value in node.inputs]
-        new_values[node.output.id] = builder.add_node(node.op, inputs, node.attrs, node.provenance)
+    new_values = copy_into(graph, builder, input_types)
     return builder.finish([new_values[value.id] for value in graph.outputs])

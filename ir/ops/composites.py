@@ -3,6 +3,8 @@ numerically stable NumPy implementation (a decomposition into primitives can be 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..errors import ShapeError
@@ -29,9 +31,13 @@ def log_softmax_reference(x: np.ndarray, axis: int) -> np.ndarray:
 
 
 define_op("softmax", kind=OpKind.OPAQUE, arity=1, attrs={"axis": A.INT}, infer=_infer_along_axis,
-          compute=softmax_reference, doc="softmax along one axis, max-shifted for stability")
+          compute=softmax_reference,
+          vjp=lambda g, out, x, axis: (lambda: out * (g - (g * out).sum(axis, keepdims=True)),),
+          doc="softmax along one axis, max-shifted for stability")
 define_op("log_softmax", kind=OpKind.OPAQUE, arity=1, attrs={"axis": A.INT}, infer=_infer_along_axis,
-          compute=log_softmax_reference, doc="log of softmax along one axis, computed without overflow")
+          compute=log_softmax_reference,
+          vjp=lambda g, out, x, axis: (lambda: g - out.exp() * g.sum(axis, keepdims=True),),
+          doc="log of softmax along one axis, computed without overflow")
 
 
 def _infer_layer_norm(x: TensorType, gamma: TensorType, beta: TensorType, eps: float) -> TensorType:
@@ -51,8 +57,26 @@ def layer_norm_reference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps
     return centered / np.sqrt(variance + eps) * gamma + beta
 
 
+def _layer_norm_vjp(g, out, x, gamma, beta, eps):
+    @functools.cache
+    def statistics():
+        """x normalised, and 1/std, recomputed from x (cheaper to recompute than to keep alive)."""
+        centered = x - x.mean(-1, keepdims=True)
+        inverse_std = 1.0 / ((centered * centered).mean(-1, keepdims=True) + eps).sqrt()
+        return centered * inverse_std, inverse_std
+
+    def gradient_x():
+        normalized, inverse_std = statistics()
+        scaled = g * gamma
+        return (scaled - scaled.mean(-1, keepdims=True)
+                - normalized * (scaled * normalized).mean(-1, keepdims=True)) * inverse_std
+
+    return (gradient_x, lambda: (g * statistics()[0]).sum_to(gamma.shape), lambda: g.sum_to(beta.shape))
+
+
 define_op("layer_norm", kind=OpKind.OPAQUE, arity=3, attrs={"eps": A.FLOAT}, infer=_infer_layer_norm,
-          compute=layer_norm_reference, doc="layer_norm(x, gamma, beta) over the last axis, biased variance")
+          compute=layer_norm_reference, vjp=_layer_norm_vjp,
+          doc="layer_norm(x, gamma, beta) over the last axis, biased variance")
 
 
 def _infer_cross_entropy(logits: TensorType, targets: TensorType) -> TensorType:
@@ -76,6 +100,15 @@ def cross_entropy_reference(logits: np.ndarray, targets: np.ndarray) -> np.ndarr
     return -np.mean(picked, dtype=logits.dtype)
 
 
+def _cross_entropy_vjp(g, out, logits, targets):
+    def gradient_logits():
+        # softmax - onehot: exact and stable, with no log or division by a probability.
+        positions = max(targets.size, 1)
+        onehot = targets.one_hot(logits.shape[-1], logits.dtype)
+        return (logits.softmax(-1) - onehot) * (g * (1.0 / positions))
+    return (gradient_logits, None)
+
+
 define_op("cross_entropy", kind=OpKind.OPAQUE, arity=2, infer=_infer_cross_entropy,
-          compute=cross_entropy_reference,
+          compute=cross_entropy_reference, vjp=_cross_entropy_vjp,
           doc="cross_entropy(logits, targets): mean negative log-likelihood over all positions")

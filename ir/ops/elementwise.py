@@ -28,16 +28,19 @@ def _numeric_unary(x: TensorType) -> TensorType:
     return x
 
 
-# name -> (NumPy function, type rule)
+# Gradient rules are called as vjp(g, out, *inputs, **attrs) and return, per input, a zero-argument function giving
+# that input's gradient (or None where there is none); see ir/chain_rule.py.
+
+# name -> (NumPy function, type rule, gradient rule)
 UNARY_OPS = {
-    "neg": (np.negative, _numeric_unary),
-    "exp": (np.exp, _float_unary),
-    "log": (np.log, _float_unary),
-    "tanh": (np.tanh, _float_unary),
-    "sqrt": (np.sqrt, _float_unary),
+    "neg": (np.negative, _numeric_unary, lambda g, out, x: (lambda: -g,)),
+    "exp": (np.exp, _float_unary, lambda g, out, x: (lambda: g * out,)),
+    "log": (np.log, _float_unary, lambda g, out, x: (lambda: g / x,)),
+    "tanh": (np.tanh, _float_unary, lambda g, out, x: (lambda: g * (1.0 - out * out),)),
+    "sqrt": (np.sqrt, _float_unary, lambda g, out, x: (lambda: g / (out * 2.0),)),
 }
-for _name, (_function, _infer) in UNARY_OPS.items():
-    define_op(_name, kind=OpKind.ELEMENTWISE, arity=1, infer=_infer, compute=_function,
+for _name, (_function, _infer, _vjp) in UNARY_OPS.items():
+    define_op(_name, kind=OpKind.ELEMENTWISE, arity=1, infer=_infer, compute=_function, vjp=_vjp,
               doc=f"elementwise {_function.__name__}")
 
 
@@ -54,16 +57,29 @@ def _float_binary(a: TensorType, b: TensorType) -> TensorType:
     return result
 
 
+def _maximum_vjp(g, out, a, b):
+    # Ties send the whole gradient to `a` (a subgradient; central differences are undefined there anyway).
+    return (lambda: (a >= b).where(g, 0.0).sum_to(a.shape), lambda: (a >= b).where(0.0, g).sum_to(b.shape))
+
+
+# Each gradient is summed back to its input's shape (sum_to), undoing the broadcast of the forward op.
 BINARY_OPS = {
-    "add": (np.add, _numeric_binary),
-    "sub": (np.subtract, _numeric_binary),
-    "mul": (np.multiply, _numeric_binary),
-    "div": (np.divide, _float_binary),  # true division: integer inputs would silently become float64
-    "pow": (np.power, _float_binary),
-    "maximum": (np.maximum, _numeric_binary),
+    "add": (np.add, _numeric_binary,
+            lambda g, out, a, b: (lambda: g.sum_to(a.shape), lambda: g.sum_to(b.shape))),
+    "sub": (np.subtract, _numeric_binary,
+            lambda g, out, a, b: (lambda: g.sum_to(a.shape), lambda: (-g).sum_to(b.shape))),
+    "mul": (np.multiply, _numeric_binary,
+            lambda g, out, a, b: (lambda: (g * b).sum_to(a.shape), lambda: (g * a).sum_to(b.shape))),
+    # true division: integer inputs would silently become float64
+    "div": (np.divide, _float_binary,
+            lambda g, out, a, b: (lambda: (g / b).sum_to(a.shape), lambda: (-g * out / b).sum_to(b.shape))),
+    "pow": (np.power, _float_binary,
+            lambda g, out, a, b: (lambda: (g * b * a ** (b - 1.0)).sum_to(a.shape),
+                                  lambda: (g * out * a.log()).sum_to(b.shape))),
+    "maximum": (np.maximum, _numeric_binary, _maximum_vjp),
 }
-for _name, (_function, _infer) in BINARY_OPS.items():
-    define_op(_name, kind=OpKind.BROADCAST, arity=2, infer=_infer, compute=_function,
+for _name, (_function, _infer, _vjp) in BINARY_OPS.items():
+    define_op(_name, kind=OpKind.BROADCAST, arity=2, infer=_infer, compute=_function, vjp=_vjp,
               doc=f"broadcasting elementwise {_function.__name__}")
 
 
@@ -80,7 +96,9 @@ COMPARE_OPS = {
     "not_equal": np.not_equal,
 }
 for _name, _function in COMPARE_OPS.items():
+    # A bool result carries no gradient back to its inputs.
     define_op(_name, kind=OpKind.BROADCAST, arity=2, infer=_compare, compute=_function,
+              vjp=lambda g, out, a, b: (None, None),
               doc=f"broadcasting comparison {_function.__name__}, giving bool")
 
 
@@ -91,12 +109,15 @@ def _infer_where(condition: TensorType, a: TensorType, b: TensorType) -> TensorT
 
 
 define_op("where", kind=OpKind.BROADCAST, arity=3, infer=_infer_where, compute=np.where,
+          vjp=lambda g, out, condition, a, b: (None, lambda: condition.where(g, 0.0).sum_to(a.shape),
+                                               lambda: condition.where(0.0, g).sum_to(b.shape)),
           doc="where(condition, a, b): a where condition holds, else b (broadcasting)")
 
 
 define_op("cast", kind=OpKind.ELEMENTWISE, arity=1, attrs={"dtype": A.DTYPE},
           infer=lambda x, dtype: TensorType(x.shape, dtype),
           compute=lambda x, dtype: x.astype(dtype),
+          vjp=lambda g, out, x, dtype: (lambda: g.astype(x.dtype),),
           doc="convert to another dtype")
 
 
@@ -112,5 +133,14 @@ def gelu_reference(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(inner))
 
 
-define_op("gelu", kind=OpKind.ELEMENTWISE, arity=1, infer=_float_unary, compute=gelu_reference,
+def _gelu_vjp(g, out, x):
+    def gradient():
+        # d/dx of 0.5 x (1 + tanh(u)), u = c (x + k x^3):  0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3k x^2)
+        t = ((x + x * x * x * GELU_CUBIC) * GELU_SQRT_2_OVER_PI).tanh()
+        du_dx = (x * x * (3.0 * GELU_CUBIC) + 1.0) * GELU_SQRT_2_OVER_PI
+        return g * ((t + 1.0) * 0.5 + x * 0.5 * (1.0 - t * t) * du_dx)
+    return (gradient,)
+
+
+define_op("gelu", kind=OpKind.ELEMENTWISE, arity=1, infer=_float_unary, compute=gelu_reference, vjp=_gelu_vjp,
           doc="GELU, tanh approximation (as in the TinyTorch seed)")

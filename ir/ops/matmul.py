@@ -21,5 +21,19 @@ def _infer_matmul(a: TensorType, b: TensorType) -> TensorType:
     return TensorType(batch + (a.shape[-2], b.shape[-1]), dtype)
 
 
-define_op("matmul", kind=OpKind.MATMUL, arity=2, infer=_infer_matmul, compute=np.matmul,
+def _matmul_vjp(g, out, a, b):
+    def gradient_a():
+        return (g @ b.transpose()).sum_to(a.shape)
+
+    def gradient_b():
+        if b.ndim == 2 and a.ndim > 2:
+            # A weight shared by every row of a batch (x @ W in Linear): one matmul over all rows at once
+            # instead of one per batch entry followed by a sum.
+            return a.reshape(-1, a.shape[-1]).transpose() @ g.reshape(-1, g.shape[-1])
+        return (a.transpose() @ g).sum_to(b.shape)
+
+    return (gradient_a, gradient_b)
+
+
+define_op("matmul", kind=OpKind.MATMUL, arity=2, infer=_infer_matmul, compute=np.matmul, vjp=_matmul_vjp,
           doc="batched broadcasting matrix product")

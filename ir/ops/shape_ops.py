@@ -19,7 +19,8 @@ def _infer_reshape(x: TensorType, shape) -> TensorType:
 
 
 define_op("reshape", kind=OpKind.INJECTIVE, arity=1, attrs={"shape": A.INTS}, infer=_infer_reshape,
-          compute=lambda x, shape: np.reshape(x, shape), doc="same elements, new shape")
+          compute=lambda x, shape: np.reshape(x, shape),
+          vjp=lambda g, out, x, shape: (lambda: g.reshape(x.shape),), doc="same elements, new shape")
 
 
 def _infer_transpose(x: TensorType, perm) -> TensorType:
@@ -29,7 +30,9 @@ def _infer_transpose(x: TensorType, perm) -> TensorType:
 
 
 define_op("transpose", kind=OpKind.INJECTIVE, arity=1, attrs={"perm": A.INTS}, infer=_infer_transpose,
-          compute=lambda x, perm: np.transpose(x, perm), doc="permute axes: out.shape[i] = x.shape[perm[i]]")
+          compute=lambda x, perm: np.transpose(x, perm),
+          vjp=lambda g, out, x, perm: (lambda: g.permute(*np.argsort(perm)),),
+          doc="permute axes: out.shape[i] = x.shape[perm[i]]")
 
 
 def _infer_broadcast_to(x: TensorType, shape) -> TensorType:
@@ -39,24 +42,49 @@ def _infer_broadcast_to(x: TensorType, shape) -> TensorType:
 
 
 define_op("broadcast_to", kind=OpKind.BROADCAST, arity=1, attrs={"shape": A.INTS}, infer=_infer_broadcast_to,
-          compute=lambda x, shape: np.broadcast_to(x, shape), doc="broadcast to a larger shape")
+          compute=lambda x, shape: np.broadcast_to(x, shape),
+          vjp=lambda g, out, x, shape: (lambda: g.sum_to(x.shape),), doc="broadcast to a larger shape")
 
 
-def _infer_slice(x: TensorType, slices) -> TensorType:
-    if len(slices) != x.rank:
-        raise ShapeError(f"needs one (start, stop, step) per axis of {x}, got {len(slices)}")
-    shape = []
-    for axis, ((start, stop, step), dim) in enumerate(zip(slices, x.shape)):
+def _sliced_shape(shape: tuple[int, ...], slices) -> tuple[int, ...]:
+    if len(slices) != len(shape):
+        raise ShapeError(f"needs one (start, stop, step) per axis of shape {list(shape)}, got {len(slices)}")
+    result = []
+    for axis, ((start, stop, step), dim) in enumerate(zip(slices, shape)):
         if step < 1 or not 0 <= start <= dim or not 0 <= stop <= dim:
             raise ShapeError(f"axis {axis}: slice {start}:{stop}:{step} is not a normalised slice of size {dim} "
                              f"(0 <= start, stop <= size, step >= 1)")
-        shape.append(len(range(start, stop, step)))
-    return TensorType(tuple(shape), x.dtype)
+        result.append(len(range(start, stop, step)))
+    return tuple(result)
 
 
-define_op("slice", kind=OpKind.INJECTIVE, arity=1, attrs={"slices": A.SLICES}, infer=_infer_slice,
-          compute=lambda x, slices: x[tuple(slice(*triple) for triple in slices)],
+def _python_slices(slices) -> tuple[slice, ...]:
+    return tuple(slice(*triple) for triple in slices)
+
+
+define_op("slice", kind=OpKind.INJECTIVE, arity=1, attrs={"slices": A.SLICES},
+          infer=lambda x, slices: TensorType(_sliced_shape(x.shape, slices), x.dtype),
+          compute=lambda x, slices: x[_python_slices(slices)],
+          vjp=lambda g, out, x, slices: (lambda: g.unslice(slices, x.shape),),
           doc="basic slicing, one (start, stop, step) per axis")
+
+
+def _infer_unslice(x: TensorType, slices, shape) -> TensorType:
+    if _sliced_shape(tuple(shape), slices) != x.shape:
+        raise ShapeError(f"{x} does not fill the slices {slices} of shape {list(shape)}")
+    return TensorType(shape, x.dtype)
+
+
+def _unslice(x: np.ndarray, slices, shape) -> np.ndarray:
+    result = np.zeros(shape, x.dtype)
+    result[_python_slices(slices)] = x
+    return result
+
+
+define_op("unslice", kind=OpKind.INJECTIVE, arity=1, attrs={"slices": A.SLICES, "shape": A.INTS},
+          infer=_infer_unslice, compute=_unslice,
+          vjp=lambda g, out, x, slices, shape: (lambda: g[_python_slices(slices)],),
+          doc="zeros of `shape` with x placed at `slices` (the gradient of slice)")
 
 
 def _infer_embedding(weight: TensorType, indices: TensorType) -> TensorType:
@@ -67,19 +95,66 @@ def _infer_embedding(weight: TensorType, indices: TensorType) -> TensorType:
     return TensorType(indices.shape + (weight.shape[1],), weight.dtype)
 
 
-def _embedding(weight: np.ndarray, indices: np.ndarray) -> np.ndarray:
+def _check_indices(indices: np.ndarray, count: int, what: str) -> None:
     # NumPy would wrap negative indices around silently; a token id out of range is a bug in the caller's data.
-    if indices.size and (indices.min() < 0 or indices.max() >= weight.shape[0]):
-        bad = indices[(indices < 0) | (indices >= weight.shape[0])]
-        raise IndexError(f"embedding index {int(bad.flat[0])} is out of range for a table of "
-                         f"{weight.shape[0]} rows (valid: 0..{weight.shape[0] - 1})")
+    if indices.size and (indices.min() < 0 or indices.max() >= count):
+        bad = indices[(indices < 0) | (indices >= count)]
+        raise IndexError(f"{what} index {int(bad.flat[0])} is out of range for a table of "
+                         f"{count} rows (valid: 0..{count - 1})")
+
+
+def _embedding(weight: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    _check_indices(indices, weight.shape[0], "embedding")
     return weight[indices]
 
 
 define_op("embedding", kind=OpKind.INJECTIVE, arity=2, infer=_infer_embedding, compute=_embedding,
+          vjp=lambda g, out, weight, indices: (lambda: g.scatter_add(indices, weight.shape[0]), None),
           doc="embedding(weight, indices): rows of weight gathered by integer indices")
 
 
+def _infer_scatter_add(updates: TensorType, indices: TensorType, num_rows: int) -> TensorType:
+    if indices.dtype not in INTEGER_DTYPES:
+        raise ShapeError(f"indices must be integers, got {indices}")
+    if updates.shape[:indices.rank] != indices.shape or updates.rank != indices.rank + 1:
+        raise ShapeError(f"updates {updates} must have the indices' shape {list(indices.shape)} plus one row axis")
+    if num_rows < 0:
+        raise ShapeError(f"num_rows must be non-negative, got {num_rows}")
+    return TensorType((num_rows, updates.shape[-1]), updates.dtype)
+
+
+def _scatter_add(updates: np.ndarray, indices: np.ndarray, num_rows: int) -> np.ndarray:
+    _check_indices(indices, num_rows, "scatter_add")
+    result = np.zeros((num_rows, updates.shape[-1]), updates.dtype)
+    np.add.at(result, indices.reshape(-1), updates.reshape(-1, updates.shape[-1]))  # repeated rows add up
+    return result
+
+
+define_op("scatter_add", kind=OpKind.OPAQUE, arity=2, attrs={"num_rows": A.INT}, infer=_infer_scatter_add,
+          compute=_scatter_add,
+          vjp=lambda g, out, updates, indices, num_rows: (lambda: g.embedding(indices), None),
+          doc="scatter_add(updates, indices): a (num_rows, dim) table adding each update row at its index "
+              "(the gradient of embedding)")
+
+
+def _infer_one_hot(indices: TensorType, num_classes: int, dtype: str) -> TensorType:
+    if indices.dtype not in INTEGER_DTYPES:
+        raise ShapeError(f"indices must be integers, got {indices}")
+    if num_classes < 1:
+        raise ShapeError(f"num_classes must be positive, got {num_classes}")
+    return TensorType(indices.shape + (num_classes,), dtype)
+
+
+def _one_hot(indices: np.ndarray, num_classes: int, dtype: str) -> np.ndarray:
+    _check_indices(indices, num_classes, "one_hot")
+    return (indices[..., None] == np.arange(num_classes)).astype(dtype)
+
+
+define_op("one_hot", kind=OpKind.INJECTIVE, arity=1, attrs={"num_classes": A.INT, "dtype": A.DTYPE},
+          infer=_infer_one_hot, compute=_one_hot, vjp=lambda g, out, indices, num_classes, dtype: (None,),
+          doc="one_hot(indices): 1 at each index along a new last axis of num_classes, 0 elsewhere")
+
+
 define_op("constant", kind=OpKind.OPAQUE, arity=0, attrs={"value": A.ARRAY},
-          infer=lambda value: TensorType.of(value), compute=lambda value: value,
+          infer=lambda value: TensorType.of(value), compute=lambda value: value, vjp=lambda g, out, value: (),
           doc="a constant array, held in the node's attributes")
