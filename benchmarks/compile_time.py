@@ -50,10 +50,10 @@ def main() -> None:
             samples[layers].append(timed(lambda: graphgpt.compile(models[layers], tokens)))
         held = {}
         phases["trace"].append(timed(lambda: held.update(traced=trace(models[12], tokens))))
-        graph, parameters, _ = held["traced"]
-        phases["infer_shapes"].append(timed(lambda: held.update(typed=infer_shapes(graph))))
+        traced = held["traced"]
+        phases["infer_shapes"].append(timed(lambda: held.update(typed=infer_shapes(traced.graph))))
         phases["verify"].append(timed(lambda: verify(held["typed"])))
-        phases["executor"].append(timed(lambda: Compiled(held["typed"], parameters, False)))
+        phases["executor"].append(timed(lambda: Compiled(held["typed"], traced.bindings, False)))
 
     nodes = {layers: len(graphgpt.compile(models[layers], tokens).graph.nodes) for layers in LAYER_COUNTS}
     medians = {layers: statistics.median(times) for layers, times in samples.items()}

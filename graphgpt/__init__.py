@@ -9,17 +9,17 @@
     eager = model(graphgpt.Tensor(tokens)).data   # the same, computed op by op
 """
 
-from . import ir, nn, passes
+from . import ir, nn, optim, passes
 from .compiler import Compiled, InputError, compile, trace
 from .executor import ExecutionError
 from .ir import GraphError, ShapeError, VerificationError
 from .random import manual_seed
 from .tensor import Parameter, Tensor
-from .tracing import TraceError
+from .tracing import TraceError, no_grad
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Compiled", "ExecutionError", "GraphError", "InputError", "Parameter", "ShapeError", "Tensor", "TraceError",
-    "VerificationError", "compile", "ir", "manual_seed", "nn", "passes", "trace",
+    "VerificationError", "compile", "ir", "manual_seed", "nn", "no_grad", "optim", "passes", "trace",
 ]

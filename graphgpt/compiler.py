@@ -4,21 +4,27 @@ Compiled object whose run() executes the graph over NumPy.
     fwd = graphgpt.compile(model, tokens)
     logits = fwd.run(tokens)          # or fwd(tokens)
     print(fwd.graph)
+
+    step = graphgpt.compile(model, tokens, targets, loss=F.cross_entropy, optimizer=graphgpt.optim.Adam(lr=3e-4))
+    loss = step.run(tokens, targets)  # forward, generated backward and update: model parameters change in place
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Sequence, Union
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
 from graphgpt.ir import Graph, ShapeError, TensorType, verify
 from graphgpt.passes import infer_shapes
+from graphgpt.passes.autodiff import append_backward
 
 from .executor import Executor
 from .nn.module import Module
-from .tensor import Parameter, Tensor
+from .optim import Optimizer
+from .tensor import Tensor
 from .tracing import Trace, TraceError, tracing
 
 
@@ -42,14 +48,27 @@ def _as_example(data) -> np.ndarray:
     return data.data if isinstance(data, Tensor) else np.asarray(data)
 
 
-def trace(function: Callable, *example_inputs) -> tuple[Graph, list[Parameter], bool]:
-    """Trace `function` (a Module or a callable taking Tensors) at the examples' shapes and dtypes.
-
-    Returns the graph, the parameters its `params` stand for (in the same order), and whether the function
+@dataclass
+class Traced:
+    """What tracing gives: the graph, the tensors its parameters stand for (by name), and whether the function
     returned a tuple (so run() returns one too)."""
-    named = list(function.named_parameters()) if isinstance(function, Module) else []
+
+    graph: Graph
+    bindings: dict[str, Tensor]
+    returns_tuple: bool
+
+
+def trace(function: Callable, *example_inputs, named_parameters: Optional[Iterable[tuple[str, Tensor]]] = None,
+          input_names: Optional[Sequence[str]] = None) -> Traced:
+    """Trace `function` (a Module, or a callable taking Tensors) at the examples' shapes and dtypes.
+
+    A Module's parameters become named graph parameters; pass `named_parameters` to name those of a plain
+    function's closure instead (any other concrete tensor becomes a constant)."""
+    if named_parameters is None:
+        named_parameters = function.named_parameters() if isinstance(function, Module) else []
+    named = list(named_parameters)
     recorder = Trace(named)
-    names = _input_names(function, len(example_inputs))
+    names = list(input_names) if input_names is not None else _input_names(function, len(example_inputs))
     inputs = []
     for name, example in zip(names, example_inputs):
         value = recorder.add_input(name, TensorType.of(_as_example(example)))
@@ -61,17 +80,25 @@ def trace(function: Callable, *example_inputs) -> tuple[Graph, list[Parameter], 
         if not isinstance(output, Tensor):
             raise TraceError(f"the traced function must return Tensors; output {position} is a "
                              f"{type(output).__name__}")
-    graph = recorder.finish(outputs)
-    return graph, [parameter for _, parameter in named], isinstance(result, (tuple, list))
+    return Traced(recorder.finish(outputs), dict(named), isinstance(result, (tuple, list)))
 
 
 class Compiled:
-    """A compiled graph bound to the parameters it reads (live: updating the model updates what runs)."""
+    """A compiled graph bound to the tensors its parameters stand for (live: the model's own arrays, read at every
+    run and, for a training step, updated in place).
 
-    def __init__(self, graph: Graph, parameters: Sequence[Parameter], returns_tuple: bool):
+    For a graph with gradients, run() returns the loss and `grads` maps each parameter name to its gradient from
+    the latest run."""
+
+    def __init__(self, graph: Graph, bindings: dict[str, Tensor], returns_tuple: bool,
+                 gradient_names: Sequence[str] = ()):
         self.graph = graph
-        self.parameters = list(parameters)
+        self.bindings = bindings
+        self._bound = [bindings[value.name] for value in graph.params]
         self._returns_tuple = returns_tuple
+        self.gradient_names = list(gradient_names)
+        self._num_results = len(graph.outputs) - len(self.gradient_names)
+        self.grads: dict[str, np.ndarray] = {}
         self._executor = Executor(graph)
 
     @property
@@ -99,17 +126,19 @@ class Compiled:
 
     def _param_arrays(self) -> list[np.ndarray]:
         arrays = []
-        for value, parameter in zip(self.graph.params, self.parameters):
-            if parameter.type != value.type:
-                raise InputError(f"parameter {value.name!r} is now {parameter.type}, but the graph was compiled "
+        for value, tensor in zip(self.graph.params, self._bound):
+            if tensor.type != value.type:
+                raise InputError(f"parameter {value.name!r} is now {tensor.type}, but the graph was compiled "
                                  f"for {value.type}; compile again after changing the model")
-            arrays.append(parameter.data)
+            arrays.append(tensor.data)
         return arrays
 
     def run(self, *inputs) -> Union[np.ndarray, tuple]:
         """Execute the graph on NumPy arrays (or Tensors) of the compiled shapes and dtypes."""
         outputs = self._executor.run(self._check_inputs(inputs), self._param_arrays())
-        return tuple(outputs) if self._returns_tuple else outputs[0]
+        self.grads = dict(zip(self.gradient_names, outputs[self._num_results:]))
+        results = outputs[:self._num_results]
+        return tuple(results) if self._returns_tuple else results[0]
 
     __call__ = run
 
@@ -118,16 +147,48 @@ class Compiled:
         return f"<graphgpt.Compiled ({signature}) with {len(self.graph.nodes)} nodes>"
 
 
-def compile(model: Callable, *example_inputs) -> Compiled:
+def compile(model: Callable, *example_inputs, loss: Optional[Callable] = None,
+            optimizer: Optional[Optimizer] = None) -> Compiled:
     """Trace `model` at the example inputs, infer shapes, verify, and prepare the executor.
 
-    >>> model = graphgpt.nn.GPT(65, 64, 2, 4, 32)                     # doctest: +SKIP
-    >>> fwd = graphgpt.compile(model, np.zeros((2, 16), np.int64))   # doctest: +SKIP
-    >>> fwd.run(tokens).shape                                       # doctest: +SKIP
+    Without `loss`, the graph is the model's forward. With `loss`, the last example input is the target: the
+    graph computes loss(model(*inputs), targets), its gradients for every parameter (generated backward nodes),
+    and with `optimizer` the parameter update too, so each run is one whole training step.
+
+    >>> fwd = graphgpt.compile(model, tokens)                                  # doctest: +SKIP
+    >>> fwd.run(tokens).shape                                                  # doctest: +SKIP
     (2, 16, 65)
+    >>> step = graphgpt.compile(model, tokens, targets, loss=F.cross_entropy,
+    ...                         optimizer=graphgpt.optim.Adam(lr=3e-4))      # doctest: +SKIP
+    >>> float(step.run(tokens, targets)), step.grads["lm_head.weight"].shape  # doctest: +SKIP
     """
     if not example_inputs:
         raise TypeError("graphgpt.compile needs example inputs to trace with, e.g. compile(model, tokens)")
-    graph, parameters, returns_tuple = trace(model, *example_inputs)
-    graph = verify(infer_shapes(graph))
-    return Compiled(graph, parameters, returns_tuple)
+    if loss is None:
+        if optimizer is not None:
+            raise TypeError("an optimizer needs a loss: compile(model, inputs, targets, loss=..., optimizer=...)")
+        traced = trace(model, *example_inputs)
+        return Compiled(verify(infer_shapes(traced.graph)), traced.bindings, traced.returns_tuple)
+
+    if len(example_inputs) < 2:
+        raise TypeError("with loss=, pass the model's inputs and then the targets: "
+                        "compile(model, tokens, targets, loss=...)")
+    named = list(model.named_parameters()) if isinstance(model, Module) else []
+
+    def model_and_loss(*inputs):
+        return loss(model(*inputs[:-1]), inputs[-1])
+
+    names = _input_names(model, len(example_inputs) - 1) + ["targets"]
+    traced = trace(model_and_loss, *example_inputs, named_parameters=named, input_names=names)
+    if traced.returns_tuple:
+        raise TraceError("the loss function must return one scalar Tensor, not a tuple")
+    graph = infer_shapes(traced.graph)
+    trainable = [(name, parameter) for name, parameter in named if parameter.requires_grad]
+    wrt = [name for name, _ in trainable]
+    graph = append_backward(graph, wrt)
+    bindings = dict(traced.bindings)
+    if optimizer is not None:
+        optimizer.bind(trainable)
+        graph = optimizer.append_to(graph, {name: 1 + position for position, name in enumerate(wrt)})
+        bindings.update(optimizer.state_tensors())
+    return Compiled(verify(graph), bindings, returns_tuple=False, gradient_names=wrt)

@@ -38,12 +38,15 @@ class Executor:
         self.input_slots = [slot_of[value.id] for value in graph.inputs]
         self.param_slots = [slot_of[value.id] for value in graph.params]
         self.output_slots = [slot_of[value.id] for value in graph.outputs]
+        # (position in params, slot of its new value): written into the parameter arrays after a run
+        param_position = {value.id: position for position, value in enumerate(graph.params)}
+        self.update_slots = [(param_position[parameter.id], slot_of[value.id]) for parameter, value in graph.updates]
 
         last_use: dict[int, int] = {}
         for index, node in enumerate(graph.nodes):
             for value in node.inputs:
                 last_use[value.id] = index
-        kept = {value.id for value in graph.outputs} | {value.id for value in graph.params}
+        kept = {value.id for value in graph.results()} | {value.id for value in graph.params}
         releases: dict[int, list[int]] = {}
         for value_id, index in last_use.items():
             if value_id not in kept:
@@ -60,6 +63,8 @@ class Executor:
         ]
 
     def run(self, inputs: Sequence[np.ndarray], params: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Outputs of the graph for these inputs and parameter arrays; the graph's updates are then written into
+        the parameter arrays in place (after every step has run, so no step reads a half-updated value)."""
         slots: list[Any] = [None] * self.num_slots
         for slot, array in zip(self.input_slots, inputs):
             slots[slot] = array
@@ -73,4 +78,7 @@ class Executor:
             slots[step.output_slot] = np.asarray(result)
             for slot in step.release_slots:
                 slots[slot] = None
-        return [slots[slot] for slot in self.output_slots]
+        outputs = [slots[slot] for slot in self.output_slots]
+        for position, slot in self.update_slots:
+            np.copyto(params[position], slots[slot])
+        return outputs

@@ -10,6 +10,7 @@ this file only says how to run an op eagerly and what a traced tensor refuses to
 
 from __future__ import annotations
 
+import itertools
 from typing import Optional
 
 import numpy as np
@@ -19,6 +20,9 @@ from graphgpt.ir.chain_rule import Application, backpropagate
 from graphgpt.ir.types import canonical_dtype
 
 from .tracing import TraceError, current_provenance, current_trace, grad_enabled, no_grad
+
+
+_creation_counter = itertools.count()
 
 
 class Tensor(TensorOps):
@@ -100,7 +104,8 @@ class Tensor(TensorOps):
         result = Tensor(op_def.evaluate([tensor._data for tensor in inputs], checked))
         if result._type.is_float and grad_enabled() and any(tensor.requires_grad for tensor in inputs):
             result.requires_grad = True
-            result._creator = Application(op, checked, tuple(inputs), result)
+            # origin = creation number, so backward() walks the tape in the order the ops ran (see _tape)
+            result._creator = Application(op, checked, tuple(inputs), result, origin=next(_creation_counter))
         return result
 
     def _lift(self, array: np.ndarray) -> "Tensor":
@@ -126,26 +131,27 @@ class Tensor(TensorOps):
                 leaf.grad = gradient._data.copy() if leaf.grad is None else leaf.grad + gradient._data
 
     def _tape(self) -> tuple[list[Application], list["Tensor"]]:
-        """The tape entries self depends on, in forward order, and the leaves that require grad."""
+        """The tape entries self depends on, in the order they ran, and the leaves that require grad.
+
+        Creation order (not merely some topological order) makes the walk visit nodes exactly as the autodiff
+        pass visits the traced graph, so gradients of a value used several times are summed in the same order and
+        eager and compiled float32 results agree bit for bit."""
         order: list[Application] = []
         leaves: list[Tensor] = []
         seen: set[int] = set()
-        stack = [(self, False)]
-        while stack:  # iterative depth-first post-order: a deep model must not hit Python's recursion limit
-            tensor, expanded = stack.pop()
-            creator = tensor._creator
-            if expanded:
-                order.append(creator)
-                continue
+        stack = [self]
+        while stack:  # iterative: a deep model must not hit Python's recursion limit
+            tensor = stack.pop()
             if id(tensor) in seen:
                 continue
             seen.add(id(tensor))
-            if creator is None:
+            if tensor._creator is None:
                 if tensor.requires_grad:
                     leaves.append(tensor)
                 continue
-            stack.append((tensor, True))
-            stack.extend((parent, False) for parent in creator.inputs if parent.requires_grad)
+            order.append(tensor._creator)
+            stack.extend(parent for parent in tensor._creator.inputs if parent.requires_grad)
+        order.sort(key=lambda application: application.origin)
         return order, leaves
 
     # ---- what a traced value cannot do --------------------------------------------------------------------------

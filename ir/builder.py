@@ -73,6 +73,12 @@ class GraphBuilder:
         frozen.flags.writeable = False
         return self.add_node("constant", (), {"value": frozen}, provenance)
 
-    def finish(self, outputs: Iterable[Value]) -> Graph:
+    def finish(self, outputs: Iterable[Value], updates: Iterable[tuple[Value, Value]] = ()) -> Graph:
+        """The graph, returning `outputs` and writing each (parameter, new value) of `updates` after a run."""
         self._graph.outputs = list(outputs)
+        self._graph.updates = list(updates)
+        for parameter, new_value in self._graph.updates:
+            if parameter.kind != "param" or parameter.type != new_value.type:
+                raise ShapeError(f"update of {parameter!r} with {new_value!r}: updates must write a value of the "
+                                 f"same type into a parameter")
         return self._graph

@@ -95,9 +95,11 @@ class Node:
 
 @dataclass
 class Graph:
-    """A whole program: runtime inputs, named parameters, nodes in topological order, outputs.
+    """A whole program: runtime inputs, named parameters, nodes in topological order, outputs, and updates.
 
-    `header` records which pass produced this graph (shown by the printer, as Lightning Thunder does).
+    `updates` are (parameter, new value) pairs: after a run, each new value is written into its parameter in
+    place (an optimizer step's new weights and state). `header` records which pass produced this graph (shown by
+    the printer, as Lightning Thunder does).
     """
 
     inputs: list[Value] = field(default_factory=list)
@@ -105,6 +107,7 @@ class Graph:
     nodes: list[Node] = field(default_factory=list)
     outputs: list[Value] = field(default_factory=list)
     header: str = "traced"
+    updates: list[tuple[Value, Value]] = field(default_factory=list)
 
     def values(self) -> Iterator[Value]:
         """Every value in definition order: inputs, parameters, then node outputs."""
@@ -124,6 +127,10 @@ class Graph:
             if node.output.id == value_id:
                 return node
         raise KeyError(f"graph has no node %{value_id}")
+
+    def results(self) -> list[Value]:
+        """Every value the graph must produce: its outputs and the new values of its updates."""
+        return list(self.outputs) + [new for _, new in self.updates]
 
     def users(self) -> dict[int, list[Node]]:
         """Map from value id to the nodes that read it."""

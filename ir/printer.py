@@ -67,6 +67,7 @@ def format_graph(graph: Graph, show_source: bool = True) -> str:
         lines.append(")")
     lines.append("{")
     lines.extend("  " + format_node(node, show_source) for node in graph.nodes)
+    lines.extend(f"  update {parameter.label} <- {value.label}" for parameter, value in graph.updates)
     lines.append("  return " + ", ".join(value.label for value in graph.outputs))
     lines.append("}")
     return "\n".join(lines)

@@ -15,7 +15,7 @@ from graphgpt.ir import Graph, GraphBuilder, GraphError, Provenance, Value
 from graphgpt.ir.chain_rule import Application, backpropagate
 from graphgpt.ir.symbolic import Emitter
 
-from .rewrite import copy_into
+from .rewrite import copied_results, copy_into
 
 
 def append_backward(graph: Graph, wrt: Sequence[str], loss: Optional[Value] = None) -> Graph:
@@ -58,11 +58,11 @@ def append_backward(graph: Graph, wrt: Sequence[str], loss: Optional[Value] = No
     gradients = backpropagate(applications, loss_symbol, seed, wrt_symbols, key=lambda s: s.value.id,
                               on_rule=stamp)
 
-    outputs = [new_values[value.id] for value in graph.outputs]
+    outputs, updates = copied_results(graph, new_values)
     for name, wrt_symbol in zip(wrt, wrt_symbols):
         gradient = gradients.get(wrt_symbol.value.id)
         if gradient is None:  # the loss does not depend on it: its gradient is zero
             emitter.provenance = Provenance(module_path=name.rpartition(".")[0])
             gradient = wrt_symbol._lift(np.zeros(wrt_symbol.shape, wrt_symbol.type.numpy_dtype))
         outputs.append(gradient.value)
-    return builder.finish(outputs)
+    return builder.finish(outputs, updates)

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 from graphgpt.ir import Graph, GraphBuilder, TensorType
 
-from .rewrite import copy_into
+from .rewrite import copied_results, copy_into
 
 
 def infer_shapes(graph: Graph, input_types: Optional[Sequence[TensorType]] = None) -> Graph:
@@ -21,4 +21,4 @@ def infer_shapes(graph: Graph, input_types: Optional[Sequence[TensorType]] = Non
     """
     builder = GraphBuilder(header="infer_shapes")
     new_values = copy_into(graph, builder, input_types)
-    return builder.finish([new_values[value.id] for value in graph.outputs])
+    return builder.finish(*copied_results(graph, new_values))

@@ -23,3 +23,10 @@ def copy_into(graph: Graph, builder: GraphBuilder,
         inputs = [new_values[value.id] for value in node.inputs]
         new_values[node.output.id] = builder.add_node(node.op, inputs, node.attrs, node.provenance)
     return new_values
+
+
+def copied_results(graph: Graph, new_values: dict[int, Value]) -> tuple[list[Value], list[tuple[Value, Value]]]:
+    """`graph`'s outputs and updates, mapped into the copy made by copy_into (for builder.finish)."""
+    outputs = [new_values[value.id] for value in graph.outputs]
+    updates = [(new_values[parameter.id], new_values[value.id]) for parameter, value in graph.updates]
+    return outputs, updates

@@ -1,0 +1,223 @@
+"""Optimizers whose update rule is written once with the op-building API, so the same math runs eagerly
+(`optimizer.step()` on Tensors) and as graph nodes (`graphgpt.compile(..., optimizer=...)`).
+
+SGD (momentum, Nesterov, L2 weight decay), Adam and AdamW follow torch.optim's semantics: betas, eps, bias
+correction, L2 (Adam) or decoupled (AdamW) weight decay. Optional global-norm gradient clipping, as
+torch.nn.utils.clip_grad_norm_, runs before the update.
+
+    opt = graphgpt.optim.Adam(model.named_parameters(), lr=3e-4)
+    loss.backward(); opt.step(); opt.zero_grad()
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional, Sequence, Union
+
+import numpy as np
+
+from graphgpt.ir import Graph, GraphBuilder, Provenance
+from graphgpt.ir.symbolic import Emitter
+from graphgpt.passes.rewrite import copied_results, copy_into
+
+from .tensor import Parameter, Tensor
+from .tracing import no_grad
+
+STATE_PREFIX = "optimizer."
+
+
+class Optimizer:
+    """Base class: holds hyperparameters and state; subclasses define `slots` and `update_parameter`."""
+
+    slots: tuple[str, ...] = ()  # per-parameter state tensors, e.g. ("exp_avg", "exp_avg_sq")
+
+    def __init__(self, params: Union[None, Iterable] = None, *, lr: float, clip_grad_norm: Optional[float] = None):
+        if lr <= 0:
+            raise ValueError(f"learning rate must be positive, got {lr}")
+        if clip_grad_norm is not None and clip_grad_norm <= 0:
+            raise ValueError(f"clip_grad_norm must be positive, got {clip_grad_norm}")
+        self.lr = float(lr)
+        self.clip_grad_norm = clip_grad_norm
+        self.named_params: list[tuple[str, Parameter]] = []
+        self.state: dict[str, Tensor] = {}
+        if params is not None:
+            self.bind(params)
+
+    # ---- binding parameters and state -----------------------------------------------------------------------
+    def bind(self, params: Iterable) -> "Optimizer":
+        """Attach the parameters to optimise: Parameters, or (name, Parameter) pairs such as
+        model.named_parameters(). State is created (zeros) for any parameter that has none yet."""
+        items = list(params)
+        named = [item if isinstance(item, tuple) else (str(index), item) for index, item in enumerate(items)]
+        if not named:
+            raise ValueError("the optimizer was given no parameters")
+        self.named_params = named
+        dtype = named[0][1].dtype
+        self.state.setdefault("step", Tensor(np.zeros((), dtype)))
+        for name, parameter in named:
+            for slot in self.slots:
+                self.state.setdefault(f"{slot}.{name}", Tensor(np.zeros(parameter.shape, parameter.dtype)))
+        return self
+
+    @property
+    def hyperparameters(self) -> dict:
+        return {"lr": self.lr, "clip_grad_norm": self.clip_grad_norm}
+
+    # ---- the math, written once -----------------------------------------------------------------------------
+    def update_parameter(self, parameter, gradient, state: dict, step):
+        """New value of one parameter and of its state slots, given its gradient and the new step count."""
+        raise NotImplementedError
+
+    def update(self, parameters: Sequence, gradients: Sequence, state: dict) -> tuple[list, dict]:
+        """New parameters and new state for all parameters (handles: Tensors eagerly, Symbols when compiled)."""
+        gradients = list(gradients)
+        if self.clip_grad_norm is not None:
+            total = sum(((g * g).sum() for g in gradients[1:]), (gradients[0] * gradients[0]).sum()).sqrt()
+            coefficient = float(self.clip_grad_norm) / (total + 1e-6)
+            scale = (coefficient < 1.0).where(coefficient, 1.0)
+            gradients = [g * scale for g in gradients]
+        step = state["step"] + 1.0
+        new_state = {"step": step}
+        new_parameters = []
+        for (name, _), parameter, gradient in zip(self.named_params, parameters, gradients):
+            slots = {slot: state[f"{slot}.{name}"] for slot in self.slots}
+            new_parameter, new_slots = self.update_parameter(parameter, gradient, slots, step)
+            new_parameters.append(new_parameter)
+            new_state.update({f"{slot}.{name}": value for slot, value in new_slots.items()})
+        return new_parameters, new_state
+
+    # ---- eager use --------------------------------------------------------------------------------------------
+    def step(self) -> None:
+        """Update every bound parameter in place from its .grad (eager training)."""
+        if not self.named_params:
+            raise RuntimeError("optimizer.step(): no parameters bound; pass them to the constructor")
+        missing = [name for name, parameter in self.named_params if parameter.grad is None]
+        if missing:
+            raise RuntimeError(f"optimizer.step(): no gradient for {missing}; call loss.backward() first")
+        with no_grad():
+            parameters = [Tensor(parameter.data) for _, parameter in self.named_params]
+            gradients = [Tensor(parameter.grad) for _, parameter in self.named_params]
+            new_parameters, new_state = self.update(parameters, gradients, self.state)
+            for (_, parameter), new in zip(self.named_params, new_parameters):
+                np.copyto(parameter.data, new.data)
+            for name, new in new_state.items():
+                np.copyto(self.state[name].data, new.data)
+
+    def zero_grad(self) -> None:
+        for _, parameter in self.named_params:
+            parameter.grad = None
+
+    # ---- as graph nodes ---------------------------------------------------------------------------------------
+    def append_to(self, graph: Graph, gradient_outputs: dict[str, int]) -> Graph:
+        """`graph` plus this optimizer's update: its state becomes parameters named 'optimizer.<state name>',
+        and the new weights and state become the graph's updates. `gradient_outputs` maps each parameter name to
+        the position of its gradient among the graph's outputs."""
+        builder = GraphBuilder(header=f"append_optimizer ({type(self).__name__})")
+        new_values = copy_into(graph, builder)
+        state_values = {name: builder.add_param(STATE_PREFIX + name, tensor.type)
+                        for name, tensor in self.state.items()}
+        emitter = Emitter(builder, Provenance(module_path=f"optimizer.{type(self).__name__}"))
+        outputs, updates = copied_results(graph, new_values)
+        parameters = [emitter.symbol(new_values[graph.param(name).id]) for name, _ in self.named_params]
+        gradients = [emitter.symbol(outputs[gradient_outputs[name]]) for name, _ in self.named_params]
+        state = {name: emitter.symbol(value) for name, value in state_values.items()}
+        new_parameters, new_state = self.update(parameters, gradients, state)
+        updates += [(parameter.value, new.value) for parameter, new in zip(parameters, new_parameters)]
+        updates += [(state_values[name], new.value) for name, new in new_state.items()]
+        return builder.finish(outputs, updates)
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        """State by the graph parameter name it is bound to ('optimizer.step', 'optimizer.exp_avg.<param>')."""
+        return {STATE_PREFIX + name: tensor for name, tensor in self.state.items()}
+
+    # ---- saving and restoring ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """{'type', 'hyperparameters', 'state': name -> array}; arrays are copies."""
+        return {"type": type(self).__name__, "hyperparameters": dict(self.hyperparameters),
+                "state": {name: tensor.data.copy() for name, tensor in self.state.items()}}
+
+    def load_state_dict(self, saved: dict) -> None:
+        """Restore state saved by state_dict(); refuses (changing nothing) a different optimizer type or
+        missing, extra or mis-shaped state, naming them."""
+        if saved.get("type") != type(self).__name__:
+            raise ValueError(f"cannot load {saved.get('type')!r} optimizer state into {type(self).__name__}")
+        state = saved.get("state", {})
+        missing = sorted(set(self.state) - set(state))
+        unexpected = sorted(set(state) - set(self.state))
+        mismatched = [f"{name}: expected {list(self.state[name].shape)}, got {list(np.shape(state[name]))}"
+                      for name in self.state if name in state and np.shape(state[name]) != self.state[name].shape]
+        if missing or unexpected or mismatched:
+            raise ValueError(f"cannot load optimizer state: missing {missing}, unexpected {unexpected}, "
+                             f"mismatched {mismatched}")
+        for name, tensor in self.state.items():
+            tensor.data[...] = np.asarray(state[name], dtype=tensor.dtype)
+
+
+class SGD(Optimizer):
+    """p -= lr * d, with d = g + weight_decay * p, through a momentum buffer when momentum > 0 (torch.optim.SGD
+    with dampening 0)."""
+
+    def __init__(self, params=None, *, lr: float, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0, clip_grad_norm: Optional[float] = None):
+        if nesterov and momentum <= 0:
+            raise ValueError("Nesterov momentum needs momentum > 0")
+        self.momentum, self.nesterov, self.weight_decay = float(momentum), bool(nesterov), float(weight_decay)
+        self.slots = ("momentum_buffer",) if momentum else ()
+        super().__init__(params, lr=lr, clip_grad_norm=clip_grad_norm)
+
+    @property
+    def hyperparameters(self) -> dict:
+        return {**super().hyperparameters, "momentum": self.momentum, "nesterov": self.nesterov,
+                "weight_decay": self.weight_decay}
+
+    def update_parameter(self, parameter, gradient, state, step):
+        direction = gradient + parameter * self.weight_decay if self.weight_decay else gradient
+        if not self.momentum:
+            return parameter - direction * self.lr, {}
+        # A zero-initialised buffer makes the first step's buffer equal the gradient, as torch's does.
+        buffer = state["momentum_buffer"] * self.momentum + direction
+        direction = direction + buffer * self.momentum if self.nesterov else buffer
+        return parameter - direction * self.lr, {"momentum_buffer": buffer}
+
+
+class Adam(Optimizer):
+    """torch.optim.Adam: moving averages of g and g^2 with bias correction; weight_decay adds L2 to g."""
+
+    slots = ("exp_avg", "exp_avg_sq")
+    decoupled_weight_decay = False
+
+    def __init__(self, params=None, *, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, clip_grad_norm: Optional[float] = None):
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"betas must lie in [0, 1), got {betas}")
+        self.betas, self.eps, self.weight_decay = (float(betas[0]), float(betas[1])), float(eps), float(weight_decay)
+        super().__init__(params, lr=lr, clip_grad_norm=clip_grad_norm)
+
+    @property
+    def hyperparameters(self) -> dict:
+        return {**super().hyperparameters, "betas": list(self.betas), "eps": self.eps,
+                "weight_decay": self.weight_decay}
+
+    def update_parameter(self, parameter, gradient, state, step):
+        beta1, beta2 = self.betas
+        if self.weight_decay and self.decoupled_weight_decay:
+            parameter = parameter * (1.0 - self.lr * self.weight_decay)
+        elif self.weight_decay:
+            gradient = gradient + parameter * self.weight_decay
+        exp_avg = state["exp_avg"] * beta1 + gradient * (1.0 - beta1)
+        exp_avg_sq = state["exp_avg_sq"] * beta2 + gradient * gradient * (1.0 - beta2)
+        bias_correction1 = 1.0 - beta1 ** step
+        bias_correction2 = 1.0 - beta2 ** step
+        denominator = exp_avg_sq.sqrt() / bias_correction2.sqrt() + self.eps
+        new_parameter = parameter - exp_avg / denominator * (self.lr / bias_correction1)
+        return new_parameter, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+
+
+class AdamW(Adam):
+    """torch.optim.AdamW: Adam with decoupled weight decay, p *= 1 - lr * weight_decay (default 0.01)."""
+
+    decoupled_weight_decay = True
+
+    def __init__(self, params=None, *, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.01, clip_grad_norm: Optional[float] = None):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         clip_grad_norm=clip_grad_norm)
