@@ -83,6 +83,29 @@ def trace(function: Callable, *example_inputs, named_parameters: Optional[Iterab
     return Traced(recorder.finish(outputs), dict(named), isinstance(result, (tuple, list)))
 
 
+def trace_loss(model: Callable, example_inputs: Sequence, loss: Callable) -> Traced:
+    """Trace loss(model(*inputs[:-1]), inputs[-1]): the graph of a training objective, targets last."""
+    if len(example_inputs) < 2:
+        raise TypeError("with loss=, pass the model's inputs and then the targets: "
+                        "compile(model, tokens, targets, loss=...)")
+
+    def model_and_loss(*inputs):
+        return loss(model(*inputs[:-1]), inputs[-1])
+
+    named = list(model.named_parameters()) if isinstance(model, Module) else []
+    names = _input_names(model, len(example_inputs) - 1) + ["targets"]
+    traced = trace(model_and_loss, *example_inputs, named_parameters=named, input_names=names)
+    if traced.returns_tuple:
+        raise TraceError("the loss function must return one scalar Tensor, not a tuple")
+    return traced
+
+
+def trainable_parameters(model: Callable) -> list[tuple[str, Tensor]]:
+    """(name, parameter) for every parameter of a Module that requires grad; none for a plain function."""
+    named = model.named_parameters() if isinstance(model, Module) else []
+    return [(name, parameter) for name, parameter in named if parameter.requires_grad]
+
+
 class Compiled:
     """A compiled graph bound to the tensors its parameters stand for (live: the model's own arrays, read at every
     run and, for a training step, updated in place).
@@ -170,20 +193,9 @@ def compile(model: Callable, *example_inputs, loss: Optional[Callable] = None,
         traced = trace(model, *example_inputs)
         return Compiled(verify(infer_shapes(traced.graph)), traced.bindings, traced.returns_tuple)
 
-    if len(example_inputs) < 2:
-        raise TypeError("with loss=, pass the model's inputs and then the targets: "
-                        "compile(model, tokens, targets, loss=...)")
-    named = list(model.named_parameters()) if isinstance(model, Module) else []
-
-    def model_and_loss(*inputs):
-        return loss(model(*inputs[:-1]), inputs[-1])
-
-    names = _input_names(model, len(example_inputs) - 1) + ["targets"]
-    traced = trace(model_and_loss, *example_inputs, named_parameters=named, input_names=names)
-    if traced.returns_tuple:
-        raise TraceError("the loss function must return one scalar Tensor, not a tuple")
+    traced = trace_loss(model, example_inputs, loss)
     graph = infer_shapes(traced.graph)
-    trainable = [(name, parameter) for name, parameter in named if parameter.requires_grad]
+    trainable = trainable_parameters(model)
     wrt = [name for name, _ in trainable]
     graph = append_backward(graph, wrt)
     bindings = dict(traced.bindings)

@@ -32,11 +32,14 @@ class Application:
 
 def backpropagate(applications: Sequence[Application], loss: Any, seed: Any, wrt: Iterable[Any],
                   key: Callable[[Any], Hashable],
-                  on_rule: Optional[Callable[[Application], None]] = None) -> dict[Hashable, Any]:
+                  on_rule: Optional[Callable[[Application], None]] = None,
+                  on_final: Optional[Callable[[Hashable, Any], None]] = None) -> dict[Hashable, Any]:
     """Gradients of `loss` with respect to each handle in `wrt`, starting from `seed` (d loss / d loss).
 
-    `applications` are in forward (topological) order; `key` maps a handle to a stable identity. Returns
-    key -> gradient handle for the `wrt` handles that the loss depends on (the others are absent)."""
+    `applications` are in forward (topological) order; `key` maps a handle to a stable identity. `on_rule` is
+    called before each gradient rule runs; `on_final(key, gradient)` once the gradient of an intermediate value
+    is complete (every use of it has contributed). Returns key -> gradient handle for the `wrt` handles that the
+    loss depends on (the others are absent)."""
     wanted = {key(handle) for handle in wrt}
     # Values that depend on a wanted handle through float ops: only these need gradients.
     depends = set(wanted)
@@ -50,6 +53,8 @@ def backpropagate(applications: Sequence[Application], loss: Any, seed: Any, wrt
         g = gradients.get(output_key) if output_key in wanted else gradients.pop(output_key, None)
         if g is None:
             continue
+        if on_final is not None:
+            on_final(output_key, g)
         needs = [key(handle) in depends for handle in application.inputs]
         if not any(needs):
             continue

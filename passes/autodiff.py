@@ -26,6 +26,13 @@ def append_backward(graph: Graph, wrt: Sequence[str], loss: Optional[Value] = No
 
     >>> train = append_backward(forward_and_loss, wrt=[v.name for v in forward_and_loss.params])  # doctest: +SKIP
     """
+    return append_backward_with_map(graph, wrt, loss)[0]
+
+
+def append_backward_with_map(graph: Graph, wrt: Sequence[str],
+                             loss: Optional[Value] = None) -> tuple[Graph, dict[int, Value]]:
+    """append_backward, also returning which value of the new graph holds the complete gradient of each
+    intermediate forward value (by forward value id), for tools that check the backward pass node by node."""
     loss = graph.outputs[0] if loss is None else loss
     if loss.type.shape != () or not loss.type.is_float:
         raise GraphError(f"the loss must be a float scalar, got {loss.type}; reduce it (e.g. .mean()) first")
@@ -55,8 +62,10 @@ def append_backward(graph: Graph, wrt: Sequence[str], loss: Optional[Value] = No
     emitter.provenance = Provenance(differentiates=loss.id)
     seed = loss_symbol._lift(np.ones((), loss.type.numpy_dtype))
     wrt_symbols = [symbol[leaves[name].id] for name in wrt]
+    intermediate_gradients: dict[int, Value] = {}
     gradients = backpropagate(applications, loss_symbol, seed, wrt_symbols, key=lambda s: s.value.id,
-                              on_rule=stamp)
+                              on_rule=stamp,
+                              on_final=lambda value_id, g: intermediate_gradients.__setitem__(value_id, g.value))
 
     outputs, updates = copied_results(graph, new_values)
     for name, wrt_symbol in zip(wrt, wrt_symbols):
@@ -65,4 +74,4 @@ def append_backward(graph: Graph, wrt: Sequence[str], loss: Optional[Value] = No
             emitter.provenance = Provenance(module_path=name.rpartition(".")[0])
             gradient = wrt_symbol._lift(np.zeros(wrt_symbol.shape, wrt_symbol.type.numpy_dtype))
         outputs.append(gradient.value)
-    return builder.finish(outputs, updates)
+    return builder.finish(outputs, updates), intermediate_gradients
