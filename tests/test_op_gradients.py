@@ -1,0 +1,100 @@
+"""Every op's gradient rule against float64 central differences, through the generated graph and the eager tape.
+
+Each differentiable op has a row: inputs (float ones are differentiated, integer ones are held) and attributes.
+The objective is sum(op(inputs) * R) for a fixed random R, so the whole vector-Jacobian product is checked,
+not only a sum. Ops whose result carries no gradient (bool, integer or constant results) are listed apart, and
+their rules must say so (None for every input)."""
+
+import numpy as np
+import pytest
+
+import graphgpt
+from graphgpt.ir import OPS, TensorType, get_op
+
+RNG = np.random.default_rng(0)
+
+
+def normal(*shape):
+    return RNG.normal(size=shape)
+
+
+def positive(*shape):
+    return RNG.uniform(0.5, 2.0, size=shape)
+
+
+def distinct(*shape):
+    """Values with no ties (max and maximum have no derivative at a tie)."""
+    return RNG.permutation(np.arange(int(np.prod(shape)), dtype=np.float64)).reshape(shape) * 0.1
+
+
+CASES = {  # op -> list of (inputs, attrs)
+    "neg": [([normal(2, 3)], {})],
+    "exp": [([normal(2, 3)], {})],
+    "log": [([positive(2, 3)], {})],
+    "tanh": [([normal(2, 3)], {})],
+    "sqrt": [([positive(2, 3)], {})],
+    "gelu": [([normal(3, 4) * 2], {})],
+    "add": [([normal(2, 3), normal(3)], {}), ([normal(2, 1, 3), normal(4, 1)], {})],
+    "sub": [([normal(2, 3), normal(2, 1)], {})],
+    "mul": [([normal(2, 3), normal(1, 3)], {}), ([normal(2, 3), normal()], {})],
+    "div": [([normal(2, 3), positive(3)], {})],
+    "pow": [([positive(2, 3), normal(3)], {}), ([positive(4), np.array(3.0)], {})],
+    "maximum": [([distinct(2, 3), distinct(3) - 0.25], {})],
+    "where": [([RNG.random((2, 3)) > 0.5, normal(2, 3), normal(3)], {})],
+    "cast": [([normal(2, 3)], {"dtype": "float64"})],
+    "sum": [([normal(2, 3, 4)], {"axes": (0, 2), "keepdims": False}), ([normal(2, 3)], {"axes": (1,), "keepdims": True})],
+    "mean": [([normal(2, 3, 4)], {"axes": (1,), "keepdims": False}), ([normal(2, 3)], {"axes": (0, 1), "keepdims": True})],
+    "max": [([distinct(2, 3, 4)], {"axes": (2,), "keepdims": False}), ([distinct(3, 4)], {"axes": (0, 1), "keepdims": True})],
+    "matmul": [([normal(2, 3), normal(3, 4)], {}), ([normal(2, 2, 3), normal(3, 4)], {}),
+               ([normal(2, 1, 3, 4), normal(3, 4, 2)], {})],
+    "reshape": [([normal(2, 6)], {"shape": (3, 4)})],
+    "transpose": [([normal(2, 3, 4)], {"perm": (2, 0, 1)})],
+    "broadcast_to": [([normal(3, 1)], {"shape": (2, 3, 4)})],
+    "slice": [([normal(4, 5)], {"slices": ((1, 4, 2), (0, 5, 1))})],
+    "unslice": [([normal(2, 5)], {"slices": ((1, 4, 2), (0, 5, 1)), "shape": (4, 5)})],
+    "embedding": [([normal(5, 3), np.array([[0, 4, 4], [2, 0, 1]])], {})],
+    "scatter_add": [([normal(2, 3, 4), np.array([[0, 4, 4], [2, 0, 1]])], {"num_rows": 6})],
+    "softmax": [([normal(2, 5)], {"axis": 1}), ([normal(3, 2, 4)], {"axis": 0})],
+    "log_softmax": [([normal(2, 5)], {"axis": 1})],
+    "layer_norm": [([normal(2, 3, 5), normal(5), normal(5)], {"eps": 1e-5})],
+    "cross_entropy": [([normal(2, 3, 5), np.array([[0, 4, 2], [1, 1, 3]])], {})],
+}
+# Results that carry no gradient: bool comparisons, one-hot of integers, constants.
+NO_GRADIENT = {"less", "less_equal", "greater", "greater_equal", "equal", "not_equal", "one_hot", "constant"}
+
+
+def test_every_op_is_covered():
+    assert set(OPS) == set(CASES) | NO_GRADIENT, "add a row to CASES (or NO_GRADIENT) for each new op"
+    assert not set(CASES) & NO_GRADIENT
+
+
+@pytest.mark.parametrize("op", sorted(NO_GRADIENT))
+def test_rules_of_ops_without_gradient_give_none(op):
+    arity = get_op(op).arity
+    rule = get_op(op).vjp
+    assert rule is not None
+    result = rule(None, None, *([None] * arity), **{name: None for name in get_op(op).attrs})
+    assert tuple(result) == (None,) * arity
+
+
+def projected(op, attrs, inputs, projection):
+    """sum(op(*inputs) * projection) built from Tensors (eager) or traced values alike."""
+    def objective(*tensors):
+        return (tensors[0]._apply(op, tuple(tensors), attrs) * projection).sum()
+    return objective
+
+
+CASE_IDS = [(op, index) for op in sorted(CASES) for index in range(len(CASES[op]))]
+
+
+@pytest.mark.parametrize("through", ["graph", "eager"])
+@pytest.mark.parametrize("op,index", CASE_IDS, ids=[f"{op}-{i}" for op, i in CASE_IDS])
+def test_gradient_rule_matches_central_differences(op, index, through):
+    inputs, attrs = CASES[op][index]
+    op_def = get_op(op)
+    out_type = op_def.infer_type([TensorType.of(x) for x in inputs], op_def.check_attrs(attrs))
+    projection = RNG.normal(size=out_type.shape)
+    report = graphgpt.check_gradients(projected(op, attrs, inputs, projection), *inputs, through=through)
+    float_inputs = sum(np.asarray(x).dtype.kind == "f" for x in inputs)
+    assert len(report.parameters) == float_inputs
+    assert report.passed, str(report)
