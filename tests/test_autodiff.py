@@ -148,5 +148,8 @@ def test_backward_accumulates_and_zero_grad_clears():
     optimizer = graphgpt.optim.SGD(model.named_parameters(), lr=0.1)
     optimizer.zero_grad()
     assert all(p.grad is None for p in model.parameters())
+    loss().backward()
+    model.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
     with pytest.raises(graphgpt.ShapeError, match="float scalar"):
         model(graphgpt.Tensor(tokens)).backward()

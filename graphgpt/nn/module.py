@@ -53,6 +53,11 @@ class Module:
     def parameters(self) -> list[Parameter]:
         return [parameter for _, parameter in self.named_parameters()]
 
+    def zero_grad(self) -> None:
+        """Forget the gradients eager backward() accumulated in every parameter's .grad."""
+        for parameter in self.parameters():
+            parameter.grad = None
+
     def to(self, dtype) -> "Module":
         """Convert every floating-point parameter to `dtype` in place (float64 for gradient checks)."""
         dtype = canonical_dtype(dtype)
