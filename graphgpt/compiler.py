@@ -20,6 +20,7 @@ import numpy as np
 from graphgpt.ir import Graph, ShapeError, TensorType, verify
 from graphgpt.passes import infer_shapes
 from graphgpt.passes.autodiff import append_backward
+from graphgpt.passes.manager import StageRecord, format_report, run_pipeline
 
 from .executor import Executor
 from .nn.module import Module
@@ -114,8 +115,9 @@ class Compiled:
     the latest run."""
 
     def __init__(self, graph: Graph, bindings: dict[str, Tensor], returns_tuple: bool,
-                 gradient_names: Sequence[str] = ()):
+                 gradient_names: Sequence[str] = (), stages: Sequence[StageRecord] = ()):
         self.graph = graph
+        self.stages = list(stages)  # the graph after tracing and after each pass, with measurements
         self.bindings = bindings
         self._bound = [bindings[value.name] for value in graph.params]
         self._returns_tuple = returns_tuple
@@ -165,18 +167,26 @@ class Compiled:
 
     __call__ = run
 
+    def report(self) -> str:
+        """A per-pass table: node count, FLOPs, memory and what each pass changed."""
+        return format_report(self.stages)
+
     def __repr__(self) -> str:
         signature = ", ".join(f"{value.name}: {value.type}" for value in self.graph.inputs)
         return f"<graphgpt.Compiled ({signature}) with {len(self.graph.nodes)} nodes>"
 
 
 def compile(model: Callable, *example_inputs, loss: Optional[Callable] = None,
-            optimizer: Optional[Optimizer] = None) -> Compiled:
+            optimizer: Optional[Optimizer] = None, passes: Optional[Sequence] = None,
+            verify_each: bool = False) -> Compiled:
     """Trace `model` at the example inputs, infer shapes, verify, and prepare the executor.
 
     Without `loss`, the graph is the model's forward. With `loss`, the last example input is the target: the
     graph computes loss(model(*inputs), targets), its gradients for every parameter (generated backward nodes),
     and with `optimizer` the parameter update too, so each run is one whole training step.
+
+    `passes` chooses the optimisation passes (names from graphgpt.passes.manager.PASSES; default its
+    DEFAULT_PIPELINE; [] for none, to study the graph as traced); `verify_each` runs the verifier after each.
 
     >>> fwd = graphgpt.compile(model, tokens)                                  # doctest: +SKIP
     >>> fwd.run(tokens).shape                                                  # doctest: +SKIP
@@ -191,7 +201,8 @@ def compile(model: Callable, *example_inputs, loss: Optional[Callable] = None,
         if optimizer is not None:
             raise TypeError("an optimizer needs a loss: compile(model, inputs, targets, loss=..., optimizer=...)")
         traced = trace(model, *example_inputs)
-        return Compiled(verify(infer_shapes(traced.graph)), traced.bindings, traced.returns_tuple)
+        graph, stages = run_pipeline(verify(infer_shapes(traced.graph)), passes, verify_each)
+        return Compiled(verify(graph), traced.bindings, traced.returns_tuple, stages=stages)
 
     traced = trace_loss(model, example_inputs, loss)
     graph = infer_shapes(traced.graph)
@@ -203,4 +214,5 @@ def compile(model: Callable, *example_inputs, loss: Optional[Callable] = None,
         optimizer.bind(trainable)
         graph = optimizer.append_to(graph, {name: 1 + position for position, name in enumerate(wrt)})
         bindings.update(optimizer.state_tensors())
-    return Compiled(verify(graph), bindings, returns_tuple=False, gradient_names=wrt)
+    graph, stages = run_pipeline(verify(graph), passes, verify_each)
+    return Compiled(verify(graph), bindings, returns_tuple=False, gradient_names=wrt, stages=stages)

@@ -28,29 +28,40 @@ class GraphBuilder:
     def __init__(self, header: str = "traced"):
         self._graph = Graph(header=header)
         self._next_id = 0
+        self._used_ids: set[int] = set()
         self._names: set[str] = set()
 
-    def _new_value(self, type: TensorType, kind: str, name: str = "") -> Value:
+    def _new_value(self, type: TensorType, kind: str, name: str = "", value_id: Optional[int] = None) -> Value:
+        """A value with a fresh id, or with `value_id` (a pass keeping the ids of what it copies, so that what it
+        created or removed can be told apart); ids are never reused within one builder."""
         if name:
             if name in self._names:
                 raise ShapeError(f"two graph values are named {name!r}")
             self._names.add(name)
-        value = Value(self._next_id, type, kind, name)
-        self._next_id += 1
-        return value
+        if value_id is None:
+            value_id = self._next_id
+        elif value_id in self._used_ids:
+            raise ShapeError(f"value id %{value_id} is used twice")
+        self._used_ids.add(value_id)
+        self._next_id = max(self._next_id, value_id + 1)
+        return Value(value_id, type, kind, name)
 
-    def add_input(self, name: str, type: TensorType) -> Value:
-        value = self._new_value(type, "input", name)
+    def reserve_ids(self, below: int) -> None:
+        """Make fresh ids start at `below` or above (a pass reserves the ids of its input graph)."""
+        self._next_id = max(self._next_id, below)
+
+    def add_input(self, name: str, type: TensorType, value_id: Optional[int] = None) -> Value:
+        value = self._new_value(type, "input", name, value_id)
         self._graph.inputs.append(value)
         return value
 
-    def add_param(self, name: str, type: TensorType) -> Value:
-        value = self._new_value(type, "param", name)
+    def add_param(self, name: str, type: TensorType, value_id: Optional[int] = None) -> Value:
+        value = self._new_value(type, "param", name, value_id)
         self._graph.params.append(value)
         return value
 
     def add_node(self, op: str, inputs: Iterable[Value], attrs: Optional[dict[str, Any]] = None,
-                 provenance: Provenance = UNKNOWN_PROVENANCE) -> Value:
+                 provenance: Provenance = UNKNOWN_PROVENANCE, value_id: Optional[int] = None) -> Value:
         """Append `op[attrs](*inputs)` after checking its attributes and inferring its type."""
         inputs = tuple(inputs)
         try:
@@ -60,7 +71,7 @@ class GraphBuilder:
         except ShapeError as error:
             where = provenance.describe() if provenance.filename or provenance.module_path else ""
             raise ShapeError(f"{error}" + (f"\n  at {where}" if where else "")) from None
-        output = self._new_value(result_type, "node")
+        output = self._new_value(result_type, "node", value_id=value_id)
         node = Node(op, inputs, attrs, output, provenance)
         output.producer = node
         self._graph.nodes.append(node)

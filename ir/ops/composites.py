@@ -31,11 +31,11 @@ def log_softmax_reference(x: np.ndarray, axis: int) -> np.ndarray:
 
 
 define_op("softmax", kind=OpKind.OPAQUE, arity=1, attrs={"axis": A.INT}, infer=_infer_along_axis,
-          compute=softmax_reference,
+          compute=softmax_reference, cost=lambda out, x, axis: 5 * x.size,  # max, sub, exp, sum, div
           vjp=lambda g, out, x, axis: (lambda: out * (g - (g * out).sum(axis, keepdims=True)),),
           doc="softmax along one axis, max-shifted for stability")
 define_op("log_softmax", kind=OpKind.OPAQUE, arity=1, attrs={"axis": A.INT}, infer=_infer_along_axis,
-          compute=log_softmax_reference,
+          compute=log_softmax_reference, cost=lambda out, x, axis: 5 * x.size,
           vjp=lambda g, out, x, axis: (lambda: g - out.exp() * g.sum(axis, keepdims=True),),
           doc="log of softmax along one axis, computed without overflow")
 
@@ -76,6 +76,7 @@ def _layer_norm_vjp(g, out, x, gamma, beta, eps):
 
 define_op("layer_norm", kind=OpKind.OPAQUE, arity=3, attrs={"eps": A.FLOAT}, infer=_infer_layer_norm,
           compute=layer_norm_reference, vjp=_layer_norm_vjp,
+          cost=lambda out, x, gamma, beta, eps: 8 * x.size,  # mean, centre, square, mean, sqrt+div, scale, shift
           doc="layer_norm(x, gamma, beta) over the last axis, biased variance")
 
 
@@ -110,5 +111,5 @@ def _cross_entropy_vjp(g, out, logits, targets):
 
 
 define_op("cross_entropy", kind=OpKind.OPAQUE, arity=2, infer=_infer_cross_entropy,
-          compute=cross_entropy_reference, vjp=_cross_entropy_vjp,
+          compute=cross_entropy_reference, vjp=_cross_entropy_vjp, cost=lambda out, logits, targets: 5 * logits.size,
           doc="cross_entropy(logits, targets): mean negative log-likelihood over all positions")

@@ -143,4 +143,5 @@ def _gelu_vjp(g, out, x):
 
 
 define_op("gelu", kind=OpKind.ELEMENTWISE, arity=1, infer=_float_unary, compute=gelu_reference, vjp=_gelu_vjp,
+          cost=lambda out, x: 9 * out.size,  # three multiplies for the cube, tanh, and five more around it
           doc="GELU, tanh approximation (as in the TinyTorch seed)")

@@ -36,4 +36,5 @@ def _matmul_vjp(g, out, a, b):
 
 
 define_op("matmul", kind=OpKind.MATMUL, arity=2, infer=_infer_matmul, compute=np.matmul, vjp=_matmul_vjp,
+          cost=lambda out, a, b: 2 * out.size * a.shape[-1],  # a multiply and an add per inner-product term
           doc="batched broadcasting matrix product")

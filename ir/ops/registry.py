@@ -5,8 +5,8 @@ An `OpDef` carries
   - `compute(*arrays, **attrs) -> np.ndarray`: the NumPy implementation;
   - `kind`: its fusion class, after TVM's OpPatternKind;
   - `attrs`: the attribute names and their kinds (ir/ops/attrs.py), checked wherever a node is made or read;
-  - `vjp`: the gradient rule, written with the op-building API so that the backward pass is IR too (left None
-    until the autodiff work fills it in).
+  - `vjp`: the gradient rule, written with the op-building API so that the backward pass is IR too;
+  - `cost(out_type, *input_types, **attrs) -> int`: floating-point operations, for reports (defaults by kind).
 """
 
 from __future__ import annotations
@@ -42,7 +42,19 @@ class OpDef:
     compute: Callable[..., Any]
     attrs: dict[str, AttrKind] = field(default_factory=dict)
     vjp: Optional[Callable[..., Any]] = None
+    cost: Optional[Callable[..., int]] = None
     doc: str = ""
+
+    def flops(self, output_type: TensorType, input_types: list[TensorType], attrs: dict[str, Any]) -> int:
+        """Floating-point operations of one application: the declared cost, else one per output element for
+        elementwise ops, one per input element for reductions, none for data movement and constants."""
+        if self.cost is not None:
+            return int(self.cost(output_type, *input_types, **attrs))
+        if self.kind in (OpKind.ELEMENTWISE, OpKind.BROADCAST):
+            return output_type.size
+        if self.kind == OpKind.REDUCTION:
+            return input_types[0].size
+        return 0
 
     def check_attrs(self, attrs: dict[str, Any]) -> dict[str, Any]:
         """Canonical attributes, or a ShapeError naming the missing, unknown or malformed one."""
@@ -79,7 +91,8 @@ OPS: dict[str, OpDef] = {}
 
 def define_op(name: str, *, kind: OpKind, arity: int, infer: Callable[..., TensorType],
               compute: Callable[..., Any], attrs: Optional[dict[str, AttrKind]] = None,
-              vjp: Optional[Callable[..., Any]] = None, doc: str = "") -> OpDef:
+              vjp: Optional[Callable[..., Any]] = None, cost: Optional[Callable[..., int]] = None,
+              doc: str = "") -> OpDef:
     """Declare an op. Each name may be declared once.
 
     >>> define_op("my_negate", kind=OpKind.ELEMENTWISE, arity=1, infer=lambda x: x, compute=np.negative)  # doctest: +SKIP
@@ -87,7 +100,7 @@ def define_op(name: str, *, kind: OpKind, arity: int, infer: Callable[..., Tenso
     if name in OPS:
         raise ValueError(f"op {name!r} is declared twice")
     op = OpDef(name=name, kind=kind, arity=arity, infer=infer, compute=compute, attrs=dict(attrs or {}),
-               vjp=vjp, doc=doc)
+               vjp=vjp, cost=cost, doc=doc)
     OPS[name] = op
     return op
 

@@ -1,0 +1,110 @@
+"""The pass manager: runs a pipeline of passes, verifies after each one when asked (always in tests), and keeps a
+record of every stage (node count, FLOPs, memory, what the pass changed, which values it created and removed)
+so reports and before/after diagrams can show what each pass did.
+
+    graph, records = run_pipeline(graph)                    # the default pipeline
+    graph, records = run_pipeline(graph, passes=[])         # none, for study
+    print(format_report(records))
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence, Union
+
+from graphgpt.ir import Graph, verify
+
+from .analysis import graph_flops, keep_all_bytes, peak_live_bytes
+from .common_subexpressions import eliminate_common_subexpressions
+from .constant_folding import fold_constants
+from .dead_nodes import eliminate_dead_nodes
+from .result import PassResult
+from .simplify import simplify
+
+PASSES: dict[str, Callable[[Graph], PassResult]] = {
+    "simplify": simplify,
+    "fold_constants": fold_constants,
+    "eliminate_common_subexpressions": eliminate_common_subexpressions,
+    "eliminate_dead_nodes": eliminate_dead_nodes,
+}
+DEFAULT_PIPELINE = ("simplify", "fold_constants", "eliminate_common_subexpressions", "eliminate_dead_nodes")
+# Rewrites enable each other (a simplification exposes a constant to fold, a fold a duplicate to merge): run
+# each to a fixed point, up to this many sweeps.
+MAX_SWEEPS = 8
+
+
+@dataclass
+class StageRecord:
+    """The graph after one pass (or the input, for the first record) and what it cost and changed."""
+
+    name: str
+    graph: Graph
+    summary: dict[str, int] = field(default_factory=dict)
+    created: set[int] = field(default_factory=set)
+    removed: set[int] = field(default_factory=set)
+    seconds: float = 0.0
+    nodes: int = 0
+    flops: int = 0
+    keep_all_bytes: int = 0
+    peak_bytes: int = 0
+
+    def __post_init__(self):
+        self.nodes = len(self.graph.nodes)
+        self.flops = graph_flops(self.graph)
+        self.keep_all_bytes = keep_all_bytes(self.graph)
+        self.peak_bytes = peak_live_bytes(self.graph)
+
+
+def _node_ids(graph: Graph) -> set[int]:
+    return {node.output.id for node in graph.nodes}
+
+
+def run_to_fixed_point(function: Callable[[Graph], PassResult], graph: Graph) -> PassResult:
+    """Repeat a pass while it still changes the node list; summaries add up."""
+    total: dict[str, int] = {}
+    for _ in range(MAX_SWEEPS):
+        result = function(graph)
+        for what, count in result.summary.items():
+            total[what] = total.get(what, 0) + count
+        changed = _node_ids(result.graph) != _node_ids(graph) or any(result.summary.values())
+        graph = result.graph
+        if not changed:
+            break
+    return PassResult(graph, total)
+
+
+def run_pipeline(graph: Graph, passes: Optional[Sequence[Union[str, Callable]]] = None,
+                 verify_each: bool = False) -> tuple[Graph, list[StageRecord]]:
+    """Run `passes` (names from PASSES or functions; default DEFAULT_PIPELINE) and record every stage."""
+    passes = DEFAULT_PIPELINE if passes is None else passes
+    records = [StageRecord("input", graph)]
+    for entry in passes:
+        if isinstance(entry, str):
+            if entry not in PASSES:
+                raise ValueError(f"unknown pass {entry!r}; known passes: {', '.join(PASSES)}")
+            name, function = entry, PASSES[entry]
+        else:
+            name, function = entry.__name__, entry
+        started = time.perf_counter()
+        result = run_to_fixed_point(function, graph)
+        seconds = time.perf_counter() - started
+        if verify_each:
+            verify(result.graph)
+        before, after = _node_ids(graph), _node_ids(result.graph)
+        records.append(StageRecord(name, result.graph, result.summary, created=after - before,
+                                   removed=before - after, seconds=seconds))
+        graph = result.graph
+    return graph, records
+
+
+def format_report(records: Sequence[StageRecord]) -> str:
+    """A per-pass table: node count, FLOPs, memory if every value were kept vs freed after its last use, time,
+    and what the pass changed."""
+    lines = [f"{'stage':<34} {'nodes':>6} {'MFLOP':>9} {'keep-all MB':>11} {'peak MB':>8} {'ms':>7}  changes"]
+    for record in records:
+        changes = ", ".join(f"{what} {count}" for what, count in record.summary.items() if count) or "-"
+        lines.append(f"{record.name:<34} {record.nodes:>6} {record.flops / 1e6:>9.2f} "
+                     f"{record.keep_all_bytes / 2**20:>11.2f} {record.peak_bytes / 2**20:>8.2f} "
+                     f"{record.seconds * 1e3:>7.1f}  {changes}")
+    return "\n".join(lines)
