@@ -137,7 +137,7 @@ class Compiled:
             raise InputError(f"compiled graph takes {len(expected)} input(s) ({signature}), got {len(inputs)}")
         arrays = []
         for position, (value, data) in enumerate(zip(expected, inputs)):
-            array = _as_example(data)
+            array = np.ascontiguousarray(_as_example(data))
             try:
                 got = str(TensorType.of(array))
             except ShapeError:
@@ -155,14 +155,18 @@ class Compiled:
             if tensor.type != value.type:
                 raise InputError(f"parameter {value.name!r} is now {tensor.type}, but the graph was compiled "
                                  f"for {value.type}; compile again after changing the model")
+            if not tensor.data.flags.c_contiguous:  # the schedule writes updates into these arrays in place
+                tensor.data = np.ascontiguousarray(tensor.data)
             arrays.append(tensor.data)
         return arrays
 
     def run(self, *inputs) -> Union[np.ndarray, tuple]:
         """Execute the graph on NumPy arrays (or Tensors) of the compiled shapes and dtypes."""
         outputs = self._executor.run(self._check_inputs(inputs), self._param_arrays())
+        # Gradients stay in the executor's buffers (valid until the next run, as torch's .grad is until the next
+        # backward); what run() returns is copied, so a caller may keep it.
         self.grads = dict(zip(self.gradient_names, outputs[self._num_results:]))
-        results = outputs[:self._num_results]
+        results = [np.array(output, copy=True) for output in outputs[:self._num_results]]
         return tuple(results) if self._returns_tuple else results[0]
 
     __call__ = run

@@ -1,84 +1,117 @@
-"""The executor: lowers a graph once into a flat schedule of NumPy calls, then each run just walks the schedule.
+"""The executor: lowers a graph once into a flat schedule of NumPy calls over planned buffers; each run then only
+walks the schedule.
 
-Values live in a list of slots; after its last use a value's slot is cleared, so intermediates are freed as soon
-as nothing needs them. A failure inside a step is reported with the node, its module path and source line.
+Buffers come from the memory plan (graphgpt.passes.memory_plan): allocated once per executor and reused by every
+run, each op writing into its planned buffer with `out=`; views (reshape, transpose, slice, broadcast) are made
+afresh each run and cost nothing. A failure inside a step is reported with the node, its module path and
+source line.
+
+Arrays returned by run() live in the executor's buffers: the next run overwrites them (graphgpt.Compiled copies
+what it hands to users).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from graphgpt.ir import Graph, Node, get_op
+from graphgpt.passes.memory_plan import MemoryPlan, plan_memory
 
 
 class ExecutionError(RuntimeError):
     """A NumPy call of the schedule failed; the message names the graph node and the user's source line."""
 
 
+# How a step produces its value.
+VIEW, INTO_BUFFER, INTO_PARAM = "view", "into_buffer", "into_param"
+
+
 @dataclass(frozen=True)
 class Step:
-    compute: Callable[..., Any]
+    mode: str
+    function: Callable[..., Any]  # compute (VIEW) or compute_into (the others)
     input_slots: tuple[int, ...]
     attrs: dict
     output_slot: int
-    release_slots: tuple[int, ...]  # slots whose last use is this step
+    out: Optional[np.ndarray]  # the planned buffer (INTO_BUFFER)
+    param_position: int  # which parameter array to write (INTO_PARAM)
     node: Node
 
 
-class Executor:
-    """Runs `graph` on NumPy arrays: `executor.run(inputs, params) -> list of output arrays`."""
+def _typed_view(raw: np.ndarray, node: Node) -> np.ndarray:
+    """The first bytes of a raw buffer seen as the node's output array."""
+    value_type = node.output.type
+    return raw[:value_type.nbytes].view(value_type.numpy_dtype).reshape(value_type.shape)
 
-    def __init__(self, graph: Graph):
+
+class Executor:
+    """Runs `graph` on NumPy arrays: `executor.run(inputs, params) -> list of output arrays`; the graph's updates
+    are written into the parameter arrays in place."""
+
+    def __init__(self, graph: Graph, plan: Optional[MemoryPlan] = None):
         self.graph = graph
+        self.plan = plan if plan is not None else plan_memory(graph)
         slot_of = {value.id: slot for slot, value in enumerate(graph.values())}
         self.num_slots = len(slot_of)
         self.input_slots = [slot_of[value.id] for value in graph.inputs]
         self.param_slots = [slot_of[value.id] for value in graph.params]
         self.output_slots = [slot_of[value.id] for value in graph.outputs]
-        # (position in params, slot of its new value): written into the parameter arrays after a run
         param_position = {value.id: position for position, value in enumerate(graph.params)}
-        self.update_slots = [(param_position[parameter.id], slot_of[value.id]) for parameter, value in graph.updates]
+        # Updates not computed straight into their parameter are copied in after the run.
+        self.update_copies = [(param_position[parameter.id], slot_of[value.id]) for parameter, value in graph.updates
+                              if self.plan.storage[value.id].kind != "into_param"]
+        self.buffers = [np.empty(size, np.uint8) for size in self.plan.buffer_bytes]
+        self.constants = []  # (slot, array): set once per run, before the schedule
+        self.steps = []
+        for node in graph.nodes:
+            op = get_op(node.op)
+            storage = self.plan.storage[node.output.id]
+            slot = slot_of[node.output.id]
+            if storage.kind == "constant":
+                self.constants.append((slot, node.attrs["value"]))
+                continue
+            inputs = tuple(slot_of[value.id] for value in node.inputs)
+            if storage.kind == "view":
+                step = Step(VIEW, op.compute, inputs, node.attrs, slot, None, -1, node)
+            elif storage.kind == "into_param":
+                step = Step(INTO_PARAM, op.evaluate_into, inputs, node.attrs, slot, None,
+                            param_position[storage.source], node)
+            else:
+                out = _typed_view(self.buffers[storage.buffer], node)
+                step = Step(INTO_BUFFER, op.evaluate_into, inputs, node.attrs, slot, out, -1, node)
+            self.steps.append(step)
 
-        last_use: dict[int, int] = {}
-        for index, node in enumerate(graph.nodes):
-            for value in node.inputs:
-                last_use[value.id] = index
-        kept = {value.id for value in graph.results()} | {value.id for value in graph.params}
-        releases: dict[int, list[int]] = {}
-        for value_id, index in last_use.items():
-            if value_id not in kept:
-                releases.setdefault(index, []).append(slot_of[value_id])
-
-        self.steps = [
-            Step(compute=get_op(node.op).compute,
-                 input_slots=tuple(slot_of[value.id] for value in node.inputs),
-                 attrs=node.attrs,
-                 output_slot=slot_of[node.output.id],
-                 release_slots=tuple(releases.get(index, ())),
-                 node=node)
-            for index, node in enumerate(graph.nodes)
-        ]
+    @property
+    def planned_bytes(self) -> int:
+        return self.plan.planned_bytes
 
     def run(self, inputs: Sequence[np.ndarray], params: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Outputs of the graph for these inputs and parameter arrays; the graph's updates are then written into
-        the parameter arrays in place (after every step has run, so no step reads a half-updated value)."""
+        """Outputs of the graph for these inputs and parameter arrays (C-contiguous, of the graph's types)."""
         slots: list[Any] = [None] * self.num_slots
         for slot, array in zip(self.input_slots, inputs):
             slots[slot] = array
         for slot, array in zip(self.param_slots, params):
             slots[slot] = array
+        for slot, array in self.constants:
+            slots[slot] = array
         for step in self.steps:
+            arrays = [slots[slot] for slot in step.input_slots]
             try:
-                result = step.compute(*[slots[slot] for slot in step.input_slots], **step.attrs)
+                if step.mode == INTO_BUFFER:
+                    step.function(step.out, arrays, step.attrs)
+                    slots[step.output_slot] = step.out
+                elif step.mode == VIEW:
+                    slots[step.output_slot] = step.function(*arrays, **step.attrs)
+                else:
+                    target = params[step.param_position]
+                    step.function(target, arrays, step.attrs)
+                    slots[step.output_slot] = target
             except Exception as error:  # any NumPy failure: say which node of whose code it was
                 raise ExecutionError(f"{step.node.describe()} failed: {type(error).__name__}: {error}") from error
-            slots[step.output_slot] = np.asarray(result)
-            for slot in step.release_slots:
-                slots[slot] = None
         outputs = [slots[slot] for slot in self.output_slots]
-        for position, slot in self.update_slots:
+        for position, slot in self.update_copies:
             np.copyto(params[position], slots[slot])
         return outputs

@@ -37,18 +37,27 @@ def test_every_gpt_parameter_matches_central_differences(vocab, embed, layers, h
     assert report.worst.relative_error < 1e-6
 
 
-def test_compiled_and_eager_float32_gradients_agree_exactly():
+def test_compiled_and_eager_float32_gradients_agree():
+    """Unoptimised, the graph runs the tape's very kernels in the tape's order: equal to the bit. The optimised
+    graph rounds differently (rewritten arithmetic) and agrees to float32 precision."""
     model = make_gpt()
     tokens, targets = make_tokens(17, 2, 8), make_tokens(17, 2, 8, seed=1)
-    step = graphgpt.compile(model, tokens, targets, loss=F.cross_entropy)
-    compiled_loss = step.run(tokens, targets)
     eager_loss = F.cross_entropy(model(graphgpt.Tensor(tokens)), graphgpt.Tensor(targets))
     eager_loss.backward()
-    assert compiled_loss.shape == () and float(compiled_loss) == float(eager_loss.data)
-    assert set(step.grads) == {name for name, _ in model.named_parameters()}
-    for name, parameter in model.named_parameters():
-        assert step.grads[name].dtype == np.float32
-        np.testing.assert_array_equal(step.grads[name], parameter.grad, err_msg=name)
+    for passes in ([], None):
+        step = graphgpt.compile(model, tokens, targets, loss=F.cross_entropy, passes=passes)
+        compiled_loss = step.run(tokens, targets)
+        assert compiled_loss.shape == () and set(step.grads) == {name for name, _ in model.named_parameters()}
+        for name, parameter in model.named_parameters():
+            assert step.grads[name].dtype == np.float32
+            if passes == []:
+                np.testing.assert_array_equal(step.grads[name], parameter.grad, err_msg=name)
+            else:
+                np.testing.assert_allclose(step.grads[name], parameter.grad, rtol=1e-4, atol=1e-6, err_msg=name)
+        if passes == []:
+            assert float(compiled_loss) == float(eager_loss.data)
+        else:
+            np.testing.assert_allclose(compiled_loss, eager_loss.data, rtol=1e-6)
 
 
 def test_backward_nodes_name_the_forward_node_they_differentiate():

@@ -72,11 +72,15 @@ def test_eager_step_matches_reference_algorithm(name):
 
 
 @pytest.mark.parametrize("name", ["sgd_momentum_decay", "adam_l2_clip", "adamw"])
-def test_compiled_steps_equal_eager_steps_after_20(name):
+@pytest.mark.parametrize("optimised", [False, True])
+def test_compiled_steps_equal_eager_steps_after_20(name, optimised):
+    """Unoptimised, the compiled step is the tape's arithmetic in the tape's order: equal to the bit after 20
+    steps. Optimised, rewrites may round differently, so the check is float32-close."""
     make_optimizer, _ = OPTIMIZERS[name]
     compiled_model, eager_model = make_gpt(seed=4), make_gpt(seed=4)
     batches = [(make_tokens(17, 2, 6, seed=s), make_tokens(17, 2, 6, seed=100 + s)) for s in range(20)]
-    step = graphgpt.compile(compiled_model, *batches[0], loss=F.cross_entropy, optimizer=make_optimizer(None))
+    step = graphgpt.compile(compiled_model, *batches[0], loss=F.cross_entropy, optimizer=make_optimizer(None),
+                            passes=None if optimised else [])
     eager_optimizer = make_optimizer(eager_model.named_parameters())
     for tokens, targets in batches:
         compiled_loss = step.run(tokens, targets)
@@ -84,10 +88,15 @@ def test_compiled_steps_equal_eager_steps_after_20(name):
         eager_loss.backward()
         eager_optimizer.step()
         eager_optimizer.zero_grad()
-        assert float(compiled_loss) == float(eager_loss.data)
-    # The tape walks ops in the order the autodiff pass does, so even float32 rounding is identical.
+        if optimised:
+            np.testing.assert_allclose(compiled_loss, eager_loss.data, rtol=1e-4)
+        else:
+            assert float(compiled_loss) == float(eager_loss.data)
     for name_, value in compiled_model.state_dict().items():
-        np.testing.assert_array_equal(value, eager_model.state_dict()[name_], err_msg=name_)
+        if optimised:
+            np.testing.assert_allclose(value, eager_model.state_dict()[name_], rtol=1e-5, atol=1e-5, err_msg=name_)
+        else:
+            np.testing.assert_array_equal(value, eager_model.state_dict()[name_], err_msg=name_)
     assert not np.array_equal(compiled_model.state_dict()["lm_head.weight"], make_gpt(seed=4).lm_head.weight.data)
 
 

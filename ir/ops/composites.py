@@ -20,22 +20,23 @@ def _infer_along_axis(x: TensorType, axis: int) -> TensorType:
     return x
 
 
-def softmax_reference(x: np.ndarray, axis: int) -> np.ndarray:
-    shifted = np.exp(x - np.max(x, axis=axis, keepdims=True))
-    return shifted / np.sum(shifted, axis=axis, keepdims=True)
+def _softmax_into(out: np.ndarray, x: np.ndarray, axis: int) -> None:
+    np.subtract(x, np.max(x, axis=axis, keepdims=True), out=out)
+    np.exp(out, out=out)
+    out /= np.sum(out, axis=axis, keepdims=True)
 
 
-def log_softmax_reference(x: np.ndarray, axis: int) -> np.ndarray:
-    shifted = x - np.max(x, axis=axis, keepdims=True)
-    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+def _log_softmax_into(out: np.ndarray, x: np.ndarray, axis: int) -> None:
+    np.subtract(x, np.max(x, axis=axis, keepdims=True), out=out)
+    out -= np.log(np.sum(np.exp(out), axis=axis, keepdims=True))
 
 
 define_op("softmax", kind=OpKind.OPAQUE, arity=1, attrs={"axis": A.INT}, infer=_infer_along_axis,
-          compute=softmax_reference, cost=lambda out, x, axis: 5 * x.size,  # max, sub, exp, sum, div
+          compute_into=_softmax_into, cost=lambda out, x, axis: 5 * x.size,  # max, sub, exp, sum, div
           vjp=lambda g, out, x, axis: (lambda: out * (g - (g * out).sum(axis, keepdims=True)),),
           doc="softmax along one axis, max-shifted for stability")
 define_op("log_softmax", kind=OpKind.OPAQUE, arity=1, attrs={"axis": A.INT}, infer=_infer_along_axis,
-          compute=log_softmax_reference, cost=lambda out, x, axis: 5 * x.size,
+          compute_into=_log_softmax_into, cost=lambda out, x, axis: 5 * x.size,
           vjp=lambda g, out, x, axis: (lambda: g - out.exp() * g.sum(axis, keepdims=True),),
           doc="log of softmax along one axis, computed without overflow")
 
@@ -50,11 +51,13 @@ def _infer_layer_norm(x: TensorType, gamma: TensorType, beta: TensorType, eps: f
     return x
 
 
-def layer_norm_reference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> np.ndarray:
-    """(x - mean) / sqrt(biased variance + eps) * gamma + beta over the last axis."""
-    centered = x - np.mean(x, axis=-1, keepdims=True)
-    variance = np.mean(centered * centered, axis=-1, keepdims=True)
-    return centered / np.sqrt(variance + eps) * gamma + beta
+def _layer_norm_into(out: np.ndarray, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> None:
+    """(x - mean) / sqrt(biased variance + eps) * gamma + beta over the last axis, built up in `out`."""
+    np.subtract(x, np.mean(x, axis=-1, keepdims=True), out=out)
+    variance = np.mean(np.square(out), axis=-1, keepdims=True)
+    out /= np.sqrt(variance + eps)
+    out *= gamma
+    out += beta
 
 
 def _layer_norm_vjp(g, out, x, gamma, beta, eps):
@@ -75,7 +78,7 @@ def _layer_norm_vjp(g, out, x, gamma, beta, eps):
 
 
 define_op("layer_norm", kind=OpKind.OPAQUE, arity=3, attrs={"eps": A.FLOAT}, infer=_infer_layer_norm,
-          compute=layer_norm_reference, vjp=_layer_norm_vjp,
+          compute_into=_layer_norm_into, vjp=_layer_norm_vjp,
           cost=lambda out, x, gamma, beta, eps: 8 * x.size,  # mean, centre, square, mean, sqrt+div, scale, shift
           doc="layer_norm(x, gamma, beta) over the last axis, biased variance")
 
@@ -90,15 +93,16 @@ def _infer_cross_entropy(logits: TensorType, targets: TensorType) -> TensorType:
     return TensorType((), logits.dtype)
 
 
-def cross_entropy_reference(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+def _cross_entropy_into(out: np.ndarray, logits: np.ndarray, targets: np.ndarray) -> None:
     """Mean over every position of -log softmax(logits)[target]."""
     classes = logits.shape[-1]
     if targets.size and (targets.min() < 0 or targets.max() >= classes):
         raise IndexError(f"cross_entropy target out of range: targets must lie in 0..{classes - 1}, "
                          f"got values from {int(targets.min())} to {int(targets.max())}")
-    log_probs = log_softmax_reference(logits, axis=-1)
+    log_probs = np.empty_like(logits)
+    _log_softmax_into(log_probs, logits, axis=-1)
     picked = np.take_along_axis(log_probs, targets[..., None], axis=-1)
-    return -np.mean(picked, dtype=logits.dtype)
+    out[...] = -np.mean(picked, dtype=logits.dtype)
 
 
 def _cross_entropy_vjp(g, out, logits, targets):
@@ -111,5 +115,5 @@ def _cross_entropy_vjp(g, out, logits, targets):
 
 
 define_op("cross_entropy", kind=OpKind.OPAQUE, arity=2, infer=_infer_cross_entropy,
-          compute=cross_entropy_reference, vjp=_cross_entropy_vjp, cost=lambda out, logits, targets: 5 * logits.size,
+          compute_into=_cross_entropy_into, vjp=_cross_entropy_vjp, cost=lambda out, logits, targets: 5 * logits.size,
           doc="cross_entropy(logits, targets): mean negative log-likelihood over all positions")

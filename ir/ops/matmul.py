@@ -35,6 +35,7 @@ def _matmul_vjp(g, out, a, b):
     return (gradient_a, gradient_b)
 
 
-define_op("matmul", kind=OpKind.MATMUL, arity=2, infer=_infer_matmul, compute=np.matmul, vjp=_matmul_vjp,
+define_op("matmul", kind=OpKind.MATMUL, arity=2, infer=_infer_matmul, vjp=_matmul_vjp,
+          compute=np.matmul, compute_into=lambda out, a, b: np.matmul(a, b, out=out),
           cost=lambda out, a, b: 2 * out.size * a.shape[-1],  # a multiply and an add per inner-product term
           doc="batched broadcasting matrix product")

@@ -57,10 +57,15 @@ def _max_vjp(g, out, x, axes, keepdims):
 # dtype=x.dtype: NumPy sums int32 into int64 by default, which would break the declared type.
 define_op("sum", kind=OpKind.REDUCTION, arity=1, attrs=REDUCTION_ATTRS, infer=_infer_sum,
           compute=lambda x, axes, keepdims: np.sum(x, axis=axes, keepdims=keepdims, dtype=x.dtype),
+          compute_into=lambda out, x, axes, keepdims: np.sum(x, axis=axes, keepdims=keepdims, dtype=x.dtype,
+                                                             out=out),
           vjp=_sum_vjp, doc="sum over axes")
 define_op("mean", kind=OpKind.REDUCTION, arity=1, attrs=REDUCTION_ATTRS, infer=_infer_mean,
           compute=lambda x, axes, keepdims: np.mean(x, axis=axes, keepdims=keepdims, dtype=x.dtype),
+          compute_into=lambda out, x, axes, keepdims: np.mean(x, axis=axes, keepdims=keepdims, dtype=x.dtype,
+                                                              out=out),
           vjp=_mean_vjp, doc="mean over axes")
 define_op("max", kind=OpKind.REDUCTION, arity=1, attrs=REDUCTION_ATTRS, infer=_infer_max,
           compute=lambda x, axes, keepdims: np.max(x, axis=axes, keepdims=keepdims),
+          compute_into=lambda out, x, axes, keepdims: np.max(x, axis=axes, keepdims=keepdims, out=out),
           vjp=_max_vjp, doc="maximum over axes")

@@ -2,7 +2,12 @@
 
 An `OpDef` carries
   - `infer(*input_types, **attrs) -> TensorType`: the result type from input types alone (no data);
-  - `compute(*arrays, **attrs) -> np.ndarray`: the NumPy implementation;
+  - `compute_into(out, *arrays, **attrs)`: the NumPy implementation, writing into a given output array (so the
+    executor can run it over planned buffers), and/or `compute(*arrays, **attrs) -> np.ndarray`, an allocating
+    one. Declare one and the other is derived; declare both only where they are the same NumPy call (a ufunc),
+    so eager and compiled execution always compute bit-identical results;
+  - `view`: compute returns a view of its first input (reshape, transpose, slice, broadcast): no buffer needed;
+  - `inplace`: compute_into may be given an `out` that is also one of its inputs (a single ufunc call);
   - `kind`: its fusion class, after TVM's OpPatternKind;
   - `attrs`: the attribute names and their kinds (ir/ops/attrs.py), checked wherever a node is made or read;
   - `vjp`: the gradient rule, written with the op-building API so that the backward pass is IR too;
@@ -39,10 +44,13 @@ class OpDef:
     kind: OpKind
     arity: int
     infer: Callable[..., TensorType]
-    compute: Callable[..., Any]
+    compute: Optional[Callable[..., Any]] = None
+    compute_into: Optional[Callable[..., Any]] = None
     attrs: dict[str, AttrKind] = field(default_factory=dict)
     vjp: Optional[Callable[..., Any]] = None
     cost: Optional[Callable[..., int]] = None
+    view: bool = False
+    inplace: bool = False
     doc: str = ""
 
     def flops(self, output_type: TensorType, input_types: list[TensorType], attrs: dict[str, Any]) -> int:
@@ -82,27 +90,48 @@ class OpDef:
             raise ShapeError(message if message.startswith(self.name) else f"{self.name}: {message}") from None
 
     def evaluate(self, arrays: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
-        """Run the NumPy implementation; always returns an ndarray (NumPy returns scalars for 0-d results)."""
-        return np.asarray(self.compute(*arrays, **attrs))
+        """Run the NumPy implementation into a new array (NumPy's 0-d scalars come back as 0-d arrays)."""
+        if self.compute is not None:
+            return np.asarray(self.compute(*arrays, **attrs))
+        result_type = self.infer(*[TensorType(array.shape, array.dtype) for array in arrays], **attrs)
+        out = np.empty(result_type.shape, result_type.numpy_dtype)
+        self.compute_into(out, *arrays, **attrs)
+        return out
+
+    def evaluate_into(self, out: np.ndarray, arrays: list[np.ndarray], attrs: dict[str, Any]) -> None:
+        """Run the NumPy implementation writing into `out` (of the inferred type)."""
+        if self.compute_into is not None:
+            self.compute_into(out, *arrays, **attrs)
+        else:
+            np.copyto(out, self.compute(*arrays, **attrs))
 
 
 OPS: dict[str, OpDef] = {}
 
 
 def define_op(name: str, *, kind: OpKind, arity: int, infer: Callable[..., TensorType],
-              compute: Callable[..., Any], attrs: Optional[dict[str, AttrKind]] = None,
-              vjp: Optional[Callable[..., Any]] = None, cost: Optional[Callable[..., int]] = None,
+              compute: Optional[Callable[..., Any]] = None, compute_into: Optional[Callable[..., Any]] = None,
+              attrs: Optional[dict[str, AttrKind]] = None, vjp: Optional[Callable[..., Any]] = None,
+              cost: Optional[Callable[..., int]] = None, view: bool = False, inplace: bool = False,
               doc: str = "") -> OpDef:
     """Declare an op. Each name may be declared once.
 
-    >>> define_op("my_negate", kind=OpKind.ELEMENTWISE, arity=1, infer=lambda x: x, compute=np.negative)  # doctest: +SKIP
+    >>> define_op("my_negate", kind=OpKind.ELEMENTWISE, arity=1, infer=lambda x: x, **ufunc(np.negative))  # doctest: +SKIP
     """
     if name in OPS:
         raise ValueError(f"op {name!r} is declared twice")
-    op = OpDef(name=name, kind=kind, arity=arity, infer=infer, compute=compute, attrs=dict(attrs or {}),
-               vjp=vjp, cost=cost, doc=doc)
+    if compute is None and compute_into is None:
+        raise ValueError(f"op {name!r} needs compute or compute_into")
+    op = OpDef(name=name, kind=kind, arity=arity, infer=infer, compute=compute, compute_into=compute_into,
+               attrs=dict(attrs or {}), vjp=vjp, cost=cost, view=view, inplace=inplace, doc=doc)
     OPS[name] = op
     return op
+
+
+def ufunc(function: np.ufunc, inplace: bool = True) -> dict[str, Any]:
+    """compute, compute_into and inplace for an op that is one NumPy ufunc call (out may alias an input)."""
+    return {"compute": function, "compute_into": lambda out, *arrays: function(*arrays, out=out),
+            "inplace": inplace}
 
 
 def get_op(name: str) -> OpDef:

@@ -19,7 +19,9 @@ def _infer_reshape(x: TensorType, shape) -> TensorType:
 
 
 define_op("reshape", kind=OpKind.INJECTIVE, arity=1, attrs={"shape": A.INTS}, infer=_infer_reshape,
-          compute=lambda x, shape: np.reshape(x, shape),
+          compute=lambda x, shape: np.reshape(x, shape), view=True,
+          # Into a buffer only when x is not contiguous (then reshape must copy anyway): C order, as reshape.
+          compute_into=lambda out, x, shape: np.copyto(out.reshape(x.shape), x),
           vjp=lambda g, out, x, shape: (lambda: g.reshape(x.shape),), doc="same elements, new shape")
 
 
@@ -30,7 +32,7 @@ def _infer_transpose(x: TensorType, perm) -> TensorType:
 
 
 define_op("transpose", kind=OpKind.INJECTIVE, arity=1, attrs={"perm": A.INTS}, infer=_infer_transpose,
-          compute=lambda x, perm: np.transpose(x, perm),
+          compute=lambda x, perm: np.transpose(x, perm), view=True,
           vjp=lambda g, out, x, perm: (lambda: g.permute(*np.argsort(perm)),),
           doc="permute axes: out.shape[i] = x.shape[perm[i]]")
 
@@ -42,7 +44,7 @@ def _infer_broadcast_to(x: TensorType, shape) -> TensorType:
 
 
 define_op("broadcast_to", kind=OpKind.BROADCAST, arity=1, attrs={"shape": A.INTS}, infer=_infer_broadcast_to,
-          compute=lambda x, shape: np.broadcast_to(x, shape),
+          compute=lambda x, shape: np.broadcast_to(x, shape), view=True,
           vjp=lambda g, out, x, shape: (lambda: g.sum_to(x.shape),), doc="broadcast to a larger shape")
 
 
@@ -64,7 +66,7 @@ def _python_slices(slices) -> tuple[slice, ...]:
 
 define_op("slice", kind=OpKind.INJECTIVE, arity=1, attrs={"slices": A.SLICES},
           infer=lambda x, slices: TensorType(_sliced_shape(x.shape, slices), x.dtype),
-          compute=lambda x, slices: x[_python_slices(slices)],
+          compute=lambda x, slices: x[_python_slices(slices)], view=True,
           vjp=lambda g, out, x, slices: (lambda: g.unslice(slices, x.shape),),
           doc="basic slicing, one (start, stop, step) per axis")
 
@@ -75,14 +77,13 @@ def _infer_unslice(x: TensorType, slices, shape) -> TensorType:
     return TensorType(shape, x.dtype)
 
 
-def _unslice(x: np.ndarray, slices, shape) -> np.ndarray:
-    result = np.zeros(shape, x.dtype)
-    result[_python_slices(slices)] = x
-    return result
+def _unslice_into(out: np.ndarray, x: np.ndarray, slices, shape) -> None:
+    out.fill(0)
+    out[_python_slices(slices)] = x
 
 
 define_op("unslice", kind=OpKind.INJECTIVE, arity=1, attrs={"slices": A.SLICES, "shape": A.INTS},
-          infer=_infer_unslice, compute=_unslice,
+          infer=_infer_unslice, compute_into=_unslice_into,
           vjp=lambda g, out, x, slices, shape: (lambda: g[_python_slices(slices)],),
           doc="zeros of `shape` with x placed at `slices` (the gradient of slice)")
 
@@ -103,12 +104,12 @@ def _check_indices(indices: np.ndarray, count: int, what: str) -> None:
                          f"{count} rows (valid: 0..{count - 1})")
 
 
-def _embedding(weight: np.ndarray, indices: np.ndarray) -> np.ndarray:
+def _embedding_into(out: np.ndarray, weight: np.ndarray, indices: np.ndarray) -> None:
     _check_indices(indices, weight.shape[0], "embedding")
-    return weight[indices]
+    np.take(weight, indices, axis=0, out=out)
 
 
-define_op("embedding", kind=OpKind.INJECTIVE, arity=2, infer=_infer_embedding, compute=_embedding,
+define_op("embedding", kind=OpKind.INJECTIVE, arity=2, infer=_infer_embedding, compute_into=_embedding_into,
           vjp=lambda g, out, weight, indices: (lambda: g.scatter_add(indices, weight.shape[0]), None),
           doc="embedding(weight, indices): rows of weight gathered by integer indices")
 
@@ -123,15 +124,14 @@ def _infer_scatter_add(updates: TensorType, indices: TensorType, num_rows: int) 
     return TensorType((num_rows, updates.shape[-1]), updates.dtype)
 
 
-def _scatter_add(updates: np.ndarray, indices: np.ndarray, num_rows: int) -> np.ndarray:
+def _scatter_add_into(out: np.ndarray, updates: np.ndarray, indices: np.ndarray, num_rows: int) -> None:
     _check_indices(indices, num_rows, "scatter_add")
-    result = np.zeros((num_rows, updates.shape[-1]), updates.dtype)
-    np.add.at(result, indices.reshape(-1), updates.reshape(-1, updates.shape[-1]))  # repeated rows add up
-    return result
+    out.fill(0)
+    np.add.at(out, indices.reshape(-1), updates.reshape(-1, updates.shape[-1]))  # repeated rows add up
 
 
 define_op("scatter_add", kind=OpKind.OPAQUE, arity=2, attrs={"num_rows": A.INT}, infer=_infer_scatter_add,
-          compute=_scatter_add,
+          compute_into=_scatter_add_into, cost=lambda out, updates, indices, num_rows: updates.size,
           vjp=lambda g, out, updates, indices, num_rows: (lambda: g.embedding(indices), None),
           doc="scatter_add(updates, indices): a (num_rows, dim) table adding each update row at its index "
               "(the gradient of embedding)")
@@ -145,13 +145,14 @@ def _infer_one_hot(indices: TensorType, num_classes: int, dtype: str) -> TensorT
     return TensorType(indices.shape + (num_classes,), dtype)
 
 
-def _one_hot(indices: np.ndarray, num_classes: int, dtype: str) -> np.ndarray:
+def _one_hot_into(out: np.ndarray, indices: np.ndarray, num_classes: int, dtype: str) -> None:
     _check_indices(indices, num_classes, "one_hot")
-    return (indices[..., None] == np.arange(num_classes)).astype(dtype)
+    out.fill(0)
+    np.put_along_axis(out, indices[..., None], 1, axis=-1)
 
 
 define_op("one_hot", kind=OpKind.INJECTIVE, arity=1, attrs={"num_classes": A.INT, "dtype": A.DTYPE},
-          infer=_infer_one_hot, compute=_one_hot, vjp=lambda g, out, indices, num_classes, dtype: (None,),
+          infer=_infer_one_hot, compute_into=_one_hot_into, vjp=lambda g, out, indices, num_classes, dtype: (None,),
           doc="one_hot(indices): 1 at each index along a new last axis of num_classes, 0 elsewhere")
 
 
