@@ -53,7 +53,9 @@ class MemoryPlan:
 def _stand_in(value_type) -> np.ndarray:
     """A C-contiguous array of the value's shape and dtype that owns no memory of its size (never read)."""
     dtype = value_type.numpy_dtype
-    strides = np.empty((0,) + value_type.shape, dtype).strides[1:] if value_type.shape else ()
+    strides = [dtype.itemsize] * value_type.rank
+    for axis in range(value_type.rank - 2, -1, -1):
+        strides[axis] = strides[axis + 1] * value_type.shape[axis + 1]
     return np.lib.stride_tricks.as_strided(np.zeros(1, dtype), value_type.shape, strides, writeable=False)
 
 

@@ -1,0 +1,161 @@
+"""One GPT training step (forward + backward), measured side by side in one run.
+
+    python benchmarks/train_step.py                 # the medium config: vocab 65, embed 256, 6 layers, 8 heads,
+                                                    # T 128, batch 8, float32
+    python benchmarks/train_step.py --tiny          # embed 64, 2 layers, T 32, batch 8 (per-op overhead)
+
+Contenders, all from the same float32 weights and batch:
+  compiled         graphgpt.compile(..., loss=cross_entropy) with the default passes
+  compiled-nopass  the same graph with no optimisation passes
+  eager            graphgpt eager: model(Tensor(x)), loss.backward() on the tape
+  numpy            a hand-written vectorised NumPy forward+backward (benchmarks/handwritten_numpy_gpt.py)
+  torch            PyTorch eager on CPU (benchmarks/torch_gpt.py), when torch is installed
+
+Timing: every repetition runs each contender once, in rotating order (noise on this shared 2-core machine hits
+all of them alike); medians are reported with ratios. GFLOP/s use the graph's FLOP count and are shown next to
+the measured NumPy float32 matmul peak. Peak memory: each contender runs once more in a fresh subprocess,
+reporting the rise of its peak resident set over its own baseline (with the weights already loaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import graphgpt  # noqa: E402
+from graphgpt.nn import functional as F  # noqa: E402
+from graphgpt.passes.analysis import graph_flops  # noqa: E402
+
+CONFIGS = {
+    "medium": dict(vocab=65, embed=256, layers=6, heads=8, seq_len=128, batch=8),
+    "tiny": dict(vocab=65, embed=64, layers=2, heads=4, seq_len=32, batch=8),
+}
+
+
+def build(config: dict):
+    graphgpt.manual_seed(0)
+    model = graphgpt.nn.GPT(config["vocab"], config["embed"], config["layers"], config["heads"],
+                            max_seq_len=config["seq_len"])
+    rng = np.random.default_rng(0)
+    shape = (config["batch"], config["seq_len"])
+    return model, rng.integers(0, config["vocab"], shape), rng.integers(0, config["vocab"], shape)
+
+
+def contenders(config: dict, model, tokens, targets) -> dict:
+    """name -> a function running one forward+backward step (weights are not updated, so steps are alike)."""
+    compiled = graphgpt.compile(model, tokens, targets, loss=F.cross_entropy)
+    unoptimised = graphgpt.compile(model, tokens, targets, loss=F.cross_entropy, passes=[])
+
+    def eager():
+        model.zero_grad()
+        F.cross_entropy(model(graphgpt.Tensor(tokens)), graphgpt.Tensor(targets)).backward()
+
+    steps = {"compiled": lambda: compiled.run(tokens, targets),
+             "compiled-nopass": lambda: unoptimised.run(tokens, targets),
+             "eager": eager}
+    params = model.state_dict()
+    try:
+        from handwritten_numpy_gpt import forward_backward
+        steps["numpy"] = lambda: forward_backward(params, tokens, targets, config["heads"])
+    except ImportError as error:
+        print(f"(hand-written NumPy baseline unavailable: {error})")
+    try:
+        import torch  # noqa: F401
+        from torch_gpt import make_torch_step
+        steps["torch"] = make_torch_step(params, config["heads"])
+        steps["torch"] = (lambda run: lambda: run(tokens, targets))(steps["torch"])
+    except ImportError:
+        print("(torch not installed: `pip install torch==2.13.0` to compare with PyTorch)")
+    return steps, compiled
+
+
+def matmul_peak_gflops(size: int = 1024, repeats: int = 15) -> float:
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    out = np.empty_like(a)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        np.matmul(a, a, out=out)
+        times.append(time.perf_counter() - started)
+    return 2 * size ** 3 / min(times) / 1e9
+
+
+def measure_memory(config_name: str, contender: str) -> float:
+    """Peak RSS rise (MiB) of one step of `contender`, in a fresh process."""
+    code = (f"import sys; sys.argv=['x']; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r});"
+            f"import train_step as t; print(t.memory_child({config_name!r}, {contender!r}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        return float("nan")
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def memory_child(config_name: str, contender: str) -> float:
+    config = CONFIGS[config_name]
+    model, tokens, targets = build(config)
+    steps, _ = contenders(config, model, tokens, targets)
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    steps[contender]()
+    steps[contender]()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024  # ru_maxrss is in KiB
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="the tiny config (embed 64, 2 layers, T 32)")
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--no-memory", action="store_true", help="skip the subprocess memory measurements")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    args = parser.parse_args()
+    config_name = "tiny" if args.tiny else "medium"
+    config = CONFIGS[config_name]
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    model, tokens, targets = build(config)
+    steps, compiled = contenders(config, model, tokens, targets)
+    for run in steps.values():  # warm-up: first-run allocations, caches
+        run()
+
+    times = {name: [] for name in steps}
+    names = list(steps)
+    for repetition in range(args.repeats):
+        order = names[repetition % len(names):] + names[:repetition % len(names)]
+        for name in order:
+            started = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - started)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+
+    flops = graph_flops(compiled.graph)
+    peak = matmul_peak_gflops()
+    print(f"GPT {config_name}: {json.dumps(config)}; {args.repeats} interleaved repetitions, medians")
+    print(f"one step = {flops / 1e9:.2f} GFLOP (graph count); NumPy float32 matmul peak here {peak:.0f} GFLOP/s")
+    memory = {} if args.no_memory else {name: measure_memory(config_name, name) for name in steps}
+    header = f"{'contender':<16} {'median ms':>10} {'GFLOP/s':>8} {'peak RSS rise MiB':>18}"
+    reference_names = [name for name in ("torch", "numpy", "eager") if name in medians]
+    header += "".join(f" {'/ ' + name:>10}" for name in reference_names)
+    print(header)
+    for name in names:
+        row = f"{name:<16} {medians[name] * 1e3:>10.1f} {flops / medians[name] / 1e9:>8.1f} "
+        row += f"{memory.get(name, float('nan')):>18.1f}"
+        row += "".join(f" {medians[name] / medians[ref]:>10.2f}" for ref in reference_names)
+        print(row)
+    plan = compiled._executor.plan
+    print(f"compiled: {len(compiled.graph.nodes)} nodes, planned buffers {plan.planned_bytes / 2**20:.1f} MiB vs "
+          f"{compiled.stages[-1].keep_all_bytes / 2**20:.1f} MiB to keep every intermediate "
+          f"({plan.planned_bytes / compiled.stages[-1].keep_all_bytes:.0%})")
+
+
+if __name__ == "__main__":
+    main()
