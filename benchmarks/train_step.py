@@ -13,8 +13,9 @@ Contenders, all from the same float32 weights and batch:
 
 Timing: every repetition runs each contender once, in rotating order (noise on this shared 2-core machine hits
 all of them alike); medians are reported with ratios. GFLOP/s use the graph's FLOP count and are shown next to
-the measured NumPy float32 matmul peak. Peak memory: each contender runs once more in a fresh subprocess,
-reporting the rise of its peak resident set over its own baseline (with the weights already loaded).
+the measured NumPy float32 matmul peak. Peak memory: each contender runs twice more in a fresh subprocess,
+reporting the rise of its peak resident set over the resident set before (weights loaded, graphs compiled):
+for the compiled steps that includes first touching their planned buffers.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -71,11 +71,16 @@ def contenders(config: dict, model, tokens, targets) -> dict:
         print(f"(hand-written NumPy baseline unavailable: {error})")
     try:
         import torch  # noqa: F401
-        from torch_gpt import make_torch_step
-        steps["torch"] = make_torch_step(params, config["heads"])
-        steps["torch"] = (lambda run: lambda: run(tokens, targets))(steps["torch"])
     except ImportError:
         print("(torch not installed: `pip install torch==2.13.0` to compare with PyTorch)")
+    else:
+        try:
+            from torch_gpt import make_torch_step
+        except ImportError as error:
+            print(f"(PyTorch baseline unavailable: {error})")
+        else:
+            torch_step = make_torch_step(params, config["heads"])
+            steps["torch"] = lambda: torch_step(tokens, targets)
     return steps, compiled
 
 
@@ -100,14 +105,28 @@ def measure_memory(config_name: str, contender: str) -> float:
     return float(result.stdout.strip().splitlines()[-1])
 
 
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
 def memory_child(config_name: str, contender: str) -> float:
+    """Peak resident set during two steps, above the resident set before them (MiB). Linux only: writing 5 to
+    /proc/self/clear_refs resets the high-water mark after setup (compiling, building the model)."""
     config = CONFIGS[config_name]
     model, tokens, targets = build(config)
     steps, _ = contenders(config, model, tokens, targets)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    steps[contender]()
-    steps[contender]()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024  # ru_maxrss is in KiB
+    run = steps[contender]
+    del steps
+    baseline = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")
+    run()
+    run()
+    return (_status_kib("VmHWM") - baseline) / 1024
 
 
 def main() -> None:
