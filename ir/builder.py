@@ -46,6 +46,19 @@ class GraphBuilder:
         self._next_id = max(self._next_id, value_id + 1)
         return Value(value_id, type, kind, name)
 
+    @property
+    def next_id(self) -> int:
+        return self._next_id
+
+    def renumber(self, value: Value, value_id: int) -> None:
+        """Give a value made by this builder another (unused) id: a rewrite's replacement keeps the identity of
+        the value it replaces, so provenance and before/after comparisons still refer to it."""
+        if value_id in self._used_ids:
+            raise ShapeError(f"value id %{value_id} is used twice")
+        self._used_ids.discard(value.id)
+        self._used_ids.add(value_id)
+        value.id = value_id
+
     def reserve_ids(self, below: int) -> None:
         """Make fresh ids start at `below` or above (a pass reserves the ids of its input graph)."""
         self._next_id = max(self._next_id, below)

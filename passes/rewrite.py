@@ -90,8 +90,11 @@ def rewrite_nodes(graph: Graph, rules: Sequence[RewriteRule], header: str) -> tu
         inputs = [new_values[value.id] for value in node.inputs]
         context.provenance = node.provenance
         for rule in rules:
+            first_new_id = builder.next_id
             replacement = rule(node, inputs, context)
             if replacement is not None:
+                if replacement.id >= first_new_id:  # made by this rule: it is the rewritten value
+                    builder.renumber(replacement, node.output.id)
                 if replacement.type != node.output.type:
                     raise ShapeError(f"rewrite rule {rule.__name__} replaced {node.describe()} ({node.output.type}) "
                                      f"with a value of type {replacement.type}")
