@@ -48,8 +48,8 @@ def verify(graph: Graph) -> Graph:
         op_def = OPS.get(node.op)
         if op_def is None:
             problems.append(f"{where}: unknown op {node.op!r}")
-        elif len(node.inputs) != op_def.arity:
-            problems.append(f"{where}: {node.op} takes {op_def.arity} inputs, has {len(node.inputs)}")
+        elif not op_def.accepts(len(node.inputs)):
+            problems.append(f"{where}: {node.op} takes {op_def.arity_text} inputs, has {len(node.inputs)}")
         else:
             try:
                 attrs = op_def.check_attrs(node.attrs)

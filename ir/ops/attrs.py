@@ -164,3 +164,26 @@ INTS = IntTupleAttr()
 SLICES = SlicesAttr()
 DTYPE = DtypeAttr()
 ARRAY = ArrayAttr()
+
+
+class ProgramAttr(AttrKind):
+    """A fused elementwise program: ((op name, (operand, ...)), ...). Operand i < number of inputs names input i;
+    larger operands name the result of instruction i - number of inputs."""
+
+    name = "program"
+
+    def check(self, value):
+        if not isinstance(value, (tuple, list)) or not value:
+            raise ShapeError(f"expected a non-empty tuple of (op, operands) instructions, got {value!r:.80}")
+        program = []
+        for item in value:
+            if not isinstance(item, (tuple, list)) or len(item) != 2 or not isinstance(item[0], str):
+                raise ShapeError(f"expected an (op name, operands) instruction, got {item!r:.80}")
+            program.append((item[0], IntTupleAttr().check(item[1])))
+        return tuple(program)
+
+    def to_json(self, value):
+        return [[op, list(operands)] for op, operands in value]
+
+
+PROGRAM = ProgramAttr()

@@ -38,11 +38,14 @@ class OpKind(enum.Enum):
     OPAQUE = "opaque"            # not fused (composites with internal reductions, constants)
 
 
+VARIADIC = -1
+
+
 @dataclass(frozen=True)
 class OpDef:
     name: str
     kind: OpKind
-    arity: int
+    arity: int  # number of inputs; VARIADIC for one or more
     infer: Callable[..., TensorType]
     compute: Optional[Callable[..., Any]] = None
     compute_into: Optional[Callable[..., Any]] = None
@@ -64,6 +67,13 @@ class OpDef:
             return input_types[0].size
         return 0
 
+    def accepts(self, count: int) -> bool:
+        return count >= 1 if self.arity == VARIADIC else count == self.arity
+
+    @property
+    def arity_text(self) -> str:
+        return "one or more" if self.arity == VARIADIC else str(self.arity)
+
     def check_attrs(self, attrs: dict[str, Any]) -> dict[str, Any]:
         """Canonical attributes, or a ShapeError naming the missing, unknown or malformed one."""
         missing = sorted(set(self.attrs) - set(attrs))
@@ -81,8 +91,8 @@ class OpDef:
 
     def infer_type(self, input_types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
         """Run the type rule, prefixing any error with the op's name."""
-        if len(input_types) != self.arity:
-            raise ShapeError(f"{self.name} expects {self.arity} inputs, got {len(input_types)}")
+        if not self.accepts(len(input_types)):
+            raise ShapeError(f"{self.name} expects {self.arity_text} inputs, got {len(input_types)}")
         try:
             return self.infer(*input_types, **attrs)
         except ShapeError as error:

@@ -1,0 +1,139 @@
+"""The fused elementwise op: a small program of single-ufunc ops over same-shaped (or broadcast) inputs, made by
+the fuse_elementwise pass and run as one step.
+
+It runs in cache-sized blocks: for each block of the output, every instruction computes its block into a small
+scratch array (reused across blocks, so the chain's intermediates stay in cache instead of streaming whole
+arrays through memory), and the last instruction writes the output block. Its gradient rule replays the program
+with the op-building API and applies the chain rule to it, so a fused graph stays differentiable.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ShapeError
+from ..types import TensorType
+from . import attrs as A
+from .registry import OPS, VARIADIC, OpKind, define_op
+
+# Elements per block (512 KiB of float32). Measured on this 2-core machine (1 MiB L2 per core) for a 4-op chain
+# over 1M elements: 8K blocks 2.9 ms, 32K 1.6 ms, 128K 1.1 ms, 1M 1.6 ms; separate ops into touched buffers
+# 1.2 ms. Smaller blocks lose to Python dispatch per block, larger ones to cache misses.
+BLOCK_ELEMENTS = 1 << 17
+
+
+def _operand_types(program, input_types):
+    types = list(input_types)
+    for op, operands in program:
+        if op not in FUSIBLE_OPS:
+            raise ShapeError(f"op {op!r} cannot be fused (fusible: {sorted(FUSIBLE_OPS)})")
+        if any(not 0 <= operand < len(types) for operand in operands):
+            raise ShapeError(f"instruction {op} reads operand {operands}, not defined before it")
+        types.append(OPS[op].infer_type([types[operand] for operand in operands], {}))
+    return types
+
+
+def _infer_fused(*input_types, program):
+    return _operand_types(program, input_types)[-1]
+
+
+def _blocks(shape, limit):
+    """Index tuples over the leading axes of `shape`, each covering at most ~limit elements."""
+    if not shape:
+        yield ()
+        return
+    inner = int(np.prod(shape[1:], dtype=np.int64))
+    if inner <= limit or len(shape) == 1:
+        rows = max(1, limit // max(inner, 1))
+        for start in range(0, shape[0], rows):
+            yield (slice(start, min(start + rows, shape[0])),)
+    else:
+        for index in range(shape[0]):
+            for rest in _blocks(shape[1:], limit):
+                yield (slice(index, index + 1),) + rest
+
+
+def _last_uses(program, num_inputs):
+    last = {}
+    for position, (_, operands) in enumerate(program):
+        for operand in operands:
+            last[operand] = position
+    return last
+
+
+# Scratch blocks, kept between calls: allocating them afresh each time would pay first-touch page faults on
+# every call (the very cost planned buffers avoid). Keyed by dtype and scratch number; at most a few MiB.
+_scratch_blocks: dict[tuple[str, int], np.ndarray] = {}
+
+
+def _scratch(dtype: np.dtype, number: int) -> np.ndarray:
+    key = (dtype.str, number)
+    if key not in _scratch_blocks:
+        _scratch_blocks[key] = np.empty(BLOCK_ELEMENTS, dtype)
+    return _scratch_blocks[key]
+
+
+def _fused_into(out, *inputs, program):
+    rank = out.ndim
+    # Inputs padded to the output's rank (views), so a block index applies to each: size-1 axes broadcast.
+    padded = [x.reshape((1,) * (rank - x.ndim) + x.shape) for x in inputs]
+    num_inputs = len(inputs)
+    last = _last_uses(program, num_inputs)
+    scratch_count = 0
+    for block in _blocks(out.shape, BLOCK_ELEMENTS):
+        if not block:  # a 0-d output: out[()] would be a scalar, out[...] is a writable 0-d view
+            block_inputs, out_block = padded, out[...]
+        else:
+            block_inputs = [x[tuple(index if x.shape[axis] != 1 else slice(None)
+                                    for axis, index in enumerate(block))] for x in padded]
+            out_block = out[block]
+        values = list(block_inputs)
+        free = list(range(scratch_count))  # scratch blocks not holding a live intermediate
+        holder = {}  # instruction result -> scratch number
+        for position, (op, operands) in enumerate(program):
+            arguments = [values[operand] for operand in operands]
+            if position == len(program) - 1:
+                target = out_block
+            else:
+                if not free:
+                    free.append(scratch_count)
+                    scratch_count += 1
+                number = free.pop()
+                holder[num_inputs + position] = number
+                target = _scratch(out.dtype, number)[:out_block.size].reshape(out_block.shape)
+            OPS[op].compute_into(target, *arguments)
+            values.append(target)
+            for operand in set(operands):  # a scratch whose value is read no more is free for what follows
+                if operand in holder and last.get(operand) == position:
+                    free.append(holder.pop(operand))
+
+
+def _fused_vjp(g, out, *inputs, program):
+    from ..chain_rule import Application, backpropagate  # the chain rule builds on the registry
+
+    values = list(inputs)
+    applications = []
+    for op, operands in program:
+        arguments = tuple(values[operand] for operand in operands)
+        result = arguments[0]._apply(op, arguments)
+        applications.append(Application(op, {}, arguments, result))
+        values.append(result)
+    gradients = {}
+
+    def compute():
+        if not gradients:
+            gradients.update(backpropagate(applications, values[-1], g, inputs, key=id))
+        return gradients
+
+    return tuple((lambda x=x: compute()[id(x)]) if x.type.is_float else None for x in inputs)
+
+
+def _fused_flops(out, *inputs, program):
+    return len(program) * out.size
+
+
+FUSIBLE_OPS = ("neg", "exp", "log", "tanh", "sqrt", "add", "sub", "mul", "div", "pow", "maximum")
+
+define_op("fused_elementwise", kind=OpKind.ELEMENTWISE, arity=VARIADIC, attrs={"program": A.PROGRAM},
+          infer=_infer_fused, compute_into=_fused_into, vjp=_fused_vjp, cost=_fused_flops, inplace=True,
+          doc="a chain of single-ufunc ops run block by block through cache-sized scratch arrays")
