@@ -38,7 +38,11 @@ define_op("transpose", kind=OpKind.INJECTIVE, arity=1, attrs={"perm": A.INTS}, i
 
 
 def _infer_broadcast_to(x: TensorType, shape) -> TensorType:
-    if len(shape) < x.rank or broadcast_shapes(x.shape, tuple(shape)) != tuple(shape):
+    try:
+        fits = len(shape) >= x.rank and broadcast_shapes(x.shape, tuple(shape)) == tuple(shape)
+    except ShapeError:
+        fits = False
+    if not fits:
         raise ShapeError(f"cannot broadcast {x} to {list(shape)}")
     return TensorType(shape, x.dtype)
 
