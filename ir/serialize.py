@@ -54,6 +54,7 @@ def graph_to_json(graph: Graph) -> dict[str, Any]:
         "params": [declared(value) for value in graph.params],
         "nodes": nodes,
         "outputs": [value.id for value in graph.outputs],
+        "updates": [[parameter.id, value.id] for parameter, value in graph.updates],
     }
 
 
@@ -92,7 +93,7 @@ def _type(text: str, where: str) -> TensorType:
 def graph_from_json(data: Any) -> Graph:
     """Rebuild and verify a graph from graph_to_json's form; SerializationError says what is wrong and where."""
     _fields(data, "graph", {"format": str, "version": int, "header": str, "inputs": list, "params": list,
-                            "nodes": list, "outputs": list})
+                            "nodes": list, "outputs": list, "updates": list})
     _expect(data["format"] == FORMAT_NAME, f"not a graphgpt graph (format {data['format']!r:.80})")
     _expect(data["version"] == FORMAT_VERSION, f"graph format version {data['version']} is not supported "
                                                f"(this graphgpt reads version {FORMAT_VERSION})")
@@ -110,8 +111,10 @@ def graph_from_json(data: Any) -> Graph:
                 where = f"{kind} {index}"
                 _fields(record, where, {"id": int, "name": str, "type": str})
                 _expect(bool(record["name"]), f"{where}: needs a name")
+                _expect(record["id"] >= 0, f"{where}: id {record['id']} is negative")
                 add = builder.add_input if kind == "input" else builder.add_param
-                remember(record["id"], add(record["name"], _type(record["type"], where)), where)
+                remember(record["id"], add(record["name"], _type(record["type"], where), value_id=record["id"]),
+                         where)
         for index, record in enumerate(data["nodes"]):
             where = f"node {index}"
             _fields(record, where, {"id": int, "op": str, "inputs": list, "attrs": dict, "type": str,
@@ -132,7 +135,9 @@ def graph_from_json(data: Any) -> Graph:
             source = _fields(record["provenance"], f"{where} provenance",
                              {"module_path": str, "filename": str, "lineno": int,
                               "differentiates": (int, type(None))})
-            value = builder.add_node(record["op"], inputs, attrs, Provenance(**source))
+            _expect(record["id"] >= 0, f"{where}: id {record['id']} is negative")
+            _expect(record["id"] not in by_id, f"{where}: id {record['id']} is defined twice")
+            value = builder.add_node(record["op"], inputs, attrs, Provenance(**source), value_id=record["id"])
             recorded = _type(record["type"], where)
             _expect(value.type == recorded, f"{where}: recorded type {recorded} but the rule infers {value.type}")
             remember(record["id"], value, where)
@@ -140,11 +145,20 @@ def graph_from_json(data: Any) -> Graph:
         for file_id in data["outputs"]:
             _expect(isinstance(file_id, int) and file_id in by_id, f"output {file_id!r:.40} is not defined")
             outputs.append(by_id[file_id])
+        updates = []
+        for pair in data["updates"]:
+            _expect(isinstance(pair, list) and len(pair) == 2 and all(isinstance(i, int) and i in by_id for i in pair),
+                    f"update {pair!r:.60} must be [parameter id, value id] of defined values")
+            updates.append((by_id[pair[0]], by_id[pair[1]]))
+        graph = builder.finish(outputs, updates)
     except SerializationError:
         raise
     except GraphError as error:
         raise SerializationError(str(error)) from None
-    return verify(builder.finish(outputs))
+    try:
+        return verify(graph)
+    except GraphError as error:
+        raise SerializationError(str(error)) from None
 
 
 def load_graph(path: Union[str, os.PathLike]) -> Graph:

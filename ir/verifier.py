@@ -2,7 +2,8 @@
 
 Checked: each value defined once; every use after its definition (so the node list is a topological order and
 there are no cycles); known ops with the right arity and well-formed attributes; each node's recorded type equal to
-what its op's rule infers; unique names; outputs defined. All problems are collected and reported together.
+what its op's rule infers; unique names; outputs defined; each update writes a defined value of the right type
+into a parameter, once. All problems are collected and reported together.
 """
 
 from __future__ import annotations
@@ -19,12 +20,17 @@ def verify(graph: Graph) -> Graph:
     """
     problems: list[str] = []
     defined: dict[int, str] = {}
+    definitions: dict[int, object] = {}  # id -> the Value object defined: a use must be that very object
     names: set[str] = set()
+
+    def is_defined(value) -> bool:
+        return definitions.get(value.id) is value
 
     def define(value, what: str) -> None:
         if value.id in defined:
             problems.append(f"{what} redefines {value.label} (already defined by {defined[value.id]})")
         defined[value.id] = what
+        definitions[value.id] = value
         if value.name:
             if value.name in names:
                 problems.append(f"{what}: the name {value.name!r} is used twice")
@@ -42,7 +48,7 @@ def verify(graph: Graph) -> Graph:
     for node in graph.nodes:
         where = node.describe()
         for position, value in enumerate(node.inputs):
-            if value.id not in defined:
+            if not is_defined(value):
                 problems.append(f"{where}: input {position} ({value.label}) is used before it is defined "
                                 f"(not a topological order, a cycle, or a value from another graph)")
         op_def = OPS.get(node.op)
@@ -64,8 +70,21 @@ def verify(graph: Graph) -> Graph:
         define(node.output, where)
 
     for value in graph.outputs:
-        if value.id not in defined:
+        if not is_defined(value):
             problems.append(f"output {value.label} is not defined in the graph")
+    params = {value.id for value in graph.params}
+    updated = set()
+    for parameter, value in graph.updates:
+        if parameter.id not in params:
+            problems.append(f"update of {parameter.label}: not a parameter of the graph")
+        if parameter.id in updated:
+            problems.append(f"parameter {parameter.label} is updated twice")
+        updated.add(parameter.id)
+        if not is_defined(value):
+            problems.append(f"update of {parameter.label}: new value {value.label} is not defined in the graph")
+        elif value.type != parameter.type:
+            problems.append(f"update of {parameter.label}: new value {value.label} has type {value.type}, "
+                            f"the parameter {parameter.type}")
     if problems:
         raise VerificationError(f"graph ({graph.header}) failed verification with {len(problems)} "
                                 f"problem(s):\n  - " + "\n  - ".join(problems))

@@ -17,7 +17,7 @@ from .rewrite import rewrite_nodes
 def _attribute_key(value):
     if isinstance(value, np.ndarray):
         # Bytes, not values: 0.0 and -0.0 must stay apart, and two equal NaN constants may merge.
-        return ("array", value.dtype.str, value.shape, hashlib.sha1(np.ascontiguousarray(value).tobytes()).digest())
+        return ("array", value.dtype.str, value.shape, hashlib.sha1(value.tobytes()).digest())
     if isinstance(value, tuple):
         return tuple(_attribute_key(item) for item in value)
     return (type(value).__name__, value)

@@ -121,7 +121,7 @@ class ArrayAttr(AttrKind):
         return array
 
     def to_json(self, value):
-        array = np.ascontiguousarray(value)
+        array = np.array(value, order="C")  # not ascontiguousarray: it would make a 0-d constant 1-d
         little_endian = array.astype(array.dtype.newbyteorder("<"), copy=False)
         return {
             "dtype": array.dtype.name,
