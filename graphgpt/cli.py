@@ -1,6 +1,8 @@
 """The `graphgpt` command line.
 
     graphgpt run [--layers 2 --embed 64 ...]   compile a GPT, print its IR, run it, and check it against eager
+    graphgpt train [--steps 1500 --data FILE]   train a character-level GPT with the compiled train step
+    graphgpt generate --prompt TEXT             sample from a checkpoint
 """
 
 from __future__ import annotations
@@ -56,6 +58,53 @@ def command_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_train(args: argparse.Namespace) -> int:
+    from .training.trainer import TrainOptions, train
+
+    options = TrainOptions(**{name: getattr(args, name) for name in TrainOptions.__dataclass_fields__
+                              if name != "progress"}, progress=not args.no_progress)
+    result = train(options)
+    return 0 if np.isfinite(result.validation_loss) else 1
+
+
+def command_generate(args: argparse.Namespace) -> int:
+    from .nn import GPT
+    from .training.checkpoint import load_checkpoint
+    from .training.corpus import Vocabulary
+    from .training.sampling import sample
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    model = GPT(**checkpoint.metadata["config"])
+    model.load_state_dict(checkpoint.model_state)
+    vocabulary = Vocabulary(checkpoint.metadata["vocabulary"])
+    print(sample(model, vocabulary, args.prompt, args.length, args.temperature, args.top_k, args.seed))
+    return 0
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from .training.trainer import TrainOptions
+
+    defaults = TrainOptions()
+    parser.add_argument("--data", default=None, help="a UTF-8 text file (default: Python standard-library source)")
+    for name, help_text in (("steps", "training steps"), ("batch", "sequences per batch"),
+                            ("seq_len", "characters per sequence (also max_seq_len)"), ("embed", "embedding width"),
+                            ("layers", "transformer blocks"), ("heads", "attention heads"), ("seed", "random seed"),
+                            ("eval_every", "steps between validation losses"),
+                            ("eval_batches", "held-out batches per validation"),
+                            ("checkpoint_every", "steps between checkpoints"),
+                            ("sample_chars", "characters per sample printed at the end")):
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=getattr(defaults, name),
+                            help=f"{help_text} (default {getattr(defaults, name)})")
+    for name, help_text in (("lr", "AdamW learning rate"), ("weight_decay", "AdamW weight decay"),
+                            ("clip", "global gradient-norm clip")):
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=float, default=getattr(defaults, name),
+                            help=f"{help_text} (default {getattr(defaults, name)})")
+    parser.add_argument("--checkpoint-dir", default=defaults.checkpoint_dir,
+                        help=f"where latest.npz is written (default {defaults.checkpoint_dir})")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="graphgpt", description="Compile GPT models into static graphs and "
                                      "run them over NumPy.")
@@ -66,6 +115,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(run)
     run.add_argument("--quiet", action="store_true", help="do not print the IR")
     run.set_defaults(handler=command_run)
+
+    train = commands.add_parser("train", help="train a character-level GPT with the compiled train step",
+                                description="Train a character-level GPT: each step is one compiled graph "
+                                            "(forward, generated backward, AdamW update). Prints progress, "
+                                            "validation losses, the final loss next to a unigram baseline, and "
+                                            "samples; writes checkpoints atomically.")
+    _add_train_arguments(train)
+    train.set_defaults(handler=command_train)
+
+    generate = commands.add_parser("generate", help="sample text from a checkpoint",
+                                   description="Continue a prompt with characters sampled from a trained GPT.")
+    generate.add_argument("--checkpoint", default="checkpoints/latest.npz", help="checkpoint file")
+    generate.add_argument("--prompt", required=True, help="text to continue (at most max_seq_len characters)")
+    generate.add_argument("--length", type=int, default=200, help="characters to sample (default 200)")
+    generate.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (default 0.8)")
+    generate.add_argument("--top-k", type=int, default=10, help="keep the k likeliest characters, 0 for all")
+    generate.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    generate.set_defaults(handler=command_generate)
     return parser
 
 
@@ -76,6 +143,10 @@ def main(argv=None) -> int:
     except (ValueError, RuntimeError) as error:  # graphgpt's errors say what and where; no traceback needed
         print(f"graphgpt: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ngraphgpt: interrupted; `graphgpt train --resume` continues from the last checkpoint",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ def readme_commands():
 
 def test_readme_starts_with_two_commands_and_ci_runs_the_test_one():
     main_job, tests = readme_commands()[:2]
-    assert "graphgpt run" in main_job and "pip install" in main_job
+    assert "graphgpt train" in main_job and "pip install" in main_job
     assert "pytest" in tests and "pip install" in tests
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert tests in ci_lines, ".ci/run must run exactly the README's test command"
