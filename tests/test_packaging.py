@@ -13,3 +13,16 @@ def test_ir_and_passes_install_under_graphgpt():
     assert Path(graphgpt.passes.__file__).resolve() == ROOT / "passes" / "__init__.py"
     assert importlib.util.find_spec("ir") is None
     assert importlib.util.find_spec("passes") is None
+
+
+def test_every_package_folder_is_listed_in_pyproject():
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {"graphgpt": ROOT / "graphgpt", "graphgpt.ir": ROOT / "ir", "graphgpt.passes": ROOT / "passes"}
+    found = set()
+    for package, folder in folders.items():
+        for init in folder.rglob("__init__.py"):
+            relative = init.parent.relative_to(folder).parts
+            found.add(".".join((package, *relative)))
+    assert found == listed
