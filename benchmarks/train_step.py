@@ -8,8 +8,8 @@ Contenders, all from the same float32 weights and batch:
   compiled         graphgpt.compile(..., loss=cross_entropy) with the default passes
   compiled-nopass  the same graph with no optimisation passes
   eager            graphgpt eager: model(Tensor(x)), loss.backward() on the tape
-  numpy            a hand-written vectorised NumPy forward+backward (benchmarks/handwritten_numpy_gpt.py)
-  torch            PyTorch eager on CPU (benchmarks/torch_gpt.py), when torch is installed
+  numpy            a hand-written vectorised NumPy forward+backward (benchmarks/baseline_numpy.py)
+  torch            PyTorch eager on CPU (benchmarks/baseline_torch.py), when torch is installed
 
 Timing: every repetition runs each contender once, in rotating order (noise on this shared 2-core machine hits
 all of them alike); medians are reported with ratios. GFLOP/s use the graph's FLOP count and are shown next to
@@ -35,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import graphgpt  # noqa: E402
 from graphgpt.nn import functional as F  # noqa: E402
 from graphgpt.passes.analysis import graph_flops  # noqa: E402
+from baseline_numpy import forward_backward  # noqa: E402
 
 CONFIGS = {
     "medium": dict(vocab=65, embed=256, layers=6, heads=8, seq_len=128, batch=8),
@@ -64,24 +65,25 @@ def contenders(config: dict, model, tokens, targets) -> dict:
              "compiled-nopass": lambda: unoptimised.run(tokens, targets),
              "eager": eager}
     params = model.state_dict()
-    try:
-        from handwritten_numpy_gpt import forward_backward
-        steps["numpy"] = lambda: forward_backward(params, tokens, targets, config["heads"])
-    except ImportError as error:
-        print(f"(hand-written NumPy baseline unavailable: {error})")
+    steps["numpy"] = lambda: forward_backward(params, tokens, targets, config["heads"])
     try:
         import torch  # noqa: F401
     except ImportError:
         print("(torch not installed: `pip install torch==2.13.0` to compare with PyTorch)")
     else:
-        try:
-            from torch_gpt import make_torch_step
-        except ImportError as error:
-            print(f"(PyTorch baseline unavailable: {error})")
-        else:
-            torch_step = make_torch_step(params, config["heads"])
-            steps["torch"] = lambda: torch_step(tokens, targets)
+        from baseline_torch import make_torch_step
+        torch_step = make_torch_step(params, config["heads"])
+        steps["torch"] = lambda: torch_step(tokens, targets)
     return steps, compiled
+
+
+def check_agreement(steps: dict, compiled, tokens, targets) -> str:
+    """The losses every contender computes for the batch, so a reader sees they do the same work."""
+    reference = float(compiled.run(tokens, targets))
+    losses = {"numpy": lambda: steps["numpy"]()[0]}
+    if "torch" in steps:
+        losses["torch"] = lambda: steps["torch"]().item()
+    return ", ".join([f"compiled {reference:.6f}"] + [f"{name} {float(run()):.6f}" for name, run in losses.items()])
 
 
 def matmul_peak_gflops(size: int = 1024, repeats: int = 15) -> float:
@@ -160,6 +162,7 @@ def main() -> None:
     peak = matmul_peak_gflops()
     print(f"GPT {config_name}: {json.dumps(config)}; {args.repeats} interleaved repetitions, medians")
     print(f"one step = {flops / 1e9:.2f} GFLOP (graph count); NumPy float32 matmul peak here {peak:.0f} GFLOP/s")
+    print(f"loss of the batch: {check_agreement(steps, compiled, tokens, targets)}")
     memory = {} if args.no_memory else {name: measure_memory(config_name, name) for name in steps}
     header = f"{'contender':<16} {'median ms':>10} {'GFLOP/s':>8} {'peak RSS rise MiB':>18}"
     reference_names = [name for name in ("torch", "numpy", "eager") if name in medians]
