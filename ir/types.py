@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -18,6 +19,7 @@ SHORT_DTYPE_NAMES = {
 }
 DTYPE_BY_SHORT_NAME = {short: name for name, short in SHORT_DTYPE_NAMES.items()}
 FLOAT_DTYPES = ("float32", "float64")
+ITEMSIZES = {name: np.dtype(name).itemsize for name in SHORT_DTYPE_NAMES}
 INTEGER_DTYPES = ("int32", "int64")
 
 
@@ -27,6 +29,8 @@ def canonical_dtype(dtype) -> str:
     >>> canonical_dtype(np.float32), canonical_dtype("i64")
     ('float32', 'int64')
     """
+    if isinstance(dtype, str) and dtype in SHORT_DTYPE_NAMES:  # already canonical: the common case, kept cheap
+        return dtype
     if isinstance(dtype, str) and dtype in DTYPE_BY_SHORT_NAME:
         return DTYPE_BY_SHORT_NAME[dtype]
     try:
@@ -48,6 +52,9 @@ class TensorType:
 
     shape: tuple[int, ...]
     dtype: str
+    # Derived once: types are made and asked for their size tens of thousands of times per compile.
+    size: int = field(init=False, repr=False, compare=False)
+    itemsize: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         shape = tuple(self.shape)
@@ -56,6 +63,8 @@ class TensorType:
                 raise ShapeError(f"shape {shape} must hold non-negative integers")
         object.__setattr__(self, "shape", tuple(int(dim) for dim in shape))
         object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
+        object.__setattr__(self, "size", math.prod(self.shape))
+        object.__setattr__(self, "itemsize", ITEMSIZES[self.dtype])
 
     @classmethod
     def of(cls, array) -> "TensorType":
@@ -68,16 +77,12 @@ class TensorType:
         return len(self.shape)
 
     @property
-    def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
-
-    @property
     def numpy_dtype(self) -> np.dtype:
         return np.dtype(self.dtype)
 
     @property
     def nbytes(self) -> int:
-        return self.size * self.numpy_dtype.itemsize
+        return self.size * self.itemsize
 
     @property
     def is_float(self) -> bool:
