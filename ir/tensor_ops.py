@@ -273,3 +273,8 @@ class TensorOps:
         if tuple(result_shape) != result.shape:
             result = result._apply("reshape", (result,), {"shape": tuple(result_shape)})
         return result
+
+    def concat(self, *others, axis: int = -1):
+        """self and `others` joined along `axis`."""
+        tensors = (self,) + tuple(self._operand(other) for other in others)
+        return self._apply("concat", tensors, {"axis": self._one_axis(axis)})

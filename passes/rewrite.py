@@ -58,10 +58,15 @@ class RewriteContext:
     """What a rewrite rule may use: emit new nodes (stamped with the provenance of the node being rewritten) and
     look at constant values."""
 
-    def __init__(self, builder: GraphBuilder):
+    def __init__(self, builder: GraphBuilder, new_values: dict[int, Value]):
         self.builder = builder
+        self.new_values = new_values  # old value id -> its value in the graph being built
         self.provenance = Provenance()
         self.state: dict[str, Any] = {}  # per-pass memory for rules that need it (common subexpressions)
+
+    def mapped(self, old: Value) -> Value:
+        """The value standing for `old` (a value of the input graph) in the graph being built."""
+        return self.new_values[old.id]
 
     def emit(self, op: str, inputs: Sequence[Value], attrs: Optional[dict] = None) -> Value:
         return self.builder.add_node(op, inputs, attrs or {}, self.provenance)
@@ -84,7 +89,7 @@ def rewrite_nodes(graph: Graph, rules: Sequence[RewriteRule], header: str) -> tu
     """One sweep of `rules` over `graph`; returns the new graph and how often each rule fired (by name)."""
     builder = GraphBuilder(header=header)
     new_values = copy_leaves(graph, builder)
-    context = RewriteContext(builder)
+    context = RewriteContext(builder, new_values)
     fired: Counter = Counter()
     for node in graph.nodes:
         inputs = [new_values[value.id] for value in node.inputs]

@@ -6,6 +6,7 @@ import pytest
 
 import graphgpt
 from graphgpt import nn
+from graphgpt.passes.manager import DEFAULT_PIPELINE
 from conftest import make_gpt, make_tokens
 
 
@@ -17,7 +18,7 @@ def test_compile_returns_runnable_graph(small_gpt):
     assert "%tokens:i64[2,8]" in text and "%blocks.1.attention.q_proj.weight:f32[12,12]" in text
     assert "layer_norm" in text and "# blocks.0.attention.q_proj" in text
     np.testing.assert_array_equal(fwd.run(tokens), fwd(tokens))
-    assert fwd.graph.header == "eliminate_dead_nodes"  # the last pass of the default pipeline
+    assert fwd.graph.header == DEFAULT_PIPELINE[-1]  # the graph made by the last pass
     assert [stage.name for stage in fwd.stages][0] == "input" and "nodes" in fwd.report()
     assert graphgpt.compile(small_gpt, tokens, passes=[]).graph.header == "infer_shapes"
     assert [v.name for v in fwd.graph.inputs] == ["tokens"]

@@ -58,6 +58,7 @@ CASES = {  # op -> list of (inputs, attrs)
     "log_softmax": [([normal(2, 5)], {"axis": 1})],
     "layer_norm": [([normal(2, 3, 5), normal(5), normal(5)], {"eps": 1e-5})],
     "cross_entropy": [([normal(2, 3, 5), np.array([[0, 4, 2], [1, 1, 3]])], {})],
+    "concat": [([normal(2, 3), normal(2, 1), normal(2, 2)], {"axis": 1})],
     # tanh(x * b) + x, with x read twice and b broadcast
     "fused_elementwise": [([normal(2, 3), normal(3)], {"program": (("mul", (0, 1)), ("tanh", (2,)), ("add", (3, 0)))})],
 }

@@ -98,6 +98,8 @@ TABLE = {
     "log_softmax": [([X * 30], {"axis": 2}, log_softmax64)],  # large logits: must not overflow
     "layer_norm": [([X, floats(4), floats(4)], {"eps": 1e-5}, layer_norm64)],
     "cross_entropy": [([floats(2, 3, 6) * 20, INDICES], {}, cross_entropy64)],
+    "concat": [([floats(2, 3), floats(2, 1), floats(2, 2)], {"axis": 1},
+                lambda *arrays, axis: np.concatenate(arrays, axis=axis))],
     "fused_elementwise": [([X, floats(4)], {"program": (("mul", (0, 1)), ("tanh", (2,)), ("add", (3, 0)))},
                            lambda x, b, program: np.tanh(x * b) + x)],
 }

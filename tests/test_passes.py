@@ -176,5 +176,22 @@ def test_fusion_fuses_gelu_gradient_and_residual_chains_and_preserves_results():
         np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-6)
 
 
+def test_horizontal_fusion_joins_each_layers_projections_exactly():
+    model = make_gpt(vocab=13, embed=12, layers=2, heads=3)
+    tokens = make_tokens(13, 2, 7)
+    forward = graphgpt.compile(model, tokens, passes=[])
+    without = [name for name in DEFAULT_PIPELINE if name != "fuse_horizontal_matmuls"]
+    unfused, _ = run_pipeline(forward.graph, without, verify_each=True)
+    fused, records = run_pipeline(unfused, ["fuse_horizontal_matmuls"], verify_each=True)
+    joined = [node for node in fused.nodes if node.op == "concat"]
+    assert records[-1].summary == {"matmul groups joined": 2, "matmuls joined": 6}
+    assert [node.output.shape for node in joined] == [(12, 36), (12, 36)]
+    assert all(len(node.inputs) == 3 and {v.name.rsplit(".", 2)[-2] for v in node.inputs} ==
+               {"q_proj", "k_proj", "v_proj"} for node in joined)
+    before, _ = run_graph(unfused, [tokens], forward.bindings)
+    after, _ = run_graph(fused, [tokens], forward.bindings)
+    np.testing.assert_array_equal(after[0], before[0])
+
+
 def test_every_registered_pass_is_in_a_tested_pipeline():
     assert set(PASSES) <= {name for pipeline in PIPELINES for name in pipeline if isinstance(name, str)}

@@ -7,7 +7,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..types import INTEGER_DTYPES, TensorType
 from . import attrs as A
-from .registry import OpKind, define_op
+from .registry import VARIADIC, OpKind, define_op
 from .rules import broadcast_shapes
 
 
@@ -163,3 +163,30 @@ define_op("one_hot", kind=OpKind.INJECTIVE, arity=1, attrs={"num_classes": A.INT
 define_op("constant", kind=OpKind.OPAQUE, arity=0, attrs={"value": A.ARRAY},
           infer=lambda value: TensorType.of(value), compute=lambda value: value, vjp=lambda g, out, value: (),
           doc="a constant array, held in the node's attributes")
+
+
+def _infer_concat(*types: TensorType, axis: int) -> TensorType:
+    first = types[0]
+    if not 0 <= axis < first.rank:
+        raise ShapeError(f"axis {axis} is out of range for rank-{first.rank} inputs")
+    for other in types[1:]:
+        if other.dtype != first.dtype or other.rank != first.rank or any(
+                a != b for position, (a, b) in enumerate(zip(first.shape, other.shape)) if position != axis):
+            raise ShapeError(f"inputs must match except along axis {axis}: {first} and {other}")
+    shape = list(first.shape)
+    shape[axis] = sum(t.shape[axis] for t in types)
+    return TensorType(tuple(shape), first.dtype)
+
+
+def _concat_vjp(g, out, *inputs, axis):
+    def part(start, size):
+        return lambda: g[(slice(None),) * axis + (slice(start, start + size),)]
+
+    starts = np.cumsum([0] + [x.shape[axis] for x in inputs])
+    return tuple(part(int(start), x.shape[axis]) for start, x in zip(starts, inputs))
+
+
+define_op("concat", kind=OpKind.INJECTIVE, arity=VARIADIC, attrs={"axis": A.INT}, infer=_infer_concat,
+          compute=lambda *arrays, axis: np.concatenate(arrays, axis=axis),
+          compute_into=lambda out, *arrays, axis: np.concatenate(arrays, axis=axis, out=out),
+          vjp=_concat_vjp, doc="join inputs along an axis")
