@@ -88,8 +88,8 @@ class Executor:
     def planned_bytes(self) -> int:
         return self.plan.planned_bytes
 
-    def run(self, inputs: Sequence[np.ndarray], params: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Outputs of the graph for these inputs and parameter arrays (C-contiguous, of the graph's types)."""
+    def initial_slots(self, inputs: Sequence[np.ndarray], params: Sequence[np.ndarray]) -> list[Any]:
+        """The value slots before the first step: inputs, parameters and constants in place."""
         slots: list[Any] = [None] * self.num_slots
         for slot, array in zip(self.input_slots, inputs):
             slots[slot] = array
@@ -97,6 +97,11 @@ class Executor:
             slots[slot] = array
         for slot, array in self.constants:
             slots[slot] = array
+        return slots
+
+    def run(self, inputs: Sequence[np.ndarray], params: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Outputs of the graph for these inputs and parameter arrays (C-contiguous, of the graph's types)."""
+        slots = self.initial_slots(inputs, params)
         for step in self.steps:
             arrays = [slots[slot] for slot in step.input_slots]
             try:

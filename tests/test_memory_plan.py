@@ -53,14 +53,7 @@ def test_no_two_live_values_share_a_buffer(passes):
 def test_predicted_views_are_views_at_run_time():
     step, inputs = training_graph()
     executor = step._executor
-    params = step._param_arrays()
-    slots = [None] * executor.num_slots
-    for slot, array in zip(executor.input_slots, inputs):
-        slots[slot] = array
-    for slot, array in zip(executor.param_slots, params):
-        slots[slot] = array
-    for slot, array in executor.constants:
-        slots[slot] = array
+    slots = executor.initial_slots(inputs, step._param_arrays())
     views = 0
     for step_ in executor.steps:
         arrays = [slots[slot] for slot in step_.input_slots]
