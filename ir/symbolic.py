@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-from .builder import GraphBuilder
+from .builder import UNKNOWN_PROVENANCE, GraphBuilder
 from .graph import Provenance, Value
 from .tensor_ops import TensorOps
 from .types import TensorType
@@ -17,7 +17,7 @@ class Emitter:
     """A GraphBuilder plus the provenance stamped on what Symbols emit (changed as the emitting code moves from
     one forward node's gradient to the next)."""
 
-    def __init__(self, builder: GraphBuilder, provenance: Provenance = Provenance()):
+    def __init__(self, builder: GraphBuilder, provenance: Provenance = UNKNOWN_PROVENANCE):
         self.builder = builder
         self.provenance = provenance
 

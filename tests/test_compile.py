@@ -7,7 +7,7 @@ import pytest
 import graphgpt
 from graphgpt import nn
 from graphgpt.passes.manager import DEFAULT_PIPELINE
-from conftest import make_gpt, make_tokens
+from conftest import make_tokens
 
 
 def test_compile_returns_runnable_graph(small_gpt):

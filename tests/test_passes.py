@@ -6,7 +6,7 @@ import pytest
 
 import graphgpt
 from graphgpt.executor import Executor
-from graphgpt.ir import GraphBuilder, TensorType, verify
+from graphgpt.ir import GraphBuilder, TensorType
 from graphgpt.nn import functional as F
 from graphgpt.passes.manager import DEFAULT_PIPELINE, OPTIONAL_PASSES, PASSES, run_pipeline
 from conftest import make_gpt, make_tokens

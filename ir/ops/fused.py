@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ShapeError
-from ..types import TensorType
 from . import attrs as A
 from .registry import OPS, VARIADIC, OpKind, define_op
 
