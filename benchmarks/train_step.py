@@ -11,8 +11,9 @@ Contenders, all from the same float32 weights and batch:
   numpy            a hand-written vectorised NumPy forward+backward (benchmarks/baseline_numpy.py)
   torch            PyTorch eager on CPU (benchmarks/baseline_torch.py), when torch is installed
 
-Timing: every repetition runs each contender once, in rotating order (noise on this shared 2-core machine hits
-all of them alike); medians are reported with ratios. GFLOP/s use the graph's FLOP count and are shown next to
+Timing: every repetition runs each contender in a fresh random order, one untimed step then one timed step back to
+back (noise on this shared 2-core machine hits all of them alike, no contender always follows the same one, and
+each is measured in its steady state); medians are reported with ratios. GFLOP/s use the graph's FLOP count and are shown next to
 the measured NumPy float32 matmul peak. Peak memory: each contender runs twice more in a fresh subprocess,
 reporting the rise of its peak resident set over the resident set before (weights loaded, graphs compiled):
 for the compiled steps that includes first touching their planned buffers.
@@ -150,9 +151,14 @@ def main() -> None:
 
     times = {name: [] for name in steps}
     names = list(steps)
-    for repetition in range(args.repeats):
-        order = names[repetition % len(names):] + names[:repetition % len(names)]
-        for name in order:
+    shuffler = np.random.default_rng(0)
+    for _ in range(args.repeats):
+        # A fresh random order each repetition: rotating a fixed cycle would always run the same contender right
+        # after PyTorch, whose OpenMP workers keep spinning for a while after a step and take the cores from
+        # whatever runs next. Each contender runs one untimed step first (it absorbs the previous contender's
+        # spinning threads and leaves its own warm), then the timed one: back to back, as in a training loop.
+        for name in shuffler.permutation(names):
+            steps[name]()
             started = time.perf_counter()
             steps[name]()
             times[name].append(time.perf_counter() - started)
