@@ -11,7 +11,7 @@
 
 from . import ir, nn, optim, passes
 from .compiler import Compiled, InputError, compile, trace
-from .executor import ExecutionError
+from .executor import ExecutionError, NumericalError
 from .gradcheck import GradientReport, check_gradients
 from .ir import GraphError, ShapeError, VerificationError
 from .random import manual_seed
@@ -21,6 +21,6 @@ from .tracing import TraceError, no_grad
 __version__ = "0.1.0"
 
 __all__ = [
-    "Compiled", "ExecutionError", "GradientReport", "GraphError", "InputError", "Parameter", "ShapeError", "Tensor", "TraceError",
+    "Compiled", "ExecutionError", "GradientReport", "GraphError", "InputError", "NumericalError", "Parameter", "ShapeError", "Tensor", "TraceError",
     "VerificationError", "check_gradients", "compile", "ir", "manual_seed", "nn", "no_grad", "optim", "passes", "trace",
 ]

@@ -115,7 +115,8 @@ class Compiled:
     the latest run."""
 
     def __init__(self, graph: Graph, bindings: dict[str, Tensor], returns_tuple: bool,
-                 gradient_names: Sequence[str] = (), stages: Sequence[StageRecord] = ()):
+                 gradient_names: Sequence[str] = (), stages: Sequence[StageRecord] = (),
+                 check_numerics=False):
         self.graph = graph
         self.stages = list(stages)  # the graph after tracing and after each pass, with measurements
         self.bindings = bindings
@@ -124,7 +125,7 @@ class Compiled:
         self.gradient_names = list(gradient_names)
         self._num_results = len(graph.outputs) - len(self.gradient_names)
         self.grads: dict[str, np.ndarray] = {}
-        self._executor = Executor(graph)
+        self._executor = Executor(graph, check_numerics=check_numerics)
 
     @property
     def input_types(self) -> list[TensorType]:
@@ -182,7 +183,7 @@ class Compiled:
 
 def compile(model: Callable, *example_inputs, loss: Optional[Callable] = None,
             optimizer: Optional[Optimizer] = None, passes: Optional[Sequence] = None,
-            verify_each: bool = False) -> Compiled:
+            verify_each: bool = False, check_numerics=False) -> Compiled:
     """Trace `model` at the example inputs, infer shapes, verify, and prepare the executor.
 
     Without `loss`, the graph is the model's forward. With `loss`, the last example input is the target: the
@@ -191,6 +192,9 @@ def compile(model: Callable, *example_inputs, loss: Optional[Callable] = None,
 
     `passes` chooses the optimisation passes (names from graphgpt.passes.manager.PASSES; default its
     DEFAULT_PIPELINE; [] for none, to study the graph as traced); `verify_each` runs the verifier after each.
+    `check_numerics` (a debug option) checks every node's output and names the first node, with its module path
+    and source line, that produced a NaN (True or "nan") or also an infinity ("nonfinite"; the causal mask's
+    intended -inf then shows up too).
 
     >>> fwd = graphgpt.compile(model, tokens)                                  # doctest: +SKIP
     >>> fwd.run(tokens).shape                                                  # doctest: +SKIP
@@ -206,7 +210,8 @@ def compile(model: Callable, *example_inputs, loss: Optional[Callable] = None,
             raise TypeError("an optimizer needs a loss: compile(model, inputs, targets, loss=..., optimizer=...)")
         traced = trace(model, *example_inputs)
         graph, stages = run_pipeline(verify(infer_shapes(traced.graph)), passes, verify_each)
-        return Compiled(verify(graph), traced.bindings, traced.returns_tuple, stages=stages)
+        return Compiled(verify(graph), traced.bindings, traced.returns_tuple, stages=stages,
+                        check_numerics=check_numerics)
 
     traced = trace_loss(model, example_inputs, loss)
     graph = infer_shapes(traced.graph)
@@ -219,4 +224,5 @@ def compile(model: Callable, *example_inputs, loss: Optional[Callable] = None,
         graph = optimizer.append_to(graph, {name: 1 + position for position, name in enumerate(wrt)})
         bindings.update(optimizer.state_tensors())
     graph, stages = run_pipeline(verify(graph), passes, verify_each)
-    return Compiled(verify(graph), bindings, returns_tuple=False, gradient_names=wrt, stages=stages)
+    return Compiled(verify(graph), bindings, returns_tuple=False, gradient_names=wrt, stages=stages,
+                    check_numerics=check_numerics)

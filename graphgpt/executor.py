@@ -25,6 +25,29 @@ class ExecutionError(RuntimeError):
     """A NumPy call of the schedule failed; the message names the graph node and the user's source line."""
 
 
+class NumericalError(ExecutionError):
+    """With check_numerics, a node produced NaN or infinity; the message names the first such node."""
+
+
+# check_numerics modes: "nan" flags NaN; "nonfinite" flags infinities too. As in JAX (debug_nans, debug_infs):
+# infinities can be intended (the causal mask's -inf), NaN never is.
+NUMERICS_MODES = ("nan", "nonfinite")
+
+
+def _is_bad(value: np.ndarray, mode: str) -> bool:
+    if value.dtype.kind != "f":
+        return False
+    return bool(np.isnan(value).any()) if mode == "nan" else not bool(np.isfinite(value).all())
+
+
+def _check_values(step: "Step", value: np.ndarray, mode: str) -> None:
+    if _is_bad(value, mode):
+        nan, inf = int(np.isnan(value).sum()), int(np.isinf(value).sum())
+        inputs = ", ".join(f"{v.label}" for v in step.node.inputs)
+        raise NumericalError(f"{step.node.describe()} produced {nan} NaN and {inf} infinite value(s) of "
+                             f"{value.size} from inputs {inputs or '(none)'}: the first node of this run to do so")
+
+
 # How a step produces its value.
 VIEW, INTO_BUFFER, INTO_PARAM = "view", "into_buffer", "into_param"
 
@@ -51,8 +74,11 @@ class Executor:
     """Runs `graph` on NumPy arrays: `executor.run(inputs, params) -> list of output arrays`; the graph's updates
     are written into the parameter arrays in place."""
 
-    def __init__(self, graph: Graph, plan: Optional[MemoryPlan] = None):
+    def __init__(self, graph: Graph, plan: Optional[MemoryPlan] = None, check_numerics=False):
         self.graph = graph
+        self.check_numerics = "nan" if check_numerics is True else (check_numerics or None)
+        if self.check_numerics not in (None, *NUMERICS_MODES):
+            raise ValueError(f"check_numerics must be False, True, 'nan' or 'nonfinite', got {check_numerics!r}")
         self.plan = plan if plan is not None else plan_memory(graph)
         slot_of = {value.id: slot for slot, value in enumerate(graph.values())}
         self.num_slots = len(slot_of)
@@ -102,6 +128,11 @@ class Executor:
     def run(self, inputs: Sequence[np.ndarray], params: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Outputs of the graph for these inputs and parameter arrays (C-contiguous, of the graph's types)."""
         slots = self.initial_slots(inputs, params)
+        checking = self.check_numerics
+        if checking:  # inputs and parameters first: a NaN fed in is not the graph's fault
+            for value, array in zip((*self.graph.inputs, *self.graph.params), (*inputs, *params)):
+                if _is_bad(array, checking):
+                    raise NumericalError(f"{value.label} ({value.kind}) holds NaN or infinity before the run")
         for step in self.steps:
             arrays = [slots[slot] for slot in step.input_slots]
             try:
@@ -116,6 +147,8 @@ class Executor:
                     slots[step.output_slot] = target
             except Exception as error:  # any NumPy failure: say which node of whose code it was
                 raise ExecutionError(f"{step.node.describe()} failed: {type(error).__name__}: {error}") from error
+            if checking:
+                _check_values(step, slots[step.output_slot], checking)
         outputs = [slots[slot] for slot in self.output_slots]
         for position, slot in self.update_copies:
             np.copyto(params[position], slots[slot])

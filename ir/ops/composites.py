@@ -20,14 +20,23 @@ def _infer_along_axis(x: TensorType, axis: int) -> TensorType:
     return x
 
 
+def _row_max(x: np.ndarray, axis: int) -> np.ndarray:
+    """The max along `axis`, with 0 for a row that is entirely -inf (a fully masked attention row), so that
+    x - max stays -inf there rather than -inf - (-inf) = NaN."""
+    peak = np.max(x, axis=axis, keepdims=True)
+    return np.where(np.isneginf(peak), 0.0, peak).astype(x.dtype, copy=False)
+
+
 def _softmax_into(out: np.ndarray, x: np.ndarray, axis: int) -> None:
-    np.subtract(x, np.max(x, axis=axis, keepdims=True), out=out)
+    """Softmax along `axis`; a fully masked row (all -inf) has no distribution and comes out as zeros."""
+    np.subtract(x, _row_max(x, axis), out=out)
     np.exp(out, out=out)
-    out /= np.sum(out, axis=axis, keepdims=True)
+    total = np.sum(out, axis=axis, keepdims=True)
+    out /= np.where(total == 0, 1.0, total).astype(x.dtype, copy=False)
 
 
 def _log_softmax_into(out: np.ndarray, x: np.ndarray, axis: int) -> None:
-    np.subtract(x, np.max(x, axis=axis, keepdims=True), out=out)
+    np.subtract(x, _row_max(x, axis), out=out)
     out -= np.log(np.sum(np.exp(out), axis=axis, keepdims=True))
 
 
