@@ -8,6 +8,7 @@ allow_pickle=False, so nothing in the file is ever executed, and validated in fu
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import zipfile
@@ -43,6 +44,9 @@ def save_checkpoint(path: str, model_state: dict, optimizer_state: dict, metadat
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     temporary = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    for stale in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(os.path.basename(path))}.*.tmp")):
+        if stale != temporary:  # left by a writer that was killed mid-write: never renamed, never read
+            os.remove(stale)
     try:
         with open(temporary, "wb") as file:
             np.savez(file, **arrays)
