@@ -138,7 +138,7 @@ class Compiled:
             raise InputError(f"compiled graph takes {len(expected)} input(s) ({signature}), got {len(inputs)}")
         arrays = []
         for position, (value, data) in enumerate(zip(expected, inputs)):
-            array = np.ascontiguousarray(_as_example(data))
+            array = np.asarray(_as_example(data), order="C")  # not ascontiguousarray: it makes 0-d arrays 1-d
             try:
                 got = str(TensorType.of(array))
             except ShapeError:
@@ -157,7 +157,7 @@ class Compiled:
                 raise InputError(f"parameter {value.name!r} is now {tensor.type}, but the graph was compiled "
                                  f"for {value.type}; compile again after changing the model")
             if not tensor.data.flags.c_contiguous:  # the schedule writes updates into these arrays in place
-                tensor.data = np.ascontiguousarray(tensor.data)
+                tensor.data = np.asarray(tensor.data, order="C")
             arrays.append(tensor.data)
         return arrays
 

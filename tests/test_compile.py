@@ -154,3 +154,8 @@ def test_traced_tensor_cannot_escape_into_eager_code():
     graphgpt.compile(function, np.ones(2, np.float32))
     with pytest.raises(graphgpt.TraceError, match="escaped its trace"):
         kept[0] + 1
+
+
+def test_scalar_inputs_run():
+    compiled = graphgpt.compile(lambda a, b: a * b + 1.0, np.float32(2), np.ones(3, np.float32))
+    np.testing.assert_array_equal(compiled.run(np.float32(3), np.ones(3, np.float32)), [4, 4, 4])
