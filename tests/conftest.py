@@ -18,3 +18,10 @@ def make_tokens(vocab, batch, seq_len, seed=0):
 @pytest.fixture
 def small_gpt():
     return make_gpt()
+
+
+def fuse_elementwise_at_any_size(graph):
+    """The fusion pass without its size threshold, so small test graphs really fuse."""
+    from graphgpt.passes.manager import PASSES
+
+    return PASSES["fuse_elementwise"](graph, min_elements=1)

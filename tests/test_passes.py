@@ -9,12 +9,7 @@ from graphgpt.executor import Executor
 from graphgpt.ir import GraphBuilder, TensorType
 from graphgpt.nn import functional as F
 from graphgpt.passes.manager import DEFAULT_PIPELINE, OPTIONAL_PASSES, PASSES, run_pipeline
-from conftest import make_gpt, make_tokens
-
-def fuse_elementwise_at_any_size(graph):
-    """The fusion pass without its size threshold, so the small test graphs really fuse."""
-    return PASSES["fuse_elementwise"](graph, min_elements=1)
-
+from conftest import fuse_elementwise_at_any_size, make_gpt, make_tokens
 
 PIPELINES = ([[name] for name in DEFAULT_PIPELINE + OPTIONAL_PASSES] + [list(DEFAULT_PIPELINE)]
              + [[*DEFAULT_PIPELINE, fuse_elementwise_at_any_size]])

@@ -1,0 +1,159 @@
+"""`graphgpt train` and `graphgpt generate` end to end, beyond tests/test_training.py: resuming through several
+interruptions (one of them at a step that is not a checkpoint multiple), refusing a resume with other batch
+shapes, the progress display on and off a terminal, the printed unigram baseline against an independent count,
+and every user error reaching the terminal as `graphgpt: error: ...` with no traceback."""
+
+import io
+import math
+import os
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from graphgpt.cli import main
+from graphgpt.training.checkpoint import CheckpointError, load_checkpoint
+from graphgpt.training.trainer import LATEST, Progress, TrainOptions, train
+
+WORDS = "static graphs are traced once and run many times over numpy buffers".split()
+# Varied enough that a model beats character frequencies; the final "~" occurs only in the held-out tail, so the
+# baseline must smooth a character it never saw in training.
+TEXT = "".join(f"{WORDS[i % len(WORDS)]} {WORDS[(i * 7) % len(WORDS)]} {i % 10};\n" for i in range(400)) + "~"
+TINY_MODEL = ["--batch", "4", "--seq-len", "16", "--embed", "16", "--layers", "1", "--heads", "2", "--lr", "1e-2"]
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return str(path)
+
+
+def tiny_options(data_file, folder, **overrides) -> TrainOptions:
+    options = dict(data=data_file, steps=14, batch=4, seq_len=16, embed=16, layers=1, heads=2, lr=1e-2,
+                   eval_every=4, eval_batches=2, checkpoint_dir=str(folder), checkpoint_every=4, sample_chars=0,
+                   progress=False)
+    options.update(overrides)
+    return TrainOptions(**options)
+
+
+def run_quietly(options: TrainOptions):
+    out = io.StringIO()
+    return train(options, out=out), out.getvalue()
+
+
+def test_resuming_twice_repeats_the_uninterrupted_run(data_file, tmp_path):
+    uninterrupted, uninterrupted_log = run_quietly(tiny_options(data_file, tmp_path / "whole"))
+    pieces = []
+    for stop in (6, 9, 14):  # 6 and 9 are not multiples of checkpoint_every: the end-of-run checkpoint resumes
+        pieces.append(run_quietly(tiny_options(data_file, tmp_path / "pieces", steps=stop, resume=stop != 6)))
+    assert [result.first_step for result, _ in pieces] == [0, 6, 9]
+    assert [loss for result, _ in pieces for loss in result.losses] == uninterrupted.losses
+    assert pieces[-1][0].validation_loss == uninterrupted.validation_loss
+    # Periodic validation losses printed after the last interruption match the uninterrupted run's.
+    assert re.findall(r"step 12: validation loss \S+", pieces[-1][1]) == \
+        re.findall(r"step 12: validation loss \S+", uninterrupted_log)
+    whole, resumed = (load_checkpoint(str(tmp_path / folder / LATEST)) for folder in ("whole", "pieces"))
+    assert resumed.metadata["step"] == 14 and resumed.metadata["sampler_state"] == whole.metadata["sampler_state"]
+    for saved, other in ((whole.model_state, resumed.model_state), (whole.optimizer_state, resumed.optimizer_state)):
+        assert saved.keys() == other.keys()
+        for name, value in saved.items():
+            assert value.dtype == other[name].dtype and value.tobytes() == other[name].tobytes(), name
+
+
+@pytest.mark.parametrize("changed", [{"batch": 3}, {"seq_len": 8}])
+def test_resume_with_other_batch_shapes_is_refused_and_nothing_lost(data_file, tmp_path, changed):
+    run_quietly(tiny_options(data_file, tmp_path, steps=4))
+    before = (tmp_path / LATEST).read_bytes()
+    with pytest.raises(CheckpointError, match="trained with batch 4 and seq-len 16; resume with the same values"):
+        run_quietly(tiny_options(data_file, tmp_path, resume=True, **changed))
+    assert (tmp_path / LATEST).read_bytes() == before
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("out,enabled", [(Terminal(), True), (io.StringIO(), True), (Terminal(), False)])
+def test_progress_rewrites_a_terminal_line_and_logs_every_tenth_otherwise(out, enabled):
+    progress = Progress(total=20, out=out, enabled=enabled)
+    for step in range(1, 21):
+        progress.update(step, loss=2.5, tokens_per_second=12_345)
+    progress.finish()
+    text = out.getvalue()
+    if not enabled:
+        assert text == ""
+    elif out.isatty():
+        assert text.count("\r") == 20 and text.count("\n") == 1 and text.endswith("step 20/20  loss 2.500  "
+                                                                                    "12.3k tok/s  0s\n")
+    else:
+        assert "\r" not in text
+        assert [int(step) for step in re.findall(r"step (\d+)/20", text)] == list(range(2, 21, 2))
+        assert text.startswith("[##" + "." * 22 + "] step 2/20  loss 2.500  12.3k tok/s")
+
+
+def unigram_by_counting(text: str) -> float:
+    """Add-one smoothed character frequencies of the first 90% of `text`, as nats per character of the rest."""
+    cut = int(len(text) * 0.9)
+    counts, vocabulary = Counter(text[:cut]), set(text)
+    total = cut + len(vocabulary)
+    return -sum(math.log((counts[c] + 1) / total) for c in text[cut:]) / (len(text) - cut)
+
+
+def test_cli_train_reports_validation_below_an_independently_counted_baseline(data_file, tmp_path, capsys):
+    assert main(["train", "--data", data_file, "--steps", "40", *TINY_MODEL, "--eval-every", "20",
+                 "--eval-batches", "2", "--checkpoint-dir", str(tmp_path), "--sample-chars", "12", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "[" not in out.split("\n")[1]  # --quiet: no progress bar line after the header
+    found = re.search(r"final validation loss (\S+) nats/char; unigram \(character frequency\) baseline (\S+)", out)
+    validation, baseline = float(found.group(1)), float(found.group(2))
+    assert baseline == pytest.approx(unigram_by_counting(TEXT), abs=6e-5)  # printed to 4 decimals
+    assert validation < baseline - 0.5
+    assert out.count("--- sample") == 2 and load_checkpoint(str(tmp_path / LATEST)).metadata["step"] == 40
+
+
+def test_cli_generate_is_repeatable_with_a_seed(data_file, tmp_path, capsys):
+    assert main(["train", "--data", data_file, "--steps", "10", *TINY_MODEL, "--checkpoint-dir", str(tmp_path),
+                 "--sample-chars", "0", "--quiet"]) == 0
+    capsys.readouterr()
+    outputs = []
+    for seed in ("5", "5"):
+        assert main(["generate", "--checkpoint", str(tmp_path / LATEST), "--prompt", "static ", "--length", "40",
+                     "--top-k", "0", "--temperature", "1.5", "--seed", seed]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and outputs[0].startswith("static ") and len(outputs[0]) == len("static ") + 41
+
+
+def refused(argv, capsys, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("graphgpt: error: ") and "Traceback" not in err
+    assert re.search(message, err), err
+
+
+def test_cli_user_errors_are_one_line_messages(data_file, tmp_path, capsys):
+    folder = str(tmp_path / "run")
+    checkpoint = os.path.join(folder, LATEST)
+    refused(["train", "--resume", "--checkpoint-dir", folder], capsys, "latest.npz: no such file")
+    refused(["train", "--data", str(tmp_path / "absent.txt")], capsys, "cannot read --data .*absent.txt")
+    refused(["train", "--embed", "10", "--heads", "3"], capsys, r"--embed \(10\) must be divisible by --heads")
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    refused(["train", "--data", data_file, "--steps", "2", *TINY_MODEL, "--checkpoint-dir", str(blocked / "sub"),
+             "--sample-chars", "0", "--quiet"], capsys, "a-file")
+
+    assert main(["train", "--data", data_file, "--steps", "3", *TINY_MODEL, "--checkpoint-dir", folder,
+                 "--sample-chars", "0", "--quiet"]) == 0
+    before = open(checkpoint, "rb").read()
+    foreign = tmp_path / "foreign.txt"
+    foreign.write_text(TEXT + "QZ€", encoding="utf-8")
+    refused(["train", "--data", str(foreign), "--resume", "--steps", "6", *TINY_MODEL, "--checkpoint-dir", folder],
+            capsys, r"3 character\(s\) outside the vocabulary of 33: 'Q', 'Z', '€'")
+    assert open(checkpoint, "rb").read() == before
+    refused(["generate", "--checkpoint", checkpoint, "--prompt", "s" * 17], capsys,
+            "17 characters, more than the model's max_seq_len 16")
+    refused(["generate", "--checkpoint", checkpoint, "--prompt", "static @#"], capsys,
+            r"prompt has 2 character\(s\) outside the vocabulary.*'#', '@'")
+    refused(["generate", "--checkpoint", data_file, "--prompt", "s"], capsys, "unreadable")
