@@ -1,8 +1,11 @@
 """The `graphgpt` command line.
 
     graphgpt run [--layers 2 --embed 64 ...]   compile a GPT, print its IR, run it, and check it against eager
-    graphgpt train [--steps 1500 --data FILE]   train a character-level GPT with the compiled train step
+    graphgpt train [--data FILE --steps N ...]  train a character-level GPT with the compiled train step
     graphgpt generate --prompt TEXT             sample from a checkpoint
+
+Errors a user can meet (bad options, unreadable data, damaged checkpoints, an unwritable checkpoint folder) print
+`graphgpt: error: <message>` and exit with status 2, without a traceback.
 """
 
 from __future__ import annotations
@@ -102,7 +105,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-dir", default=defaults.checkpoint_dir,
                         help=f"where latest.npz is written (default {defaults.checkpoint_dir})")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",
+                        help="no progress bar (validation losses, the final report and samples still print)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,6 +146,10 @@ def main(argv=None) -> int:
         return args.handler(args)
     except (ValueError, RuntimeError) as error:  # graphgpt's errors say what and where; no traceback needed
         print(f"graphgpt: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the file system refused, e.g. an unwritable --checkpoint-dir or a full disk
+        where = f": {error.filename}" if error.filename else ""
+        print(f"graphgpt: error: {error.strerror or error}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ngraphgpt: interrupted; `graphgpt train --resume` continues from the last checkpoint",

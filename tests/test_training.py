@@ -3,6 +3,7 @@ atomic and validated (missing, truncated, corrupt, pickled or mismatched files r
 respects temperature/top-k and refuses bad prompts, and the CLI trains and reports against the unigram baseline."""
 
 import io
+import json
 import os
 
 import numpy as np
@@ -94,8 +95,10 @@ def write_archive(path, **arrays):
     ("wrong shape", "weight lm_head.weight is float32\\[3, 3\\]"),
     ("bad vocabulary", "vocabulary must be"),
     ("nan weights", "NaN or infinity"),
+    ("absurd config", "config vocab_size must be an integer in \\[1, 1048576\\]"),
+    ("zip bomb", "unpacks to .* bytes, more than"),
 ])
-def test_damaged_checkpoints_are_refused(data_file, tmp_path, damage, message):
+def test_damaged_checkpoints_are_refused(data_file, tmp_path, monkeypatch, damage, message):
     quiet(tiny(data_file, tmp_path / "good", steps=5))
     good = tmp_path / "good" / LATEST
     bad = tmp_path / "bad.npz"
@@ -117,6 +120,15 @@ def test_damaged_checkpoints_are_refused(data_file, tmp_path, damage, message):
     elif damage == "bad vocabulary":
         changed = metadata.replace('"vocabulary": ["', '"vocabulary": ["ab", "')
         write_archive(bad, **{**valid, "metadata": np.frombuffer(changed.encode(), np.uint8)})
+    elif damage == "absurd config":
+        document = json.loads(metadata)
+        document["config"]["vocab_size"] = 10 ** 12
+        write_archive(bad, **{**valid, "metadata": np.frombuffer(json.dumps(document).encode(), np.uint8)})
+    elif damage == "zip bomb":  # 64 MiB of zeros deflate to a few KiB; the limit is lowered to 16 MiB here
+        import zipfile
+        with zipfile.ZipFile(bad, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("model/huge.npy", b"\0" * (64 << 20))
+        monkeypatch.setattr(checkpoint_module, "MAX_CHECKPOINT_BYTES", 16 << 20)
     elif damage == "nan weights":
         write_archive(bad, **{**valid, "model/ln_f.gamma": np.full_like(valid["model/ln_f.gamma"], np.nan)})
     path = str(tmp_path / "missing.npz") if damage == "missing" else str(bad)

@@ -20,6 +20,7 @@ FORMAT_NAME = "graphgpt-checkpoint"
 FORMAT_VERSION = 1
 METADATA_KEY = "metadata"
 MAX_METADATA_BYTES = 16 * 1024 * 1024
+MAX_CHECKPOINT_BYTES = 8 * 1024 ** 3
 CONFIG_LIMITS = {"vocab_size": (1, 1 << 20), "embed_dim": (1, 1 << 14), "num_layers": (1, 256),
                  "num_heads": (1, 1024), "max_seq_len": (1, 1 << 16)}
 
@@ -98,6 +99,15 @@ def expected_parameter_shapes(config: dict) -> dict[str, tuple[int, ...]]:
 def load_checkpoint(path: str) -> Checkpoint:
     """Read and validate a checkpoint written by save_checkpoint; CheckpointError says what is wrong."""
     _check(os.path.isfile(path), path, "no such file (train first, or check --checkpoint / --checkpoint-dir)")
+    try:
+        # Sizes first, from the archive's directory: a small file must not unpack into gigabytes (a zip bomb).
+        with zipfile.ZipFile(path) as directory:
+            unpacked = sum(member.file_size for member in directory.infolist())
+    except (zipfile.BadZipFile, OSError) as error:
+        raise CheckpointError(f"checkpoint {path}: unreadable (truncated, corrupt or not a checkpoint): "
+                              f"{type(error).__name__}: {error}") from None
+    _check(unpacked <= MAX_CHECKPOINT_BYTES, path,
+           f"unpacks to {unpacked} bytes, more than the {MAX_CHECKPOINT_BYTES} a checkpoint may hold")
     try:
         archive = np.load(path, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):  # a bare .npy array, not an archive of records
