@@ -106,6 +106,8 @@ class DtypeAttr(AttrKind):
     name = "dtype"
 
     def check(self, value):
+        if value is None:  # np.dtype(None) is float64: a dtype left unset must not silently become one
+            raise ShapeError("expected a dtype, got None")
         return canonical_dtype(value)
 
 

@@ -29,6 +29,8 @@ def _row_max(x: np.ndarray, axis: int) -> np.ndarray:
 
 def _softmax_into(out: np.ndarray, x: np.ndarray, axis: int) -> None:
     """Softmax along `axis`; a fully masked row (all -inf) has no distribution and comes out as zeros."""
+    if out.size == 0:  # the type rule accepts an empty axis, where np.max would raise on a zero-size reduction
+        return
     np.subtract(x, _row_max(x, axis), out=out)
     np.exp(out, out=out)
     total = np.sum(out, axis=axis, keepdims=True)
@@ -36,6 +38,8 @@ def _softmax_into(out: np.ndarray, x: np.ndarray, axis: int) -> None:
 
 
 def _log_softmax_into(out: np.ndarray, x: np.ndarray, axis: int) -> None:
+    if out.size == 0:  # an empty axis, which the type rule accepts: np.max would raise and log(0) warn
+        return
     np.subtract(x, _row_max(x, axis), out=out)
     out -= np.log(np.sum(np.exp(out), axis=axis, keepdims=True))
 

@@ -25,9 +25,11 @@ def _infer_mean(x: TensorType, axes, keepdims) -> TensorType:
 
 
 def _infer_max(x: TensorType, axes, keepdims) -> TensorType:
+    # Axes checked first: indexing x.shape with an out-of-range axis raised IndexError instead of ShapeError.
+    shape = reduced_shape(x, axes, keepdims)
     if any(x.shape[axis] == 0 for axis in axes):
         raise ShapeError(f"max over an empty axis of {x} has no value")
-    return TensorType(reduced_shape(x, axes, keepdims), x.dtype)
+    return TensorType(shape, x.dtype)
 
 
 def _kept(reduced, x, axes, keepdims):

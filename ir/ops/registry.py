@@ -97,7 +97,10 @@ class OpDef:
             return self.infer(*input_types, **attrs)
         except ShapeError as error:
             message = str(error)
-            raise ShapeError(message if message.startswith(self.name) else f"{self.name}: {message}") from None
+            # Whole words only: a bare startswith(self.name) took "expected a floating-point input" for an `exp`
+            # message (and "negative ..." would pass for `neg`), leaving the error without the op's name.
+            named = message.startswith((f"{self.name}:", f"{self.name} "))
+            raise ShapeError(message if named else f"{self.name}: {message}") from None
 
     def evaluate(self, arrays: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
         """Run the NumPy implementation into a new array (NumPy's 0-d scalars come back as 0-d arrays)."""

@@ -1,0 +1,527 @@
+"""The op table: every op in graphgpt.ir.OPS against a plain NumPy reference written here (float64 loops and
+formulas, never the op's own kernel), with its inferred type equal to the type it computes; then bad inputs and
+attributes refused with a ShapeError naming the op, and out-of-range gather indices refused with an IndexError.
+A registered op with no row in CASES fails test_every_op_has_a_row.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+
+import graphgpt
+from graphgpt.ir import OPS, ShapeError, TensorType
+from graphgpt.ir.ops.registry import VARIADIC
+
+# ---- inputs ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rand:
+    """A random input of a given shape and dtype, values drawn uniformly from [low, high)."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    low: float = -2.0
+    high: float = 2.0
+
+    def make(self, rng: np.random.Generator) -> np.ndarray:
+        if self.dtype == "bool":
+            return rng.random(self.shape) < 0.5
+        if self.dtype in ("int32", "int64"):
+            return rng.integers(self.low, self.high, size=self.shape, dtype=self.dtype)
+        return rng.uniform(self.low, self.high, size=self.shape).astype(self.dtype)
+
+    @property
+    def type(self) -> TensorType:
+        return TensorType(self.shape, self.dtype)
+
+
+def f32(*shape, low=-2.0, high=2.0): return Rand(shape, "float32", low, high)
+def f64(*shape, low=-2.0, high=2.0): return Rand(shape, "float64", low, high)
+def i32(*shape, low=-5, high=5): return Rand(shape, "int32", low, high)
+def i64(*shape, low=-5, high=5): return Rand(shape, "int64", low, high)
+def boolean(*shape): return Rand(shape, "bool")
+
+
+POSITIVE = {"low": 0.5, "high": 2.0}  # for log, sqrt, pow bases and divisors
+
+
+def make(spec, rng) -> np.ndarray:
+    """A Rand drawn from rng, or a literal array as given."""
+    return spec.make(rng) if isinstance(spec, Rand) else np.asarray(spec)
+
+
+def widen(array: np.ndarray) -> np.ndarray:
+    """Float inputs as float64 (exact), so every reference computes in float64."""
+    return array.astype(np.float64) if array.dtype.kind == "f" else array
+
+
+# ---- independent NumPy references (float64, loops or textbook formulas) ------------------------------------------
+
+
+def gelu64(x):
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def matmul64(a, b):
+    """Batched matrix product as broadcast multiply-and-sum over the inner axis (no np.matmul)."""
+    return (a[..., :, :, None] * b[..., None, :, :]).sum(axis=-2)
+
+
+def per_row(function, x, axis):
+    """Apply a function of one 1-d row to every row of x along axis, one row at a time."""
+    moved = np.moveaxis(x, axis, -1)
+    rows = [function(row) for row in moved.reshape(math.prod(moved.shape[:-1]), moved.shape[-1])]
+    return np.moveaxis(np.array(rows, dtype=x.dtype).reshape(moved.shape), -1, axis)
+
+
+def softmax_row(row):
+    if row.size == 0 or np.all(row == -np.inf):  # a fully masked row has no distribution: zeros
+        return np.zeros_like(row)
+    e = np.exp(row - row.max())
+    return e / e.sum()
+
+
+def log_softmax_row(row):
+    if row.size == 0:
+        return row
+    return row - row.max() - np.log(np.exp(row - row.max()).sum())
+
+
+def layer_norm64(x, gamma, beta, eps):
+    return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps) * gamma + beta
+
+
+def cross_entropy64(logits, targets):
+    rows = logits.reshape(-1, logits.shape[-1])
+    losses = [row.max() + np.log(np.exp(row - row.max()).sum()) - row[target]
+              for row, target in zip(rows, targets.reshape(-1))]
+    return np.mean(losses)
+
+
+def gather_rows(weight, indices):
+    rows = [weight[index] for index in indices.reshape(-1)]
+    return np.array(rows, dtype=weight.dtype).reshape(indices.shape + weight.shape[1:])
+
+
+def scatter_add64(updates, indices, num_rows):
+    table = np.zeros((num_rows, updates.shape[-1]), updates.dtype)
+    for index, update in zip(indices.reshape(-1), updates.reshape(-1, updates.shape[-1])):
+        table[index] += update
+    return table
+
+
+def index_grid(slices):
+    return np.ix_(*[np.arange(start, stop, step) for start, stop, step in slices])
+
+
+def unslice64(x, slices, shape):
+    table = np.zeros(shape, x.dtype)
+    table[index_grid(slices)] = x
+    return table
+
+
+def concat64(*arrays, axis):
+    shape = list(arrays[0].shape)
+    shape[axis] = sum(array.shape[axis] for array in arrays)
+    out, start = np.empty(shape, arrays[0].dtype), 0
+    for array in arrays:
+        index = [slice(None)] * len(shape)
+        index[axis] = slice(start, start + array.shape[axis])
+        out[tuple(index)] = array
+        start += array.shape[axis]
+    return out
+
+
+def mean64(x, axes, keepdims):
+    count = math.prod(x.shape[axis] for axis in axes)
+    return x.sum(axis=axes, keepdims=keepdims) / count
+
+
+# ---- the table ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    op: str
+    inputs: tuple
+    reference: Callable[..., Any]
+    attrs: dict = field(default_factory=dict)
+    result_dtype: str | None = None  # when it is neither attrs["dtype"] nor the first input's dtype
+
+    @property
+    def id(self) -> str:
+        inputs = ",".join(str(x.type if isinstance(x, Rand) else TensorType.of(x)) for x in self.inputs)
+        attrs = ",".join(f"{name}={TensorType.of(value) if isinstance(value, np.ndarray) else value}"
+                         for name, value in self.attrs.items())
+        return f"{self.op}({inputs}{';' if attrs else ''}{attrs})".replace(" ", "")
+
+
+def case(op, *inputs, ref, result_dtype=None, **attrs) -> Case:
+    return Case(op, inputs, ref, attrs, result_dtype)
+
+
+CASES: list[Case] = []
+
+# Elementwise maps.
+for _op, _ref, _inputs in [
+    ("neg", np.negative, [f32(2, 3), f64(), i32(4), i64(2, 2)]),
+    ("exp", np.exp, [f32(2, 3, 4), f64()]),
+    ("log", np.log, [f32(3, 4, **POSITIVE), f64(5, **POSITIVE)]),
+    ("tanh", np.tanh, [f32(2, 3), f64(4)]),
+    ("sqrt", np.sqrt, [f32(3, 4, **POSITIVE), f64(**POSITIVE)]),
+    ("gelu", gelu64, [f32(3, 5, low=-4, high=4), f64(4, low=-4, high=4), f32()]),
+]:
+    CASES += [case(_op, x, ref=_ref) for x in _inputs]
+
+# Broadcasting binary arithmetic. Ints only where the op allows them (not div or pow).
+_FLOAT_PAIRS = [(f32(2, 1, 4), f32(3, 1)), (f64(3), f64()), (f64(), f64(2, 2))]
+_INT_PAIRS = [(i32(2, 3), i32(3)), (i64(), i64()), (i64(4), i64(2, 1))]
+for _op, _ref, _pairs in [
+    ("add", np.add, _FLOAT_PAIRS + _INT_PAIRS),
+    ("sub", np.subtract, _FLOAT_PAIRS + _INT_PAIRS),
+    ("mul", np.multiply, _FLOAT_PAIRS + _INT_PAIRS),
+    ("maximum", lambda a, b: np.where(a >= b, a, b), _FLOAT_PAIRS + _INT_PAIRS),
+    ("div", lambda a, b: a / b, [(f32(2, 1, 4), f32(3, 1, **POSITIVE)), (f64(), f64(3, **POSITIVE)),
+                                 (f64(2, 2), f64(**POSITIVE))]),
+    ("pow", lambda a, b: np.exp(b * np.log(a)), [(f32(2, 1, 4, **POSITIVE), f32(3, 1)),
+                                                  (f64(3, **POSITIVE), f64()), (f64(**POSITIVE), f64(2))]),
+]:
+    CASES += [case(_op, a, b, ref=_ref) for a, b in _pairs]
+
+# Comparisons give bool; small int ranges so that ties (equal) actually occur.
+for _op, _ref in [("less", np.less), ("less_equal", np.less_equal), ("greater", np.greater),
+                  ("greater_equal", np.greater_equal), ("equal", np.equal), ("not_equal", np.not_equal)]:
+    CASES += [case(_op, a, b, ref=_ref, result_dtype="bool") for a, b in [
+        (f32(2, 1, 4), f32(3, 1)), (f64(), f64(3)), (i32(6, low=0, high=3), i32(6, low=0, high=3)),
+        (i64(2, 3, low=0, high=3), i64(3, low=0, high=3)), (boolean(4), boolean(4))]]
+
+CASES += [
+    case("where", boolean(2, 1, 4), f32(3, 1), f32(), ref=np.where, result_dtype="float32"),
+    case("where", boolean(), i64(2, 3), i64(3), ref=np.where, result_dtype="int64"),
+    case("where", boolean(3), f64(3), f64(3), ref=np.where, result_dtype="float64"),
+    case("where", boolean(2, 2), boolean(2, 2), boolean(2), ref=np.where, result_dtype="bool"),
+
+    # astype truncates floats towards zero.
+    *[case("cast", x, dtype=to, ref=lambda x, dtype: x.astype(dtype)) for x, to in [
+        (f32(2, 3, low=-5, high=5), "int64"), (f64(4, low=-5, high=5), "int32"), (i32(3), "float32"),
+        (i64(), "float64"), (f64(2, 2), "float32"), (f32(3), "float64"), (i64(5, low=-1, high=2), "bool"),
+        (boolean(3), "float32"), (i32(4), "int64")]],
+
+    # Reductions: several axes, none, all, keepdims both ways, 0-d, an empty reduced axis.
+    *[case("sum", x, axes=axes, keepdims=keep, ref=lambda x, axes, keepdims: x.sum(axes, keepdims=keepdims))
+      for x, axes, keep in [
+          (f32(2, 3, 4), (0, 2), False), (f64(2, 3, 4), (1,), True), (i32(3, 4), (0, 1), False),
+          (i64(2, 3), (), False), (f32(), (), True), (f32(2, 0, 3), (1,), False), (i64(2, 3, 4), (0, 1, 2), True)]],
+    *[case("mean", x, axes=axes, keepdims=keep, ref=mean64) for x, axes, keep in [
+        (f32(2, 3, 4), (1,), True), (f64(2, 3, 4), (0, 2), False), (f32(5), (0,), False), (f64(3, 2), (), True)]],
+    *[case("max", x, axes=axes, keepdims=keep, ref=lambda x, axes, keepdims: x.max(axes, keepdims=keepdims))
+      for x, axes, keep in [
+          (f32(2, 3, 4), (2,), False), (f64(2, 3, 4), (0, 1, 2), True), (i32(3, 4), (0,), True),
+          (i64(), (), False), (boolean(3, 2), (1,), False), (f32(0, 3), (1,), False)]],
+
+    case("matmul", f32(2, 1, 3, 4), f32(5, 4, 2), ref=matmul64),
+    case("matmul", f64(3, 4), f64(4, 2), ref=matmul64),
+    case("matmul", f64(4, 2, 3), f64(3, 5), ref=matmul64),
+    case("matmul", f32(2, 3, 0), f32(0, 4), ref=matmul64),  # empty inner axis: zeros
+
+    *[case("reshape", x, shape=shape, ref=lambda x, shape: x.ravel().reshape(shape)) for x, shape in [
+        (f32(2, 3, 4), (4, 6)), (i64(6), (2, 1, 3)), (i32(), (1, 1)), (f64(2, 3), (6,)), (f32(1, 1), ())]],
+    *[case("transpose", x, perm=perm, ref=lambda x, perm: np.einsum(x, list(range(x.ndim)), list(perm)))
+      for x, perm in [(f32(2, 3, 4), (2, 0, 1)), (i32(2, 3), (1, 0)), (f64(), ()), (i64(2, 3, 4, 5), (1, 0, 3, 2))]],
+    *[case("broadcast_to", x, shape=shape, ref=lambda x, shape: x + np.zeros(shape, x.dtype)) for x, shape in [
+        (f32(3, 1), (2, 3, 4)), (i64(), (2, 2)), (f64(1, 4), (1, 4)), (i32(2, 1), (2, 0))]],
+    *[case("slice", x, slices=slices, ref=lambda x, slices: x[index_grid(slices)]) for x, slices in [
+        (f32(2, 3, 4), ((1, 2, 1), (0, 3, 2), (1, 4, 1))), (i32(5), ((0, 5, 3),)), (i64(5), ((4, 1, 1),)),
+        (f64(4, 4), ((0, 4, 2), (3, 4, 1))), (f32(), ())]],
+    case("unslice", f32(2, 5), slices=((1, 4, 2), (0, 5, 1)), shape=(4, 5), ref=unslice64),
+    case("unslice", f64(1), slices=((2, 3, 1),), shape=(4,), ref=unslice64),
+    case("unslice", i32(2, 2), slices=((0, 2, 1), (1, 4, 2)), shape=(2, 4), ref=unslice64),
+
+    case("embedding", f32(5, 3), i64(2, 3, low=0, high=5), ref=gather_rows),
+    case("embedding", f64(4, 2), i32(low=0, high=4), ref=gather_rows),
+    case("embedding", i32(6, 2), i64(4, low=0, high=6), ref=gather_rows),
+    case("embedding", f32(3, 2), i64(0, low=0, high=3), ref=gather_rows),
+    case("scatter_add", f32(2, 3, 4), i64(2, 3, low=0, high=4), num_rows=6, ref=scatter_add64),  # repeated rows
+    case("scatter_add", f64(4, 2), i32(4, low=0, high=3), num_rows=3, ref=scatter_add64),
+    case("scatter_add", f64(3), i64(low=0, high=2), num_rows=2, ref=scatter_add64),
+    *[case("one_hot", i, num_classes=n, dtype=dtype,
+           ref=lambda i, num_classes, dtype: (i[..., None] == np.arange(num_classes)).astype(dtype))
+      for i, n, dtype in [(i64(2, 3, low=0, high=6), 6, "float32"), (i32(4, low=0, high=3), 3, "int64"),
+                          (i64(low=0, high=4), 4, "bool"), (i32(3, low=0, high=2), 2, "float64")]],
+    *[case("constant", value=value, ref=lambda value: value.copy(), result_dtype=value.dtype.name) for value in [
+        np.array([[1.5, -np.inf]], np.float32), np.array(7, np.int64), np.array([True, False]),
+        np.arange(3, dtype=np.float64)]],
+
+    case("softmax", f32(2, 3, 4), axis=1, ref=lambda x, axis: per_row(softmax_row, x, axis)),
+    case("softmax", f64(5), axis=0, ref=lambda x, axis: per_row(softmax_row, x, axis)),
+    case("softmax", np.array([[-np.inf] * 3, [0.5, -np.inf, 2.0]], np.float32), axis=1,  # masked rows
+         ref=lambda x, axis: per_row(softmax_row, x, axis)),
+    case("softmax", f32(2, 0), axis=1, ref=lambda x, axis: per_row(softmax_row, x, axis)),
+    case("log_softmax", f32(2, 3, 4, low=-60, high=60), axis=2,  # large logits: no overflow
+         ref=lambda x, axis: per_row(log_softmax_row, x, axis)),
+    case("log_softmax", f64(3, 5), axis=0, ref=lambda x, axis: per_row(log_softmax_row, x, axis)),
+    case("log_softmax", f64(2, 0), axis=1, ref=lambda x, axis: per_row(log_softmax_row, x, axis)),
+    case("layer_norm", f32(2, 3, 8), f32(8), f32(8), eps=1e-5, ref=layer_norm64),
+    case("layer_norm", f64(4), f64(4), f64(4), eps=1e-3, ref=layer_norm64),
+    case("layer_norm", f32(3, 1), f32(1), f32(1), eps=0.1, ref=layer_norm64),  # one feature: variance 0
+    case("cross_entropy", f32(2, 3, 6, low=-20, high=20), i64(2, 3, low=0, high=6), ref=cross_entropy64),
+    case("cross_entropy", f64(4, 5), i32(4, low=0, high=5), ref=cross_entropy64),
+    case("cross_entropy", f32(5), i64(low=0, high=5), ref=cross_entropy64),
+
+    case("concat", f32(2, 3), f32(2, 1), f32(2, 2), axis=1, ref=concat64),
+    case("concat", i64(1, 3), i64(2, 3), axis=0, ref=concat64),
+    case("concat", f64(3), axis=0, ref=concat64),
+    case("concat", boolean(2, 2, 1), boolean(2, 2, 0), boolean(2, 2, 2), axis=2, ref=concat64),
+
+    case("fused_elementwise", f32(2, 3, 4), f32(4), program=(("mul", (0, 1)), ("tanh", (2,)), ("add", (3, 0))),
+         ref=lambda x, b, program: np.tanh(x * b) + x),
+    case("fused_elementwise", f64(), f64(3, **POSITIVE), program=(("exp", (0,)), ("sqrt", (1,)), ("div", (2, 3))),
+         ref=lambda a, b, program: np.exp(a) / np.sqrt(b)),
+    case("fused_elementwise", i32(2, 3), i32(3), program=(("neg", (0,)), ("maximum", (2, 1)), ("mul", (3, 3))),
+         ref=lambda a, b, program: np.maximum(-a, b) ** 2),
+    # Larger than one cache block (2**17 elements), with a broadcast input, so the blocking is exercised.
+    case("fused_elementwise", f32(3, 150_000), f32(150_000),
+         program=(("sub", (0, 1)), ("mul", (2, 2)), ("tanh", (3,)), ("add", (4, 0))),
+         ref=lambda a, b, program: np.tanh((a - b) ** 2) + a),
+]
+
+
+def expected_dtype(row: Case, arrays) -> str:
+    if row.result_dtype is not None:
+        return row.result_dtype
+    if "dtype" in row.attrs:
+        return row.attrs["dtype"]
+    return arrays[0].dtype.name
+
+
+def test_every_op_has_a_row():
+    missing = sorted(set(OPS) - {row.op for row in CASES})
+    assert not missing, f"ops with no row in the op table (add one to CASES): {missing}"
+    unknown = sorted({row.op for row in CASES} - set(OPS))
+    assert not unknown, f"rows for ops that are not registered: {unknown}"
+
+
+@pytest.mark.parametrize("row", CASES, ids=[row.id for row in CASES])
+def test_op_against_numpy_reference(row: Case):
+    op = OPS[row.op]
+    arrays = [make(x, np.random.default_rng(seed)) for seed, x in enumerate(row.inputs)]
+    attrs = op.check_attrs(row.attrs)
+
+    result = op.evaluate(arrays, attrs)
+    assert op.infer_type([TensorType.of(x) for x in arrays], attrs) == TensorType.of(result)
+    assert result.dtype.name == expected_dtype(row, arrays)
+
+    expected = np.asarray(row.reference(*[widen(x) for x in arrays], **attrs))
+    assert result.shape == expected.shape
+    if result.dtype.kind == "f":
+        tolerance = {"float32": (1e-5, 1e-6), "float64": (1e-12, 1e-12)}[result.dtype.name]
+        np.testing.assert_allclose(result, expected, rtol=tolerance[0], atol=tolerance[1])
+    else:
+        np.testing.assert_array_equal(result, expected)
+
+    # The executor's path, into a dirty planned buffer, gives the very same bits.
+    out = np.full(result.shape, 7, result.dtype)
+    op.evaluate_into(out, arrays, attrs)
+    np.testing.assert_array_equal(out, result)
+
+
+ROWS_WITH_INPUTS = [row for row in CASES if row.inputs]  # constant takes none: nothing to feed eager or compiled
+
+
+@pytest.mark.parametrize("row", ROWS_WITH_INPUTS, ids=[row.id for row in ROWS_WITH_INPUTS])
+def test_eager_and_compiled_run_the_op_alike(row: Case):
+    """Eager Tensors and the compiled executor (unoptimised) run the op's own kernel: the same bits."""
+    op = OPS[row.op]
+    arrays = [make(x, np.random.default_rng(seed)) for seed, x in enumerate(row.inputs)]
+    attrs = op.check_attrs(row.attrs)
+    expected = op.evaluate(arrays, attrs)
+
+    def function(*tensors):
+        return tensors[0]._apply(row.op, tensors, attrs)
+
+    np.testing.assert_array_equal(function(*[graphgpt.Tensor(x) for x in arrays]).data, expected)
+    np.testing.assert_array_equal(graphgpt.compile(function, *arrays, passes=[]).run(*arrays), expected)
+
+
+# ---- type rules refuse bad inputs ---------------------------------------------------------------------------------
+
+
+def types(text: str) -> list[TensorType]:
+    """'f32[2,3] i64[]' -> [TensorType((2, 3), 'float32'), TensorType((), 'int64')]."""
+    return [TensorType.parse(word) for word in text.split()]
+
+
+BAD_INPUTS = [  # op, input types, (valid) attrs, what the message must say
+    ("matmul", "f32[2,3] f32[4,5]", {}, r"inner dimensions differ: f32\[2,3\] @ f32\[4,5\] \(3 != 4\)"),
+    ("matmul", "f32[3] f32[3,2]", {}, r"at least 2 dimensions"),
+    ("matmul", "f32[2,3,4] f32[5,4,2]", {}, r"shapes \[2\] and \[5\] do not broadcast"),
+    ("matmul", "i64[2,2] i64[2,2]", {}, r"expected a floating-point input, got i64\[2,2\]"),
+    ("matmul", "f32[2,2] f64[2,2]", {}, r"must share one dtype"),
+    ("add", "f32[2,3] f32[4]", {}, r"shapes \[2, 3\] and \[4\] do not broadcast \(axis -1 has sizes \[3, 4\]\)"),
+    ("add", "f32[2] f64[2]", {}, r"inputs must share one dtype, got f32\[2\], f64\[2\]"),
+    ("sub", "i32[2] i64[2]", {}, r"inputs must share one dtype, got i32\[2\], i64\[2\]"),
+    ("mul", "bool[2] bool[2]", {}, r"expected numeric inputs, got bool\[2\]"),
+    ("maximum", "f32[2,1,4] f32[3,2]", {}, r"do not broadcast"),
+    ("div", "i64[2] i64[2]", {}, r"expected a floating-point input, got i64\[2\]"),
+    ("pow", "i32[] i32[]", {}, r"expected a floating-point input"),
+    ("neg", "bool[3]", {}, r"expected a numeric input, got bool\[3\]"),
+    ("less", "f32[2] f64[2]", {}, r"must share one dtype"),
+    ("equal", "i64[3] i64[4]", {}, r"do not broadcast"),
+    ("where", "f32[2] f32[2] f32[2]", {}, r"condition must be bool, got f32\[2\]"),
+    ("where", "bool[2] f32[2] f64[2]", {}, r"must share one dtype"),
+    ("where", "bool[3] f32[2] f32[2]", {}, r"do not broadcast"),
+    ("reshape", "f32[2,3]", {"shape": (4, 2)}, r"cannot reshape f32\[2,3\] \(6 elements\) to \[4, 2\] \(8 elements\)"),
+    ("reshape", "f32[2,3]", {"shape": (-1, 3)}, r"shape \(-1, 3\) must hold non-negative integers"),
+    ("transpose", "f32[2,3]", {"perm": (0, 0)}, r"perm \(0, 0\) is not a permutation of the 2 axes of f32\[2,3\]"),
+    ("transpose", "f32[2,3]", {"perm": (1,)}, r"perm \(1,\) is not a permutation"),
+    ("transpose", "f32[2,3]", {"perm": (-1, 0)}, r"not a permutation"),
+    ("sum", "f32[2,3]", {"axes": (2,), "keepdims": False}, r"axes \(2,\) are not sorted unique axes of a rank-2"),
+    ("sum", "f32[2,3]", {"axes": (1, 0), "keepdims": False}, r"axes \(1, 0\) are not sorted unique"),
+    ("sum", "f32[2,3]", {"axes": (-1,), "keepdims": True}, r"axes \(-1,\) are not sorted unique"),
+    ("sum", "f32[2,3]", {"axes": (1, 1), "keepdims": True}, r"axes \(1, 1\) are not sorted unique"),
+    ("sum", "bool[2]", {"axes": (0,), "keepdims": False}, r"cannot sum a bool input bool\[2\]"),
+    ("mean", "i64[2]", {"axes": (0,), "keepdims": False}, r"expected a floating-point input, got i64\[2\]"),
+    ("mean", "f32[2]", {"axes": (1,), "keepdims": False}, r"axes \(1,\) are not sorted unique"),
+    ("max", "f32[2,3]", {"axes": (2,), "keepdims": False}, r"axes \(2,\) are not sorted unique"),
+    ("max", "f32[2,0]", {"axes": (1,), "keepdims": False}, r"max over an empty axis of f32\[2,0\]"),
+    ("broadcast_to", "f32[3]", {"shape": (2, 4)}, r"cannot broadcast f32\[3\] to \[2, 4\]"),
+    ("broadcast_to", "f32[2,3]", {"shape": (3,)}, r"cannot broadcast f32\[2,3\] to \[3\]"),
+    ("slice", "f32[2,3]", {"slices": ((0, 2, 1),)}, r"needs one \(start, stop, step\) per axis of shape \[2, 3\]"),
+    ("slice", "f32[4]", {"slices": ((0, 5, 1),)}, r"axis 0: slice 0:5:1 is not a normalised slice of size 4"),
+    ("slice", "f32[4]", {"slices": ((0, 4, 0),)}, r"axis 0: slice 0:4:0 is not a normalised slice"),
+    ("slice", "f32[4]", {"slices": ((-1, 4, 1),)}, r"slice -1:4:1 is not a normalised slice"),
+    ("unslice", "f32[2]", {"slices": ((0, 3, 1),), "shape": (4,)}, r"f32\[2\] does not fill the slices"),
+    ("embedding", "f32[5,3] f32[2]", {}, r"indices must be integers, got f32\[2\]"),
+    ("embedding", "f32[5,3] bool[2]", {}, r"indices must be integers, got bool\[2\]"),
+    ("embedding", "f32[5,3,2] i64[2]", {}, r"weight must be a \(num_embeddings, dim\) matrix, got f32\[5,3,2\]"),
+    ("scatter_add", "f32[2,4] i64[3]", {"num_rows": 5}, r"updates f32\[2,4\] must have the indices' shape \[3\]"),
+    ("scatter_add", "f32[3] i64[3]", {"num_rows": 5}, r"plus one row axis"),
+    ("scatter_add", "f32[3,4] f32[3]", {"num_rows": 5}, r"indices must be integers, got f32\[3\]"),
+    ("scatter_add", "f32[3,4] i64[3]", {"num_rows": -1}, r"num_rows must be non-negative, got -1"),
+    ("one_hot", "f32[3]", {"num_classes": 4, "dtype": "float32"}, r"indices must be integers, got f32\[3\]"),
+    ("one_hot", "i64[3]", {"num_classes": 0, "dtype": "float32"}, r"num_classes must be positive, got 0"),
+    ("softmax", "f32[2,3]", {"axis": 2}, r"axis 2 is out of range for a rank-2 input f32\[2,3\]"),
+    ("softmax", "f32[2,3]", {"axis": -1}, r"axis -1 is out of range"),
+    ("softmax", "i64[2,3]", {"axis": 1}, r"expected a floating-point input, got i64\[2,3\]"),
+    ("log_softmax", "f32[]", {"axis": 0}, r"axis 0 is out of range for a rank-0 input"),
+    ("layer_norm", "f32[2,3] f32[4] f32[3]", {"eps": 1e-5},
+     r"gamma and beta must have the shape of the last axis of f32\[2,3\], got f32\[4\] and f32\[3\]"),
+    ("layer_norm", "f32[2,3] f32[3] f32[2,3]", {"eps": 1e-5}, r"got f32\[3\] and f32\[2,3\]"),
+    ("layer_norm", "f32[] f32[] f32[]", {"eps": 1e-5}, r"gamma and beta must have the shape of the last axis"),
+    ("layer_norm", "f32[2,3] f64[3] f32[3]", {"eps": 1e-5}, r"must share one dtype"),
+    ("layer_norm", "i64[2,3] i64[3] i64[3]", {"eps": 1e-5}, r"expected a floating-point input"),
+    ("layer_norm", "f32[2,3] f32[3] f32[3]", {"eps": 0.0}, r"eps must be positive, got 0.0"),
+    ("cross_entropy", "f32[2,3,6] i64[2,4]", {},
+     r"logits f32\[2,3,6\] needs targets of shape \[2, 3\], got i64\[2,4\]"),
+    ("cross_entropy", "f32[2,6] f32[2]", {}, r"targets must be integer class indices, got f32\[2\]"),
+    ("cross_entropy", "i64[2,6] i64[2]", {}, r"expected a floating-point input, got i64\[2,6\]"),
+    ("cross_entropy", "f32[] i64[]", {}, r"targets must have the shape of logits without its class axis"),
+    ("concat", "f32[2,3] f32[3,3]", {"axis": 1}, r"inputs must match except along axis 1: f32\[2,3\] and f32\[3,3\]"),
+    ("concat", "f32[2,3] f64[2,3]", {"axis": 0}, r"inputs must match except along axis 0"),
+    ("concat", "f32[2,3] f32[2]", {"axis": 0}, r"inputs must match except along axis 0"),
+    ("concat", "f32[2,3] f32[2,3]", {"axis": 2}, r"axis 2 is out of range for rank-2 inputs"),
+    ("concat", "f32[] f32[]", {"axis": 0}, r"axis 0 is out of range for rank-0 inputs"),
+    ("fused_elementwise", "f32[2]", {"program": (("gelu", (0,)),)}, r"op 'gelu' cannot be fused"),
+    ("fused_elementwise", "f32[2]", {"program": (("exp", (1,)),)}, r"instruction exp reads operand \(1,\)"),
+    ("fused_elementwise", "f32[2] f32[3]", {"program": (("add", (0, 1)),)},
+     r"add: shapes \[2\] and \[3\] do not broadcast"),
+    ("fused_elementwise", "i64[2]", {"program": (("exp", (0,)),)}, r"exp: expected a floating-point input"),
+]
+BAD_INPUTS += [(op, "i64[2]", {}, r"expected a floating-point input, got i64\[2\]")
+               for op in ("exp", "log", "tanh", "sqrt", "gelu")]
+
+
+@pytest.mark.parametrize("op,inputs,attrs,message", BAD_INPUTS,
+                         ids=[f"{op}({inputs})" for op, inputs, _, _ in BAD_INPUTS])
+def test_type_rule_refuses(op, inputs, attrs, message):
+    attrs = OPS[op].check_attrs(attrs)  # the attributes are fine: the inputs are what is wrong
+    with pytest.raises(ShapeError, match=message) as error:
+        OPS[op].infer_type(types(inputs), attrs)
+    assert str(error.value).startswith((f"{op}: ", f"{op} ")), "the message should start with the op's name"
+
+
+def _first_row(op: str) -> Case:
+    return next(row for row in CASES if row.op == op)
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_wrong_number_of_inputs_is_refused(op):
+    op_def, row = OPS[op], _first_row(op)
+    given = [TensorType((2,), "float32")] * (0 if op_def.arity == VARIADIC else op_def.arity + 1)
+    expected = "one or more" if op_def.arity == VARIADIC else op_def.arity
+    with pytest.raises(ShapeError, match=rf"^{op} expects {expected} inputs, got {len(given)}$"):
+        op_def.infer_type(given, op_def.check_attrs(row.attrs))
+
+
+# ---- attribute checks ----------------------------------------------------------------------------------------------
+
+
+BAD_ATTRS = [  # op, attrs, what the message must say
+    ("sum", {"axes": (0,)}, r"^sum: expected attributes \['axes', 'keepdims'\], missing \['keepdims'\], unknown \[\]$"),
+    ("sum", {"axes": (0,), "keepdims": True, "keep": True}, r"missing \[\], unknown \['keep'\]"),
+    ("add", {"axis": 0}, r"^add: expected attributes \[\], missing \[\], unknown \['axis'\]$"),
+    ("softmax", {}, r"^softmax: expected attributes \['axis'\], missing \['axis'\]"),
+    ("constant", {}, r"^constant: .*missing \['value'\]"),
+    ("sum", {"axes": "0", "keepdims": True}, r"^sum: attribute 'axes': expected a tuple of integers, got '0'"),
+    ("sum", {"axes": (0.5,), "keepdims": True}, r"^sum: attribute 'axes': expected an integer, got 0.5"),
+    ("max", {"axes": (0,), "keepdims": 1}, r"^max: attribute 'keepdims': expected True or False, got 1"),
+    ("reshape", {"shape": (2, True)}, r"^reshape: attribute 'shape': expected an integer, got True"),
+    ("transpose", {"perm": None}, r"^transpose: attribute 'perm': expected a tuple of integers, got None"),
+    ("softmax", {"axis": 1.0}, r"^softmax: attribute 'axis': expected an integer, got 1.0"),
+    ("one_hot", {"num_classes": "3", "dtype": "float32"}, r"^one_hot: attribute 'num_classes': expected an integer"),
+    ("layer_norm", {"eps": "1e-5"}, r"^layer_norm: attribute 'eps': expected a number, got '1e-5'"),
+    ("layer_norm", {"eps": True}, r"^layer_norm: attribute 'eps': expected a number, got True"),
+    ("cast", {"dtype": "float16"}, r"^cast: attribute 'dtype': dtype float16 is not supported"),
+    ("cast", {"dtype": "nonsense"}, r"^cast: attribute 'dtype': unknown dtype 'nonsense'"),
+    ("cast", {"dtype": None}, r"^cast: attribute 'dtype': expected a dtype, got None"),
+    ("one_hot", {"num_classes": 3, "dtype": None}, r"^one_hot: attribute 'dtype': expected a dtype, got None"),
+    ("slice", {"slices": ((0, 1),)}, r"^slice: attribute 'slices': expected a \(start, stop, step\) triple"),
+    ("slice", {"slices": 3}, r"^slice: attribute 'slices': expected a tuple of \(start, stop, step\) triples"),
+    ("unslice", {"slices": ((0, 1, 1.5),), "shape": (2,)}, r"^unslice: attribute 'slices': expected an integer"),
+    ("constant", {"value": "abc"}, r"^constant: attribute 'value': dtype str\d* is not supported"),
+    ("constant", {"value": np.zeros(2, np.float16)}, r"^constant: attribute 'value': dtype float16 is not supported"),
+    ("fused_elementwise", {"program": ()}, r"^fused_elementwise: attribute 'program': expected a non-empty tuple"),
+    ("fused_elementwise", {"program": (("add",),)}, r"expected an \(op name, operands\) instruction"),
+    ("concat", {"axis": None}, r"^concat: attribute 'axis': expected an integer, got None"),
+]
+
+
+@pytest.mark.parametrize("op,attrs,message", BAD_ATTRS, ids=[f"{op}-{i}" for i, (op, _, _) in enumerate(BAD_ATTRS)])
+def test_check_attrs_refuses(op, attrs, message):
+    with pytest.raises(ShapeError, match=message):
+        OPS[op].check_attrs(attrs)
+
+
+def test_check_attrs_canonicalises():
+    assert OPS["sum"].check_attrs({"axes": [np.int64(1)], "keepdims": np.bool_(True)}) == {"axes": (1,),
+                                                                                         "keepdims": True}
+    assert OPS["cast"].check_attrs({"dtype": np.float32}) == {"dtype": "float32"}
+    assert OPS["cast"].check_attrs({"dtype": "i64"}) == {"dtype": "int64"}
+    assert OPS["layer_norm"].check_attrs({"eps": 1}) == {"eps": 1.0}
+
+
+# ---- runtime index checks ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op,inputs,attrs,message", [
+    ("embedding", [np.zeros((5, 3)), np.array([0, 5])], {},
+     r"embedding index 5 is out of range for a table of 5 rows \(valid: 0\.\.4\)"),
+    ("embedding", [np.zeros((5, 3)), np.array([[1, -1]], np.int32)], {}, r"embedding index -1 is out of range"),
+    ("cross_entropy", [np.zeros((2, 4)), np.array([0, 4])], {},
+     r"cross_entropy target out of range: targets must lie in 0\.\.3, got values from 0 to 4"),
+    ("cross_entropy", [np.zeros((2, 3, 4), np.float32), np.array([[0, 1, 2], [3, -2, 0]])], {},
+     r"targets must lie in 0\.\.3, got values from -2 to 3"),
+    ("scatter_add", [np.zeros((2, 3)), np.array([0, 3])], {"num_rows": 3}, r"scatter_add index 3 is out of range"),
+    ("one_hot", [np.array([-1])], {"num_classes": 3, "dtype": "float32"}, r"one_hot index -1 is out of range"),
+], ids=["embedding-high", "embedding-negative", "cross_entropy-high", "cross_entropy-negative", "scatter_add",
+        "one_hot"])
+def test_out_of_range_indices_raise(op, inputs, attrs, message):
+    with pytest.raises(IndexError, match=message):
+        OPS[op].evaluate(inputs, attrs)
