@@ -1,13 +1,10 @@
-"""Checkpoint files, beyond tests/test_training.py: an exact round trip, writes that fail at any point (or a
-process killed mid-run) never leave a broken latest.npz, an .npz holding a pickled object is refused without
-running it, and each kind of wrong metadata is refused with a CheckpointError saying what is wrong."""
+"""Checkpoint files, beyond tests/test_training.py and tests/test_kill_resume.py: an exact round trip, a write
+failing at any point (mid-file, at fsync, at the rename) never leaves a broken latest.npz, an .npz holding a
+pickled object is refused without running it, and each kind of wrong metadata or wrong file is refused with a
+CheckpointError saying what is wrong."""
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -17,7 +14,7 @@ from graphgpt.optim import AdamW
 from graphgpt.training import checkpoint as checkpoint_module
 from graphgpt.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from graphgpt.training.trainer import LATEST
-from test_train import TEXT, TINY_MODEL, run_quietly, tiny_options
+from test_train import TEXT, run_quietly, tiny_options  # the tiny training run and its text, shared
 
 CONFIG = dict(vocab_size=7, embed_dim=8, num_layers=1, num_heads=2, max_seq_len=6)
 
@@ -78,28 +75,6 @@ def test_a_write_failing_at_any_point_keeps_the_previous_checkpoint(tmp_path, mo
     assert load_checkpoint(path).metadata["step"] == 1
 
 
-def test_killing_a_training_run_leaves_a_loadable_checkpoint(tmp_path):
-    data = tmp_path / "text.txt"
-    data.write_text(TEXT * 4, encoding="utf-8")
-    latest = tmp_path / "run" / LATEST
-    # A checkpoint every step, so the kill most likely lands during or between writes.
-    process = subprocess.Popen([sys.executable, "-m", "graphgpt", "train", "--data", str(data), "--steps", "100000",
-                                *TINY_MODEL, "--checkpoint-every", "1", "--checkpoint-dir", str(latest.parent),
-                                "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while not latest.exists() and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.05)
-        time.sleep(0.3)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.wait(timeout=30)
-    assert latest.exists(), "the run wrote no checkpoint within 60 s"
-    assert load_checkpoint(str(latest)).metadata["step"] >= 1
-    leftovers = [name for name in os.listdir(latest.parent) if name != LATEST]
-    assert all(name.startswith(f".{LATEST}.") and name.endswith(".tmp") for name in leftovers), leftovers
-
-
 class Payload:
     """Unpickling this would create the marker file: the test asserts it never exists."""
 
@@ -156,7 +131,7 @@ def test_wrong_metadata_is_refused_with_the_reason(tmp_path, case):
 
 
 @pytest.mark.parametrize("damage,message", [
-    ("empty file", "unreadable"), ("bare .npy", "not an .npz archive"), ("folder", "no such file"),
+    ("empty file", "unreadable"), ("bare .npy", "unreadable .*not a zip file"), ("folder", "no such file"),
     ("metadata not JSON", "metadata is not valid JSON"), ("stray record", r"unexpected records \['extra'\]"),
     ("integer optimizer state", "optimizer state step is not float"),
 ])

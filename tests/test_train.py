@@ -5,11 +5,9 @@ and every user error reaching the terminal as `graphgpt: error: ...` with no tra
 
 import io
 import math
-import os
 import re
 from collections import Counter
 
-import numpy as np
 import pytest
 
 from graphgpt.cli import main
@@ -135,7 +133,7 @@ def refused(argv, capsys, message):
 
 def test_cli_user_errors_are_one_line_messages(data_file, tmp_path, capsys):
     folder = str(tmp_path / "run")
-    checkpoint = os.path.join(folder, LATEST)
+    checkpoint = tmp_path / "run" / LATEST
     refused(["train", "--resume", "--checkpoint-dir", folder], capsys, "latest.npz: no such file")
     refused(["train", "--data", str(tmp_path / "absent.txt")], capsys, "cannot read --data .*absent.txt")
     refused(["train", "--embed", "10", "--heads", "3"], capsys, r"--embed \(10\) must be divisible by --heads")
@@ -146,14 +144,14 @@ def test_cli_user_errors_are_one_line_messages(data_file, tmp_path, capsys):
 
     assert main(["train", "--data", data_file, "--steps", "3", *TINY_MODEL, "--checkpoint-dir", folder,
                  "--sample-chars", "0", "--quiet"]) == 0
-    before = open(checkpoint, "rb").read()
+    before = checkpoint.read_bytes()
     foreign = tmp_path / "foreign.txt"
     foreign.write_text(TEXT + "QZ€", encoding="utf-8")
     refused(["train", "--data", str(foreign), "--resume", "--steps", "6", *TINY_MODEL, "--checkpoint-dir", folder],
             capsys, r"3 character\(s\) outside the vocabulary of 33: 'Q', 'Z', '€'")
-    assert open(checkpoint, "rb").read() == before
-    refused(["generate", "--checkpoint", checkpoint, "--prompt", "s" * 17], capsys,
+    assert checkpoint.read_bytes() == before
+    refused(["generate", "--checkpoint", str(checkpoint), "--prompt", "s" * 17], capsys,
             "17 characters, more than the model's max_seq_len 16")
-    refused(["generate", "--checkpoint", checkpoint, "--prompt", "static @#"], capsys,
+    refused(["generate", "--checkpoint", str(checkpoint), "--prompt", "static @#"], capsys,
             r"prompt has 2 character\(s\) outside the vocabulary.*'#', '@'")
     refused(["generate", "--checkpoint", data_file, "--prompt", "s"], capsys, "unreadable")

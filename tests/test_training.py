@@ -97,6 +97,8 @@ def write_archive(path, **arrays):
     ("nan weights", "NaN or infinity"),
     ("absurd config", "config vocab_size must be an integer in \\[1, 1048576\\]"),
     ("zip bomb", "unpacks to .* bytes, more than"),
+    ("bad sampler state", "sampler_state is not a valid generator state"),
+    ("foreign optimizer state", "optimizer state exp_avg.nowhere does not match a parameter"),
 ])
 def test_damaged_checkpoints_are_refused(data_file, tmp_path, monkeypatch, damage, message):
     quiet(tiny(data_file, tmp_path / "good", steps=5))
@@ -129,6 +131,12 @@ def test_damaged_checkpoints_are_refused(data_file, tmp_path, monkeypatch, damag
         with zipfile.ZipFile(bad, "w", zipfile.ZIP_DEFLATED) as archive:
             archive.writestr("model/huge.npy", b"\0" * (64 << 20))
         monkeypatch.setattr(checkpoint_module, "MAX_CHECKPOINT_BYTES", 16 << 20)
+    elif damage == "bad sampler state":
+        document = json.loads(metadata)
+        document["sampler_state"] = {"bit_generator": "PCG64"}
+        write_archive(bad, **{**valid, "metadata": np.frombuffer(json.dumps(document).encode(), np.uint8)})
+    elif damage == "foreign optimizer state":
+        write_archive(bad, **{**valid, "optimizer/exp_avg.nowhere": np.zeros(3, np.float32)})
     elif damage == "nan weights":
         write_archive(bad, **{**valid, "model/ln_f.gamma": np.full_like(valid["model/ln_f.gamma"], np.nan)})
     path = str(tmp_path / "missing.npz") if damage == "missing" else str(bad)
@@ -192,3 +200,18 @@ def test_cli_trains_and_generates(data_file, tmp_path, capsys):
     assert capsys.readouterr().out.startswith("the ")
     assert main(["generate", "--checkpoint", str(tmp_path / "none.npz"), "--prompt", "x"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_resume_keeps_the_checkpoints_settings(data_file, tmp_path):
+    quiet(tiny(data_file, tmp_path, steps=5))
+    out = io.StringIO()
+    train(tiny(data_file, tmp_path, resume=True, lr=0.5, embed=32), out=out)
+    assert "resuming with the checkpoint's --embed 16 (not 32), --lr 0.01 (not 0.5)" in out.getvalue()
+    assert load_checkpoint(str(tmp_path / LATEST)).metadata["options"]["lr"] == 0.01
+
+
+def test_unwritable_checkpoint_folder_fails_before_training(data_file, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(DataError, match="cannot write checkpoints to --checkpoint-dir"):
+        quiet(tiny(data_file, blocker / "run"))

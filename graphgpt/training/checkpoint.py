@@ -109,10 +109,7 @@ def load_checkpoint(path: str) -> Checkpoint:
     _check(unpacked <= MAX_CHECKPOINT_BYTES, path,
            f"unpacks to {unpacked} bytes, more than the {MAX_CHECKPOINT_BYTES} a checkpoint may hold")
     try:
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):  # a bare .npy array, not an archive of records
-            raise ValueError("not an .npz archive")
-        with archive:
+        with np.load(path, allow_pickle=False) as archive:  # a zip (checked above), so an archive of records
             arrays = {name: archive[name] for name in archive.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as error:
         raise CheckpointError(f"checkpoint {path}: unreadable (truncated, corrupt or not a checkpoint): "
@@ -152,6 +149,29 @@ def load_checkpoint(path: str) -> Checkpoint:
         _check(value.shape == shape and value.dtype in (np.float32, np.float64), path,
                f"weight {name} is {value.dtype}{list(value.shape)}, expected float{list(shape)}")
         _check(bool(np.all(np.isfinite(value))), path, f"weight {name} holds NaN or infinity")
-    for name, value in optimizer_state.items():
-        _check(value.dtype in (np.float32, np.float64), path, f"optimizer state {name} is not float")
+    _validate_optimizer(metadata["optimizer"], optimizer_state, expected, path)
+    try:  # the sampler state must be one a generator accepts, or resuming would fail mid-way
+        np.random.default_rng().bit_generator.state = metadata["sampler_state"]
+    except (TypeError, ValueError, KeyError) as error:
+        raise CheckpointError(f"checkpoint {path}: sampler_state is not a valid generator state: {error!r:.120}") \
+            from None
     return Checkpoint(metadata, model_state, optimizer_state)
+
+
+def _validate_optimizer(record: dict, state: dict, parameter_shapes: dict, path: str) -> None:
+    """Optimizer type and hyperparameters present; state is 'step' (a scalar) and '<slot>.<parameter>' arrays of
+    that parameter's shape, each slot covering every parameter."""
+    _check(isinstance(record.get("type"), str) and isinstance(record.get("hyperparameters"), dict), path,
+           "optimizer metadata needs a type and hyperparameters")
+    _check("step" in state and state["step"].shape == (), path, "optimizer state has no scalar step")
+    slots: dict[str, set] = {}
+    for name, value in state.items():
+        _check(value.dtype in (np.float32, np.float64), path, f"optimizer state {name} is not float")
+        if name == "step":
+            continue
+        slot, _, parameter = name.partition(".")
+        _check(parameter in parameter_shapes and value.shape == parameter_shapes[parameter], path,
+               f"optimizer state {name} does not match a parameter of the model (shape {list(value.shape)})")
+        slots.setdefault(slot, set()).add(parameter)
+    for slot, covered in slots.items():
+        _check(covered == set(parameter_shapes), path, f"optimizer slot {slot!r} does not cover every parameter")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional, TextIO
 
 import numpy as np
@@ -81,6 +81,32 @@ def _validate(options: TrainOptions) -> None:
         raise DataError(f"--lr must be positive, got {options.lr}")
 
 
+# What a resumed run takes from its checkpoint, whatever the command line says: the model's shape and the
+# optimizer's settings (changing them mid-run would silently make a different run).
+RESUMED_SETTINGS = ("embed", "layers", "heads", "lr", "weight_decay", "clip", "seed")
+
+
+def _resumed_options(options: TrainOptions, saved: dict, out: TextIO) -> TrainOptions:
+    changed = {name: saved[name] for name in RESUMED_SETTINGS
+               if name in saved and saved[name] != getattr(options, name)}
+    if changed:
+        out.write("resuming with the checkpoint's " + ", ".join(
+            f"--{name.replace('_', '-')} {value} (not {getattr(options, name)})" for name, value in changed.items())
+            + "\n")
+    return replace(options, **changed)
+
+
+def _check_writable(folder: str) -> None:
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, ".graphgpt-write-test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        raise DataError(f"cannot write checkpoints to --checkpoint-dir {folder}: {error.strerror}") from None
+
+
 class Progress:
     """One line rewritten in place on a terminal; a line every tenth of the run otherwise (logs, CI)."""
 
@@ -113,6 +139,7 @@ def train(options: TrainOptions, out: Optional[TextIO] = None) -> TrainResult:
     out = sys.stdout if out is None else out
     _validate(options)
     path = os.path.join(options.checkpoint_dir, LATEST)
+    _check_writable(options.checkpoint_dir)  # fail now, not at the first checkpoint after minutes of training
     text = read_text(options.data)
     checkpoint = load_checkpoint(path) if options.resume else None
     if checkpoint is not None:
@@ -121,6 +148,7 @@ def train(options: TrainOptions, out: Optional[TextIO] = None) -> TrainResult:
         if (saved.get("batch"), saved.get("seq_len")) != (options.batch, options.seq_len):
             raise CheckpointError(f"checkpoint {path} was trained with batch {saved.get('batch')} and seq-len "
                                   f"{saved.get('seq_len')}; resume with the same values")
+        options = _resumed_options(options, saved, out)
     else:
         vocabulary = Vocabulary.of(text)
     tokens = vocabulary.encode(text, what=f"--data {options.data}" if options.data else "the corpus")
