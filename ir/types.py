@@ -31,6 +31,8 @@ def canonical_dtype(dtype) -> str:
     """
     if isinstance(dtype, str) and dtype in SHORT_DTYPE_NAMES:  # already canonical: the common case, kept cheap
         return dtype
+    if dtype is None:  # np.dtype(None) is float64: an unset dtype must not silently become one
+        raise ShapeError("expected a dtype, got None")
     if isinstance(dtype, str) and dtype in DTYPE_BY_SHORT_NAME:
         return DTYPE_BY_SHORT_NAME[dtype]
     try:

@@ -65,6 +65,8 @@ def test_fully_masked_attention_rows_stay_finite():
     assert np.isfinite(graphgpt.compile(model, x, check_numerics=True).run(x))
     weights = F.softmax(graphgpt.Tensor(np.array([[-np.inf, -np.inf], [0.0, -np.inf]], np.float32))).data
     np.testing.assert_array_equal(weights, [[0, 0], [1, 0]])  # no distribution: zeros, not NaN
+    logs = F.log_softmax(graphgpt.Tensor(np.array([[-np.inf, -np.inf], [0.0, -np.inf]], np.float32))).data
+    np.testing.assert_array_equal(logs, [[-np.inf, -np.inf], [0, -np.inf]])  # their logs: -inf, not NaN
     report = graphgpt.check_gradients(model, x)
     assert report.passed, str(report)
 

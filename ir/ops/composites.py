@@ -41,7 +41,9 @@ def _log_softmax_into(out: np.ndarray, x: np.ndarray, axis: int) -> None:
     if out.size == 0:  # an empty axis, which the type rule accepts: np.max would raise and log(0) warn
         return
     np.subtract(x, _row_max(x, axis), out=out)
-    out -= np.log(np.sum(np.exp(out), axis=axis, keepdims=True))
+    total = np.sum(np.exp(out), axis=axis, keepdims=True)
+    # A fully masked row: log of softmax's zeros is -inf throughout (log(0) subtracted would make -inf - -inf).
+    out -= np.log(np.where(total == 0, 1.0, total)).astype(x.dtype, copy=False)
 
 
 define_op("softmax", kind=OpKind.OPAQUE, arity=1, attrs={"axis": A.INT}, infer=_infer_along_axis,
