@@ -109,6 +109,38 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no progress bar (validation losses, the final report and samples still print)")
 
 
+STAGES = ("forward", "train", "optimised")
+
+
+def _stage(args: argparse.Namespace):
+    """The compiled graph of a stage: the forward as traced, the training step as generated (forward + backward +
+    Adam, no passes), or the training step after the default passes."""
+    import graphgpt
+    from graphgpt.nn import functional as F
+
+    graphgpt.manual_seed(args.seed)
+    model = graphgpt.nn.GPT(args.vocab, args.embed, args.layers, args.heads, max_seq_len=args.seq_len)
+    tokens = np.random.default_rng(args.seed).integers(0, args.vocab, size=(args.batch, args.seq_len))
+    if args.stage == "forward":
+        return graphgpt.compile(model, tokens, passes=[])
+    return graphgpt.compile(model, tokens, tokens, loss=F.cross_entropy, optimizer=graphgpt.optim.Adam(lr=1e-3),
+                            passes=[] if args.stage == "train" else None)
+
+
+def command_render(args: argparse.Namespace) -> int:
+    compiled = _stage(args)
+    if args.passes:
+        print(compiled.render_passes(args.out))
+    else:
+        print(compiled.render(args.out, collapse=args.collapse))
+    return 0
+
+
+def command_ir(args: argparse.Namespace) -> int:
+    print(_stage(args).graph)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="graphgpt", description="Compile GPT models into static graphs and "
                                      "run them over NumPy.")
@@ -127,6 +159,25 @@ def build_parser() -> argparse.ArgumentParser:
                                             "samples; writes checkpoints atomically.")
     _add_train_arguments(train)
     train.set_defaults(handler=command_train)
+
+    render = commands.add_parser("render", help="draw a GPT's graph at some stage with graphviz",
+                                 description="Draw the graph of a GPT: the forward as traced, the training step "
+                                             "(forward + generated backward + Adam), or the optimised training "
+                                             "step. SVG by default; .png and .pdf by extension.")
+    _add_model_arguments(render)
+    render.add_argument("--stage", choices=STAGES, default="forward", help="which graph (default forward)")
+    render.add_argument("--collapse", type=int, default=None,
+                        help="one box per module path cut to this many parts (large graphs collapse anyway)")
+    render.add_argument("--out", default="graph.svg", help="output file, or folder with --passes")
+    render.add_argument("--passes", action="store_true",
+                        help="a diagram per pass and an index.html into the folder --out")
+    render.set_defaults(handler=command_render, batch=1, seq_len=8, layers=2, embed=16)
+    ir_command = commands.add_parser("ir", help="print the text IR of a GPT at some stage",
+                                     description="Print the text IR of the forward, the training step or the "
+                                                 "optimised training step.")
+    _add_model_arguments(ir_command)
+    ir_command.add_argument("--stage", choices=STAGES, default="forward", help="which graph (default forward)")
+    ir_command.set_defaults(handler=command_ir, batch=1, seq_len=8, layers=2, embed=16)
 
     generate = commands.add_parser("generate", help="sample text from a checkpoint",
                                    description="Continue a prompt with characters sampled from a trained GPT.")
@@ -147,6 +198,9 @@ def main(argv=None) -> int:
     except (ValueError, RuntimeError) as error:  # graphgpt's errors say what and where; no traceback needed
         print(f"graphgpt: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`graphgpt ir | head`): nothing is wrong
+        sys.stderr.close()
+        return 0
     except OSError as error:  # the file system refused, e.g. an unwritable --checkpoint-dir or a full disk
         where = f": {error.filename}" if error.filename else ""
         print(f"graphgpt: error: {error.strerror or error}{where}", file=sys.stderr)

@@ -176,6 +176,26 @@ class Compiled:
         """A per-pass table: node count, FLOPs, memory and what each pass changed."""
         return format_report(self.stages)
 
+    def render(self, path: str = "graph.svg", collapse: Optional[int] = None, stage: Optional[str] = None) -> str:
+        """Draw the graph (or the graph after pass `stage`, e.g. 'input' as traced) to `path`: SVG by default,
+        PNG or PDF by extension. `collapse=k` draws one box per module path cut to k parts. Returns the path."""
+        from .render import render_graph
+
+        graph = self.graph
+        if stage is not None:
+            named = {record.name: record.graph for record in self.stages}
+            if stage not in named:
+                raise ValueError(f"no stage {stage!r}; stages: {', '.join(named)}")
+            graph = named[stage]
+        return render_graph(graph, path, collapse=collapse, title=graph.header)
+
+    def render_passes(self, folder: str = "passes") -> str:
+        """A diagram per pass (removed nodes marked before, created and fused after) and an HTML index of node
+        counts, FLOPs and planned memory; returns the index's path."""
+        from .pass_diagrams import render_passes
+
+        return render_passes(self.stages, folder)
+
     def __repr__(self) -> str:
         signature = ", ".join(f"{value.name}: {value.type}" for value in self.graph.inputs)
         return f"<graphgpt.Compiled ({signature}) with {len(self.graph.nodes)} nodes>"
