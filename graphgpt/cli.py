@@ -113,8 +113,9 @@ STAGES = ("forward", "train", "optimised")
 
 
 def _stage(args: argparse.Namespace):
-    """The compiled graph of a stage: the forward as traced, the training step as generated (forward + backward +
-    Adam, no passes), or the training step after the default passes."""
+    """The compiled graph of a stage: the forward as traced, the training step as generated (forward and the
+    generated backward, no passes), or that step after the default passes. The optimizer update is left out: its
+    hundreds of per-parameter nodes would crowd a diagram (compile with optimizer= to see them)."""
     import graphgpt
     from graphgpt.nn import functional as F
 
@@ -123,8 +124,7 @@ def _stage(args: argparse.Namespace):
     tokens = np.random.default_rng(args.seed).integers(0, args.vocab, size=(args.batch, args.seq_len))
     if args.stage == "forward":
         return graphgpt.compile(model, tokens, passes=[])
-    return graphgpt.compile(model, tokens, tokens, loss=F.cross_entropy, optimizer=graphgpt.optim.Adam(lr=1e-3),
-                            passes=[] if args.stage == "train" else None)
+    return graphgpt.compile(model, tokens, tokens, loss=F.cross_entropy, passes=[] if args.stage == "train" else None)
 
 
 def command_render(args: argparse.Namespace) -> int:
@@ -138,6 +138,15 @@ def command_render(args: argparse.Namespace) -> int:
 
 def command_ir(args: argparse.Namespace) -> int:
     print(_stage(args).graph)
+    return 0
+
+
+def command_compare(args: argparse.Namespace) -> int:
+    from .compare import compare
+
+    report = compare(args.embed, args.layers, args.heads, args.seq_len, args.batch, repeats=args.repeats)
+    print(report.table())
+    print(f"report: {report.write_html(args.out)}")
     return 0
 
 
@@ -162,8 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     render = commands.add_parser("render", help="draw a GPT's graph at some stage with graphviz",
                                  description="Draw the graph of a GPT: the forward as traced, the training step "
-                                             "(forward + generated backward + Adam), or the optimised training "
-                                             "step. SVG by default; .png and .pdf by extension.")
+                                             "(forward + generated backward), or the optimised training step. SVG by default; .png and .pdf by extension.")
     _add_model_arguments(render)
     render.add_argument("--stage", choices=STAGES, default="forward", help="which graph (default forward)")
     render.add_argument("--collapse", type=int, default=None,
@@ -178,6 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(ir_command)
     ir_command.add_argument("--stage", choices=STAGES, default="forward", help="which graph (default forward)")
     ir_command.set_defaults(handler=command_ir, batch=1, seq_len=8, layers=2, embed=16)
+
+    compare = commands.add_parser("compare", help="static graph vs dynamic tape, side by side",
+                                  description="Run one GPT training step through the eager tape and the compiled "
+                                              "graph: node counts, step time, peak memory, agreement of the loss "
+                                              "and every gradient, merged operations, and growth with model "
+                                              "size and sequence length. Prints a table, writes an HTML report.")
+    _add_model_arguments(compare)
+    compare.add_argument("--repeats", type=int, default=5, help="timed repetitions per measurement (default 5)")
+    compare.add_argument("--out", default="compare.html", help="HTML report (default compare.html)")
+    compare.set_defaults(handler=command_compare, seq_len=32)
 
     generate = commands.add_parser("generate", help="sample text from a checkpoint",
                                    description="Continue a prompt with characters sampled from a trained GPT.")

@@ -189,6 +189,12 @@ class Compiled:
             graph = named[stage]
         return render_graph(graph, path, collapse=collapse, title=graph.header)
 
+    def memory_timeline(self):
+        """Live bytes after each step of the schedule and the values holding the peak (see memory_timeline)."""
+        from .memory_timeline import memory_timeline
+
+        return memory_timeline(self.graph)
+
     def render_passes(self, folder: str = "passes") -> str:
         """A diagram per pass (removed nodes marked before, created and fused after) and an HTML index of node
         counts, FLOPs and planned memory; returns the index's path."""

@@ -23,6 +23,13 @@ from .tracing import TraceError, current_provenance, current_trace, grad_enabled
 
 
 _creation_counter = itertools.count()
+# Every op run eagerly, recorded on the tape or not (backward() runs its rules unrecorded), for comparisons with
+# the compiled graph's node count.
+_eager_ops_run = [0]
+
+
+def eager_ops_run() -> int:
+    return _eager_ops_run[0]
 
 
 class Tensor(TensorOps):
@@ -102,6 +109,7 @@ class Tensor(TensorOps):
         except ShapeError as error:
             raise ShapeError(f"{error}\n  at {current_provenance().describe()}") from None
         result = Tensor(op_def.evaluate([tensor._data for tensor in inputs], checked))
+        _eager_ops_run[0] += 1
         if result._type.is_float and grad_enabled() and any(tensor.requires_grad for tensor in inputs):
             result.requires_grad = True
             # origin = creation number, so backward() walks the tape in the order the ops ran (see _tape)

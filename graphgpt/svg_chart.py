@@ -1,0 +1,61 @@
+"""A small SVG line chart, enough for reports (time and memory against size, live bytes over a schedule) without
+a plotting library: axes with a few ticks, one polyline per series, a legend, everything escaped.
+
+    svg = line_chart({"eager": [(1, 12.0), (2, 25.1)], "compiled": [(1, 4.2), (2, 8.0)]},
+                     title="step time", x_label="layers", y_label="ms")
+"""
+
+from __future__ import annotations
+
+import html
+
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+WIDTH, HEIGHT, MARGIN = 560, 320, 56
+
+
+def _ticks(low: float, high: float, count: int = 5) -> list[float]:
+    if high <= low:
+        return [low]
+    step = (high - low) / (count - 1)
+    return [low + step * index for index in range(count)]
+
+
+def line_chart(series: dict[str, list[tuple[float, float]]], title: str, x_label: str, y_label: str,
+               marker: tuple[float, str] = None) -> str:
+    """An SVG document. `marker=(x, text)` draws a labelled vertical line (a peak, say)."""
+    points = [point for values in series.values() for point in values]
+    x_low, x_high = min(p[0] for p in points), max(p[0] for p in points)
+    y_low, y_high = 0.0, max(p[1] for p in points) * 1.05 or 1.0
+    x_high = x_high if x_high > x_low else x_low + 1
+
+    def x_of(x):
+        return MARGIN + (x - x_low) / (x_high - x_low) * (WIDTH - 2 * MARGIN)
+
+    def y_of(y):
+        return HEIGHT - MARGIN - (y - y_low) / (y_high - y_low) * (HEIGHT - 2 * MARGIN)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
+             f'font-family="sans-serif" font-size="11">',
+             f'<text x="{WIDTH / 2}" y="18" text-anchor="middle" font-size="13">{html.escape(title)}</text>',
+             f'<line x1="{MARGIN}" y1="{HEIGHT - MARGIN}" x2="{WIDTH - MARGIN}" y2="{HEIGHT - MARGIN}" stroke="#333"/>',
+             f'<line x1="{MARGIN}" y1="{MARGIN}" x2="{MARGIN}" y2="{HEIGHT - MARGIN}" stroke="#333"/>',
+             f'<text x="{WIDTH / 2}" y="{HEIGHT - 16}" text-anchor="middle">{html.escape(x_label)}</text>',
+             f'<text x="14" y="{HEIGHT / 2}" text-anchor="middle" transform="rotate(-90 14 {HEIGHT / 2})">'
+             f'{html.escape(y_label)}</text>']
+    for tick in _ticks(x_low, x_high):
+        parts.append(f'<text x="{x_of(tick):.1f}" y="{HEIGHT - MARGIN + 14}" text-anchor="middle">{tick:g}</text>')
+    for tick in _ticks(y_low, y_high):
+        parts.append(f'<text x="{MARGIN - 6}" y="{y_of(tick) + 4:.1f}" text-anchor="end">{tick:.3g}</text>')
+    if marker is not None:
+        x = x_of(marker[0])
+        parts.append(f'<line x1="{x:.1f}" y1="{MARGIN}" x2="{x:.1f}" y2="{HEIGHT - MARGIN}" stroke="#999" '
+                     f'stroke-dasharray="4 3"/><text x="{x + 4:.1f}" y="{MARGIN + 10}">{html.escape(marker[1])}</text>')
+    for index, (name, values) in enumerate(series.items()):
+        color = COLORS[index % len(COLORS)]
+        coordinates = " ".join(f"{x_of(x):.1f},{y_of(y):.1f}" for x, y in sorted(values))
+        parts.append(f'<polyline class="series" data-name="{html.escape(name)}" fill="none" stroke="{color}" '
+                     f'stroke-width="2" points="{coordinates}"/>')
+        parts.append(f'<text x="{WIDTH - MARGIN + 4}" y="{MARGIN + 14 * index}" fill="{color}">'
+                     f'{html.escape(name)}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
