@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import os
 import shutil
+import subprocess
 import sys
 from typing import Optional
 
@@ -25,6 +26,7 @@ FORMATS = ("svg", "png", "pdf")
 # Past this many nodes a full drawing reads as noise (and dot takes long: ~8 s for a 2-layer training graph of
 # ~1400 nodes here): collapse to modules instead.
 AUTO_COLLAPSE_NODES = 1500
+DOT_SECONDS = 120  # a drawing that takes longer is not going to be read
 INSTALL_HINT = "install graphviz for diagrams: apt-get install graphviz (Debian/Ubuntu) or brew install graphviz"
 
 STYLES = {
@@ -205,13 +207,36 @@ def render_graph(graph: Graph, path: str, collapse: Optional[int] = None, title:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     if shutil.which("dot") is None:
-        source = root + ".dot"
-        with open(source, "w", encoding="utf-8") as file:
-            file.write(dot.source)
-        print(f"graphgpt: wrote {source} (the `dot` program is missing; {INSTALL_HINT})", file=sys.stderr)
-        return source
-    written = dot.render(outfile=root + "." + file_format, format=file_format, cleanup=True)
-    source_leftover = root + ".gv"
-    if os.path.exists(source_leftover):
-        os.remove(source_leftover)
-    return written
+        return _write_source(dot, root, f"the `dot` program is missing; {INSTALL_HINT}")
+    output = root + "." + file_format
+    failure = _run_dot(dot.source, file_format, output)
+    if failure is None:
+        return output
+    if collapse is None:  # dot crashed or ran too long on the full drawing: the module overview still helps
+        overview = to_dot(graph, collapse=2, title=f"{title} (collapsed: dot failed on the full graph)")
+        if _run_dot(overview.source, file_format, output) is None:
+            print(f"graphgpt: drew {output} collapsed to modules ({failure})", file=sys.stderr)
+            return output
+    return _write_source(dot, root, f"dot could not draw it: {failure}")
+
+
+def _run_dot(source: str, file_format: str, output: str) -> Optional[str]:
+    """Run dot with a time limit; None on success, else what went wrong (dot has crashed on large clustered
+    graphs here: graphviz 2.43's merge_chain assertion)."""
+    try:
+        subprocess.run(["dot", f"-T{file_format}", "-o", output], input=source.encode("utf-8"),
+                       capture_output=True, check=True, timeout=DOT_SECONDS)
+        return None
+    except subprocess.TimeoutExpired:
+        return f"dot took more than {DOT_SECONDS} s"
+    except subprocess.CalledProcessError as error:
+        detail = error.stderr.decode("utf-8", "replace").strip().splitlines()
+        return f"dot exited with {error.returncode}: {detail[-1] if detail else 'no message'}"
+
+
+def _write_source(dot: graphviz.Digraph, root: str, reason: str) -> str:
+    source = root + ".dot"
+    with open(source, "w", encoding="utf-8") as file:
+        file.write(dot.source)
+    print(f"graphgpt: wrote {source} ({reason})", file=sys.stderr)
+    return source

@@ -127,3 +127,22 @@ def test_cli_render_and_ir(tmp_path, capsys):
     ElementTree.parse(capsys.readouterr().out.strip())
     assert main(["ir", "--stage", "optimised"]) == 0
     assert capsys.readouterr().out.startswith("# graph (fuse_horizontal_matmuls)")
+
+
+def test_a_failing_dot_falls_back_to_the_module_overview_then_to_source(tmp_path, monkeypatch, capsys):
+    graph = graphgpt.compile(make_gpt(vocab=11, embed=8, layers=1, heads=2), make_tokens(11, 1, 4)).graph
+    real = render._run_dot
+    calls = []
+
+    def crash_on_full_drawing(source, file_format, output):
+        calls.append(source)
+        return "dot exited with -6: merge_chain assertion" if len(calls) == 1 else real(source, file_format, output)
+
+    monkeypatch.setattr(render, "_run_dot", crash_on_full_drawing)
+    path = render.render_graph(graph, str(tmp_path / "g.svg"))
+    _, _, texts = parse(path)
+    assert any("collapsed: dot failed" in text for text in texts)
+    assert "drew" in capsys.readouterr().err
+    monkeypatch.setattr(render, "_run_dot", lambda *args: "dot took more than 120 s")
+    assert render.render_graph(graph, str(tmp_path / "h.svg")).endswith("h.dot")
+    assert "dot could not draw it" in capsys.readouterr().err
