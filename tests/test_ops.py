@@ -308,11 +308,15 @@ def test_every_op_has_a_row():
     assert not unknown, f"rows for ops that are not registered: {unknown}"
 
 
+def prepared(row: Case):
+    """The row's op, its seeded input arrays and its checked attributes."""
+    op = OPS[row.op]
+    return op, [make(x, np.random.default_rng(seed)) for seed, x in enumerate(row.inputs)], op.check_attrs(row.attrs)
+
+
 @pytest.mark.parametrize("row", CASES, ids=[row.id for row in CASES])
 def test_op_against_numpy_reference(row: Case):
-    op = OPS[row.op]
-    arrays = [make(x, np.random.default_rng(seed)) for seed, x in enumerate(row.inputs)]
-    attrs = op.check_attrs(row.attrs)
+    op, arrays, attrs = prepared(row)
 
     result = op.evaluate(arrays, attrs)
     assert op.infer_type([TensorType.of(x) for x in arrays], attrs) == TensorType.of(result)
@@ -338,9 +342,7 @@ ROWS_WITH_INPUTS = [row for row in CASES if row.inputs]  # constant takes none: 
 @pytest.mark.parametrize("row", ROWS_WITH_INPUTS, ids=[row.id for row in ROWS_WITH_INPUTS])
 def test_eager_and_compiled_run_the_op_alike(row: Case):
     """Eager Tensors and the compiled executor (unoptimised) run the op's own kernel: the same bits."""
-    op = OPS[row.op]
-    arrays = [make(x, np.random.default_rng(seed)) for seed, x in enumerate(row.inputs)]
-    attrs = op.check_attrs(row.attrs)
+    op, arrays, attrs = prepared(row)
     expected = op.evaluate(arrays, attrs)
 
     def function(*tensors):
