@@ -15,6 +15,7 @@ import time
 import tracemalloc
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -46,6 +47,7 @@ class Measurement:
     worst_gradient: tuple[str, float] = ("", 0.0)
     tape_ops: Counter = field(default_factory=Counter)
     graph_forward_ops: Counter = field(default_factory=Counter)
+    timeline: Optional[MemoryTimeline] = None  # of the compiled step
 
 
 def _peak_bytes(run) -> int:

@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zlib
 from typing import Optional
 
 import graphviz
@@ -189,7 +190,8 @@ def _collapsed(dot: graphviz.Digraph, graph: Graph, depth: int) -> graphviz.Digr
 
 
 def _safe_id(text: str) -> str:
-    return "g_" + "".join(c if c.isalnum() else "_" for c in text) + f"_{abs(hash(text)) % 10**8}"
+    """A dot identifier for a group name; crc32 rather than hash() (salted per process) keeps output stable."""
+    return "g_" + "".join(c if c.isalnum() else "_" for c in text) + f"_{zlib.crc32(text.encode()):08x}"
 
 
 def render_graph(graph: Graph, path: str, collapse: Optional[int] = None, title: str = "",
