@@ -13,11 +13,13 @@ COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 WIDTH, HEIGHT, MARGIN = 560, 320, 56
 
 
-def _ticks(low: float, high: float, count: int = 5) -> list[float]:
+def _ticks(low: float, high: float, count: int = 5, whole: bool = False) -> list[float]:
+    """Evenly spaced ticks; whole numbers only when the axis counts things (layers, steps)."""
     if high <= low:
         return [low]
     step = (high - low) / (count - 1)
-    return [low + step * index for index in range(count)]
+    ticks = [low + step * index for index in range(count)]
+    return sorted({round(tick) for tick in ticks}) if whole else ticks
 
 
 def line_chart(series: dict[str, list[tuple[float, float]]], title: str, x_label: str, y_label: str,
@@ -42,7 +44,8 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str, x_label
              f'<text x="{WIDTH / 2}" y="{HEIGHT - 16}" text-anchor="middle">{html.escape(x_label)}</text>',
              f'<text x="14" y="{HEIGHT / 2}" text-anchor="middle" transform="rotate(-90 14 {HEIGHT / 2})">'
              f'{html.escape(y_label)}</text>']
-    for tick in _ticks(x_low, x_high):
+    whole = all(float(x).is_integer() for x, _ in points)
+    for tick in _ticks(x_low, x_high, whole=whole):
         parts.append(f'<text x="{x_of(tick):.1f}" y="{HEIGHT - MARGIN + 14}" text-anchor="middle">{tick:g}</text>')
     for tick in _ticks(y_low, y_high):
         parts.append(f'<text x="{MARGIN - 6}" y="{y_of(tick) + 4:.1f}" text-anchor="end">{tick:.3g}</text>')

@@ -215,3 +215,10 @@ def test_unwritable_checkpoint_folder_fails_before_training(data_file, tmp_path)
     blocker.write_text("not a folder")
     with pytest.raises(DataError, match="cannot write checkpoints to --checkpoint-dir"):
         quiet(tiny(data_file, blocker / "run"))
+
+
+def test_text_too_short_for_validation_windows_says_which_part(tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("abcdefghij" * 12)  # 120 characters: 12 held out, fewer than seq-len 16 needs
+    with pytest.raises(DataError, match="the validation part of the text has 12 characters"):
+        quiet(tiny(str(short), tmp_path / "run"))

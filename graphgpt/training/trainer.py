@@ -96,6 +96,13 @@ def _resumed_options(options: TrainOptions, saved: dict, out: TextIO) -> TrainOp
     return replace(options, **changed)
 
 
+def _sample_prompt(text: str, length: int = 16) -> str:
+    """A prompt from held-out text that starts at a line (a fresh statement), not mid-word."""
+    start = text.find("\n") + 1
+    prompt = text[start:start + length]
+    return prompt if len(prompt) == length else text[:length]
+
+
 def _check_writable(folder: str) -> None:
     try:
         os.makedirs(folder, exist_ok=True)
@@ -153,6 +160,11 @@ def train(options: TrainOptions, out: Optional[TextIO] = None) -> TrainResult:
         vocabulary = Vocabulary.of(text)
     tokens = vocabulary.encode(text, what=f"--data {options.data}" if options.data else "the corpus")
     train_tokens, validation_tokens = split(tokens)
+    for part, part_tokens in (("training", train_tokens), ("validation", validation_tokens)):
+        if len(part_tokens) <= options.seq_len + 1:
+            raise DataError(f"the {part} part of the text has {len(part_tokens)} characters; windows of "
+                            f"--seq-len {options.seq_len} need more than {options.seq_len + 1} (the last 10% of "
+                            f"the text is held out for validation): give more text or a shorter --seq-len")
     sampler = BatchSampler(train_tokens, options.batch, options.seq_len, options.seed)
 
     manual_seed(options.seed)
@@ -206,7 +218,7 @@ def train(options: TrainOptions, out: Optional[TextIO] = None) -> TrainResult:
     result.validation_loss = validation_loss()
     out.write(f"final validation loss {result.validation_loss:.4f} nats/char; unigram (character frequency) "
               f"baseline {result.unigram_loss:.4f}\n")
-    prompt = vocabulary.decode(validation_tokens[:16])
+    prompt = _sample_prompt(vocabulary.decode(validation_tokens[:200]))
     for seed in range(2 if options.sample_chars else 0):
         result.samples.append(sample(model, vocabulary, prompt, options.sample_chars, temperature=0.8, top_k=10,
                                      seed=seed))
