@@ -60,7 +60,8 @@ def backpropagate(applications: Sequence[Application], loss: Any, seed: Any, wrt
             continue
         rule = get_op(application.op).vjp
         if rule is None:
-            raise GraphError(f"op {application.op!r} has no gradient rule")
+            raise GraphError(f"op {application.op!r} has no gradient rule: it is a backward kernel, and "
+                             f"second derivatives are not supported")
         if on_rule is not None:
             on_rule(application)
         thunks = rule(g, application.output, *application.inputs, **application.attrs)

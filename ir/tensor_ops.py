@@ -158,6 +158,12 @@ class TensorOps:
     def layer_norm(self, gamma, beta, eps: float = 1e-5):
         return self._apply("layer_norm", (self, self._operand(gamma), self._operand(beta)), {"eps": float(eps)})
 
+    # Backward kernels (ir/ops/gradients.py), called on the incoming gradient by the gradient rules.
+    def gelu_grad(self, x): return self._apply("gelu_grad", (self, self._operand(x)))
+
+    def layer_norm_grad(self, x, gamma, eps: float):
+        return self._apply("layer_norm_grad", (self, self._operand(x), self._operand(gamma)), {"eps": float(eps)})
+
     def cross_entropy(self, targets):
         """Mean cross-entropy of these logits against integer class targets."""
         return self._apply("cross_entropy", (self, self._operand(targets)))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import graphgpt
-from graphgpt.ir import OPS, TensorType, get_op
+from graphgpt.ir import OPS, GraphError, TensorType, get_op
 
 RNG = np.random.default_rng(0)
 
@@ -64,11 +64,20 @@ CASES = {  # op -> list of (inputs, attrs)
 }
 # Results that carry no gradient: bool comparisons, one-hot of integers, constants.
 NO_GRADIENT = {"less", "less_equal", "greater", "greater_equal", "equal", "not_equal", "one_hot", "constant"}
+# Backward kernels have no rule (no second derivatives); the gelu and layer_norm rows above check them.
+BACKWARD_KERNELS = {"gelu_grad", "layer_norm_grad"}
 
 
 def test_every_op_is_covered():
-    assert set(OPS) == set(CASES) | NO_GRADIENT, "add a row to CASES (or NO_GRADIENT) for each new op"
+    assert set(OPS) == set(CASES) | NO_GRADIENT | BACKWARD_KERNELS, "add a row to CASES (or NO_GRADIENT)"
     assert not set(CASES) & NO_GRADIENT
+
+
+def test_differentiating_a_backward_kernel_says_so():
+    x = graphgpt.Tensor(np.linspace(-1, 1, 6, dtype=np.float32), requires_grad=True)
+    g = graphgpt.Tensor(np.ones(6, np.float32), requires_grad=True)
+    with pytest.raises(GraphError, match="gelu_grad.*no gradient rule.*second derivatives"):
+        g.gelu_grad(x).sum().backward()
 
 
 @pytest.mark.parametrize("op", sorted(NO_GRADIENT))

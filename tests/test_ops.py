@@ -68,6 +68,27 @@ def gelu64(x):
     return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
 
 
+def gelu_grad64(g, x):
+    """The textbook derivative of gelu64 (not the kernel's factored form), times g."""
+    c, k = math.sqrt(2.0 / math.pi), 0.044715
+    t = np.tanh(c * (x + k * x ** 3))
+    return g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t ** 2) * c * (1.0 + 3.0 * k * x ** 2))
+
+
+def layer_norm_grad64(g, x, gamma, eps):
+    """g times the explicit Jacobian of layer_norm64 row by row: d out_j / d x_i =
+    gamma_j / std (delta_ij - 1/n - x^_i x^_j / n)."""
+    n = x.shape[-1]
+    rows_g, rows_x = g.reshape(-1, n), x.reshape(-1, n)
+    result = np.empty_like(rows_x)
+    for row, (row_g, row_x) in enumerate(zip(rows_g, rows_x)):
+        std = np.sqrt(row_x.var() + eps)
+        normalized = (row_x - row_x.mean()) / std
+        jacobian = (np.eye(n) - 1.0 / n - np.outer(normalized, normalized) / n) * gamma[None, :] / std
+        result[row] = jacobian @ row_g
+    return result.reshape(x.shape)
+
+
 def matmul64(a, b):
     """Batched matrix product as broadcast multiply-and-sum over the inner axis (no np.matmul)."""
     return (a[..., :, :, None] * b[..., None, :, :]).sum(axis=-2)
@@ -270,6 +291,13 @@ CASES += [
     case("layer_norm", f32(2, 3, 8), f32(8), f32(8), eps=1e-5, ref=layer_norm64),
     case("layer_norm", f64(4), f64(4), f64(4), eps=1e-3, ref=layer_norm64),
     case("layer_norm", f32(3, 1), f32(1), f32(1), eps=0.1, ref=layer_norm64),  # one feature: variance 0
+    # Backward kernels (the gradients of gelu and layer_norm).
+    case("gelu_grad", f32(3, 5), f32(3, 5, low=-4, high=4), ref=gelu_grad64),
+    case("gelu_grad", f64(4), f64(4, low=-4, high=4), ref=gelu_grad64),
+    case("gelu_grad", f32(), f32(), ref=gelu_grad64),
+    case("layer_norm_grad", f32(2, 3, 8), f32(2, 3, 8), f32(8), eps=1e-5, ref=layer_norm_grad64),
+    case("layer_norm_grad", f64(4), f64(4), f64(4), eps=1e-3, ref=layer_norm_grad64),
+    case("layer_norm_grad", f32(3, 1), f32(3, 1), f32(1), eps=0.1, ref=layer_norm_grad64),  # one feature
     case("cross_entropy", f32(2, 3, 6, low=-20, high=20), i64(2, 3, low=0, high=6), ref=cross_entropy64),
     case("cross_entropy", f64(4, 5), i32(4, low=0, high=5), ref=cross_entropy64),
     case("cross_entropy", f32(5), i64(low=0, high=5), ref=cross_entropy64),

@@ -3,13 +3,12 @@ numerically stable NumPy implementation (a decomposition into primitives can be 
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from ..errors import ShapeError
 from ..types import INTEGER_DTYPES, TensorType
 from . import attrs as A
+from .reductions import sum_along
 from .registry import OpKind, define_op
 from .rules import check_axis, require_float, same_dtype
 
@@ -33,7 +32,7 @@ def _softmax_into(out: np.ndarray, x: np.ndarray, axis: int) -> None:
         return
     np.subtract(x, _row_max(x, axis), out=out)
     np.exp(out, out=out)
-    total = np.sum(out, axis=axis, keepdims=True)
+    total = sum_along(out, axis)
     out /= np.where(total == 0, 1.0, total).astype(x.dtype, copy=False)
 
 
@@ -41,7 +40,7 @@ def _log_softmax_into(out: np.ndarray, x: np.ndarray, axis: int) -> None:
     if out.size == 0:  # an empty axis, which the type rule accepts: np.max would raise and log(0) warn
         return
     np.subtract(x, _row_max(x, axis), out=out)
-    total = np.sum(np.exp(out), axis=axis, keepdims=True)
+    total = sum_along(np.exp(out), axis)
     # A fully masked row: log of softmax's zeros is -inf throughout (log(0) subtracted would make -inf - -inf).
     out -= np.log(np.where(total == 0, 1.0, total)).astype(x.dtype, copy=False)
 
@@ -68,28 +67,20 @@ def _infer_layer_norm(x: TensorType, gamma: TensorType, beta: TensorType, eps: f
 
 def _layer_norm_into(out: np.ndarray, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> None:
     """(x - mean) / sqrt(biased variance + eps) * gamma + beta over the last axis, built up in `out`."""
-    np.subtract(x, np.mean(x, axis=-1, keepdims=True), out=out)
-    variance = np.mean(np.square(out), axis=-1, keepdims=True)
+    width = x.shape[-1]
+    np.subtract(x, sum_along(x, x.ndim - 1) / width, out=out)
+    variance = sum_along(np.square(out), x.ndim - 1) / width
     out /= np.sqrt(variance + eps)
     out *= gamma
     out += beta
 
 
 def _layer_norm_vjp(g, out, x, gamma, beta, eps):
-    @functools.cache
-    def statistics():
-        """x normalised, and 1/std, recomputed from x (cheaper to recompute than to keep alive)."""
-        centered = x - x.mean(-1, keepdims=True)
-        inverse_std = 1.0 / ((centered * centered).mean(-1, keepdims=True) + eps).sqrt()
-        return centered * inverse_std, inverse_std
-
-    def gradient_x():
-        normalized, inverse_std = statistics()
-        scaled = g * gamma
-        return (scaled - scaled.mean(-1, keepdims=True)
-                - normalized * (scaled * normalized).mean(-1, keepdims=True)) * inverse_std
-
-    return (gradient_x, lambda: (g * statistics()[0]).sum_to(gamma.shape), lambda: g.sum_to(beta.shape))
+    def gradient_gamma():
+        width = x.shape[-1]
+        normalized = x.layer_norm(np.ones(width, x.dtype), np.zeros(width, x.dtype), eps)  # recomputed: cheaper
+        return (g * normalized).sum_to(gamma.shape)                                        # than keeping it alive
+    return (lambda: g.layer_norm_grad(x, gamma, eps), gradient_gamma, lambda: g.sum_to(beta.shape))
 
 
 define_op("layer_norm", kind=OpKind.OPAQUE, arity=3, attrs={"eps": A.FLOAT}, infer=_infer_layer_norm,

@@ -147,15 +147,7 @@ def gelu_into(out: np.ndarray, x: np.ndarray) -> None:
     out *= 0.5
 
 
-def _gelu_vjp(g, out, x):
-    def gradient():
-        # d/dx of 0.5 x (1 + tanh(u)), u = c (x + k x^3):  0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3k x^2)
-        t = ((x + x * x * x * GELU_CUBIC) * GELU_SQRT_2_OVER_PI).tanh()
-        du_dx = (x * x * (3.0 * GELU_CUBIC) + 1.0) * GELU_SQRT_2_OVER_PI
-        return g * ((t + 1.0) * 0.5 + x * 0.5 * (1.0 - t * t) * du_dx)
-    return (gradient,)
-
-
-define_op("gelu", kind=OpKind.ELEMENTWISE, arity=1, infer=_float_unary, compute_into=gelu_into, vjp=_gelu_vjp,
+define_op("gelu", kind=OpKind.ELEMENTWISE, arity=1, infer=_float_unary, compute_into=gelu_into,
+          vjp=lambda g, out, x: (lambda: g.gelu_grad(x),),
           cost=lambda out, x: 9 * out.size,  # three multiplies for the cube, tanh, and five more around it
           doc="GELU, tanh approximation (as in the TinyTorch seed)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..errors import ShapeError
@@ -30,6 +32,31 @@ def _infer_max(x: TensorType, axes, keepdims) -> TensorType:
     if any(x.shape[axis] == 0 for axis in axes):
         raise ShapeError(f"max over an empty axis of {x} has no value")
     return TensorType(shape, x.dtype)
+
+
+# Kernels that normalise along an axis (softmax, layer norm and its gradient) sum rows they have just written, so
+# the rows are in cache: there a matrix-vector product with a vector of ones runs 2-4x faster than np.sum's
+# reduction loop (benchmarks/kernels.py). On rows fresh from memory it is ~2x slower, so the sum and mean ops,
+# whose inputs may come from anywhere, keep np.sum. Rows longer than this keep np.sum too: its pairwise
+# summation's rounding error grows with log(n), a GEMV's with n.
+GEMV_MAX_LENGTH = 4096
+
+
+@functools.lru_cache(maxsize=64)
+def _ones(length: int, dtype: np.dtype) -> np.ndarray:
+    ones = np.ones(length, dtype)
+    ones.flags.writeable = False
+    return ones
+
+
+def sum_along(x: np.ndarray, axis: int) -> np.ndarray:
+    """x summed over one axis, kept as size 1 (for kernels that normalise along it)."""
+    axis %= x.ndim
+    length = x.shape[axis]
+    if (axis == x.ndim - 1 and x.dtype in (np.float32, np.float64) and x.flags.c_contiguous
+            and 0 < length <= GEMV_MAX_LENGTH and x.size > 0):
+        return np.matmul(x.reshape(-1, length), _ones(length, x.dtype)).reshape(x.shape[:-1] + (1,))
+    return np.sum(x, axis=axis, keepdims=True, dtype=x.dtype)
 
 
 def _kept(reduced, x, axes, keepdims):
