@@ -89,7 +89,7 @@ def main() -> None:
             contenders[key]()
             times[(key, state)].append(time.perf_counter() - start)
     print(f"medians of {args.repeats} interleaved calls")
-    print(f"{"kernel":38s} {'state':>5s} {'ours ms':>9s} {'numpy ms':>9s} {'ratio':>7s}")
+    print(f"{'kernel':38s} {'state':>5s} {'ours ms':>9s} {'numpy ms':>9s} {'ratio':>7s}")
     for name in dict.fromkeys(name for name, _ in contenders):
         for state in ("warm", "cold"):
             ours = statistics.median(times[((name, "ours"), state)]) * 1e3
