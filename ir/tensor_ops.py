@@ -164,6 +164,9 @@ class TensorOps:
     def layer_norm_grad(self, x, gamma, eps: float):
         return self._apply("layer_norm_grad", (self, self._operand(x), self._operand(gamma)), {"eps": float(eps)})
 
+    def layer_norm_gamma_grad(self, x, eps: float):
+        return self._apply("layer_norm_gamma_grad", (self, self._operand(x)), {"eps": float(eps)})
+
     def cross_entropy(self, targets):
         """Mean cross-entropy of these logits against integer class targets."""
         return self._apply("cross_entropy", (self, self._operand(targets)))

@@ -65,7 +65,7 @@ CASES = {  # op -> list of (inputs, attrs)
 # Results that carry no gradient: bool comparisons, one-hot of integers, constants.
 NO_GRADIENT = {"less", "less_equal", "greater", "greater_equal", "equal", "not_equal", "one_hot", "constant"}
 # Backward kernels have no rule (no second derivatives); the gelu and layer_norm rows above check them.
-BACKWARD_KERNELS = {"gelu_grad", "layer_norm_grad"}
+BACKWARD_KERNELS = {"gelu_grad", "layer_norm_grad", "layer_norm_gamma_grad"}
 
 
 def test_every_op_is_covered():

@@ -89,6 +89,11 @@ def layer_norm_grad64(g, x, gamma, eps):
     return result.reshape(x.shape)
 
 
+def layer_norm_gamma_grad64(g, x, eps):
+    normalized = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps)
+    return (g * normalized).reshape(-1, x.shape[-1]).sum(axis=0)
+
+
 def matmul64(a, b):
     """Batched matrix product as broadcast multiply-and-sum over the inner axis (no np.matmul)."""
     return (a[..., :, :, None] * b[..., None, :, :]).sum(axis=-2)
@@ -298,6 +303,9 @@ CASES += [
     case("layer_norm_grad", f32(2, 3, 8), f32(2, 3, 8), f32(8), eps=1e-5, ref=layer_norm_grad64),
     case("layer_norm_grad", f64(4), f64(4), f64(4), eps=1e-3, ref=layer_norm_grad64),
     case("layer_norm_grad", f32(3, 1), f32(3, 1), f32(1), eps=0.1, ref=layer_norm_grad64),  # one feature
+    case("layer_norm_gamma_grad", f32(2, 3, 8), f32(2, 3, 8), eps=1e-5, ref=layer_norm_gamma_grad64),
+    case("layer_norm_gamma_grad", f64(4), f64(4), eps=1e-3, ref=layer_norm_gamma_grad64),
+    case("layer_norm_gamma_grad", f32(3, 1), f32(3, 1), eps=0.1, ref=layer_norm_gamma_grad64),
     case("cross_entropy", f32(2, 3, 6, low=-20, high=20), i64(2, 3, low=0, high=6), ref=cross_entropy64),
     case("cross_entropy", f64(4, 5), i32(4, low=0, high=5), ref=cross_entropy64),
     case("cross_entropy", f32(5), i64(low=0, high=5), ref=cross_entropy64),

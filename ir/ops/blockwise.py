@@ -11,7 +11,7 @@ seen and is then reused (per thread, so concurrent runs never share it).
 from __future__ import annotations
 
 import threading
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -33,25 +33,29 @@ def _scratch(count: int, shape: tuple[int, ...], dtype: np.dtype) -> list[np.nda
     return [flat[index * size:(index + 1) * size].reshape(shape) for index in range(count)]
 
 
-def run_in_row_blocks(kernel: Callable[..., None], out: np.ndarray, row_arrays: Sequence[np.ndarray],
-                      shared: Sequence = (), scratch: int = 0, row_length: int = 0) -> None:
-    """kernel(out_block, *row_array_blocks, *shared, *scratch_blocks) over blocks of `out`.
-
-    `row_arrays` have out's shape and are cut like it; `shared` are passed whole (a per-feature gamma). With
-    row_length 0 the kernel is elementwise and blocks are flat runs of elements; otherwise blocks hold whole rows
-    of `row_length` elements (the last axis), for kernels that reduce along rows. `out` must be C-contiguous
-    (planned buffers and fresh arrays are); the row arrays may be any layout (a non-contiguous one is copied).
-    """
+def row_blocks(arrays: Sequence[np.ndarray], row_length: int, scratch: int = 0, dtype=None) -> Iterator[list]:
+    """Blocks of `arrays` (all of one shape) cut alike, plus `scratch` arrays of the block's shape: yields
+    [block of each array..., scratch...]. With row_length 0 blocks are flat runs of elements; otherwise whole
+    rows of `row_length` elements (the last axis). A non-contiguous array is copied by the reshape, so arrays
+    written through their blocks must be C-contiguous."""
     width = max(row_length, 1)
-    rows = out.size // width if out.size else 0
+    size = arrays[0].size
+    rows = size // width if size else 0
     block_rows = max(1, BLOCK_ELEMENTS // width)
     shape = (rows,) if row_length == 0 else (rows, width)
-    if not out.flags.c_contiguous:
-        raise ValueError("run_in_row_blocks writes through a reshape of out, which must be C-contiguous")
-    flat_out = out.reshape(shape)
-    flat_inputs = [np.reshape(array, shape) for array in row_arrays]
-    scratch_arrays = _scratch(scratch, (min(block_rows, rows),) + shape[1:], out.dtype) if rows else []
+    flat = [np.reshape(array, shape) for array in arrays]
+    scratch_arrays = _scratch(scratch, (min(block_rows, rows),) + shape[1:], dtype or arrays[0].dtype) if rows else []
     for start in range(0, rows, block_rows):
         stop = min(start + block_rows, rows)
-        blocks = [array[start:stop] for array in flat_inputs]
-        kernel(flat_out[start:stop], *blocks, *shared, *[array[:stop - start] for array in scratch_arrays])
+        yield [array[start:stop] for array in flat] + [array[:stop - start] for array in scratch_arrays]
+
+
+def run_in_row_blocks(kernel: Callable[..., None], out: np.ndarray, row_arrays: Sequence[np.ndarray],
+                      shared: Sequence = (), scratch: int = 0, row_length: int = 0) -> None:
+    """kernel(out_block, *row_array_blocks, *shared, *scratch_blocks) over the blocks of `out` (see row_blocks):
+    `row_arrays` have out's shape and are cut like it; `shared` are passed whole (a per-feature gamma)."""
+    if not out.flags.c_contiguous:
+        raise ValueError("run_in_row_blocks writes through a reshape of out, which must be C-contiguous")
+    for blocks in row_blocks([out, *row_arrays], row_length, scratch):
+        count = 1 + len(row_arrays)
+        kernel(*blocks[:count], *shared, *blocks[count:])

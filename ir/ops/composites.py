@@ -8,6 +8,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..types import INTEGER_DTYPES, TensorType
 from . import attrs as A
+from .blockwise import run_in_row_blocks
 from .reductions import sum_along
 from .registry import OpKind, define_op
 from .rules import check_axis, require_float, same_dtype
@@ -65,22 +66,30 @@ def _infer_layer_norm(x: TensorType, gamma: TensorType, beta: TensorType, eps: f
     return x
 
 
-def _layer_norm_into(out: np.ndarray, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> None:
-    """(x - mean) / sqrt(biased variance + eps) * gamma + beta over the last axis, built up in `out`."""
-    width = x.shape[-1]
-    np.subtract(x, sum_along(x, x.ndim - 1) / width, out=out)
-    variance = sum_along(np.square(out), x.ndim - 1) / width
-    out /= np.sqrt(variance + eps)
+def normalize_rows(out: np.ndarray, x: np.ndarray, eps: float, scratch: np.ndarray) -> np.ndarray:
+    """out = (x - mean) / sqrt(biased variance + eps) along the last axis; returns 1 / that root per row."""
+    last, width = x.ndim - 1, x.shape[-1]
+    np.subtract(x, sum_along(x, last) / width, out=out)
+    np.square(out, out=scratch)
+    inverse_std = 1.0 / np.sqrt(sum_along(scratch, last) / width + eps)
+    out *= inverse_std
+    return inverse_std
+
+
+def _layer_norm_block(out, x, gamma, beta, eps, scratch) -> None:
+    normalize_rows(out, x, eps, scratch)
     out *= gamma
     out += beta
 
 
+def _layer_norm_into(out: np.ndarray, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> None:
+    """(x - mean) / sqrt(biased variance + eps) * gamma + beta over the last axis, in blocks of rows."""
+    run_in_row_blocks(_layer_norm_block, out, (x,), shared=(gamma, beta, eps), scratch=1, row_length=x.shape[-1])
+
+
 def _layer_norm_vjp(g, out, x, gamma, beta, eps):
-    def gradient_gamma():
-        width = x.shape[-1]
-        normalized = x.layer_norm(np.ones(width, x.dtype), np.zeros(width, x.dtype), eps)  # recomputed: cheaper
-        return (g * normalized).sum_to(gamma.shape)                                        # than keeping it alive
-    return (lambda: g.layer_norm_grad(x, gamma, eps), gradient_gamma, lambda: g.sum_to(beta.shape))
+    return (lambda: g.layer_norm_grad(x, gamma, eps), lambda: g.layer_norm_gamma_grad(x, eps),
+            lambda: g.sum_to(beta.shape))
 
 
 define_op("layer_norm", kind=OpKind.OPAQUE, arity=3, attrs={"eps": A.FLOAT}, infer=_infer_layer_norm,

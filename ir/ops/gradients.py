@@ -1,5 +1,5 @@
-"""Backward kernels: one op for the input gradient of GELU and of layer norm, which the gradient rules emit in
-place of the dozen or more primitive nodes the same algebra would take.
+"""Backward kernels: one op each for the gradient of GELU and for those of layer norm (with respect to x and to
+gamma), which the gradient rules emit in place of the dozen or more primitive nodes the same algebra would take.
 
 Each computes what the primitive chain computes, reorganised to stream over its operands fewer times and to hold
 intermediates in at most two scratch arrays (PyTorch's GeluBackward and NativeLayerNormBackward are the same
@@ -14,8 +14,9 @@ from ..errors import ShapeError
 from ..types import TensorType
 from . import attrs as A
 from .elementwise import GELU_CUBIC, GELU_SQRT_2_OVER_PI
-from .blockwise import run_in_row_blocks
-from .reductions import sum_along
+from .blockwise import row_blocks, run_in_row_blocks
+from .composites import normalize_rows
+from .reductions import ones_vector, sum_along
 from .registry import OpKind, define_op
 from .rules import require_float, same_dtype
 
@@ -64,12 +65,9 @@ def _infer_layer_norm_grad(g: TensorType, x: TensorType, gamma: TensorType, eps:
 
 
 def _layer_norm_grad_block(out, g, x, gamma, eps, scaled, scratch) -> None:
-    """(g gamma - mean(g gamma) - x^ mean(g gamma x^)) / std over rows, with x^ = (x - mean) / std recomputed."""
+    """(g gamma - mean(g gamma) - x^ mean(g gamma x^)) / std over rows, with x^ recomputed from x."""
     last, width = x.ndim - 1, x.shape[-1]
-    np.subtract(x, sum_along(x, last) / width, out=out)
-    np.square(out, out=scratch)
-    inverse_std = 1.0 / np.sqrt(sum_along(scratch, last) / width + eps)
-    out *= inverse_std  # x^
+    inverse_std = normalize_rows(out, x, eps, scratch)  # out = x^
     np.multiply(g, gamma, out=scaled)
     np.multiply(scaled, out, out=scratch)
     out *= sum_along(scratch, last) / width
@@ -87,3 +85,25 @@ def _layer_norm_grad_into(out: np.ndarray, g: np.ndarray, x: np.ndarray, gamma: 
 define_op("layer_norm_grad", kind=OpKind.OPAQUE, arity=3, attrs={"eps": A.FLOAT}, infer=_infer_layer_norm_grad,
           compute_into=_layer_norm_grad_into, cost=lambda out, g, x, gamma, eps: 10 * x.size,
           doc="layer_norm_grad(g, x, gamma): the gradient of layer_norm with respect to x")
+
+
+def _infer_layer_norm_gamma_grad(g: TensorType, x: TensorType, eps: float) -> TensorType:
+    _infer_same_as_x(g, x)
+    if x.rank < 1:
+        raise ShapeError(f"layer norm normalises the last axis; x {x} has none")
+    return TensorType(x.shape[-1:], x.dtype)
+
+
+def _layer_norm_gamma_grad_into(out: np.ndarray, g: np.ndarray, x: np.ndarray, eps: float) -> None:
+    """sum over rows of g * x^, x^ recomputed from x block by block (never a whole normalised copy of x)."""
+    out.fill(0)
+    for g_rows, x_rows, normalized, scratch in row_blocks((g, x), x.shape[-1], scratch=2):
+        normalize_rows(normalized, x_rows, eps, scratch)
+        normalized *= g_rows
+        out += np.matmul(ones_vector(normalized.shape[0], normalized.dtype), normalized)  # column sums
+
+
+define_op("layer_norm_gamma_grad", kind=OpKind.OPAQUE, arity=2, attrs={"eps": A.FLOAT},
+          infer=_infer_layer_norm_gamma_grad, compute_into=_layer_norm_gamma_grad_into,
+          cost=lambda out, g, x, eps: 7 * x.size,
+          doc="layer_norm_gamma_grad(g, x): the gradient of layer_norm with respect to gamma")

@@ -43,7 +43,7 @@ GEMV_MAX_LENGTH = 4096
 
 
 @functools.lru_cache(maxsize=64)
-def _ones(length: int, dtype: np.dtype) -> np.ndarray:
+def ones_vector(length: int, dtype: np.dtype) -> np.ndarray:
     ones = np.ones(length, dtype)
     ones.flags.writeable = False
     return ones
@@ -55,7 +55,7 @@ def sum_along(x: np.ndarray, axis: int) -> np.ndarray:
     length = x.shape[axis]
     if (axis == x.ndim - 1 and x.dtype in (np.float32, np.float64) and x.flags.c_contiguous
             and 0 < length <= GEMV_MAX_LENGTH and x.size > 0):
-        return np.matmul(x.reshape(-1, length), _ones(length, x.dtype)).reshape(x.shape[:-1] + (1,))
+        return np.matmul(x.reshape(-1, length), ones_vector(length, x.dtype)).reshape(x.shape[:-1] + (1,))
     return np.sum(x, axis=axis, keepdims=True, dtype=x.dtype)
 
 
