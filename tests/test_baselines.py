@@ -1,6 +1,6 @@
 """The hand-written NumPy baseline of the benchmark computes graphgpt's GPT exactly: its loss and every gradient
 agree with graphgpt's compiled step to float64 precision (so the benchmark compares like with like), and to
-float32 precision in float32."""
+float32 precision in float32. The kernel benchmark's NumPy alternatives compute what the kernels do."""
 
 import os
 import sys
@@ -29,3 +29,19 @@ def test_numpy_baseline_matches_compiled_gradients(dtype, rtol, vocab, embed, la
     for name, gradient in step.grads.items():
         scale = max(np.abs(gradient).max(), 1e-3)
         np.testing.assert_allclose(hand_grads[name], gradient, rtol=rtol, atol=rtol * scale, err_msg=name)
+
+
+def test_kernel_benchmark_compares_each_kernel_with_what_it_replaces(capsys, monkeypatch):
+    """benchmarks/kernels.py: its NumPy alternatives compute what our kernels compute, and it prints every row."""
+    import kernels
+    rng = np.random.default_rng(0)
+    g, x = rng.standard_normal((2, 3, 8), dtype=np.float32), rng.standard_normal((2, 3, 8), dtype=np.float32)
+    gamma = rng.standard_normal(8).astype(np.float32)
+    np.testing.assert_allclose(graphgpt.ir.get_op("gelu_grad").evaluate([g, x], {}),
+                               kernels.gelu_grad_primitives(g, x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(graphgpt.ir.get_op("layer_norm_grad").evaluate([g, x, gamma], {"eps": 1e-5}),
+                               kernels.layer_norm_grad_primitives(g, x, gamma, 1e-5), rtol=1e-4, atol=1e-5)
+    monkeypatch.setattr(sys, "argv", ["kernels.py", "--repeats", "1"])
+    kernels.main()
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in kernels.pairs(rng)) and printed.count("cold") == len(kernels.pairs(rng))
