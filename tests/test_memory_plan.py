@@ -99,3 +99,15 @@ def test_owner_check_catches_a_plan_that_shares_a_live_buffer():
     plan.storage[first_norm.output.id] = plan.storage[first_add.output.id]
     with pytest.raises(AssertionError, match="buffer now holds"):
         owner_check(step.graph, plan)
+
+
+def test_planned_buffers_are_carved_apart_and_aligned():
+    from graphgpt.executor import BUFFER_ALIGNMENT, _carve_buffers
+    sizes = [5, 0, 64, 1 << 20, 3, 100]
+    buffers = _carve_buffers(sizes)
+    assert [buffer.nbytes for buffer in buffers] == sizes
+    # (an empty slice has no meaningful address)
+    assert all(buffer.ctypes.data % BUFFER_ALIGNMENT == 0 for buffer in buffers if buffer.nbytes)
+    for index, first in enumerate(buffers):
+        for second in buffers[index + 1:]:
+            assert not np.shares_memory(first, second)
