@@ -13,9 +13,9 @@ import numpy as np
 from ..errors import ShapeError
 from ..types import TensorType
 from . import attrs as A
-from .elementwise import GELU_CUBIC, GELU_SQRT_2_OVER_PI
 from .blockwise import row_blocks, run_in_row_blocks
 from .composites import normalize_rows
+from .elementwise import GELU_CUBIC, GELU_SQRT_2_OVER_PI
 from .reductions import ones_vector, sum_along
 from .registry import OpKind, define_op
 from .rules import require_float, same_dtype
