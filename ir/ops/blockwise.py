@@ -56,6 +56,6 @@ def run_in_row_blocks(kernel: Callable[..., None], out: np.ndarray, row_arrays: 
     `row_arrays` have out's shape and are cut like it; `shared` are passed whole (a per-feature gamma)."""
     if not out.flags.c_contiguous:
         raise ValueError("run_in_row_blocks writes through a reshape of out, which must be C-contiguous")
+    count = 1 + len(row_arrays)  # blocks come as [out, *row_arrays, *scratch]
     for blocks in row_blocks([out, *row_arrays], row_length, scratch):
-        count = 1 + len(row_arrays)
         kernel(*blocks[:count], *shared, *blocks[count:])

@@ -130,8 +130,8 @@ def _infer_scatter_add(updates: TensorType, indices: TensorType, num_rows: int) 
 
 def _scatter_add_into(out: np.ndarray, updates: np.ndarray, indices: np.ndarray, num_rows: int) -> None:
     _check_indices(indices, num_rows, "scatter_add")
-    # Rows sorted by index, then each run of equal indices summed with one reduceat: 6x faster than np.add.at's
-    # row-at-a-time loop on a GPT's embedding gradient (benchmarks/kernels.py).
+    # Rows sorted by index, then each run of equal indices summed with one reduceat: 3-6x faster (cold, warm) than
+    # np.add.at's row-at-a-time loop on a GPT's embedding gradient (benchmarks/kernels.py).
     flat_indices = indices.reshape(-1)
     out.fill(0)
     if flat_indices.size == 0:
