@@ -5,8 +5,10 @@
     python benchmarks/train_step.py --tiny          # embed 64, 2 layers, T 32, batch 8 (per-op overhead)
 
 Contenders, all from the same float32 weights and batch:
-  compiled         graphgpt.compile(..., loss=cross_entropy) with the default passes
-  compiled-nopass  the same graph with no optimisation passes
+  compiled         graphgpt.compile(..., loss=cross_entropy) with the default passes, run as its default
+                   data-parallel split (the medium step: two half-batch shards, one per core)
+  compiled-whole   the same, shards=1: the whole batch in one schedule, BLAS on every core
+  compiled-nopass  no optimisation passes (and the default split)
   eager            graphgpt eager: model(Tensor(x)), loss.backward() on the tape
   numpy            a hand-written vectorised NumPy forward+backward (benchmarks/baseline_numpy.py)
   torch            PyTorch eager on CPU (benchmarks/baseline_torch.py), when torch is installed
@@ -56,6 +58,7 @@ def build(config: dict):
 def contenders(config: dict, model, tokens, targets) -> dict:
     """name -> a function running one forward+backward step (weights are not updated, so steps are alike)."""
     compiled = graphgpt.compile(model, tokens, targets, loss=F.cross_entropy)
+    whole = graphgpt.compile(model, tokens, targets, loss=F.cross_entropy, shards=1)
     unoptimised = graphgpt.compile(model, tokens, targets, loss=F.cross_entropy, passes=[])
 
     def eager():
@@ -63,6 +66,7 @@ def contenders(config: dict, model, tokens, targets) -> dict:
         F.cross_entropy(model(graphgpt.Tensor(tokens)), graphgpt.Tensor(targets)).backward()
 
     steps = {"compiled": lambda: compiled.run(tokens, targets),
+             "compiled-whole": lambda: whole.run(tokens, targets),
              "compiled-nopass": lambda: unoptimised.run(tokens, targets),
              "eager": eager}
     params = model.state_dict()
@@ -179,10 +183,10 @@ def main() -> None:
         row += f"{memory.get(name, float('nan')):>18.1f}"
         row += "".join(f" {medians[name] / medians[ref]:>10.2f}" for ref in reference_names)
         print(row)
-    plan = compiled._executor.plan
-    print(f"compiled: {len(compiled.graph.nodes)} nodes, planned buffers {plan.planned_bytes / 2**20:.1f} MiB vs "
-          f"{compiled.stages[-1].keep_all_bytes / 2**20:.1f} MiB to keep every intermediate "
-          f"({plan.planned_bytes / compiled.stages[-1].keep_all_bytes:.0%})")
+    planned, keep_all = compiled.planned_bytes, compiled.stages[-1].keep_all_bytes
+    print(f"compiled: {len(compiled.graph.nodes)} nodes, planned buffers {planned / 2**20:.1f} MiB vs "
+          f"{keep_all / 2**20:.1f} MiB to keep every intermediate ({planned / keep_all:.0%}); "
+          f"{compiled.split.describe()}")
 
 
 if __name__ == "__main__":

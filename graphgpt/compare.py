@@ -103,7 +103,7 @@ def measure(embed: int, layers: int, heads: int, seq_len: int, batch: int, repea
     result.eager_ms = statistics.median(times["eager"]) * 1e3
     result.compiled_ms = statistics.median(times["compiled"]) * 1e3
     result.eager_peak_bytes = _peak_bytes(eager_step)
-    result.compiled_peak_bytes = step._executor.planned_bytes + _peak_bytes(lambda: step.run(tokens, targets))
+    result.compiled_peak_bytes = step.planned_bytes + _peak_bytes(lambda: step.run(tokens, targets))
     result.timeline = memory_timeline(step.graph)
     return result
 

@@ -19,9 +19,12 @@ import numpy as np
 
 from graphgpt.ir import Graph, ShapeError, TensorType, verify
 from graphgpt.passes import infer_shapes
+from graphgpt.passes.analysis import graph_flops
 from graphgpt.passes.autodiff import append_backward
+from graphgpt.passes.data_parallel import MEAN, shard_mismatch, split_loss
 from graphgpt.passes.manager import StageRecord, format_report, run_pipeline
 
+from .data_parallel import (MIN_SPLIT_FLOPS, DataParallelExecutor, Split, available_cores, combine_graph)
 from .executor import Executor
 from .nn.module import Module
 from .optim import Optimizer
@@ -116,7 +119,7 @@ class Compiled:
 
     def __init__(self, graph: Graph, bindings: dict[str, Tensor], returns_tuple: bool,
                  gradient_names: Sequence[str] = (), stages: Sequence[StageRecord] = (),
-                 check_numerics=False):
+                 check_numerics=False, executor=None, split: Optional[Split] = None):
         self.graph = graph
         self.stages = list(stages)  # the graph after tracing and after each pass, with measurements
         self.bindings = bindings
@@ -125,7 +128,14 @@ class Compiled:
         self.gradient_names = list(gradient_names)
         self._num_results = len(graph.outputs) - len(self.gradient_names)
         self.grads: dict[str, np.ndarray] = {}
-        self._executor = Executor(graph, check_numerics=check_numerics)
+        # The schedule that runs it: one Executor, or shards of the batch on several threads (graphgpt.data_parallel).
+        self._executor = executor if executor is not None else Executor(graph, check_numerics=check_numerics)
+        self.split = split if split is not None else Split(1, "a forward graph" if not gradient_names else "off")
+
+    @property
+    def planned_bytes(self) -> int:
+        """Bytes of the buffers the schedule allocated once and reuses every run (all shards' together)."""
+        return self._executor.planned_bytes
 
     @property
     def input_types(self) -> list[TensorType]:
@@ -173,8 +183,8 @@ class Compiled:
     __call__ = run
 
     def report(self) -> str:
-        """A per-pass table: node count, FLOPs, memory and what each pass changed."""
-        return format_report(self.stages)
+        """A per-pass table: node count, FLOPs, memory and what each pass changed; then how the step runs."""
+        return format_report(self.stages) + "\n" + self.split.describe()
 
     def render(self, path: str = "graph.svg", collapse: Optional[int] = None, stage: Optional[str] = None) -> str:
         """Draw the graph (or the graph after pass `stage`, e.g. 'input' as traced) to `path`: SVG by default,
@@ -209,7 +219,7 @@ class Compiled:
 
 def compile(model: Callable, *example_inputs, loss: Optional[Callable] = None,
             optimizer: Optional[Optimizer] = None, passes: Optional[Sequence] = None,
-            verify_each: bool = False, check_numerics=False) -> Compiled:
+            verify_each: bool = False, check_numerics=False, shards: Optional[int] = None) -> Compiled:
     """Trace `model` at the example inputs, infer shapes, verify, and prepare the executor.
 
     Without `loss`, the graph is the model's forward. With `loss`, the last example input is the target: the
@@ -221,6 +231,11 @@ def compile(model: Callable, *example_inputs, loss: Optional[Callable] = None,
     `check_numerics` (a debug option) checks every node's output and names the first node, with its module path
     and source line, that produced a NaN (True or "nan") or also an infinity ("nonfinite"; the causal mask's
     intended -inf then shows up too).
+
+    `shards` (training steps only) runs the batch as that many equal data-parallel shards, one thread each,
+    when passes/data_parallel.py proves the split exact (every example computed alone, the loss a mean or sum
+    over the batch); it raises if not. The default splits into as many shards as there are cores when that is
+    proved and the step is big enough to gain (MIN_SPLIT_FLOPS); 1 never splits. `compiled.split` says which.
 
     >>> fwd = graphgpt.compile(model, tokens)                                  # doctest: +SKIP
     >>> fwd.run(tokens).shape                                                  # doctest: +SKIP
@@ -240,15 +255,55 @@ def compile(model: Callable, *example_inputs, loss: Optional[Callable] = None,
                         check_numerics=check_numerics)
 
     traced = trace_loss(model, example_inputs, loss)
-    graph = infer_shapes(traced.graph)
+    forward = infer_shapes(traced.graph)
     trainable = trainable_parameters(model)
     wrt = [name for name, _ in trainable]
-    graph = append_backward(graph, wrt)
-    bindings = dict(traced.bindings)
     if optimizer is not None:
         optimizer.bind(trainable)
-        graph = optimizer.append_to(graph, {name: 1 + position for position, name in enumerate(wrt)})
+
+    graph = append_backward(forward, wrt)
+    bindings = dict(traced.bindings)
+    if optimizer is not None:
+        graph = optimizer.append_to(graph, _gradient_positions(wrt))
         bindings.update(optimizer.state_tensors())
     graph, stages = run_pipeline(verify(graph), passes, verify_each)
+    split, executor = _split_step(model, example_inputs, loss, forward, graph, shards, passes, verify_each,
+                                  check_numerics, wrt, optimizer)
     return Compiled(verify(graph), bindings, returns_tuple=False, gradient_names=wrt, stages=stages,
-                    check_numerics=check_numerics)
+                    check_numerics=check_numerics, executor=executor, split=split)
+
+
+def _gradient_positions(wrt: Sequence[str]) -> dict[str, int]:
+    """Where each parameter's gradient is among a training graph's outputs (after the loss)."""
+    return {name: 1 + position for position, name in enumerate(wrt)}
+
+
+def _split_step(model, example_inputs, loss, forward: Graph, step: Graph, shards: Optional[int], passes,
+                verify_each, check_numerics, wrt, optimizer) -> tuple[Split, Optional[DataParallelExecutor]]:
+    """Decide whether the training step runs as data-parallel shards, and build their executor if so."""
+    wanted = available_cores() if shards is None else shards
+    if not isinstance(wanted, int) or wanted < 1:
+        raise ValueError(f"shards must be a positive integer or None, got {shards!r}")
+    if wanted == 1:
+        return Split(1, "one core" if shards is None else "shards=1"), None
+    if shards is None and graph_flops(step) < MIN_SPLIT_FLOPS:
+        return Split(1, f"{graph_flops(step) / 1e9:.2f} GFLOP per step is too little to gain"), None
+    loss_kind, problem = split_loss(forward, wanted)
+    if problem is None:
+        pieces = [_as_example(example)[:_as_example(example).shape[0] // wanted] for example in example_inputs]
+        shard_forward = infer_shapes(trace_loss(model, pieces, loss).graph)
+        problem = shard_mismatch(forward, shard_forward, wanted)
+    if problem is not None:
+        if shards is not None:
+            raise ValueError(f"cannot split this training step into {wanted} data-parallel shards: {problem}")
+        return Split(1, problem), None
+    seed = 1.0 / wanted if loss_kind == MEAN else 1.0
+    shard_step, _ = run_pipeline(verify(append_backward(shard_forward, wrt, seed=seed)), passes, verify_each)
+    combine = combine_graph(verify(shard_step), wanted, loss_kind)
+    if optimizer is not None:
+        combine = optimizer.append_to(combine, _gradient_positions(wrt))
+    combine, _ = run_pipeline(verify(combine), passes, verify_each)
+    executor = DataParallelExecutor(shard_step, verify(combine), wanted, [value.name for value in step.params],
+                                    check_numerics)
+    batch = _as_example(example_inputs[0]).shape[0]
+    return Split(wanted, f"batch {batch} as {wanted} x {batch // wanted}, loss combined by {loss_kind}"), executor

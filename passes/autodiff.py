@@ -18,19 +18,20 @@ from graphgpt.ir.symbolic import Emitter
 from .rewrite import copied_results, copy_into
 
 
-def append_backward(graph: Graph, wrt: Sequence[str], loss: Optional[Value] = None) -> Graph:
+def append_backward(graph: Graph, wrt: Sequence[str], loss: Optional[Value] = None, seed: float = 1.0) -> Graph:
     """A new graph: `graph`'s nodes, then the backward nodes. Its outputs are `graph`'s outputs followed by one
     gradient per name in `wrt` (parameter or input names), in that order.
 
-    `loss` defaults to the graph's first output and must be a float scalar.
+    `loss` defaults to the graph's first output and must be a float scalar. `seed` is d(objective)/d(loss): the
+    gradients are of seed * loss (a data-parallel shard of a mean loss uses 1 / shards).
 
     >>> train = append_backward(forward_and_loss, wrt=[v.name for v in forward_and_loss.params])  # doctest: +SKIP
     """
-    return append_backward_with_map(graph, wrt, loss)[0]
+    return append_backward_with_map(graph, wrt, loss, seed)[0]
 
 
-def append_backward_with_map(graph: Graph, wrt: Sequence[str],
-                             loss: Optional[Value] = None) -> tuple[Graph, dict[int, Value]]:
+def append_backward_with_map(graph: Graph, wrt: Sequence[str], loss: Optional[Value] = None,
+                             seed: float = 1.0) -> tuple[Graph, dict[int, Value]]:
     """append_backward, also returning which value of the new graph holds the complete gradient of each
     intermediate forward value (by forward value id), for tools that check the backward pass node by node."""
     loss = graph.outputs[0] if loss is None else loss
@@ -60,10 +61,10 @@ def append_backward_with_map(graph: Graph, wrt: Sequence[str],
 
     loss_symbol = symbol[loss.id]
     emitter.provenance = Provenance(differentiates=loss.id)
-    seed = loss_symbol._lift(np.ones((), loss.type.numpy_dtype))
+    seed_value = loss_symbol._lift(np.full((), seed, loss.type.numpy_dtype))
     wrt_symbols = [symbol[leaves[name].id] for name in wrt]
     intermediate_gradients: dict[int, Value] = {}
-    gradients = backpropagate(applications, loss_symbol, seed, wrt_symbols, key=lambda s: s.value.id,
+    gradients = backpropagate(applications, loss_symbol, seed_value, wrt_symbols, key=lambda s: s.value.id,
                               on_rule=stamp,
                               on_final=lambda value_id, g: intermediate_gradients.__setitem__(value_id, g.value))
 
