@@ -249,6 +249,8 @@ def compile(model: Callable, *example_inputs, loss: Optional[Callable] = None,
     if loss is None:
         if optimizer is not None:
             raise TypeError("an optimizer needs a loss: compile(model, inputs, targets, loss=..., optimizer=...)")
+        if shards not in (None, 1):
+            raise TypeError("shards splits a training step: compile(model, inputs, targets, loss=..., shards=...)")
         traced = trace(model, *example_inputs)
         graph, stages = run_pipeline(verify(infer_shapes(traced.graph)), passes, verify_each)
         return Compiled(verify(graph), traced.bindings, traced.returns_tuple, stages=stages,

@@ -197,3 +197,9 @@ def test_outputs_that_are_one_value_are_each_summed_once():
     assert not split.grads["unused"].any()
     for name in ("a", "b", "unused", "gpt.lm_head.weight"):
         np.testing.assert_allclose(split.grads[name], whole.grads[name], rtol=1e-10, atol=1e-13, err_msg=name)
+
+
+def test_shards_without_a_loss_is_refused():
+    model, tokens, _ = gpt_batch()
+    with pytest.raises(TypeError, match="shards splits a training step"):
+        graphgpt.compile(model, tokens, shards=2)
