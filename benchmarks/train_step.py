@@ -11,6 +11,9 @@ Contenders, all from the same float32 weights and batch:
   compiled-nopass  no optimisation passes (and the default split)
   eager            graphgpt eager: model(Tensor(x)), loss.backward() on the tape
   numpy            a hand-written vectorised NumPy forward+backward (benchmarks/baseline_numpy.py)
+  numpy-split      the same by hand on two half batches, one thread each with one BLAS thread, gradients
+                   averaged: what the compiled step's data-parallel split does, done by hand (for reference:
+                   ratios stay against `numpy`, the baseline as written)
   torch            PyTorch eager on CPU (benchmarks/baseline_torch.py), when torch is installed
 
 Timing: every repetition runs each contender in a fresh random order, one untimed step then one timed step back to
@@ -71,6 +74,7 @@ def contenders(config: dict, model, tokens, targets) -> dict:
              "eager": eager}
     params = model.state_dict()
     steps["numpy"] = lambda: forward_backward(params, tokens, targets, config["heads"])
+    steps["numpy-split"] = numpy_split_step(params, tokens, targets, config["heads"])
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -82,10 +86,28 @@ def contenders(config: dict, model, tokens, targets) -> dict:
     return steps, compiled
 
 
+def numpy_split_step(params: dict, tokens, targets, heads: int):
+    """The hand-written step over two half batches on two threads (BLAS limited to one thread each)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import ThreadpoolController
+
+    pool, blas = ThreadPoolExecutor(1), ThreadpoolController()
+    half = tokens.shape[0] // 2
+
+    def step():
+        with blas.limit(limits=1, user_api="blas"):
+            other = pool.submit(forward_backward, params, tokens[half:], targets[half:], heads)
+            loss, grads = forward_backward(params, tokens[:half], targets[:half], heads)
+            other_loss, other_grads = other.result()
+        return (loss + other_loss) / 2, {name: (grads[name] + other_grads[name]) / 2 for name in grads}
+    return step
+
+
 def check_agreement(steps: dict, compiled, tokens, targets) -> str:
     """The losses every contender computes for the batch, so a reader sees they do the same work."""
     reference = float(compiled.run(tokens, targets))
-    losses = {"numpy": lambda: steps["numpy"]()[0]}
+    losses = {"numpy": lambda: steps["numpy"]()[0], "numpy-split": lambda: steps["numpy-split"]()[0]}
     if "torch" in steps:
         losses["torch"] = lambda: steps["torch"]().item()
     return ", ".join([f"compiled {reference:.6f}"] + [f"{name} {float(run()):.6f}" for name, run in losses.items()])

@@ -24,11 +24,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from graphgpt.ir import Graph, GraphBuilder, Provenance
-
-from graphgpt.passes.memory_plan import plan_memory
+from graphgpt.passes.data_parallel import MEAN
+from graphgpt.passes.memory_plan import MemoryPlan, plan_memory
 
 from .executor import Executor
-from graphgpt.passes.data_parallel import MEAN
 
 # Below this many floating-point operations per step, splitting loses: small arrays make short NumPy calls that
 # keep the GIL (NumPy releases it only for larger loops), so the shards' threads take turns instead of running
@@ -127,7 +126,7 @@ class DataParallelExecutor:
         return totals
 
 
-def _summable_in_place(graph: Graph, plan) -> list[bool]:
+def _summable_in_place(graph: Graph, plan: MemoryPlan) -> list[bool]:
     """Per output of `graph`: whether the first shard's array for it lies in a planned buffer that no other
     output value uses, so the sum over shards may be written there once the run is over. Views of inputs,
     parameters and constants are not."""
