@@ -260,12 +260,10 @@ def compile(model: Callable, *example_inputs, loss: Optional[Callable] = None,
     forward = infer_shapes(traced.graph)
     trainable = trainable_parameters(model)
     wrt = [name for name, _ in trainable]
-    if optimizer is not None:
-        optimizer.bind(trainable)
-
     graph = append_backward(forward, wrt)
     bindings = dict(traced.bindings)
     if optimizer is not None:
+        optimizer.bind(trainable)
         graph = optimizer.append_to(graph, _gradient_positions(wrt))
         bindings.update(optimizer.state_tensors())
     graph, stages = run_pipeline(verify(graph), passes, verify_each)
@@ -288,11 +286,13 @@ def _split_step(model, example_inputs, loss, forward: Graph, step: Graph, shards
         raise ValueError(f"shards must be a positive integer or None, got {shards!r}")
     if wanted == 1:
         return Split(1, "one core" if shards is None else "shards=1"), None
-    if shards is None and graph_flops(step) < MIN_SPLIT_FLOPS:
-        return Split(1, f"{graph_flops(step) / 1e9:.2f} GFLOP per step is too little to gain"), None
+    flops = graph_flops(step)
+    if shards is None and flops < MIN_SPLIT_FLOPS:
+        return Split(1, f"{flops / 1e9:.2f} GFLOP per step is too little to gain"), None
     loss_kind, problem = split_loss(forward, wanted)
+    examples = [_as_example(example) for example in example_inputs]
     if problem is None:
-        pieces = [_as_example(example)[:_as_example(example).shape[0] // wanted] for example in example_inputs]
+        pieces = [example[:example.shape[0] // wanted] for example in examples]
         shard_forward = infer_shapes(trace_loss(model, pieces, loss).graph)
         problem = shard_mismatch(forward, shard_forward, wanted)
     if problem is not None:
@@ -307,5 +307,5 @@ def _split_step(model, example_inputs, loss, forward: Graph, step: Graph, shards
     combine, _ = run_pipeline(verify(combine), passes, verify_each)
     executor = DataParallelExecutor(shard_step, verify(combine), wanted, [value.name for value in step.params],
                                     check_numerics)
-    batch = _as_example(example_inputs[0]).shape[0]
+    batch = examples[0].shape[0]
     return Split(wanted, f"batch {batch} as {wanted} x {batch // wanted}, loss combined by {loss_kind}"), executor
