@@ -21,7 +21,7 @@ from graphgpt.ir import Graph, ShapeError, TensorType, verify
 from graphgpt.passes import infer_shapes
 from graphgpt.passes.analysis import graph_flops
 from graphgpt.passes.autodiff import append_backward
-from graphgpt.passes.data_parallel import MEAN, shard_mismatch, split_loss
+from graphgpt.passes.data_parallel import prove_split, scale_shard_graph, shard_mismatch
 from graphgpt.passes.manager import StageRecord, format_report, run_pipeline
 
 from .data_parallel import (MIN_SPLIT_FLOPS, DataParallelExecutor, Split, available_cores, combine_graph)
@@ -289,23 +289,23 @@ def _split_step(model, example_inputs, loss, forward: Graph, step: Graph, shards
     flops = graph_flops(step)
     if shards is None and flops < MIN_SPLIT_FLOPS:
         return Split(1, f"{flops / 1e9:.2f} GFLOP per step is too little to gain"), None
-    loss_kind, problem = split_loss(forward, wanted)
+    proof, problem = prove_split(forward, wanted)
     examples = [_as_example(example) for example in example_inputs]
     if problem is None:
         pieces = [example[:example.shape[0] // wanted] for example in examples]
         shard_forward = infer_shapes(trace_loss(model, pieces, loss).graph)
-        problem = shard_mismatch(forward, shard_forward, wanted)
+        problem = shard_mismatch(forward, shard_forward, proof)
     if problem is not None:
         if shards is not None:
             raise ValueError(f"cannot split this training step into {wanted} data-parallel shards: {problem}")
         return Split(1, problem), None
-    seed = 1.0 / wanted if loss_kind == MEAN else 1.0
-    shard_step, _ = run_pipeline(verify(append_backward(shard_forward, wrt, seed=seed)), passes, verify_each)
-    combine = combine_graph(verify(shard_step), wanted, loss_kind)
+    shard_forward = scale_shard_graph(shard_forward, forward, proof)
+    shard_step, _ = run_pipeline(verify(append_backward(shard_forward, wrt)), passes, verify_each)
+    combine = combine_graph(verify(shard_step), wanted)
     if optimizer is not None:
         combine = optimizer.append_to(combine, _gradient_positions(wrt))
     combine, _ = run_pipeline(verify(combine), passes, verify_each)
     executor = DataParallelExecutor(shard_step, verify(combine), wanted, [value.name for value in step.params],
                                     check_numerics)
     batch = examples[0].shape[0]
-    return Split(wanted, f"batch {batch} as {wanted} x {batch // wanted}, loss combined by {loss_kind}"), executor
+    return Split(wanted, f"batch {batch} as {wanted} x {batch // wanted}, {proof.describe()}"), executor

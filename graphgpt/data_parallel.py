@@ -23,8 +23,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from graphgpt.ir import Graph, GraphBuilder, Provenance
-from graphgpt.passes.data_parallel import MEAN
+from graphgpt.ir import Graph, GraphBuilder
 from graphgpt.passes.memory_plan import MemoryPlan, plan_memory
 
 from .executor import Executor
@@ -56,19 +55,15 @@ class Split:
         return f"data parallel: {self.shards} shards on {self.shards} threads ({self.reason})"
 
 
-def combine_graph(shard: Graph, shards: int, loss_kind: str) -> Graph:
-    """Inputs: the shards' outputs summed (the loss, then the gradients, each shard's already scaled by the
-    backward seed). Outputs: the whole batch's loss (the mean or the sum of the shards') and gradients. Its
-    parameters are the shard graph's, so an optimizer can be appended to it."""
+def combine_graph(shard: Graph, shards: int) -> Graph:
+    """Inputs: the shards' outputs summed (the loss, then the gradients: passes/data_parallel.py scales each
+    shard's graph so that the sums are the whole batch's). Outputs: those sums. Its parameters are the shard
+    graph's, so an optimizer can be appended to it."""
     builder = GraphBuilder(header=f"combine {shards} data-parallel shards")
     totals = [builder.add_input(f"sum over shards of {value.name or 'output ' + str(position)}", value.type)
               for position, value in enumerate(shard.outputs)]
     for value in shard.params:
         builder.add_param(value.name, value.type)
-    if loss_kind == MEAN:
-        provenance = Provenance(module_path="data_parallel")
-        scale = builder.add_constant(np.array(1.0 / shards, totals[0].type.numpy_dtype), provenance)
-        totals[0] = builder.add_node("mul", [totals[0], scale], {}, provenance)
     return builder.finish(totals)
 
 

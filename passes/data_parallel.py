@@ -1,178 +1,171 @@
 """Data-parallel splitting, proved from the graph: may a training step's batch be cut into equal shards that each
-run the same graph, with the whole batch's loss and gradients combined from the shards'?
+run the same graph, with the whole batch's loss and gradients the sum of the shards'?
 
-That holds when no example's computation reads another example: axis 0 of every graph input (the batch) flows
-through the forward graph without being mixed, and the loss is the mean (or the sum) of a value carrying the
-batch. Then loss(batch) = mean (or sum) over shards of loss(shard), and by linearity so are the gradients.
+The proof is an abstract interpretation of the forward graph. Every value gets one of three classes:
 
-The proof walks the forward graph once, op by op, and says which values carry the batch on their axis 0 ("each
-shard's rows are its own"). It is conservative: an op without a rule here that receives a batch-carrying input
-makes the answer no, naming the node. `shard_mismatch` then checks that the graph traced at the shard's batch
-size is the same program (same ops and attributes; batch-carrying values with axis 0 divided by the shard
-count, every other type unchanged), so running it on each shard computes exactly those rows.
+- PER_EXAMPLE: axis 0 carries the batch, and a shard's rows depend on that shard's examples alone;
+- PARTIAL: a batch reduction (a sum or mean over axis 0, cross-entropy) or a linear function of such, for which
+  whole value = sum over shards of the shard's value, once the shard graph is scaled (below);
+- INDEPENDENT: no dependence on the batch (parameters, constants, functions of them): the same on every shard.
+
+The rules are proved, not pattern-matched. PER_EXAMPLE is closed under ops that keep examples apart (elementwise
+with broadcasting that does not span axis 0, matmuls that do not contract over it, reductions and row-wise ops along
+other axes, reshapes keeping axis 0 divisible). A sum over axis 0 is PARTIAL as it stands: sum(batch) = sum over
+shards of sum(shard). A mean over axis 0 is PARTIAL once the shard's mean is scaled by 1/shards: mean(batch) = sum
+over shards of mean(shard) / shards (equal shards). PARTIAL is closed under linear maps with INDEPENDENT
+coefficients: negation, addition of two PARTIALs, multiplication by or division by an INDEPENDENT value, sums,
+means, reshapes and transposes (which never touch a batch axis: a PARTIAL has none). An INDEPENDENT term added to
+a PARTIAL is scaled by 1/shards in the shard graph, so that the shards' copies add up to it once. Nothing else
+may read a PARTIAL: the product or quotient of two batch reductions, a function (log, exp, ...) of one, or a
+PER_EXAMPLE value combined with one does not split into a sum over shards, and is refused naming the node.
+
+If the loss (the graph's one output) is PARTIAL, then loss(batch) = sum over shards of the scaled shard loss, and
+by linearity of differentiation so is every gradient: each shard differentiates its own scaled loss with seed 1,
+and the gradients are summed. `scale_shard_graph` makes the scaled shard graph; `shard_mismatch` checks that the
+graph traced at the shard's batch size is the same program (same ops and attributes, PER_EXAMPLE types with axis 0
+divided by the shard count, every other type unchanged), so running it on each shard computes exactly those rows.
+
+Anything without a rule refuses, with the reason and the node.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 
-from graphgpt.ir import Graph, Node, OpKind, get_op
+from graphgpt.ir import Graph, GraphBuilder, Node, OpKind, Provenance, get_op
 
-# How a batch-reducing scalar combines across shards.
-MEAN, SUM = "mean", "sum"
+from .rewrite import copied_results, copy_leaves
+
+PER_EXAMPLE, PARTIAL, INDEPENDENT = "per-example", "partial", "independent"
 
 # Ops whose attributes hold shapes, which differ between the whole batch and a shard.
 _SHAPE_ATTRS = {"reshape": "shape", "broadcast_to": "shape", "slice": "slices", "unslice": "shape"}
 
 
-class _Proof:
-    """Walks a forward graph: `batched` holds the ids of values carrying the batch on axis 0, `reduced` maps a
-    scalar that reduces the whole batch to MEAN or SUM. `problem` is the first reason splitting is not exact."""
+@dataclass(frozen=True)
+class SplitProof:
+    """What the proof found for a graph split into `shards`: the class of every value (by id), and where the shard
+    graph must be scaled by 1/shards: the outputs of batch means (`scaled_nodes`) and the INDEPENDENT operands of
+    additions to a PARTIAL (`scaled_operands`, (node output id, operand position) pairs)."""
 
-    def __init__(self, graph: Graph, shards: int):
-        self.shards = shards
-        self.batched: set[int] = set()
-        self.reduced: dict[int, str] = {}
-        self.problem: Optional[str] = None
-        for value in graph.inputs:
-            if value.type.rank == 0 or value.type.shape[0] % shards or value.type.shape[0] < shards:
-                self.problem = (f"input {value.name!r} of type {value.type} has no axis 0 divisible into "
-                                f"{shards} shards")
-                return
-            self.batched.add(value.id)
-        for node in graph.nodes:
-            self.problem = self._visit(node)
-            if self.problem:
-                return
-        loss = graph.outputs[0] if len(graph.outputs) == 1 else None
-        if loss is None or loss.id not in self.reduced:
-            self.problem = ("the loss is not a mean or sum over the batch (one scalar output reducing every "
-                            "example, such as cross_entropy or .mean())")
+    shards: int
+    classes: dict[int, str]
+    scaled_nodes: frozenset[int]
+    scaled_operands: frozenset[tuple[int, int]]
+    means: int
+    sums: int
 
-    def _visit(self, node: Node) -> Optional[str]:
-        ids = [value.id for value in node.inputs]
-        if any(value_id in self.reduced for value_id in ids):
-            return self._combine_reduced(node)
-        if not any(value_id in self.batched for value_id in ids):
-            return None  # a function of parameters and constants: the same on every shard
-        rule = _RULES.get(node.op) or _KIND_RULES.get(get_op(node.op).kind)
-        verdict = rule(node, self.batched) if rule else f"{node.op} has no data-parallel rule"
-        if verdict in (MEAN, SUM):
-            self.reduced[node.output.id] = verdict
-        elif verdict is True:
-            if node.output.type.rank == 0 or node.output.type.shape[0] % self.shards:
-                return f"{node.describe()}: its axis 0 ({node.output.type}) does not split into {self.shards} shards"
-            self.batched.add(node.output.id)
-        else:
-            return f"{node.describe()} mixes examples of the batch: {verdict or 'not provably per example'}"
-        return None
-
-    def _combine_reduced(self, node: Node) -> Optional[str]:
-        """A batch-reduced scalar may be negated or scaled by a shard-independent value, and a mean shifted by
-        one: each shard's loss changes alike, so the combination still holds."""
-        kinds = [self.reduced.get(value.id) for value in node.inputs]
-        kind = next(k for k in kinds if k)
-        alone = (kinds.count(kind) == 1 and node.output.type.rank == 0
-                 and not any(value.id in self.batched for value in node.inputs))
-        scaling = node.op in ("neg", "mul") or (node.op == "div" and kinds[0] is not None)
-        shifting = node.op in ("add", "sub") and kind == MEAN
-        if alone and (scaling or shifting):
-            self.reduced[node.output.id] = kind
-            return None
-        return f"{node.describe()} uses the batch's {kind} in a way that does not split across shards"
+    def describe(self) -> str:
+        terms = [f"{count} batch {kind}{'s' if count > 1 else ''}" for kind, count in (("mean", self.means),
+                                                                                       ("sum", self.sums)) if count]
+        return f"loss from {' and '.join(terms)}, summed over shards"
 
 
-def _batched_axis0_extent(node: Node, batched: set[int]) -> Optional[int]:
-    extents = {value.type.shape[0] for value in node.inputs if value.id in batched}
-    return extents.pop() if len(extents) == 1 else None
+class _Refusal(Exception):
+    """Raised inside the proof: splitting is not exact, for the reason given."""
 
 
-def _elementwise(node: Node, batched: set[int]):
-    """Batch-carrying inputs must line up with the output's axis 0; the others must broadcast along it."""
+# ---- rules for PER_EXAMPLE values: each returns PER_EXAMPLE, PARTIAL (a batch reduction), or raises ---------------
+
+def _refuse(node: Node, why: str):
+    raise _Refusal(f"{node.describe()} mixes examples of the batch: {why}")
+
+
+def _elementwise(node: Node, classes: dict[int, str]) -> str:
+    """PER_EXAMPLE inputs must line up with the output's axis 0; the others must broadcast along it."""
     out = node.output.type
     for value in node.inputs:
-        if value.id in batched:
+        if classes[value.id] == PER_EXAMPLE:
             if value.type.rank != out.rank or value.type.shape[0] != out.shape[0]:
-                return f"input {value.label} {value.type} is broadcast against {out}"
+                _refuse(node, f"input {value.label} {value.type} is broadcast against {out}")
         elif value.type.rank == out.rank and value.type.shape[0] != 1:
-            return f"input {value.label} {value.type} spans axis 0 without carrying the batch"
-    return True
+            _refuse(node, f"input {value.label} {value.type} spans axis 0 without carrying the batch")
+    return PER_EXAMPLE
 
 
-def _matmul(node: Node, batched: set[int]):
+def _matmul(node: Node, classes: dict[int, str]) -> str:
     a, b = node.inputs
     out = node.output.type
-    if b.id in batched and b.type.rank == 2:
-        return "the batch runs along the contracted axis"
+    if classes[b.id] == PER_EXAMPLE and b.type.rank == 2:
+        _refuse(node, "the batch runs along the contracted axis")
     for operand in (a, b):
-        if operand.id in batched and operand.type.rank != out.rank:
-            return f"{operand.label} {operand.type} is broadcast against {out}"
-        if operand.id not in batched and operand.type.rank == out.rank and out.rank > 2 and operand.type.shape[0] != 1:
-            return f"{operand.label} {operand.type} spans axis 0 without carrying the batch"
-    if b.id in batched and a.id not in batched and out.rank == 2:
-        return "the batch runs along the contracted axis"
-    return True
+        if classes[operand.id] == PER_EXAMPLE and operand.type.rank != out.rank:
+            _refuse(node, f"{operand.label} {operand.type} is broadcast against {out}")
+        if (classes[operand.id] != PER_EXAMPLE and operand.type.rank == out.rank and out.rank > 2
+                and operand.type.shape[0] != 1):
+            _refuse(node, f"{operand.label} {operand.type} spans axis 0 without carrying the batch")
+    return PER_EXAMPLE
 
 
-def _reduction(node: Node, batched: set[int]):
-    axes = node.attrs["axes"]
-    if 0 not in axes:
-        return True
-    if len(axes) == node.inputs[0].type.rank and node.op in ("sum", "mean"):
-        return SUM if node.op == "sum" else MEAN
-    return "it reduces over the batch axis"
+def _reduction(node: Node, classes: dict[int, str]) -> str:
+    if 0 not in node.attrs["axes"]:
+        return PER_EXAMPLE
+    if node.op in ("sum", "mean"):
+        return PARTIAL  # over the batch axis: a sum (or, scaled, a mean) of the shards' reductions
+    _refuse(node, "it reduces over the batch axis with a reduction that is not a sum or a mean")
 
 
-def _along_axis(name: str):
-    def rule(node: Node, batched: set[int]):
-        return True if node.attrs[name] != 0 else "it works along the batch axis"
+def _along_axis(name: str) -> Callable[[Node, dict[int, str]], str]:
+    def rule(node: Node, classes: dict[int, str]) -> str:
+        if node.attrs[name] == 0:
+            _refuse(node, "it works along the batch axis")
+        return PER_EXAMPLE
     return rule
 
 
-def _transpose(node: Node, batched: set[int]):
-    return True if node.attrs["perm"][0] == 0 else "it moves the batch axis"
+def _transpose(node: Node, classes: dict[int, str]) -> str:
+    if node.attrs["perm"][0] != 0:
+        _refuse(node, "it moves the batch axis")
+    return PER_EXAMPLE
 
 
-def _whole_axis0_slice(node: Node, batched: set[int]):
-    start, stop, step = node.attrs["slices"][0]
-    extent = node.inputs[0].type.shape[0]
-    return True if (start, stop, step) == (0, extent, 1) else "it slices the batch axis"
+def _whole_axis0_slice(node: Node, classes: dict[int, str]) -> str:
+    if tuple(node.attrs["slices"][0]) != (0, node.inputs[0].type.shape[0], 1):
+        _refuse(node, "it slices the batch axis")
+    return PER_EXAMPLE
 
 
-def _reshape(node: Node, batched: set[int]):
-    # Any reshape keeps flat order, and the shards are contiguous flat runs; the output keeps them whole rows as
+def _reshape(node: Node, classes: dict[int, str]) -> str:
+    # Any reshape keeps flat order, and the shards are contiguous flat runs: the output keeps them whole rows as
     # long as its axis 0 divides by the shard count (checked by the caller).
-    return True
+    return PER_EXAMPLE
 
 
-def _first_input_only(node: Node, batched: set[int]):
-    """Row-wise ops (layer norm over the last axis, a lookup): only the first input may carry the batch."""
+def _first_input_only(node: Node, classes: dict[int, str]) -> str:
+    """Row-wise ops (layer norm over the last axis, one_hot): only the first input may carry the batch."""
     first = node.inputs[0]
-    if first.id not in batched or any(value.id in batched for value in node.inputs[1:]):
-        return "only its first input may carry the batch"
-    return True if node.op != "layer_norm" or first.type.rank >= 2 else "it normalises along the batch axis"
+    if classes[first.id] != PER_EXAMPLE or any(classes[value.id] == PER_EXAMPLE for value in node.inputs[1:]):
+        _refuse(node, "only its first input may carry the batch")
+    if node.op == "layer_norm" and first.type.rank < 2:
+        _refuse(node, "it normalises along the batch axis")
+    return PER_EXAMPLE
 
 
-def _embedding(node: Node, batched: set[int]):
+def _embedding(node: Node, classes: dict[int, str]) -> str:
     weight, indices = node.inputs
-    return True if indices.id in batched and weight.id not in batched else "the table carries the batch"
+    if classes[indices.id] != PER_EXAMPLE or classes[weight.id] == PER_EXAMPLE:
+        _refuse(node, "the table carries the batch")
+    return PER_EXAMPLE
 
 
-def _cross_entropy(node: Node, batched: set[int]):
+def _cross_entropy(node: Node, classes: dict[int, str]) -> str:
     logits, targets = node.inputs
-    if logits.id in batched and targets.id in batched and logits.type.rank >= 2:
-        return MEAN  # the mean over every position
-    return "logits and targets must both carry the batch"
+    if classes[logits.id] != PER_EXAMPLE or classes[targets.id] != PER_EXAMPLE or logits.type.rank < 2:
+        _refuse(node, "logits and targets must both carry the batch")
+    return PARTIAL  # the mean over every position: scaled like a mean
 
 
-def _concat(node: Node, batched: set[int]):
+def _concat(node: Node, classes: dict[int, str]) -> str:
     if node.attrs["axis"] == 0:
-        return "it joins along the batch axis"
-    if not all(value.id in batched for value in node.inputs) or _batched_axis0_extent(node, batched) is None:
-        return "it joins values that do not all carry the batch"
-    return True
+        _refuse(node, "it joins along the batch axis")
+    if any(classes[value.id] != PER_EXAMPLE for value in node.inputs):
+        _refuse(node, "it joins values that do not all carry the batch")
+    if len({value.type.shape[0] for value in node.inputs}) != 1:
+        _refuse(node, "its inputs' axes 0 differ")
+    return PER_EXAMPLE
 
 
 _KIND_RULES = {OpKind.ELEMENTWISE: _elementwise, OpKind.BROADCAST: _elementwise}
@@ -182,46 +175,154 @@ _RULES = {
     "slice": _whole_axis0_slice, "reshape": _reshape, "layer_norm": _first_input_only, "one_hot": _first_input_only,
     "embedding": _embedding, "cross_entropy": _cross_entropy, "concat": _concat,
 }
+# Batch reductions that are means: their shard values are scaled by 1/shards.
+_MEAN_REDUCTIONS = ("mean", "cross_entropy")
+
+# ---- rules for PARTIAL values: the linear maps, with INDEPENDENT coefficients ----------------------------------
+
+# Ops linear in their one input, whatever their attributes: a PARTIAL has no batch axis for them to touch.
+_LINEAR_UNARY = ("neg", "sum", "mean", "reshape", "transpose", "broadcast_to")
 
 
-def split_loss(graph: Graph, shards: int) -> tuple[Optional[str], Optional[str]]:
-    """(MEAN or SUM, None) when the forward-and-loss `graph` splits exactly into `shards` shards along axis 0 of
-    every input (the loss then combines by that), else (None, the reason it does not)."""
-    proof = _Proof(graph, shards)
-    if proof.problem:
-        return None, proof.problem
-    return proof.reduced[graph.outputs[0].id], None
+def _partial_rule(node: Node, classes: dict[int, str], scaled_operands: set) -> str:
+    """The class of a node reading at least one PARTIAL and no PER_EXAMPLE value; refuses what is not linear."""
+    partial = [classes[value.id] == PARTIAL for value in node.inputs]
+    if node.op in _LINEAR_UNARY:
+        return PARTIAL
+    if node.op in ("add", "sub"):
+        for position, is_partial in enumerate(partial):
+            if not is_partial:  # an INDEPENDENT term: each shard adds its 1/shards share of it
+                scaled_operands.add((node.output.id, position))
+        return PARTIAL
+    if node.op == "mul" and partial.count(True) == 1:
+        return PARTIAL
+    if node.op == "div" and partial == [True, False]:
+        return PARTIAL
+    if node.op in ("mul", "div"):
+        what = "multiplies two batch reductions" if node.op == "mul" else "divides by a batch reduction"
+        raise _Refusal(f"{node.describe()} {what}: the whole batch's value is not the sum of the shards' (only "
+                       f"sums, and products with batch-independent values, split exactly)")
+    raise _Refusal(f"{node.describe()} applies {node.op} to a batch reduction, which is not linear: the whole "
+                   f"batch's value is not the sum of the shards'")
 
 
-def batched_values(graph: Graph, shards: int) -> set[int]:
-    """Ids of the values of `graph` that carry the batch on axis 0 (assuming split_loss found no problem)."""
-    return _Proof(graph, shards).batched
+def _prove(graph: Graph, shards: int) -> SplitProof:
+    classes: dict[int, str] = {}
+    for value in graph.inputs:
+        if value.type.rank == 0 or value.type.shape[0] % shards or value.type.shape[0] < shards:
+            raise _Refusal(f"input {value.name!r} of type {value.type} has no axis 0 divisible into {shards} shards")
+        classes[value.id] = PER_EXAMPLE
+    extents = {value.type.shape[0] for value in graph.inputs}
+    if len(extents) > 1:
+        raise _Refusal(f"the inputs' axes 0 differ ({', '.join(f'{v.name}: {v.type}' for v in graph.inputs)}): "
+                       f"every input is cut along axis 0, so each must have the batch there")
+    for value in graph.params:
+        classes[value.id] = INDEPENDENT
+    scaled_nodes: set[int] = set()
+    scaled_operands: set[tuple[int, int]] = set()
+    means = sums = 0
+    for node in graph.nodes:
+        kinds = {classes[value.id] for value in node.inputs}
+        if PER_EXAMPLE in kinds and PARTIAL in kinds:
+            raise _Refusal(f"{node.describe()} combines a per-example value with a reduction over the batch, "
+                           f"which mixes examples")
+        if PARTIAL in kinds:
+            verdict = _partial_rule(node, classes, scaled_operands)
+        elif PER_EXAMPLE in kinds:
+            rule = _RULES.get(node.op) or _KIND_RULES.get(get_op(node.op).kind)
+            if rule is None:
+                raise _Refusal(f"{node.describe()}: {node.op} has no data-parallel rule")
+            verdict = rule(node, classes)
+            if verdict == PARTIAL:
+                mean = node.op in _MEAN_REDUCTIONS
+                means, sums = means + mean, sums + (not mean)
+                if mean:
+                    scaled_nodes.add(node.output.id)
+            elif node.output.type.rank == 0 or node.output.type.shape[0] % shards:
+                raise _Refusal(f"{node.describe()}: its axis 0 ({node.output.type}) does not split into "
+                               f"{shards} shards")
+        else:
+            verdict = INDEPENDENT  # a function of parameters and constants: the same on every shard
+        classes[node.output.id] = verdict
+    if len(graph.outputs) != 1 or graph.updates:
+        raise _Refusal("a split step needs a graph with one output, the loss, and no updates")
+    loss = graph.outputs[0]
+    if classes[loss.id] != PARTIAL or loss.type.rank != 0:
+        where = loss.producer.describe() if loss.producer is not None else f"{loss.kind} {loss.label}"
+        raise _Refusal(f"the loss, {where} of type {loss.type}, is not a mean or sum over the batch, or a linear "
+                       f"combination of such (one scalar output reducing every example, such as cross_entropy "
+                       f"or .mean()); it is {classes[loss.id]}")
+    return SplitProof(shards, classes, frozenset(scaled_nodes), frozenset(scaled_operands), means, sums)
 
 
-def shard_mismatch(whole: Graph, shard: Graph, shards: int) -> Optional[str]:
+def prove_split(graph: Graph, shards: int) -> tuple[Optional[SplitProof], Optional[str]]:
+    """(proof, None) when the forward-and-loss `graph` splits exactly into `shards` shards along axis 0 of every
+    input, else (None, the reason it does not, naming the node)."""
+    try:
+        return _prove(graph, shards), None
+    except _Refusal as refusal:
+        return None, str(refusal)
+
+
+def scale_shard_graph(shard: Graph, whole: Graph, proof: SplitProof) -> Graph:
+    """The shard's forward graph with batch means and INDEPENDENT terms added to batch reductions scaled by
+    1/shards, so that every PARTIAL value of the whole batch is the sum over shards of the shard's value.
+    `shard` must be `whole`'s program at the shard's batch size (shard_mismatch(whole, shard) is None): node i
+    of one stands for node i of the other."""
+    builder = GraphBuilder(header=f"scale_shard_graph (1/{proof.shards} per batch mean)")
+    new_values = copy_leaves(shard, builder)
+    provenance = Provenance(module_path="data_parallel")
+
+    def scaled(value):
+        factor = builder.add_constant(np.array(1.0 / proof.shards, value.type.numpy_dtype), provenance)
+        return builder.add_node("mul", [value, factor], {}, provenance)
+
+    for big, small in zip(whole.nodes, shard.nodes):
+        inputs = [new_values[value.id] for value in small.inputs]
+        for position, value in enumerate(inputs):
+            if (big.output.id, position) in proof.scaled_operands:
+                inputs[position] = scaled(value)
+        output = builder.add_node(small.op, inputs, small.attrs, small.provenance, value_id=small.output.id)
+        new_values[small.output.id] = scaled(output) if big.output.id in proof.scaled_nodes else output
+    return builder.finish(*copied_results(shard, new_values))
+
+
+def _shard_attribute(node: Node, name: str, value, proof: SplitProof):
+    """The attribute `name` of `node` (of the whole batch's graph) as the shard's graph must have it: a shape
+    carrying the batch on axis 0 has it divided by the shard count; everything else is the same."""
+    if _SHAPE_ATTRS.get(node.op) != name or proof.classes[node.output.id] != PER_EXAMPLE:
+        return value
+    if name == "slices":  # the proof admits only whole-axis slices of axis 0
+        (start, stop, step), rest = value[0], tuple(value[1:])
+        return ((start, stop // proof.shards, step),) + rest
+    return (value[0] // proof.shards,) + tuple(value[1:])
+
+
+def shard_mismatch(whole: Graph, shard: Graph, proof: SplitProof) -> Optional[str]:
     """None when `shard` (traced at 1/shards of the batch) is `whole`'s program at that batch size, else how
     they differ."""
     if len(whole.nodes) != len(shard.nodes) or len(whole.inputs) != len(shard.inputs):
         return (f"the graph at the shard's batch has {len(shard.nodes)} nodes, the whole batch's "
                 f"{len(whole.nodes)}: the model's code depends on the batch size")
-    batched = batched_values(whole, shards)
     pairs = list(zip(whole.inputs, shard.inputs)) + list(zip(whole.params, shard.params))
     pairs += [(a.output, b.output) for a, b in zip(whole.nodes, shard.nodes)]
     for big, small in pairs:
         expected = big.type
-        if big.id in batched:
-            expected = type(big.type)((big.type.shape[0] // shards,) + big.type.shape[1:], big.type.dtype)
+        if proof.classes[big.id] == PER_EXAMPLE:
+            expected = type(big.type)((big.type.shape[0] // proof.shards,) + big.type.shape[1:], big.type.dtype)
         if small.type != expected or big.name != small.name:
             return f"{big.label} is {small.type} at the shard's batch, expected {expected}"
     for big, small in zip(whole.nodes, shard.nodes):
         if big.op != small.op:
             return f"{big.describe()} is {small.op} at the shard's batch"
-        shaped = _SHAPE_ATTRS.get(big.op)
+        if len(big.inputs) != len(small.inputs) or any(
+                a.id != b.id for a, b in zip(big.inputs, small.inputs)):
+            return f"{big.describe()} reads other values at the shard's batch"
         for name, value in big.attrs.items():
+            expected = _shard_attribute(big, name, value, proof)
             other = small.attrs[name]
-            if name == shaped:
-                continue
-            same = np.array_equal(value, other) if isinstance(value, np.ndarray) else value == other
+            same = np.array_equal(expected, other) if isinstance(expected, np.ndarray) else expected == other
             if not same:
-                return f"{big.describe()}: attribute {name} is {other!r} at the shard's batch, {value!r} whole"
+                return (f"{big.describe()}: attribute {name} is {other!r} at the shard's batch, expected "
+                        f"{expected!r} ({value!r} for the whole batch)")
     return None

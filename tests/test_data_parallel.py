@@ -9,7 +9,7 @@ from graphgpt.compiler import trace_loss
 from graphgpt.executor import ExecutionError
 from graphgpt.nn import functional as F
 from graphgpt.passes import infer_shapes
-from graphgpt.passes.data_parallel import MEAN, SUM, shard_mismatch, split_loss
+from graphgpt.passes.data_parallel import PARTIAL, prove_split, shard_mismatch
 
 from conftest import make_gpt, make_tokens
 
@@ -23,13 +23,19 @@ def gpt_batch(batch=4, seq_len=8, vocab=17, dtype="float32"):
     return model, make_tokens(vocab, batch, seq_len, seed=1), make_tokens(vocab, batch, seq_len, seed=2)
 
 
-def test_the_gpt_with_cross_entropy_splits_by_mean():
+def split_terms(graph, shards):
+    """(batch means, batch sums) of the loss when the proof admits the split, else the refusal."""
+    proof, problem = prove_split(graph, shards)
+    return (proof.means, proof.sums) if proof else problem
+
+
+def test_the_gpt_with_cross_entropy_splits_as_one_batch_mean():
     model, tokens, targets = gpt_batch()
-    assert split_loss(forward_graph(model, (tokens, targets), F.cross_entropy), 2) == (MEAN, None)
-    assert split_loss(forward_graph(model, (tokens, targets), F.cross_entropy), 4) == (MEAN, None)
+    assert split_terms(forward_graph(model, (tokens, targets), F.cross_entropy), 2) == (1, 0)
+    assert split_terms(forward_graph(model, (tokens, targets), F.cross_entropy), 4) == (1, 0)
 
 
-def test_a_sum_loss_splits_by_sum_and_a_mean_shifted_by_a_penalty_by_mean():
+def test_a_sum_loss_and_a_mean_shifted_by_a_penalty_split():
     model, tokens, targets = gpt_batch()
 
     def summed(logits, targets):
@@ -38,29 +44,33 @@ def test_a_sum_loss_splits_by_sum_and_a_mean_shifted_by_a_penalty_by_mean():
     def penalised(logits, targets):
         return F.cross_entropy(logits, targets) * 0.5 + (model.lm_head.weight * model.lm_head.weight).sum()
 
-    assert split_loss(forward_graph(model, (tokens, targets), summed), 2) == (SUM, None)
-    assert split_loss(forward_graph(model, (tokens, targets), penalised), 2) == (MEAN, None)
+    assert split_terms(forward_graph(model, (tokens, targets), summed), 2) == (0, 1)
+    assert split_terms(forward_graph(model, (tokens, targets), penalised), 2) == (1, 0)
 
 
 @pytest.mark.parametrize("loss, says", [
-    (lambda logits, targets: (logits - logits.mean(axis=0, keepdims=True)).mean(), "reduces over the batch axis"),
+    (lambda logits, targets: (logits - logits.mean(axis=0, keepdims=True)).mean(),
+     "combines a per-example value with a reduction over the batch"),
     (lambda logits, targets: logits.sum(axis=(1, 2)).max(axis=(0,)), "reduces over the batch axis"),
     (lambda logits, targets: F.cross_entropy(logits, targets) * F.cross_entropy(logits, targets),
-     "does not split across shards"),
-    (lambda logits, targets: logits.sum(axis=(0,)).mean(), "reduces over the batch axis"),
+     "multiplies two batch reductions"),
+    (lambda logits, targets: (logits.sum(axis=(0,)) * logits.sum(axis=(0,))).mean(), "multiplies two batch"),
+    (lambda logits, targets: F.cross_entropy(logits, targets).exp(), "applies exp to a batch reduction"),
+    (lambda logits, targets: (logits - logits.sum()).sum(), "combines a per-example value with a reduction"),
     (lambda logits, targets: F.cross_entropy(logits[:1], targets[:1]), "slices the batch axis"),
     (lambda logits, targets: graphgpt.Tensor(np.ones((), np.float32)) * 2.0, "not a mean or sum over the batch"),
+    (lambda logits, targets: logits.max(axis=(0, 1, 2)), "not a sum or a mean"),
 ])
 def test_losses_that_mix_examples_are_refused_with_the_node_named(loss, says):
     model, tokens, targets = gpt_batch()
-    kind, problem = split_loss(forward_graph(model, (tokens, targets), loss), 2)
-    assert kind is None and says in problem
+    proof, problem = prove_split(forward_graph(model, (tokens, targets), loss), 2)
+    assert proof is None and says in problem and "node %" in problem
 
 
 def test_a_batch_that_does_not_divide_is_refused():
     model, tokens, targets = gpt_batch(batch=3)
-    kind, problem = split_loss(forward_graph(model, (tokens, targets), F.cross_entropy), 2)
-    assert kind is None and "'tokens'" in problem and "2 shards" in problem
+    proof, problem = prove_split(forward_graph(model, (tokens, targets), F.cross_entropy), 2)
+    assert proof is None and "'tokens'" in problem and "2 shards" in problem
 
 
 def test_a_model_whose_code_depends_on_the_batch_size_is_caught_by_the_shard_trace():
@@ -72,10 +82,11 @@ def test_a_model_whose_code_depends_on_the_batch_size_is_caught_by_the_shard_tra
 
     whole = forward_graph(batch_dependent, (tokens, targets), F.cross_entropy)
     shard = forward_graph(batch_dependent, (tokens[:2], targets[:2]), F.cross_entropy)
-    assert split_loss(whole, 2) == (MEAN, None)
-    assert "depends on the batch size" in shard_mismatch(whole, shard, 2)
+    proof, _ = prove_split(whole, 2)
+    assert "depends on the batch size" in shard_mismatch(whole, shard, proof)
     same = forward_graph(model, (tokens[:2], targets[:2]), F.cross_entropy)
-    assert shard_mismatch(forward_graph(model, (tokens, targets), F.cross_entropy), same, 2) is None
+    whole = forward_graph(model, (tokens, targets), F.cross_entropy)
+    assert shard_mismatch(whole, same, prove_split(whole, 2)[0]) is None
 
 
 def compile_pair(model, tokens, targets, **options):
@@ -138,7 +149,7 @@ def test_default_does_not_split_a_small_step_and_says_why():
 def test_report_of_a_split_step_says_how_it_runs():
     model, tokens, targets = gpt_batch(batch=8)
     step = graphgpt.compile(model, tokens, targets, loss=F.cross_entropy, shards=2)
-    assert "data parallel: 2 shards on 2 threads (batch 8 as 2 x 4, loss combined by mean)" in step.report()
+    assert "data parallel: 2 shards on 2 threads (batch 8 as 2 x 4, loss from 1 batch mean, summed over shards)" in step.report()
 
 
 def test_a_failure_in_either_shard_names_the_node_and_the_next_run_works():
