@@ -7,20 +7,57 @@
     print(fwd.graph)                      # the text IR
     logits = fwd.run(tokens)              # NumPy array (2, 16, 65)
     eager = model(graphgpt.Tensor(tokens)).data   # the same, computed op by op
+
+The names below are imported on first use (PEP 562), not here: importing graphgpt.ir or graphgpt.passes runs
+this file first, and the layering ir <- passes <- graphgpt means those must not drag in the user-facing layer.
 """
 
-from . import ir, nn, optim, passes
-from .compiler import Compiled, InputError, compile, trace
-from .executor import ExecutionError, NumericalError
-from .gradcheck import GradientReport, check_gradients
-from .ir import GraphError, ShapeError, VerificationError
-from .random import manual_seed
-from .tensor import Parameter, Tensor
-from .tracing import TraceError, no_grad
+import importlib as _importlib
+import importlib.util as _importlib_util
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Compiled", "ExecutionError", "GradientReport", "GraphError", "InputError", "NumericalError", "Parameter", "ShapeError", "Tensor", "TraceError",
-    "VerificationError", "check_gradients", "compile", "ir", "manual_seed", "nn", "no_grad", "optim", "passes", "trace",
-]
+# Public name -> the submodule (relative to this package) that defines it; a name equal to its submodule is the
+# submodule itself. To export a new name, add one row here.
+_EXPORTS: dict[str, str] = {
+    "Compiled": "compiler",
+    "InputError": "compiler",
+    "compile": "compiler",
+    "trace": "compiler",
+    "ExecutionError": "executor",
+    "NumericalError": "executor",
+    "GradientReport": "gradcheck",
+    "check_gradients": "gradcheck",
+    "GraphError": "ir",
+    "ShapeError": "ir",
+    "VerificationError": "ir",
+    "manual_seed": "random",
+    "Parameter": "tensor",
+    "Tensor": "tensor",
+    "TraceError": "tracing",
+    "no_grad": "tracing",
+    "ir": "ir",
+    "nn": "nn",
+    "optim": "optim",
+    "passes": "passes",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> object:
+    """Import a public name, or any submodule (graphgpt.executor, ...: reachable as attributes before this package
+    became lazy), the first time it is asked for, and cache it so later lookups skip this function."""
+    if name in _EXPORTS:
+        module = _importlib.import_module(f".{_EXPORTS[name]}", __name__)
+        value = module if name == _EXPORTS[name] else getattr(module, name)
+    elif not name.startswith("_") and _importlib_util.find_spec(f"{__name__}.{name}") is not None:
+        value = _importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -73,10 +73,6 @@ class Tensor(TensorOps):
         return self._type
 
     @property
-    def is_traced(self) -> bool:
-        return self._traced is not None
-
-    @property
     def data(self) -> np.ndarray:
         if self._traced is not None:
             self._refuse("read .data of")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterable, Optional, Sequence
 
 from .errors import GraphError
-from .ops import get_op
+from .ops.registry import get_op  # not the ops package: its __init__ imports ops/fused.py, which uses this module
 
 
 @dataclass(frozen=True)

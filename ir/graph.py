@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
+from .printer import format_graph
 from .types import TensorType
 
 
@@ -122,12 +123,6 @@ class Graph:
                 return value
         raise KeyError(f"graph has no parameter named {name!r}")
 
-    def node_of(self, value_id: int) -> Node:
-        for node in self.nodes:
-            if node.output.id == value_id:
-                return node
-        raise KeyError(f"graph has no node %{value_id}")
-
     def results(self) -> list[Value]:
         """Every value the graph must produce: its outputs and the new values of its updates."""
         return list(self.outputs) + [new for _, new in self.updates]
@@ -160,6 +155,4 @@ class Graph:
         return digraph
 
     def __str__(self) -> str:
-        from .printer import format_graph
-
         return format_graph(self)

@@ -10,10 +10,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from .graph import Graph, Node
 from .types import TensorType
+
+if TYPE_CHECKING:  # annotations only: graph.py imports this module to print itself, so no runtime import back
+    from .graph import Graph, Node
 
 # Constants with at most this many elements are printed in full; larger ones as a summary.
 INLINE_CONSTANT_ELEMENTS = 8

@@ -11,7 +11,3 @@ from graphgpt.ir import Graph
 class PassResult:
     graph: Graph
     summary: dict[str, int] = field(default_factory=dict)  # e.g. {"nodes removed": 12}
-
-    def describe(self) -> str:
-        changes = ", ".join(f"{what} {count}" for what, count in self.summary.items() if count)
-        return changes or "no change"
