@@ -9,8 +9,8 @@ be emitted as one node at the position of its last member (its sink), keeping th
 
 from __future__ import annotations
 
-from graphgpt.ir import Graph, GraphBuilder
-from graphgpt.ir.ops.fused import BLOCK_ELEMENTS, FUSIBLE_OPS
+from graphgpt.ir import Graph, GraphBuilder, get_op
+from graphgpt.ir.ops.fused import BLOCK_ELEMENTS
 
 from .result import PassResult
 from .rewrite import copied_results, copy_leaves
@@ -29,8 +29,7 @@ def _groups(graph: Graph, min_elements: int) -> dict[int, list]:
     group_of: dict[int, int] = {}  # node id -> group key
     members: dict[int, list] = {}
     for node in graph.nodes:
-        if node.op not in FUSIBLE_OPS or not node.output.type.is_float or \
-                node.output.type.size < min_elements:
+        if not get_op(node.op).fusible or not node.output.type.is_float or node.output.type.size < min_elements:
             continue
         joined = []
         for value in node.inputs:

@@ -23,6 +23,7 @@ from typing import Optional
 import numpy as np
 
 from graphgpt.ir import Graph, get_op
+from graphgpt.ir.ops import ViewLayout
 
 # A free buffer more than this many times larger than a value is not handed to it (it would strand memory).
 MAX_BUFFER_OVERSIZE = 4
@@ -61,12 +62,13 @@ def _stand_in(value_type) -> np.ndarray:
 
 def _view_layout(node, layouts: dict[int, np.ndarray]) -> Optional[np.ndarray]:
     """The stand-in of the node's result if NumPy makes it as a view of its first input, else None."""
-    if not get_op(node.op).view:
+    layout = get_op(node.op).view
+    if not layout:
         return None
     source = layouts[node.inputs[0].id]
-    if node.op == "reshape":
+    if layout is ViewLayout.RESHAPE:
         try:
-            return np.reshape(source, node.attrs["shape"], copy=False)
+            return np.reshape(source, node.output.shape, copy=False)
         except ValueError:  # NumPy would copy: the result gets a buffer
             return None
     return get_op(node.op).compute(source, **node.attrs)

@@ -19,9 +19,15 @@ MAX_CONSTANT_ELEMENTS = 1 << 28
 
 
 class AttrKind:
-    """One kind of attribute. `check` returns the canonical value or raises ShapeError."""
+    """One kind of attribute. `check` returns the canonical value or raises ShapeError.
+
+    `carries_shape`: values of this kind restate shapes or extents of the op's input or output values (a reshape's
+    target shape, a slice's bounds), so the same program run at other shapes (a data-parallel shard's smaller
+    batch) holds other values in them; every other attribute means the same whatever the shapes.
+    """
 
     name = "attr"
+    carries_shape = False
 
     def check(self, value):
         raise NotImplementedError
@@ -70,7 +76,7 @@ class BoolAttr(AttrKind):
 
 
 class IntTupleAttr(AttrKind):
-    """A tuple of integers: axes, a permutation or a shape."""
+    """A tuple of integers: axes or a permutation (a shape is a ShapeAttr)."""
 
     name = "ints"
 
@@ -83,10 +89,19 @@ class IntTupleAttr(AttrKind):
         return list(value)
 
 
+class ShapeAttr(IntTupleAttr):
+    """A tuple of integers that is the shape of a value (checked and stored as any tuple of integers)."""
+
+    name = "shape"
+    carries_shape = True
+
+
 class SlicesAttr(AttrKind):
-    """Per-axis (start, stop, step) triples, already normalised to non-negative starts/stops."""
+    """Per-axis (start, stop, step) triples, already normalised to non-negative starts/stops. They bound the
+    extent of every axis, so they carry a shape."""
 
     name = "slices"
+    carries_shape = True
 
     def check(self, value):
         if not isinstance(value, (tuple, list)):
@@ -163,6 +178,7 @@ INT = IntAttr()
 FLOAT = FloatAttr()
 BOOL = BoolAttr()
 INTS = IntTupleAttr()
+SHAPE = ShapeAttr()
 SLICES = SlicesAttr()
 DTYPE = DtypeAttr()
 ARRAY = ArrayAttr()

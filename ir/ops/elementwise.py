@@ -40,7 +40,7 @@ UNARY_OPS = {
     "sqrt": (np.sqrt, _float_unary, lambda g, out, x: (lambda: g / (out * 2.0),)),
 }
 for _name, (_function, _infer, _vjp) in UNARY_OPS.items():
-    define_op(_name, kind=OpKind.ELEMENTWISE, arity=1, infer=_infer, vjp=_vjp, **ufunc(_function),
+    define_op(_name, kind=OpKind.ELEMENTWISE, arity=1, infer=_infer, vjp=_vjp, **ufunc(_function), fusible=True,
               doc=f"elementwise {_function.__name__}")
 
 
@@ -79,7 +79,7 @@ BINARY_OPS = {
     "maximum": (np.maximum, _numeric_binary, _maximum_vjp),
 }
 for _name, (_function, _infer, _vjp) in BINARY_OPS.items():
-    define_op(_name, kind=OpKind.BROADCAST, arity=2, infer=_infer, vjp=_vjp, **ufunc(_function),
+    define_op(_name, kind=OpKind.BROADCAST, arity=2, infer=_infer, vjp=_vjp, **ufunc(_function), fusible=True,
               doc=f"broadcasting elementwise {_function.__name__}")
 
 

@@ -24,8 +24,9 @@ BLOCK_ELEMENTS = 1 << 17
 def _operand_types(program, input_types):
     types = list(input_types)
     for op, operands in program:
-        if op not in FUSIBLE_OPS:
-            raise ShapeError(f"op {op!r} cannot be fused (fusible: {sorted(FUSIBLE_OPS)})")
+        if op not in OPS or not OPS[op].fusible:
+            fusible = sorted(name for name, declared in OPS.items() if declared.fusible)
+            raise ShapeError(f"op {op!r} cannot be fused (fusible: {fusible})")
         if any(not 0 <= operand < len(types) for operand in operands):
             raise ShapeError(f"instruction {op} reads operand {operands}, not defined before it")
         types.append(OPS[op].infer_type([types[operand] for operand in operands], {}))
@@ -130,8 +131,6 @@ def _fused_vjp(g, out, *inputs, program):
 def _fused_flops(out, *inputs, program):
     return len(program) * out.size
 
-
-FUSIBLE_OPS = ("neg", "exp", "log", "tanh", "sqrt", "add", "sub", "mul", "div", "pow", "maximum")
 
 define_op("fused_elementwise", kind=OpKind.ELEMENTWISE, arity=VARIADIC, attrs={"program": A.PROGRAM},
           infer=_infer_fused, compute_into=_fused_into, vjp=_fused_vjp, cost=_fused_flops, inplace=True,

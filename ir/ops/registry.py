@@ -6,8 +6,10 @@ An `OpDef` carries
     executor can run it over planned buffers), and/or `compute(*arrays, **attrs) -> np.ndarray`, an allocating
     one. Declare one and the other is derived; declare both only where they are the same NumPy call (a ufunc),
     so eager and compiled execution always compute bit-identical results;
-  - `view`: compute returns a view of its first input (reshape, transpose, slice, broadcast): no buffer needed;
+  - `view`: whether compute returns a view of its first input, and when (a `ViewLayout`): a view needs no buffer;
   - `inplace`: compute_into may be given an `out` that is also one of its inputs (a single ufunc call);
+  - `fusible`: may be an instruction of a fused elementwise program (ir/ops/fused.py): one float ufunc, in place;
+  - `shape_attrs`: the names of its attributes that restate shapes of its values (kinds with `carries_shape`);
   - `kind`: its fusion class, after TVM's OpPatternKind;
   - `attrs`: the attribute names and their kinds (ir/ops/attrs.py), checked wherever a node is made or read;
   - `vjp`: the gradient rule, written with the op-building API so that the backward pass is IR too;
@@ -38,6 +40,22 @@ class OpKind(enum.Enum):
     OPAQUE = "opaque"            # not fused (composites with internal reductions, constants)
 
 
+class ViewLayout(enum.Enum):
+    """Whether an op's result is a view of its first input's memory (then it needs no buffer of its own).
+
+    Falsy for COPY only, so `if op.view:` asks "may this op make a view?".
+    """
+
+    COPY = "copy"        # a new array, never a view
+    STRIDED = "strided"  # always a view, possibly non-contiguous (transpose, slice, broadcast_to): reshaping it
+                         # may copy
+    RESHAPE = "reshape"  # the input's elements in C order under the result's shape: a view wherever NumPy can
+                         # reshape without copying (a contiguous enough input), else a copy
+
+    def __bool__(self) -> bool:
+        return self is not ViewLayout.COPY
+
+
 VARIADIC = -1
 
 
@@ -52,8 +70,9 @@ class OpDef:
     attrs: dict[str, AttrKind] = field(default_factory=dict)
     vjp: Optional[Callable[..., Any]] = None
     cost: Optional[Callable[..., int]] = None
-    view: bool = False
+    view: ViewLayout = ViewLayout.COPY
     inplace: bool = False
+    fusible: bool = False
     doc: str = ""
 
     def flops(self, output_type: TensorType, input_types: list[TensorType], attrs: dict[str, Any]) -> int:
@@ -73,6 +92,16 @@ class OpDef:
     @property
     def arity_text(self) -> str:
         return "one or more" if self.arity == VARIADIC else str(self.arity)
+
+    @property
+    def shape_attrs(self) -> tuple[str, ...]:
+        """Names of the attributes restating shapes or extents of its values (their kind `carries_shape`): the
+        same program at other shapes, such as a data-parallel shard's batch, holds other values in them.
+
+        >>> get_op("unslice").shape_attrs
+        ('slices', 'shape')
+        """
+        return tuple(name for name, kind in self.attrs.items() if kind.carries_shape)
 
     def check_attrs(self, attrs: dict[str, Any]) -> dict[str, Any]:
         """Canonical attributes, or a ShapeError naming the missing, unknown or malformed one."""
@@ -125,7 +154,8 @@ OPS: dict[str, OpDef] = {}
 def define_op(name: str, *, kind: OpKind, arity: int, infer: Callable[..., TensorType],
               compute: Optional[Callable[..., Any]] = None, compute_into: Optional[Callable[..., Any]] = None,
               attrs: Optional[dict[str, AttrKind]] = None, vjp: Optional[Callable[..., Any]] = None,
-              cost: Optional[Callable[..., int]] = None, view: bool = False, inplace: bool = False,
+              cost: Optional[Callable[..., int]] = None, view: ViewLayout = ViewLayout.COPY,
+              inplace: bool = False, fusible: bool = False,
               doc: str = "") -> OpDef:
     """Declare an op. Each name may be declared once.
 
@@ -136,7 +166,8 @@ def define_op(name: str, *, kind: OpKind, arity: int, infer: Callable[..., Tenso
     if compute is None and compute_into is None:
         raise ValueError(f"op {name!r} needs compute or compute_into")
     op = OpDef(name=name, kind=kind, arity=arity, infer=infer, compute=compute, compute_into=compute_into,
-               attrs=dict(attrs or {}), vjp=vjp, cost=cost, view=view, inplace=inplace, doc=doc)
+               attrs=dict(attrs or {}), vjp=vjp, cost=cost, view=ViewLayout(view), inplace=inplace,
+               fusible=fusible, doc=doc)
     OPS[name] = op
     return op
 

@@ -7,7 +7,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..types import INTEGER_DTYPES, TensorType
 from . import attrs as A
-from .registry import VARIADIC, OpKind, define_op
+from .registry import VARIADIC, OpKind, ViewLayout, define_op
 from .rules import broadcast_shapes
 
 
@@ -18,8 +18,8 @@ def _infer_reshape(x: TensorType, shape) -> TensorType:
     return result
 
 
-define_op("reshape", kind=OpKind.INJECTIVE, arity=1, attrs={"shape": A.INTS}, infer=_infer_reshape,
-          compute=lambda x, shape: np.reshape(x, shape), view=True,
+define_op("reshape", kind=OpKind.INJECTIVE, arity=1, attrs={"shape": A.SHAPE}, infer=_infer_reshape,
+          compute=lambda x, shape: np.reshape(x, shape), view=ViewLayout.RESHAPE,
           # Into a buffer only when x is not contiguous (then reshape must copy anyway): C order, as reshape.
           compute_into=lambda out, x, shape: np.copyto(out.reshape(x.shape), x),
           vjp=lambda g, out, x, shape: (lambda: g.reshape(x.shape),), doc="same elements, new shape")
@@ -32,7 +32,7 @@ def _infer_transpose(x: TensorType, perm) -> TensorType:
 
 
 define_op("transpose", kind=OpKind.INJECTIVE, arity=1, attrs={"perm": A.INTS}, infer=_infer_transpose,
-          compute=lambda x, perm: np.transpose(x, perm), view=True,
+          compute=lambda x, perm: np.transpose(x, perm), view=ViewLayout.STRIDED,
           vjp=lambda g, out, x, perm: (lambda: g.permute(*np.argsort(perm)),),
           doc="permute axes: out.shape[i] = x.shape[perm[i]]")
 
@@ -47,8 +47,8 @@ def _infer_broadcast_to(x: TensorType, shape) -> TensorType:
     return TensorType(shape, x.dtype)
 
 
-define_op("broadcast_to", kind=OpKind.BROADCAST, arity=1, attrs={"shape": A.INTS}, infer=_infer_broadcast_to,
-          compute=lambda x, shape: np.broadcast_to(x, shape), view=True,
+define_op("broadcast_to", kind=OpKind.BROADCAST, arity=1, attrs={"shape": A.SHAPE}, infer=_infer_broadcast_to,
+          compute=lambda x, shape: np.broadcast_to(x, shape), view=ViewLayout.STRIDED,
           vjp=lambda g, out, x, shape: (lambda: g.sum_to(x.shape),), doc="broadcast to a larger shape")
 
 
@@ -70,7 +70,8 @@ def _python_slices(slices) -> tuple[slice, ...]:
 
 define_op("slice", kind=OpKind.INJECTIVE, arity=1, attrs={"slices": A.SLICES},
           infer=lambda x, slices: TensorType(_sliced_shape(x.shape, slices), x.dtype),
-          compute=lambda x, slices: x[_python_slices(slices)], view=True,
+          # The trailing `...` keeps a 0-d x's slice a 0-d view: x[()] would be a NumPy scalar, a copy.
+          compute=lambda x, slices: x[_python_slices(slices) + (Ellipsis,)], view=ViewLayout.STRIDED,
           vjp=lambda g, out, x, slices: (lambda: g.unslice(slices, x.shape),),
           doc="basic slicing, one (start, stop, step) per axis")
 
@@ -86,7 +87,7 @@ def _unslice_into(out: np.ndarray, x: np.ndarray, slices, shape) -> None:
     out[_python_slices(slices)] = x
 
 
-define_op("unslice", kind=OpKind.INJECTIVE, arity=1, attrs={"slices": A.SLICES, "shape": A.INTS},
+define_op("unslice", kind=OpKind.INJECTIVE, arity=1, attrs={"slices": A.SLICES, "shape": A.SHAPE},
           infer=_infer_unslice, compute_into=_unslice_into,
           vjp=lambda g, out, x, slices, shape: (lambda: g[_python_slices(slices)],),
           doc="zeros of `shape` with x placed at `slices` (the gradient of slice)")
