@@ -1,8 +1,14 @@
-"""Tracing state: the active trace (if any), the stack of modules being called, and where the user's code is.
+"""Tracing state: the active trace (if any), the stack of modules being called, whether eager ops record
+gradients, and where the user's code is.
 
 While a `Trace` is active, every Tensor op appends a node to its graph instead of computing. Provenance comes from
 here: the module path of the innermost module being called (`blocks.0.attention.q_proj`), and the first stack
 frame outside graphgpt's own machinery (the model's source line, not Tensor.__add__).
+
+All of this state lives in context variables, never in process-wide lists: each thread (and each asyncio task)
+sees only what it entered itself. So eager code in one thread is not traced by a compile running in another,
+and `no_grad()` in one thread does not stop another thread's tape. A new thread starts outside any trace,
+module and `no_grad()` block, whatever the thread that started it was inside.
 """
 
 from __future__ import annotations
@@ -10,7 +16,10 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import contextmanager
-from typing import Optional
+from contextvars import ContextVar
+from functools import lru_cache
+from types import MappingProxyType
+from typing import Mapping, Optional
 
 from graphgpt import ir
 from graphgpt.ir import GraphBuilder, Provenance, TensorType, Value
@@ -24,20 +33,15 @@ class TraceError(RuntimeError):
 _GRAPHGPT_DIR = os.path.dirname(os.path.abspath(__file__))
 # Frames in these places are machinery; the first frame elsewhere is the user's (or the model's) source line.
 _INTERNAL_DIRS = (os.path.dirname(os.path.abspath(ir.__file__)) + os.sep,)
-_INTERNAL_FILES = {os.path.join(_GRAPHGPT_DIR, name) for name in
-                   ("tensor.py", "tracing.py", "compiler.py", "executor.py",
-                    os.path.join("nn", "module.py"), os.path.join("nn", "functional.py"))}
+_INTERNAL_FILES = frozenset(os.path.join(_GRAPHGPT_DIR, name) for name in
+                            ("tensor.py", "tracing.py", "compiler.py", "executor.py",
+                             os.path.join("nn", "module.py"), os.path.join("nn", "functional.py")))
 
 
-_internal_cache: dict[str, bool] = {}
-
-
+@lru_cache(maxsize=None)  # called for every frame of every op's provenance; lru_cache is safe across threads
 def _is_internal(filename: str) -> bool:
-    known = _internal_cache.get(filename)
-    if known is None:
-        absolute = os.path.abspath(filename)
-        known = _internal_cache[filename] = absolute in _INTERNAL_FILES or absolute.startswith(_INTERNAL_DIRS)
-    return known
+    absolute = os.path.abspath(filename)
+    return absolute in _INTERNAL_FILES or absolute.startswith(_INTERNAL_DIRS)
 
 
 def user_source_location() -> tuple[str, int]:
@@ -53,27 +57,33 @@ def user_source_location() -> tuple[str, int]:
 
 # ---- module scopes: maintained in eager and traced runs alike, so errors name the module in both -----------------
 
-_module_scopes: list[tuple[dict[int, str], str]] = []  # (path of every module under the root, this module's path)
+# The innermost module being called, as (path of every module under the root, this module's path), or None outside
+# any module. Only the innermost is needed: leaving a module resets the variable to the scope around it. The paths
+# mapping is built once per root call and never changed afterwards.
+_module_scope: ContextVar[Optional[tuple[Mapping[int, str], str]]] = ContextVar("graphgpt_module_scope",
+                                                                                 default=None)
 
 
 @contextmanager
 def module_scope(module):
     """Enter `module` for the duration of its forward; the outermost module called is the root (path '')."""
-    if _module_scopes:
-        paths = _module_scopes[-1][0]
+    enclosing = _module_scope.get()
+    if enclosing is not None:
+        paths = enclosing[0]
         path = paths.get(id(module), type(module).__name__)
     else:
-        paths = {id(child): name for name, child in module.named_modules()}
+        paths = MappingProxyType({id(child): name for name, child in module.named_modules()})
         path = ""
-    _module_scopes.append((paths, path))
+    token = _module_scope.set((paths, path))
     try:
         yield path
     finally:
-        _module_scopes.pop()
+        _module_scope.reset(token)
 
 
 def current_module_path() -> str:
-    return _module_scopes[-1][1] if _module_scopes else ""
+    scope = _module_scope.get()
+    return scope[1] if scope is not None else ""
 
 
 def current_provenance() -> Provenance:
@@ -123,36 +133,40 @@ class Trace:
         return self.builder.finish([self.value_of(tensor) for tensor in outputs])
 
 
-_active_traces: list[Trace] = []
+# The innermost active trace of this thread or task; leaving it resets the variable to the one it was entered in.
+_active_trace: ContextVar[Optional[Trace]] = ContextVar("graphgpt_active_trace", default=None)
 
 
 def current_trace() -> Optional[Trace]:
-    return _active_traces[-1] if _active_traces else None
+    return _active_trace.get()
 
 
 @contextmanager
 def tracing(trace: Trace):
-    _active_traces.append(trace)
+    """Record this thread's (or task's) Tensor ops into `trace` for the duration of the block."""
+    token = _active_trace.set(trace)
     try:
         yield trace
     finally:
-        _active_traces.pop()
+        _active_trace.reset(token)
 
 
 # ---- eager gradient recording ---------------------------------------------------------------------------------
 
-_grad_recording = [True]
+# False inside no_grad() of this thread or task; leaving the block resets it to what it was around the block.
+_grad_recording: ContextVar[bool] = ContextVar("graphgpt_grad_recording", default=True)
 
 
 def grad_enabled() -> bool:
-    return _grad_recording[-1]
+    return _grad_recording.get()
 
 
 @contextmanager
 def no_grad():
-    """Eager ops inside this block record nothing on the tape (as during backward() and optimizer steps)."""
-    _grad_recording.append(False)
+    """Eager ops inside this block record nothing on the tape (as during backward() and optimizer steps); other
+    threads and tasks keep recording."""
+    token = _grad_recording.set(False)
     try:
         yield
     finally:
-        _grad_recording.pop()
+        _grad_recording.reset(token)
