@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from graphgpt.ir import Graph, Node, get_op
+from graphgpt.ir.scratch import scratch_arena
 from graphgpt.passes.memory_plan import MemoryPlan, plan_memory
 
 
@@ -106,7 +107,9 @@ class Executor:
         # Updates not computed straight into their parameter are copied in after the run.
         self.update_copies = [(param_position[parameter.id], slot_of[value.id]) for parameter, value in graph.updates
                               if self.plan.storage[value.id].kind != "into_param"]
-        self.buffers = _carve_buffers(self.plan.buffer_bytes)
+        # The last piece is this executor's kernel scratch (ir/scratch.py): its own, so concurrent executors
+        # (data-parallel shards) never share it.
+        *self.buffers, self.scratch = _carve_buffers([*self.plan.buffer_bytes, self.plan.scratch_bytes])
         self.constants = []  # (slot, array): set once per run, before the schedule
         self.steps = []
         for node in graph.nodes:
@@ -144,6 +147,10 @@ class Executor:
 
     def run(self, inputs: Sequence[np.ndarray], params: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Outputs of the graph for these inputs and parameter arrays (C-contiguous, of the graph's types)."""
+        with scratch_arena(self.scratch):  # kernels take their scratch from the planned arena during the run
+            return self._run_steps(inputs, params)
+
+    def _run_steps(self, inputs: Sequence[np.ndarray], params: Sequence[np.ndarray]) -> list[np.ndarray]:
         slots = self.initial_slots(inputs, params)
         checking = self.check_numerics
         if checking:  # inputs and parameters first: a NaN fed in is not the graph's fault

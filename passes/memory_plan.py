@@ -45,10 +45,12 @@ class MemoryPlan:
     buffer_bytes: list[int] = field(default_factory=list)
     in_place_nodes: int = 0      # nodes writing into the buffer of a dying input
     updates_in_place: int = 0    # updates computed straight into their parameter
+    # Kernel scratch (ir/scratch.py): the largest any node declares, as a schedule runs one kernel at a time.
+    scratch_bytes: int = 0
 
     @property
     def planned_bytes(self) -> int:
-        return sum(self.buffer_bytes)
+        return sum(self.buffer_bytes) + self.scratch_bytes
 
 
 def _stand_in(value_type) -> np.ndarray:
@@ -105,6 +107,8 @@ def plan_memory(graph: Graph) -> MemoryPlan:
 
     _place_updates(graph, plan, root, last_use)
     _assign_buffers(graph, plan, root, last_use)
+    plan.scratch_bytes = max((get_op(node.op).scratch_bytes(node.output.type, [value.type for value in node.inputs],
+                                                            node.attrs) for node in graph.nodes), default=0)
     return plan
 
 

@@ -1,9 +1,7 @@
 """The blocked kernels (ir/ops/blockwise.py) give the same results whatever the block size: one block, many, an
-uneven last block, blocks of single rows; and their scratch pool is per thread."""
+uneven last block, blocks of single rows. Their scratch (ir/scratch.py) is tested in test_scratch.py."""
 
 from __future__ import annotations
-
-import threading
 
 import numpy as np
 import pytest
@@ -32,20 +30,6 @@ def test_block_size_does_not_change_results(op, block, monkeypatch):
     monkeypatch.setattr(blockwise, "BLOCK_ELEMENTS", block)
     blocked = get_op(op).evaluate(arrays, attrs)
     np.testing.assert_allclose(blocked, whole, rtol=2e-6, atol=2e-6)
-
-
-def test_each_thread_has_its_own_scratch():
-    seen = {}
-
-    def grab(name):
-        seen[name] = blockwise._scratch(1, (4,), np.dtype("float32"))[0]
-
-    threads = [threading.Thread(target=grab, args=(name,)) for name in ("a", "b")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not np.shares_memory(seen["a"], seen["b"])
 
 
 def test_out_must_be_contiguous():

@@ -8,7 +8,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..types import INTEGER_DTYPES, TensorType
 from . import attrs as A
-from .blockwise import run_in_row_blocks
+from .blockwise import RowBlocking
 from .reductions import sum_along
 from .registry import OpKind, define_op
 from .rules import check_axis, require_float, same_dtype
@@ -82,9 +82,13 @@ def _layer_norm_block(out, x, gamma, beta, eps, scratch) -> None:
     out += beta
 
 
+# Whole rows (each block normalises its rows), one scratch array: the squared deviations.
+LAYER_NORM_BLOCKS = RowBlocking("layer_norm", scratch_arrays=1, whole_rows=True)
+
+
 def _layer_norm_into(out: np.ndarray, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> None:
     """(x - mean) / sqrt(biased variance + eps) * gamma + beta over the last axis, in blocks of rows."""
-    run_in_row_blocks(_layer_norm_block, out, (x,), shared=(gamma, beta, eps), scratch=1, row_length=x.shape[-1])
+    LAYER_NORM_BLOCKS.run(_layer_norm_block, out, (x,), shared=(gamma, beta, eps))
 
 
 def _layer_norm_vjp(g, out, x, gamma, beta, eps):
@@ -93,7 +97,7 @@ def _layer_norm_vjp(g, out, x, gamma, beta, eps):
 
 
 define_op("layer_norm", kind=OpKind.OPAQUE, arity=3, attrs={"eps": A.FLOAT}, infer=_infer_layer_norm,
-          compute_into=_layer_norm_into, vjp=_layer_norm_vjp,
+          compute_into=_layer_norm_into, vjp=_layer_norm_vjp, scratch=LAYER_NORM_BLOCKS.scratch_bytes,
           cost=lambda out, x, gamma, beta, eps: 8 * x.size,  # mean, centre, square, mean, sqrt+div, scale, shift
           doc="layer_norm(x, gamma, beta) over the last axis, biased variance")
 

@@ -3,7 +3,8 @@ the fuse_elementwise pass and run as one step.
 
 It runs in cache-sized blocks: for each block of the output, every instruction computes its block into a small
 scratch array (reused across blocks, so the chain's intermediates stay in cache instead of streaming whole
-arrays through memory), and the last instruction writes the output block. Its gradient rule replays the program
+arrays through memory), and the last instruction writes the output block. The scratch comes from ir/scratch.py,
+and the op declares how much it takes (the memory plan reserves it). Its gradient rule replays the program
 with the op-building API and applies the chain rule to it, so a fused graph stays differentiable.
 """
 
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..chain_rule import Application, backpropagate
 from ..errors import ShapeError
+from ..scratch import Shape, scratch_arrays, scratch_nbytes
 from . import attrs as A
 from .registry import OPS, VARIADIC, OpKind, define_op
 
@@ -53,7 +56,7 @@ def _blocks(shape, limit):
                 yield (slice(index, index + 1),) + rest
 
 
-def _last_uses(program, num_inputs):
+def _last_uses(program):
     last = {}
     for position, (_, operands) in enumerate(program):
         for operand in operands:
@@ -61,25 +64,48 @@ def _last_uses(program, num_inputs):
     return last
 
 
-# Scratch blocks, kept between calls: allocating them afresh each time would pay first-touch page faults on
-# every call (the very cost planned buffers avoid). Keyed by dtype and scratch number; at most a few MiB.
-_scratch_blocks: dict[tuple[str, int], np.ndarray] = {}
+def _scratch_plan(out_shape, program, num_inputs) -> tuple[list[int], list[Shape]]:
+    """Where the program's intermediates live: for each instruction but the last (which writes the output
+    block), the number of the scratch block it writes, and the flat scratch blocks to ask ir/scratch.py for, each
+    of the largest output block's size. A scratch block is free again once the value it holds is read no more,
+    so a chain needs as many as it has intermediates live at once. The kernel and the op's scratch declaration
+    both read this, so they agree."""
+    last = _last_uses(program)
+    free, holder, numbers, count = [], {}, [], 0  # holder: intermediate's operand number -> its scratch number
+    for position, (_, operands) in enumerate(program[:-1]):
+        if not free:
+            free.append(count)
+            count += 1
+        numbers.append(free.pop())
+        holder[num_inputs + position] = numbers[-1]
+        for operand in set(operands):
+            if operand in holder and last.get(operand) == position:
+                free.append(holder.pop(operand))
+    return numbers, [(_largest_block_elements(out_shape),)] * count
 
 
-def _scratch(dtype: np.dtype, number: int) -> np.ndarray:
-    key = (dtype.str, number)
-    if key not in _scratch_blocks:
-        _scratch_blocks[key] = np.empty(BLOCK_ELEMENTS, dtype)
-    return _scratch_blocks[key]
+def _largest_block_elements(shape) -> int:
+    """Elements of the largest block _blocks cuts `shape` into: the first, as along every axis only the last
+    block is shorter (0 when there is no block: an empty leading axis)."""
+    first = next(_blocks(shape, BLOCK_ELEMENTS), None)
+    if first is None:
+        return 0
+    lengths = [len(range(*index.indices(length))) for index, length in zip(first, shape)]
+    return int(np.prod(lengths + list(shape[len(first):]), dtype=np.int64))
+
+
+def _fused_scratch(out, *inputs, program):
+    return scratch_nbytes(_scratch_plan(out.shape, program, len(inputs))[1], out.numpy_dtype)
 
 
 def _fused_into(out, *inputs, program):
     rank = out.ndim
     # Inputs padded to the output's rank (views), so a block index applies to each: size-1 axes broadcast.
     padded = [x.reshape((1,) * (rank - x.ndim) + x.shape) for x in inputs]
-    num_inputs = len(inputs)
-    last = _last_uses(program, num_inputs)
-    scratch_count = 0
+    numbers, shapes = _scratch_plan(out.shape, program, len(inputs))
+    # Taken once per call and reused by every block, so the chain's intermediates stay in cache.
+    scratch = scratch_arrays("fused_elementwise", shapes, out.dtype)
+    output_position = len(program) - 1
     for block in _blocks(out.shape, BLOCK_ELEMENTS):
         if not block:  # a 0-d output: out[()] would be a scalar, out[...] is a writable 0-d view
             block_inputs, out_block = padded, out[...]
@@ -88,29 +114,17 @@ def _fused_into(out, *inputs, program):
                                     for axis, index in enumerate(block))] for x in padded]
             out_block = out[block]
         values = list(block_inputs)
-        free = list(range(scratch_count))  # scratch blocks not holding a live intermediate
-        holder = {}  # instruction result -> scratch number
         for position, (op, operands) in enumerate(program):
             arguments = [values[operand] for operand in operands]
-            if position == len(program) - 1:
+            if position == output_position:
                 target = out_block
             else:
-                if not free:
-                    free.append(scratch_count)
-                    scratch_count += 1
-                number = free.pop()
-                holder[num_inputs + position] = number
-                target = _scratch(out.dtype, number)[:out_block.size].reshape(out_block.shape)
+                target = scratch[numbers[position]][:out_block.size].reshape(out_block.shape)
             OPS[op].compute_into(target, *arguments)
             values.append(target)
-            for operand in set(operands):  # a scratch whose value is read no more is free for what follows
-                if operand in holder and last.get(operand) == position:
-                    free.append(holder.pop(operand))
 
 
 def _fused_vjp(g, out, *inputs, program):
-    from ..chain_rule import Application, backpropagate  # the chain rule builds on the registry
-
     values = list(inputs)
     applications = []
     for op, operands in program:
@@ -134,4 +148,5 @@ def _fused_flops(out, *inputs, program):
 
 define_op("fused_elementwise", kind=OpKind.ELEMENTWISE, arity=VARIADIC, attrs={"program": A.PROGRAM},
           infer=_infer_fused, compute_into=_fused_into, vjp=_fused_vjp, cost=_fused_flops, inplace=True,
+          scratch=_fused_scratch,
           doc="a chain of single-ufunc ops run block by block through cache-sized scratch arrays")

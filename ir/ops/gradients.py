@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..types import TensorType
 from . import attrs as A
-from .blockwise import row_blocks, run_in_row_blocks
+from .blockwise import RowBlocking
 from .composites import normalize_rows
 from .elementwise import GELU_CUBIC, GELU_SQRT_2_OVER_PI
 from .reductions import ones_vector, sum_along
@@ -49,12 +49,16 @@ def _gelu_grad_block(out, g, x, square, one_plus_t) -> None:
     out *= g
 
 
+# Flat runs of elements (elementwise), two scratch arrays: x^2 and 1 + t.
+GELU_GRAD_BLOCKS = RowBlocking("gelu_grad", scratch_arrays=2, whole_rows=False)
+
+
 def _gelu_grad_into(out: np.ndarray, g: np.ndarray, x: np.ndarray) -> None:
-    run_in_row_blocks(_gelu_grad_block, out, (g, x), scratch=2)
+    GELU_GRAD_BLOCKS.run(_gelu_grad_block, out, (g, x))
 
 
 define_op("gelu_grad", kind=OpKind.ELEMENTWISE, arity=2, infer=_infer_same_as_x, compute_into=_gelu_grad_into,
-          cost=lambda out, g, x: 14 * out.size,
+          scratch=GELU_GRAD_BLOCKS.scratch_bytes, cost=lambda out, g, x: 14 * out.size,
           doc="gelu_grad(g, x): g times the derivative of gelu at x (the gradient of gelu)")
 
 
@@ -76,14 +80,18 @@ def _layer_norm_grad_block(out, g, x, gamma, eps, scaled, scratch) -> None:
     out *= inverse_std
 
 
+# Whole rows (row means), two scratch arrays: g gamma, and the products summed along rows.
+LAYER_NORM_GRAD_BLOCKS = RowBlocking("layer_norm_grad", scratch_arrays=2, whole_rows=True)
+
+
 def _layer_norm_grad_into(out: np.ndarray, g: np.ndarray, x: np.ndarray, gamma: np.ndarray, eps: float) -> None:
     """d loss / d x of layer_norm(x, gamma, beta), given g = d loss / d output."""
-    run_in_row_blocks(_layer_norm_grad_block, out, (g, x), shared=(gamma, eps), scratch=2,
-                      row_length=x.shape[-1])
+    LAYER_NORM_GRAD_BLOCKS.run(_layer_norm_grad_block, out, (g, x), shared=(gamma, eps))
 
 
 define_op("layer_norm_grad", kind=OpKind.OPAQUE, arity=3, attrs={"eps": A.FLOAT}, infer=_infer_layer_norm_grad,
-          compute_into=_layer_norm_grad_into, cost=lambda out, g, x, gamma, eps: 10 * x.size,
+          compute_into=_layer_norm_grad_into, scratch=LAYER_NORM_GRAD_BLOCKS.scratch_bytes,
+          cost=lambda out, g, x, gamma, eps: 10 * x.size,
           doc="layer_norm_grad(g, x, gamma): the gradient of layer_norm with respect to x")
 
 
@@ -94,10 +102,14 @@ def _infer_layer_norm_gamma_grad(g: TensorType, x: TensorType, eps: float) -> Te
     return TensorType(x.shape[-1:], x.dtype)
 
 
+# Whole rows (x^ per row), two scratch arrays: x^ times g, and the squared deviations.
+LAYER_NORM_GAMMA_GRAD_BLOCKS = RowBlocking("layer_norm_gamma_grad", scratch_arrays=2, whole_rows=True)
+
+
 def _layer_norm_gamma_grad_into(out: np.ndarray, g: np.ndarray, x: np.ndarray, eps: float) -> None:
     """sum over rows of g * x^, x^ recomputed from x block by block (never a whole normalised copy of x)."""
     out.fill(0)
-    for g_rows, x_rows, normalized, scratch in row_blocks((g, x), x.shape[-1], scratch=2):
+    for g_rows, x_rows, normalized, scratch in LAYER_NORM_GAMMA_GRAD_BLOCKS.blocks((g, x)):
         normalize_rows(normalized, x_rows, eps, scratch)
         normalized *= g_rows
         out += np.matmul(ones_vector(normalized.shape[0], normalized.dtype), normalized)  # column sums
@@ -105,5 +117,5 @@ def _layer_norm_gamma_grad_into(out: np.ndarray, g: np.ndarray, x: np.ndarray, e
 
 define_op("layer_norm_gamma_grad", kind=OpKind.OPAQUE, arity=2, attrs={"eps": A.FLOAT},
           infer=_infer_layer_norm_gamma_grad, compute_into=_layer_norm_gamma_grad_into,
-          cost=lambda out, g, x, eps: 7 * x.size,
+          scratch=LAYER_NORM_GAMMA_GRAD_BLOCKS.scratch_bytes, cost=lambda out, g, x, eps: 7 * x.size,
           doc="layer_norm_gamma_grad(g, x): the gradient of layer_norm with respect to gamma")

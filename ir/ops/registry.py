@@ -13,7 +13,9 @@ An `OpDef` carries
   - `kind`: its fusion class, after TVM's OpPatternKind;
   - `attrs`: the attribute names and their kinds (ir/ops/attrs.py), checked wherever a node is made or read;
   - `vjp`: the gradient rule, written with the op-building API so that the backward pass is IR too;
-  - `cost(out_type, *input_types, **attrs) -> int`: floating-point operations, for reports (defaults by kind).
+  - `cost(out_type, *input_types, **attrs) -> int`: floating-point operations, for reports (defaults by kind);
+  - `scratch(out_type, *input_types, **attrs) -> int`: bytes of scratch one application takes from ir/scratch.py
+    (none if absent), which the memory plan reserves; computed by the code that cuts the kernel's blocks.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class OpDef:
     attrs: dict[str, AttrKind] = field(default_factory=dict)
     vjp: Optional[Callable[..., Any]] = None
     cost: Optional[Callable[..., int]] = None
+    scratch: Optional[Callable[..., int]] = None
     view: ViewLayout = ViewLayout.COPY
     inplace: bool = False
     fusible: bool = False
@@ -85,6 +88,10 @@ class OpDef:
         if self.kind == OpKind.REDUCTION:
             return input_types[0].size
         return 0
+
+    def scratch_bytes(self, output_type: TensorType, input_types: list[TensorType], attrs: dict[str, Any]) -> int:
+        """Bytes of scratch one application asks ir/scratch.py for: the declared amount, else none."""
+        return 0 if self.scratch is None else int(self.scratch(output_type, *input_types, **attrs))
 
     def accepts(self, count: int) -> bool:
         return count >= 1 if self.arity == VARIADIC else count == self.arity
@@ -155,7 +162,7 @@ def define_op(name: str, *, kind: OpKind, arity: int, infer: Callable[..., Tenso
               compute: Optional[Callable[..., Any]] = None, compute_into: Optional[Callable[..., Any]] = None,
               attrs: Optional[dict[str, AttrKind]] = None, vjp: Optional[Callable[..., Any]] = None,
               cost: Optional[Callable[..., int]] = None, view: ViewLayout = ViewLayout.COPY,
-              inplace: bool = False, fusible: bool = False,
+              inplace: bool = False, fusible: bool = False, scratch: Optional[Callable[..., int]] = None,
               doc: str = "") -> OpDef:
     """Declare an op. Each name may be declared once.
 
@@ -167,7 +174,7 @@ def define_op(name: str, *, kind: OpKind, arity: int, infer: Callable[..., Tenso
         raise ValueError(f"op {name!r} needs compute or compute_into")
     op = OpDef(name=name, kind=kind, arity=arity, infer=infer, compute=compute, compute_into=compute_into,
                attrs=dict(attrs or {}), vjp=vjp, cost=cost, view=ViewLayout(view), inplace=inplace,
-               fusible=fusible, doc=doc)
+               fusible=fusible, scratch=scratch, doc=doc)
     OPS[name] = op
     return op
 
