@@ -8,10 +8,10 @@ and at the peak, the values holding most of it (with their op, module path and s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from graphgpt.ir import Graph
-from graphgpt.passes.analysis import last_uses
-from graphgpt.passes.memory_plan import plan_memory
+from graphgpt.passes.memory_plan import MemoryPlan, plan_memory
 
 from .svg_chart import line_chart
 
@@ -38,30 +38,11 @@ class MemoryTimeline:
                           marker=(self.peak_index, f"peak {self.peak_bytes / 2**20:.1f} MiB"))
 
 
-def memory_timeline(graph: Graph, culprits: int = 5) -> MemoryTimeline:
-    """Bytes of planned buffers holding live values after each step: views and constants take none and keep
-    their source alive; each value is freed after its last use (its views' included); results live to the end."""
-    plan = plan_memory(graph)
-    last = last_uses(graph)
-    end: dict[int, int] = {}  # owning value id -> index of the last step reading it or a view of it
-    owner: dict[int, int] = {}
-    for index, node in enumerate(graph.nodes):
-        storage = plan.storage[node.output.id]
-        owner[node.output.id] = storage.source if storage.kind == "view" else node.output.id
-        root = owner[node.output.id]
-        end[root] = max(end.get(root, index), last.get(node.output.id, index))
-    alive: dict[int, object] = {}
-    live_bytes, snapshot, peak, peak_index = [], {}, -1, 0
-    for index, node in enumerate(graph.nodes):
-        if plan.storage[node.output.id].kind == "buffer":
-            alive[node.output.id] = node
-        total = sum(n.output.type.nbytes for n in alive.values())
-        live_bytes.append(total)
-        if total > peak:
-            peak, snapshot, peak_index = total, dict(alive), index
-        for value_id in [v for v in alive if end.get(v, index) <= index]:
-            del alive[value_id]
-    largest = sorted(snapshot.values(), key=lambda n: n.output.type.nbytes, reverse=True)[:culprits]
+def memory_timeline(graph: Graph, plan: Optional[MemoryPlan] = None, culprits: int = 5) -> MemoryTimeline:
+    """Bytes of planned buffers holding live values after each step (passes/liveness.py: views and constants
+    take none and keep their source alive; results live to the end), from `plan` (the schedule's) or a new one."""
+    timeline = (plan or plan_memory(graph)).timeline(graph)
+    largest = sorted(timeline.alive_at_peak, key=lambda n: n.output.type.nbytes, reverse=True)[:culprits]
     described = [(f"{node.output.label} {node.op} {node.output.type} at {node.provenance.describe()}",
                   node.output.type.nbytes) for node in largest]
-    return MemoryTimeline(live_bytes, peak_index, described)
+    return MemoryTimeline(timeline.live_bytes, timeline.peak_index, described)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable, Optional, Sequence, Union
 
 from graphgpt.ir import Graph, verify
 
-from .analysis import graph_flops, keep_all_bytes, peak_live_bytes
-from .memory_plan import plan_memory
+from .analysis import graph_flops, keep_all_bytes
+from .memory_plan import MemoryPlan, plan_memory
 from .common_subexpressions import eliminate_common_subexpressions
 from .constant_folding import fold_constants
 from .dead_nodes import eliminate_dead_nodes
@@ -50,7 +51,9 @@ MAX_SWEEPS = 8
 
 @dataclass
 class StageRecord:
-    """The graph after one pass (or the input, for the first record) and what it cost and changed."""
+    """The graph after one pass (or the input, for the first record) and what the pass changed. Its measurements
+    (FLOPs, memory) are computed when first asked for: a compile records many stages and plans memory for the
+    one that runs, not for every one."""
 
     name: str
     graph: Graph
@@ -58,18 +61,34 @@ class StageRecord:
     created: set[int] = field(default_factory=set)
     removed: set[int] = field(default_factory=set)
     seconds: float = 0.0
-    nodes: int = 0
-    flops: int = 0
-    keep_all_bytes: int = 0   # every intermediate kept alive (a tape's view of memory)
-    peak_bytes: int = 0       # lower bound: the most bytes alive at once if each value is freed after last use
-    planned_bytes: int = 0    # what the executor allocates: the memory plan's buffers
 
-    def __post_init__(self):
-        self.nodes = len(self.graph.nodes)
-        self.flops = graph_flops(self.graph)
-        self.keep_all_bytes = keep_all_bytes(self.graph)
-        self.peak_bytes = peak_live_bytes(self.graph)
-        self.planned_bytes = plan_memory(self.graph).planned_bytes
+    @property
+    def nodes(self) -> int:
+        return len(self.graph.nodes)
+
+    @cached_property
+    def flops(self) -> int:
+        return graph_flops(self.graph)
+
+    @cached_property
+    def keep_all_bytes(self) -> int:
+        """Every intermediate kept alive (a tape's view of memory)."""
+        return keep_all_bytes(self.graph)
+
+    @cached_property
+    def plan(self) -> MemoryPlan:
+        """The memory plan of this stage's graph (for the last stage: the one its schedule runs over)."""
+        return plan_memory(self.graph)
+
+    @cached_property
+    def peak_bytes(self) -> int:
+        """The most bytes of planned buffers holding live values at once (the liveness analysis's bound)."""
+        return self.plan.timeline(self.graph).peak_bytes
+
+    @property
+    def planned_bytes(self) -> int:
+        """What the schedule allocates: the memory plan's buffers and kernel scratch."""
+        return self.plan.planned_bytes
 
 
 def _node_ids(graph: Graph) -> set[int]:
@@ -116,7 +135,7 @@ def run_pipeline(graph: Graph, passes: Optional[Sequence[Union[str, Callable]]] 
 
 def format_report(records: Sequence[StageRecord]) -> str:
     """A per-pass table: node count, FLOPs, memory (every value kept alive; the liveness lower bound; the planned
-    buffers the executor allocates), the pass's time, and what it changed."""
+    buffers the schedule allocates), the pass's time, and what it changed."""
     lines = [f"{'stage':<34} {'nodes':>6} {'MFLOP':>9} {'keep-all MiB':>12} {'live MiB':>9} {'planned MiB':>11} "
              f"{'ms':>7}  changes"]
     for record in records:

@@ -25,6 +25,8 @@ import numpy as np
 from graphgpt.ir import Graph, get_op
 from graphgpt.ir.ops import ViewLayout
 
+from .liveness import LiveTimeline, Liveness, analyze_liveness, live_timeline
+
 # A free buffer more than this many times larger than a value is not handed to it (it would strand memory).
 MAX_BUFFER_OVERSIZE = 4
 
@@ -41,6 +43,7 @@ class Storage:
 
 @dataclass
 class MemoryPlan:
+    liveness: Liveness
     storage: dict[int, Storage] = field(default_factory=dict)
     buffer_bytes: list[int] = field(default_factory=list)
     in_place_nodes: int = 0      # nodes writing into the buffer of a dying input
@@ -51,6 +54,10 @@ class MemoryPlan:
     @property
     def planned_bytes(self) -> int:
         return sum(self.buffer_bytes) + self.scratch_bytes
+
+    def timeline(self, graph: Graph) -> LiveTimeline:
+        """Bytes of values held in planned buffers alive after each step of `graph` (the graph planned)."""
+        return live_timeline(graph, self.liveness, lambda node: self.storage[node.output.id].kind == "buffer")
 
 
 def _stand_in(value_type) -> np.ndarray:
@@ -77,8 +84,7 @@ def _view_layout(node, layouts: dict[int, np.ndarray]) -> Optional[np.ndarray]:
 
 
 def plan_memory(graph: Graph) -> MemoryPlan:
-    plan = MemoryPlan()
-    storage = plan.storage
+    storage: dict[int, Storage] = {}
     layouts: dict[int, np.ndarray] = {}  # value id -> zero-memory stand-in with the value's strides
     root: dict[int, int] = {}  # value id -> id of the value owning its memory
     for kind, values in (("input", graph.inputs), ("param", graph.params)):
@@ -97,23 +103,17 @@ def plan_memory(graph: Graph) -> MemoryPlan:
             storage[value_id], root[value_id] = Storage("buffer"), value_id
         layouts[value_id] = view if view is not None else _stand_in(node.output.type)
 
-    end = len(graph.nodes)
-    last_use: dict[int, int] = {}
-    for index, node in enumerate(graph.nodes):
-        for value in node.inputs:
-            last_use[root[value.id]] = index
-    for value in graph.results():
-        last_use[root[value.id]] = end
-
-    _place_updates(graph, plan, root, last_use)
-    _assign_buffers(graph, plan, root, last_use)
+    plan = MemoryPlan(analyze_liveness(graph, root), storage)
+    _place_updates(graph, plan)
+    _assign_buffers(graph, plan)
     plan.scratch_bytes = max((get_op(node.op).scratch_bytes(node.output.type, [value.type for value in node.inputs],
                                                             node.attrs) for node in graph.nodes), default=0)
     return plan
 
 
-def _place_updates(graph: Graph, plan: MemoryPlan, root: dict[int, int], last_use: dict[int, int]) -> None:
+def _place_updates(graph: Graph, plan: MemoryPlan) -> None:
     """Compute an update's new value straight into its parameter when the old value is not read afterwards."""
+    root, last_use = plan.liveness.owner, plan.liveness.last_use
     position = {node.output.id: index for index, node in enumerate(graph.nodes)}
     results = {value.id for value in graph.outputs}
     for parameter, new in graph.updates:
@@ -128,13 +128,12 @@ def _place_updates(graph: Graph, plan: MemoryPlan, root: dict[int, int], last_us
         if reads_old and not (get_op(node.op).inplace and any(
                 value.id == parameter.id and value.type == new.type for value in node.inputs)):
             continue
-        plan.storage[new.id] = Storage("into_param", source=parameter.id)
-        last_use[new.id] = len(graph.nodes)
+        plan.storage[new.id] = Storage("into_param", source=parameter.id)  # a result: live to the end already
         plan.updates_in_place += 1
 
 
-def _assign_buffers(graph: Graph, plan: MemoryPlan, root: dict[int, int], last_use: dict[int, int]) -> None:
-    storage = plan.storage
+def _assign_buffers(graph: Graph, plan: MemoryPlan) -> None:
+    storage, root, last_use = plan.storage, plan.liveness.owner, plan.liveness.last_use
     free: list[int] = []  # buffer numbers available for reuse
     for index, node in enumerate(graph.nodes):
         value = node.output
