@@ -24,8 +24,8 @@ _EXPORTS: dict[str, str] = {
     "InputError": "compiler",
     "compile": "compiler",
     "trace": "compiler",
-    "ExecutionError": "executor",
-    "NumericalError": "executor",
+    "ExecutionError": "passes.schedule",
+    "NumericalError": "passes.schedule",
     "GradientReport": "gradcheck",
     "check_gradients": "gradcheck",
     "GraphError": "ir",
@@ -46,7 +46,7 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> object:
-    """Import a public name, or any submodule (graphgpt.executor, ...: reachable as attributes before this package
+    """Import a public name, or any submodule (graphgpt.compiler, ...: reachable as attributes before this package
     became lazy), the first time it is asked for, and cache it so later lookups skip this function."""
     if name in _EXPORTS:
         module = _importlib.import_module(f".{_EXPORTS[name]}", __name__)

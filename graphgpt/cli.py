@@ -17,6 +17,12 @@ import time
 import numpy as np
 
 
+def _add_shards_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shards", type=int, default=None,
+                        help="data-parallel shards of a training step (default: as compile decides; 1: never "
+                             "split); a split step shows the graphs that run, its shard and combine graphs")
+
+
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--vocab", type=int, default=65, help="vocabulary size (default 65)")
@@ -123,8 +129,14 @@ def _stage(args: argparse.Namespace):
     model = graphgpt.nn.GPT(args.vocab, args.embed, args.layers, args.heads, max_seq_len=args.seq_len)
     tokens = np.random.default_rng(args.seed).integers(0, args.vocab, size=(args.batch, args.seq_len))
     if args.stage == "forward":
+        if args.shards not in (None, 1):
+            raise SystemExit("graphgpt: --shards splits a training step: use it with --stage train or optimised")
         return graphgpt.compile(model, tokens, passes=[])
-    return graphgpt.compile(model, tokens, tokens, loss=F.cross_entropy, passes=[] if args.stage == "train" else None)
+    try:
+        return graphgpt.compile(model, tokens, tokens, loss=F.cross_entropy, shards=args.shards,
+                                passes=[] if args.stage == "train" else None)
+    except ValueError as error:  # a split that cannot be proved exact says why
+        raise SystemExit(f"graphgpt: {error}") from None
 
 
 def command_render(args: argparse.Namespace) -> int:
@@ -137,7 +149,7 @@ def command_render(args: argparse.Namespace) -> int:
 
 
 def command_ir(args: argparse.Namespace) -> int:
-    print(_stage(args).graph)
+    print(_stage(args).ir)  # the graphs that run, each headed by its name
     return 0
 
 
@@ -174,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "(forward + generated backward), or the optimised training step. SVG by default; .png and .pdf by extension.")
     _add_model_arguments(render)
     render.add_argument("--stage", choices=STAGES, default="forward", help="which graph (default forward)")
+    _add_shards_argument(render)
     render.add_argument("--collapse", type=int, default=None,
                         help="one box per module path cut to this many parts (large graphs collapse anyway)")
     render.add_argument("--out", default="graph.svg", help="output file, or folder with --passes")
@@ -185,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "optimised training step.")
     _add_model_arguments(ir_command)
     ir_command.add_argument("--stage", choices=STAGES, default="forward", help="which graph (default forward)")
+    _add_shards_argument(ir_command)
     ir_command.set_defaults(handler=command_ir, batch=1, seq_len=8, layers=2, embed=16)
 
     compare = commands.add_parser("compare", help="static graph vs dynamic tape, side by side",

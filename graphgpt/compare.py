@@ -21,11 +21,11 @@ import numpy as np
 
 from . import compile as compile_graph
 from . import manual_seed
-from .memory_timeline import MemoryTimeline, memory_timeline
+from .memory_timeline import MemoryTimeline
 from .nn import GPT
 from .nn import functional as F
 from .svg_chart import line_chart
-from .tensor import Tensor, eager_ops_run
+from .tensor import Tensor, counting_eager_ops
 
 VOCAB = 65
 
@@ -74,9 +74,9 @@ def measure(embed: int, layers: int, heads: int, seq_len: int, batch: int, repea
         loss.backward()
         return loss
 
-    before = eager_ops_run()
-    loss = eager_step()
-    result.eager_ops = eager_ops_run() - before
+    with counting_eager_ops() as count:
+        loss = eager_step()
+    result.eager_ops = count.ops
     tape, _ = loss._tape()
     result.tape_nodes = len(tape)
     result.tape_ops = Counter(application.op for application in tape)
@@ -104,7 +104,7 @@ def measure(embed: int, layers: int, heads: int, seq_len: int, batch: int, repea
     result.compiled_ms = statistics.median(times["compiled"]) * 1e3
     result.eager_peak_bytes = _peak_bytes(eager_step)
     result.compiled_peak_bytes = step.planned_bytes + _peak_bytes(lambda: step.run(tokens, targets))
-    result.timeline = memory_timeline(step.graph)
+    result.timeline = step.memory_timeline()
     return result
 
 

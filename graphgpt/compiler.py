@@ -1,5 +1,6 @@
-"""graphgpt.compile: trace a model (or function) at example inputs into an ir.Graph, run the passes, and return a
-Compiled object whose run() executes the graph over NumPy.
+"""graphgpt.compile: trace a model (or function) at example inputs into an ir.Graph, let passes/ build the Program
+(the graphs that run, their schedules and every pass's record), and return a Compiled object binding it to the
+model's tensors, whose run() executes it over NumPy.
 
     fwd = graphgpt.compile(model, tokens)
     logits = fwd.run(tokens)          # or fwd(tokens)
@@ -12,6 +13,7 @@ Compiled object whose run() executes the graph over NumPy.
 from __future__ import annotations
 
 import inspect
+import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Sequence, Union
 
@@ -19,13 +21,8 @@ import numpy as np
 
 from graphgpt.ir import Graph, ShapeError, TensorType, verify
 from graphgpt.passes import infer_shapes
-from graphgpt.passes.analysis import graph_flops
-from graphgpt.passes.autodiff import append_backward
-from graphgpt.passes.data_parallel import prove_split, scale_shard_graph, shard_mismatch
-from graphgpt.passes.manager import StageRecord, format_report, run_pipeline
+from graphgpt.passes.program import Program, ProgramGraph, build_forward_program, build_training_program
 
-from .data_parallel import (MIN_SPLIT_FLOPS, DataParallelExecutor, Split, available_cores, combine_graph)
-from .executor import Executor
 from .nn.module import Module
 from .optim import Optimizer
 from .tensor import Tensor
@@ -111,38 +108,59 @@ def trainable_parameters(model: Callable) -> list[tuple[str, Tensor]]:
 
 
 class Compiled:
-    """A compiled graph bound to the tensors its parameters stand for (live: the model's own arrays, read at every
-    run and, for a training step, updated in place).
+    """A Program (passes/program.py) bound to the tensors its parameters stand for (live: the model's own arrays,
+    read at every run and, for a training step, updated in place).
 
-    For a graph with gradients, run() returns the loss and `grads` maps each parameter name to its gradient from
-    the latest run."""
+    For a training step, run() returns the loss and `grads` maps each parameter name to its gradient from the
+    latest run. `graphs` are the graphs that run, by name (one; or a data-parallel step's shard and combine
+    graphs); `graph` is the whole step as one graph, which is what runs unless the step is split. run() may be
+    called from several threads: runs take turns (see run)."""
 
-    def __init__(self, graph: Graph, bindings: dict[str, Tensor], returns_tuple: bool,
-                 gradient_names: Sequence[str] = (), stages: Sequence[StageRecord] = (),
-                 check_numerics=False, executor=None, split: Optional[Split] = None):
-        self.graph = graph
-        self.stages = list(stages)  # the graph after tracing and after each pass, with measurements
+    def __init__(self, program: Program, bindings: dict[str, Tensor], returns_tuple: bool):
+        self.program = program
         self.bindings = bindings
-        self._bound = [bindings[value.name] for value in graph.params]
+        self._bound = [bindings[name] for name in program.param_names]
         self._returns_tuple = returns_tuple
-        self.gradient_names = list(gradient_names)
-        self._num_results = len(graph.outputs) - len(self.gradient_names)
+        self.gradient_names = program.gradient_names
+        self._num_results = program.result_count
         self.grads: dict[str, np.ndarray] = {}
-        # The schedule that runs it: one Executor, or shards of the batch on several threads (graphgpt.data_parallel).
-        self._executor = executor if executor is not None else Executor(graph, check_numerics=check_numerics)
-        self.split = split if split is not None else Split(1, "a forward graph" if not gradient_names else "off")
+        self._run_lock = threading.Lock()
+
+    @property
+    def graph(self) -> Graph:
+        """The whole step (or forward) as one graph: it runs as it is unless the step is split (see `graphs`)."""
+        return self.program.whole.graph
+
+    @property
+    def graphs(self) -> dict[str, Graph]:
+        """The graphs that run, by name, in the order they run."""
+        return {entry.name: entry.graph for entry in self.program.graphs}
+
+    @property
+    def stages(self):
+        """The record of every pass (and the input) over the first graph that runs."""
+        return self.program.graphs[0].stages
+
+    @property
+    def split(self):
+        return self.program.split
 
     @property
     def planned_bytes(self) -> int:
-        """Bytes of the buffers the schedule allocated once and reuses every run (all shards' together)."""
-        return self._executor.planned_bytes
+        """Bytes of the buffers the schedules allocated once and reuse every run (all shards' together)."""
+        return self.program.planned_bytes
 
     @property
     def input_types(self) -> list[TensorType]:
-        return [value.type for value in self.graph.inputs]
+        return list(self.program.input_types)
+
+    @property
+    def ir(self) -> str:
+        """The text IR of every graph that runs, each headed by its name."""
+        return "\n\n".join(f"# ---- {name} ----\n{graph}" for name, graph in self.graphs.items())
 
     def _check_inputs(self, inputs) -> list[np.ndarray]:
-        expected = self.graph.inputs
+        expected = self.program.inputs
         if len(inputs) != len(expected):
             signature = ", ".join(f"{value.name}: {value.type}" for value in expected)
             raise InputError(f"compiled graph takes {len(expected)} input(s) ({signature}), got {len(inputs)}")
@@ -162,7 +180,7 @@ class Compiled:
 
     def _param_arrays(self) -> list[np.ndarray]:
         arrays = []
-        for value, tensor in zip(self.graph.params, self._bound):
+        for value, tensor in zip(self.program.params, self._bound):
             if tensor.type != value.type:
                 raise InputError(f"parameter {value.name!r} is now {tensor.type}, but the graph was compiled "
                                  f"for {value.type}; compile again after changing the model")
@@ -172,55 +190,80 @@ class Compiled:
         return arrays
 
     def run(self, *inputs) -> Union[np.ndarray, tuple]:
-        """Execute the graph on NumPy arrays (or Tensors) of the compiled shapes and dtypes."""
-        outputs = self._executor.run(self._check_inputs(inputs), self._param_arrays())
-        # Gradients stay in the executor's buffers (valid until the next run, as torch's .grad is until the next
-        # backward); what run() returns is copied, so a caller may keep it.
-        self.grads = dict(zip(self.gradient_names, outputs[self._num_results:]))
-        results = [np.array(output, copy=True) for output in outputs[:self._num_results]]
+        """Execute the program on NumPy arrays (or Tensors) of the compiled shapes and dtypes.
+
+        Runs from several threads take turns: the schedules write into buffers planned once, and a training
+        step updates the parameters in place, so two runs at once would overwrite each other. (Per-thread
+        buffers would let forward runs overlap, but measured here they gain nothing: BLAS already uses both
+        cores inside one run.)"""
+        arrays = self._check_inputs(inputs)
+        with self._run_lock:
+            outputs = self.program.run(arrays, self._param_arrays())
+            # Gradients stay in the schedule's buffers (valid until the next run, as torch's .grad is until the
+            # next backward); what run() returns is copied, so a caller may keep it.
+            self.grads = dict(zip(self.gradient_names, outputs[self._num_results:]))
+            results = [np.array(output, copy=True) for output in outputs[:self._num_results]]
         return tuple(results) if self._returns_tuple else results[0]
 
     __call__ = run
 
     def report(self) -> str:
-        """A per-pass table: node count, FLOPs, memory and what each pass changed; then how the step runs."""
-        return format_report(self.stages) + "\n" + self.split.describe()
+        """Per graph that runs, a per-pass table: node count, FLOPs, memory and what each pass changed; then
+        how the step runs (and, for a split step, the whole-batch graph for study)."""
+        return self.program.describe()
 
-    def render(self, path: str = "graph.svg", collapse: Optional[int] = None, stage: Optional[str] = None) -> str:
-        """Draw the graph (or the graph after pass `stage`, e.g. 'input' as traced) to `path`: SVG by default,
-        PNG or PDF by extension. `collapse=k` draws one box per module path cut to k parts. Returns the path."""
-        from .render import render_graph
+    def _entry(self, name: Optional[str]) -> ProgramGraph:
+        entries = {entry.name: entry for entry in (*self.program.graphs, self.program.whole)}
+        if name is None:
+            return self.program.graphs[0]
+        if name not in entries:
+            raise ValueError(f"no graph {name!r}; graphs: {', '.join(entries)}")
+        return entries[name]
 
-        graph = self.graph
+    def render(self, path: str = "graph.svg", collapse: Optional[int] = None, stage: Optional[str] = None,
+               graph: Optional[str] = None) -> str:
+        """Draw the graphs that run into one diagram at `path` (SVG by default, PNG or PDF by extension), each a
+        labelled box; or only `graph` (a name from `graphs`, or the whole step's, "training step"), after pass
+        `stage` if given ('input': as it came to the passes). `collapse=k` draws one box per module path cut to
+        k parts. Returns the path written."""
+        from .render import render_graph, render_graphs
+
+        if graph is None and stage is None:
+            return render_graphs([(entry.title, entry.graph) for entry in self.program.graphs], path, collapse)
+        entry = self._entry(graph)
+        chosen = entry.graph
         if stage is not None:
-            named = {record.name: record.graph for record in self.stages}
+            named = {record.name: record.graph for record in entry.stages}
             if stage not in named:
                 raise ValueError(f"no stage {stage!r}; stages: {', '.join(named)}")
-            graph = named[stage]
-        return render_graph(graph, path, collapse=collapse, title=graph.header)
+            chosen = named[stage]
+        return render_graph(chosen, path, collapse=collapse, title=f"{entry.name}: {chosen.header}")
 
-    def memory_timeline(self):
-        """Live bytes after each step of the schedule and the values holding the peak (see memory_timeline)."""
+    def memory_timeline(self, graph: Optional[str] = None):
+        """Live bytes after each step of a schedule and the values holding the peak (see memory_timeline), for
+        the first graph that runs (a split step's shard graph, once per shard) or the graph named."""
         from .memory_timeline import memory_timeline
 
-        return memory_timeline(self.graph)
+        entry = self._entry(graph)
+        return memory_timeline(entry.graph, entry.plan)
 
-    def render_passes(self, folder: str = "passes") -> str:
-        """A diagram per pass (removed nodes marked before, created and fused after) and an HTML index of node
-        counts, FLOPs and planned memory; returns the index's path."""
+    def render_passes(self, folder: str = "passes", graph: Optional[str] = None) -> str:
+        """A diagram per pass over the first graph that runs (or `graph`) (removed nodes marked before, created
+        and fused after) and an HTML index of node counts, FLOPs and planned memory; returns the index's path."""
         from .pass_diagrams import render_passes
 
-        return render_passes(self.stages, folder)
+        return render_passes(self._entry(graph).stages, folder)
 
     def __repr__(self) -> str:
-        signature = ", ".join(f"{value.name}: {value.type}" for value in self.graph.inputs)
-        return f"<graphgpt.Compiled ({signature}) with {len(self.graph.nodes)} nodes>"
+        signature = ", ".join(f"{value.name}: {value.type}" for value in self.program.inputs)
+        running = ", ".join(f"{name} ({len(graph.nodes)} nodes)" for name, graph in self.graphs.items())
+        return f"<graphgpt.Compiled ({signature}) running {running}>"
 
 
 def compile(model: Callable, *example_inputs, loss: Optional[Callable] = None,
             optimizer: Optional[Optimizer] = None, passes: Optional[Sequence] = None,
             verify_each: bool = False, check_numerics=False, shards: Optional[int] = None) -> Compiled:
-    """Trace `model` at the example inputs, infer shapes, verify, and prepare the executor.
+    """Trace `model` at the example inputs, infer shapes, verify, and build the Program that runs it.
 
     Without `loss`, the graph is the model's forward. With `loss`, the last example input is the target: the
     graph computes loss(model(*inputs), targets), its gradients for every parameter (generated backward nodes),
@@ -233,9 +276,10 @@ def compile(model: Callable, *example_inputs, loss: Optional[Callable] = None,
     intended -inf then shows up too).
 
     `shards` (training steps only) runs the batch as that many equal data-parallel shards, one thread each,
-    when passes/data_parallel.py proves the split exact (every example computed alone, the loss a mean or sum
-    over the batch); it raises if not. The default splits into as many shards as there are cores when that is
-    proved and the step is big enough to gain (MIN_SPLIT_FLOPS); 1 never splits. `compiled.split` says which.
+    when passes/data_parallel.py proves the split exact (every example computed alone, the loss a sum of batch
+    means and sums with batch-independent coefficients); it raises if not. Every input is cut along axis 0. The
+    default splits into as many shards as there are cores when that is proved and the step is big enough to
+    gain (MIN_SPLIT_FLOPS); 1 never splits. `compiled.split` says which, and why.
 
     >>> fwd = graphgpt.compile(model, tokens)                                  # doctest: +SKIP
     >>> fwd.run(tokens).shape                                                  # doctest: +SKIP
@@ -252,60 +296,24 @@ def compile(model: Callable, *example_inputs, loss: Optional[Callable] = None,
         if shards not in (None, 1):
             raise TypeError("shards splits a training step: compile(model, inputs, targets, loss=..., shards=...)")
         traced = trace(model, *example_inputs)
-        graph, stages = run_pipeline(verify(infer_shapes(traced.graph)), passes, verify_each)
-        return Compiled(verify(graph), traced.bindings, traced.returns_tuple, stages=stages,
-                        check_numerics=check_numerics)
+        program = build_forward_program(infer_shapes(traced.graph), passes, verify_each, check_numerics)
+        return Compiled(program, traced.bindings, traced.returns_tuple)
 
     traced = trace_loss(model, example_inputs, loss)
-    forward = infer_shapes(traced.graph)
     trainable = trainable_parameters(model)
-    wrt = [name for name, _ in trainable]
-    graph = append_backward(forward, wrt)
     bindings = dict(traced.bindings)
+    rule = None
     if optimizer is not None:
         optimizer.bind(trainable)
-        graph = optimizer.append_to(graph, _gradient_positions(wrt))
+        rule = optimizer.update_rule()
         bindings.update(optimizer.state_tensors())
-    graph, stages = run_pipeline(verify(graph), passes, verify_each)
-    split, executor = _split_step(model, example_inputs, loss, forward, graph, shards, passes, verify_each,
-                                  check_numerics, wrt, optimizer)
-    return Compiled(verify(graph), bindings, returns_tuple=False, gradient_names=wrt, stages=stages,
-                    check_numerics=check_numerics, executor=executor, split=split)
-
-
-def _gradient_positions(wrt: Sequence[str]) -> dict[str, int]:
-    """Where each parameter's gradient is among a training graph's outputs (after the loss)."""
-    return {name: 1 + position for position, name in enumerate(wrt)}
-
-
-def _split_step(model, example_inputs, loss, forward: Graph, step: Graph, shards: Optional[int], passes,
-                verify_each, check_numerics, wrt, optimizer) -> tuple[Split, Optional[DataParallelExecutor]]:
-    """Decide whether the training step runs as data-parallel shards, and build their executor if so."""
-    wanted = available_cores() if shards is None else shards
-    if not isinstance(wanted, int) or wanted < 1:
-        raise ValueError(f"shards must be a positive integer or None, got {shards!r}")
-    if wanted == 1:
-        return Split(1, "one core" if shards is None else "shards=1"), None
-    flops = graph_flops(step)
-    if shards is None and flops < MIN_SPLIT_FLOPS:
-        return Split(1, f"{flops / 1e9:.2f} GFLOP per step is too little to gain"), None
-    proof, problem = prove_split(forward, wanted)
     examples = [_as_example(example) for example in example_inputs]
-    if problem is None:
-        pieces = [example[:example.shape[0] // wanted] for example in examples]
-        shard_forward = infer_shapes(trace_loss(model, pieces, loss).graph)
-        problem = shard_mismatch(forward, shard_forward, proof)
-    if problem is not None:
-        if shards is not None:
-            raise ValueError(f"cannot split this training step into {wanted} data-parallel shards: {problem}")
-        return Split(1, problem), None
-    shard_forward = scale_shard_graph(shard_forward, forward, proof)
-    shard_step, _ = run_pipeline(verify(append_backward(shard_forward, wrt)), passes, verify_each)
-    combine = combine_graph(verify(shard_step), wanted)
-    if optimizer is not None:
-        combine = optimizer.append_to(combine, _gradient_positions(wrt))
-    combine, _ = run_pipeline(verify(combine), passes, verify_each)
-    executor = DataParallelExecutor(shard_step, verify(combine), wanted, [value.name for value in step.params],
-                                    check_numerics)
-    batch = examples[0].shape[0]
-    return Split(wanted, f"batch {batch} as {wanted} x {batch // wanted}, {proof.describe()}"), executor
+
+    def trace_shard(shards: int) -> Graph:
+        pieces = [example[:example.shape[0] // shards] for example in examples]
+        return infer_shapes(trace_loss(model, pieces, loss).graph)
+
+    program = build_training_program(verify(infer_shapes(traced.graph)), [name for name, _ in trainable], rule,
+                                     passes=passes, verify_each=verify_each, check_numerics=check_numerics,
+                                     shards=shards, trace_shard=trace_shard)
+    return Compiled(program, bindings, returns_tuple=False)

@@ -20,9 +20,9 @@ import numpy as np
 
 from graphgpt.ir import Graph, GraphBuilder, Node
 from graphgpt.passes.autodiff import append_backward_with_map
+from graphgpt.passes.schedule import Schedule
 
 from .compiler import trace, trace_loss, trainable_parameters
-from .executor import Executor
 from .nn.module import Module
 from .tensor import Tensor
 
@@ -139,11 +139,12 @@ def check_gradients(model: Callable, *inputs, loss: Optional[Callable] = None, e
 
     names = [name for name, _ in checked]
     backward, gradient_of = append_backward_with_map(graph, names)
+    backward = backward.graph
     if through == "graph":
-        analytic = dict(zip(names, Executor(backward).run(*feed(backward))[1:]))
+        analytic = dict(zip(names, Schedule(backward).run(*feed(backward))[1:]))
     else:
         analytic = _eager_gradients(model, loss, input_tensors, checked)
-    objective = Executor(graph)
+    objective = Schedule(graph)
 
     def evaluate() -> float:
         return float(objective.run(*feed(graph))[0])
@@ -192,14 +193,14 @@ def _locate_divergence(report, graph, backward, gradient_of, feed, epsilon, rng)
     candidates = [node for node in graph.nodes if node.output.id in gradient_of]
     probe = Graph(backward.inputs, backward.params, backward.nodes,
                   [gradient_of[node.output.id] for node in candidates], header="gradient probe")
-    generated = dict(zip((node.output.id for node in candidates), Executor(probe).run(*feed(probe))))
+    generated = dict(zip((node.output.id for node in candidates), Schedule(probe).run(*feed(probe))))
     users = graph.users()
     for node in reversed(candidates):
         direction = rng.standard_normal(node.output.shape).astype(node.output.type.numpy_dtype)
         perturbed = _with_perturbation(graph, node)
-        executor = Executor(perturbed)
-        above = float(executor.run(*feed(perturbed, [epsilon * direction]))[0])
-        below = float(executor.run(*feed(perturbed, [-epsilon * direction]))[0])
+        schedule = Schedule(perturbed)
+        above = float(schedule.run(*feed(perturbed, [epsilon * direction]))[0])
+        below = float(schedule.run(*feed(perturbed, [-epsilon * direction]))[0])
         numeric = (above - below) / (2 * epsilon)
         analytic = float(np.sum(generated[node.output.id] * direction))
         error = _relative_error(np.array([analytic]), np.array([numeric]))

@@ -15,15 +15,10 @@ from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from graphgpt.ir import Graph, GraphBuilder, Provenance
-from graphgpt.ir.symbolic import Emitter
-from graphgpt.passes.rewrite import copied_results, copy_into
+from graphgpt.passes.optimizer_update import STATE_PREFIX, UpdateRule
 
 from .tensor import Parameter, Tensor
 from .tracing import no_grad
-
-STATE_PREFIX = "optimizer."
-
 
 class Optimizer:
     """Base class: holds hyperparameters and state; subclasses define `slots` and `update_parameter`."""
@@ -107,23 +102,12 @@ class Optimizer:
             parameter.grad = None
 
     # ---- as graph nodes ---------------------------------------------------------------------------------------
-    def append_to(self, graph: Graph, gradient_outputs: dict[str, int]) -> Graph:
-        """`graph` plus this optimizer's update: its state becomes parameters named 'optimizer.<state name>',
-        and the new weights and state become the graph's updates. `gradient_outputs` maps each parameter name to
-        the position of its gradient among the graph's outputs."""
-        builder = GraphBuilder(header=f"append_optimizer ({type(self).__name__})")
-        new_values = copy_into(graph, builder)
-        state_values = {name: builder.add_param(STATE_PREFIX + name, tensor.type)
-                        for name, tensor in self.state.items()}
-        emitter = Emitter(builder, Provenance(module_path=f"optimizer.{type(self).__name__}"))
-        outputs, updates = copied_results(graph, new_values)
-        parameters = [emitter.symbol(new_values[graph.param(name).id]) for name, _ in self.named_params]
-        gradients = [emitter.symbol(outputs[gradient_outputs[name]]) for name, _ in self.named_params]
-        state = {name: emitter.symbol(value) for name, value in state_values.items()}
-        new_parameters, new_state = self.update(parameters, gradients, state)
-        updates += [(parameter.value, new.value) for parameter, new in zip(parameters, new_parameters)]
-        updates += [(state_values[name], new.value) for name, new in new_state.items()]
-        return builder.finish(outputs, updates)
+    def update_rule(self) -> UpdateRule:
+        """This optimizer as the compiler's optimizer pass takes it (passes/optimizer_update.py)."""
+        if not self.named_params:
+            raise RuntimeError("the optimizer has no parameters bound")
+        return UpdateRule(type(self).__name__, tuple(name for name, _ in self.named_params),
+                          {name: tensor.type for name, tensor in self.state.items()}, self.update)
 
     def state_tensors(self) -> dict[str, Tensor]:
         """State by the graph parameter name it is bound to ('optimizer.step', 'optimizer.exp_avg.<param>')."""

@@ -17,16 +17,18 @@ import shutil
 import subprocess
 import sys
 import zlib
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import graphviz
 
-from graphgpt.ir import Graph, Node
+from graphgpt.ir import Graph, Node, Value
 
 FORMATS = ("svg", "png", "pdf")
 # Past this many nodes a full drawing reads as noise (and dot takes long: ~8 s for a 2-layer training graph of
 # ~1400 nodes here): collapse to modules instead.
 AUTO_COLLAPSE_NODES = 1500
+# More graph inputs than this are drawn as one column (one box when collapsed) rather than side by side.
+MAX_INPUTS_SIDE_BY_SIDE = 6
 DOT_SECONDS = 120  # a drawing that takes longer is not going to be read
 INSTALL_HINT = "install graphviz for diagrams: apt-get install graphviz (Debian/Ubuntu) or brew install graphviz"
 
@@ -37,6 +39,7 @@ STYLES = {
     "forward": dict(shape="box", style="rounded,filled", fillcolor="#ffffff"),
     "backward": dict(shape="box", style="rounded,filled", fillcolor="#f4cccc"),
     "optimizer": dict(shape="box", style="rounded,filled", fillcolor="#d9ead3"),
+    "combine": dict(shape="box", style="rounded,filled", fillcolor="#fce5cd"),
     "fused": dict(shape="box", style="rounded,filled,bold", fillcolor="#d9d2e9"),
     "module": dict(shape="box3d", style="filled", fillcolor="#eeeeee"),
 }
@@ -55,9 +58,7 @@ def _kind(node: Node) -> str:
         return "constant"
     if node.op == "fused_elementwise":
         return "fused"
-    if node.provenance.module_path.startswith("optimizer."):
-        return "optimizer"
-    return "backward" if node.provenance.differentiates is not None else "forward"
+    return node.provenance.role  # forward, backward, optimizer or combine
 
 
 def _label(*lines: str) -> str:
@@ -66,9 +67,9 @@ def _label(*lines: str) -> str:
 
 
 def _module_of(node: Node, depth: Optional[int]) -> str:
-    path = node.provenance.module_path
-    if node.provenance.module_path.startswith("optimizer."):
-        path = "optimizer"
+    role = node.provenance.role
+    # In parentheses, which no module path has: a user's module named `optimizer` stays apart.
+    path = f"({role})" if role in ("optimizer", "combine") else node.provenance.module_path
     parts = [part for part in path.split(".") if part]
     return ".".join(parts if depth is None else parts[:depth])
 
@@ -81,22 +82,31 @@ def saved_activations(graph: Graph) -> set[int]:
 
 
 def to_dot(graph: Graph, collapse: Optional[int] = None, highlight: Optional[dict[int, str]] = None,
-           title: str = "") -> graphviz.Digraph:
+           title: str = "", id_prefix: str = "") -> graphviz.Digraph:
     """The graphviz description of `graph`. `collapse=k` draws one box per module path cut to k parts (and
-    forward/backward apart); `highlight` colours node ids ('created', 'removed'...) for before/after views."""
-    dot = graphviz.Digraph(graph_attr=dict(rankdir="TB", fontname="Helvetica", label=html.escape(title),
+    forward/backward apart); `highlight` colours node ids ('created', 'removed'...) for before/after views;
+    `id_prefix` starts every dot identifier (node 'v12' is '<id_prefix>v12'), so several graphs can share one
+    diagram."""
+    dot = graphviz.Digraph(name=f"cluster_{id_prefix}graph" if id_prefix else None,
+                           graph_attr=dict(rankdir="TB", fontname="Helvetica", label=html.escape(title),
                                            labelloc="t", compound="true"),
                            node_attr=dict(fontname="Helvetica", fontsize="10"), edge_attr=dict(color="#555555"))
     if collapse is not None:
-        return _collapsed(dot, graph, collapse)
+        return _collapsed(dot, graph, collapse, id_prefix)
     highlight = highlight or {}
     saved = saved_activations(graph)
+    readers = graph.users()
     clusters: dict[str, list[str]] = {}
     for value in graph.inputs:
-        dot.node(f"v{value.id}", _label(value.label, str(value.type)), **STYLES["input"])
+        dot.node(f"{id_prefix}v{value.id}", _label(value.label, str(value.type)), **STYLES["input"])
+    if len(graph.inputs) > MAX_INPUTS_SIDE_BY_SIDE:  # a combine graph's many inputs: one column, not a wide row
+        with dot.subgraph(name=f"cluster_{id_prefix}inputs") as column:
+            column.attr(label=f"{len(graph.inputs)} inputs", style="dashed", color="#7f7f7f")
+            for first, second in zip(graph.inputs, graph.inputs[1:]):
+                column.edge(f"{id_prefix}v{first.id}", f"{id_prefix}v{second.id}", style="invis")
     for value in graph.params:
-        clusters.setdefault(_module_of_name(value.name), []).append(f"v{value.id}")
-        dot.node(f"v{value.id}", _label(value.label, str(value.type)), **STYLES["param"])
+        clusters.setdefault(_module_of_param(value, readers.get(value.id, [])), []).append(f"{id_prefix}v{value.id}")
+        dot.node(f"{id_prefix}v{value.id}", _label(value.label, str(value.type)), **STYLES["param"])
     for node in graph.nodes:
         kind = _kind(node)
         lines = [f"{node.output.label} {node.op}", str(node.output.type)]
@@ -111,29 +121,32 @@ def to_dot(graph: Graph, collapse: Optional[int] = None, highlight: Optional[dic
             attributes.update(color=highlight[node.output.id], penwidth="3")
         tooltip = node.provenance.describe() + (f" (grad of %{node.provenance.differentiates})"
                                                 if node.provenance.differentiates is not None else "")
-        dot.node(f"v{node.output.id}", _label(*lines), tooltip=html.escape(tooltip), **attributes)
-        clusters.setdefault(_module_of(node, None), []).append(f"v{node.output.id}")
+        dot.node(f"{id_prefix}v{node.output.id}", _label(*lines), tooltip=html.escape(tooltip), **attributes)
+        clusters.setdefault(_module_of(node, None), []).append(f"{id_prefix}v{node.output.id}")
         for value in node.inputs:
-            dot.edge(f"v{value.id}", f"v{node.output.id}")
+            dot.edge(f"{id_prefix}v{value.id}", f"{id_prefix}v{node.output.id}")
     defined = {value.id for value in graph.values()}
     for node in graph.nodes:  # the forward node each backward node differentiates
         target = node.provenance.differentiates
         if target is not None and target in defined and target != node.output.id:
-            dot.edge(f"v{target}", f"v{node.output.id}", style="dashed", color="#cc0000", constraint="false",
+            dot.edge(f"{id_prefix}v{target}", f"{id_prefix}v{node.output.id}", style="dashed", color="#cc0000", constraint="false",
                      arrowhead="none", tooltip="differentiates")
     for parameter, value in graph.updates:
-        dot.edge(f"v{value.id}", f"v{parameter.id}", style="bold", color="#38761d", constraint="false",
+        dot.edge(f"{id_prefix}v{value.id}", f"{id_prefix}v{parameter.id}", style="bold", color="#38761d", constraint="false",
                  label="update")
-    _nest_clusters(dot, clusters)
+    _nest_clusters(dot, clusters, id_prefix)
     return dot
 
 
-def _module_of_name(name: str) -> str:
-    """The module owning a parameter: 'blocks.0.ln1.gamma' -> 'blocks.0.ln1'."""
-    return name.rpartition(".")[0] if not name.startswith("optimizer.") else "optimizer"
+def _module_of_param(value: Value, readers: Sequence[Node]) -> str:
+    """The module owning a parameter: 'blocks.0.ln1.gamma' -> 'blocks.0.ln1'; state only the optimizer's update
+    reads (its moments, its step count) goes with the optimizer."""
+    if readers and all(node.provenance.role == "optimizer" for node in readers):
+        return "(optimizer)"
+    return value.name.rpartition(".")[0]
 
 
-def _nest_clusters(dot: graphviz.Digraph, members: dict[str, list[str]]) -> None:
+def _nest_clusters(dot: graphviz.Digraph, members: dict[str, list[str]], id_prefix: str) -> None:
     """Nested clusters by module path: blocks > blocks.0 > blocks.0.attention > ...; '' stays at the top."""
     paths = sorted({prefix for path in members if path for prefix in _prefixes(path)})
 
@@ -141,7 +154,7 @@ def _nest_clusters(dot: graphviz.Digraph, members: dict[str, list[str]]) -> None
         for node_name in members.get(prefix, []):
             parent_graph.node(node_name)
         for child in (p for p in paths if p.rpartition(".")[0] == prefix and p != prefix):
-            with parent_graph.subgraph(name=f"cluster_{child}") as cluster:
+            with parent_graph.subgraph(name=f"cluster_{id_prefix}{child}") as cluster:
                 cluster.attr(label=child.rpartition(".")[2] if "." in child else child, style="rounded",
                              color="#7f7f7f", fontsize="11", tooltip=child)
                 build(cluster, child)
@@ -149,7 +162,7 @@ def _nest_clusters(dot: graphviz.Digraph, members: dict[str, list[str]]) -> None
     for node_name in members.get("", []):
         dot.node(node_name)
     for top in (p for p in paths if "." not in p):
-        with dot.subgraph(name=f"cluster_{top}") as cluster:
+        with dot.subgraph(name=f"cluster_{id_prefix}{top}") as cluster:
             cluster.attr(label=top, style="rounded", color="#7f7f7f", fontsize="12", tooltip=top)
             build(cluster, top)
 
@@ -159,16 +172,17 @@ def _prefixes(path: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
-def _collapsed(dot: graphviz.Digraph, graph: Graph, depth: int) -> graphviz.Digraph:
+def _collapsed(dot: graphviz.Digraph, graph: Graph, depth: int, id_prefix: str) -> graphviz.Digraph:
     """One box per (module cut to `depth` parts, forward or backward), with the nodes and bytes it holds."""
     group_of: dict[int, str] = {}
     counts: dict[str, list[int]] = {}
+    together = len(graph.inputs) > MAX_INPUTS_SIDE_BY_SIDE
     for value in graph.inputs:
-        group_of[value.id] = f"input {value.name}"
-        counts.setdefault(group_of[value.id], [0, value.type.nbytes])
+        group_of[value.id] = f"input {len(graph.inputs)} values" if together else f"input {value.name}"
+        counts.setdefault(group_of[value.id], [0, 0])[1] += value.type.nbytes
     for node in graph.nodes:
         module = _module_of(node, depth) or "(top level)"
-        backward = node.provenance.differentiates is not None and module != "optimizer"
+        backward = node.provenance.role == "backward"
         group = f"{module} [backward]" if backward else module
         group_of[node.output.id] = group
         entry = counts.setdefault(group, [0, 0])
@@ -176,8 +190,8 @@ def _collapsed(dot: graphviz.Digraph, graph: Graph, depth: int) -> graphviz.Digr
         entry[1] += node.output.type.nbytes
     for group, (nodes, size) in counts.items():
         style = STYLES["input"] if group.startswith("input ") else STYLES["backward"] if "[backward]" in group \
-            else STYLES["optimizer"] if group == "optimizer" else STYLES["module"]
-        dot.node(_safe_id(group), _label(group, f"{nodes} nodes, {_bytes(size)}"), **style)
+            else STYLES[group[1:-1]] if group in ("(optimizer)", "(combine)") else STYLES["module"]
+        dot.node(_safe_id(id_prefix + group), _label(group, f"{nodes} nodes, {_bytes(size)}"), **style)
     edges = set()
     for node in graph.nodes:
         for value in node.inputs:
@@ -185,7 +199,7 @@ def _collapsed(dot: graphviz.Digraph, graph: Graph, depth: int) -> graphviz.Digr
             if source is not None and source != target:
                 edges.add((source, target))
     for source, target in sorted(edges):
-        dot.edge(_safe_id(source), _safe_id(target))
+        dot.edge(_safe_id(id_prefix + source), _safe_id(id_prefix + target))
     return dot
 
 
@@ -198,14 +212,42 @@ def render_graph(graph: Graph, path: str, collapse: Optional[int] = None, title:
                  highlight: Optional[dict[int, str]] = None) -> str:
     """Draw `graph` to `path` (.svg, .png or .pdf); returns the path written. Graphs above AUTO_COLLAPSE_NODES
     are drawn collapsed to modules. Without `dot`, writes `path` + '.dot' and says how to install graphviz."""
+    if collapse is None and len(graph.nodes) > AUTO_COLLAPSE_NODES:
+        collapse = 2
+        title = (title + " " if title else "") + f"(collapsed: {len(graph.nodes)} nodes)"
+    return _draw(lambda depth, note: to_dot(graph, collapse=depth, highlight=highlight, title=title + note),
+                 path, collapse)
+
+
+def render_graphs(named_graphs: Sequence[tuple[str, Graph]], path: str, collapse: Optional[int] = None) -> str:
+    """Draw several graphs (a program's shard and combine graphs) into one diagram at `path`, each in a box
+    labelled with its name; one graph is drawn as render_graph draws it. Returns the path written."""
+    if len(named_graphs) == 1:
+        name, graph = named_graphs[0]
+        return render_graph(graph, path, collapse, title=f"{name}: {graph.header}")
+
+    def describe(depth: Optional[int], note: str) -> graphviz.Digraph:
+        dot = graphviz.Digraph(graph_attr=dict(rankdir="TB", fontname="Helvetica", compound="true",
+                                               label=html.escape(note.strip()), labelloc="t"),
+                               node_attr=dict(fontname="Helvetica", fontsize="10"),
+                               edge_attr=dict(color="#555555"))
+        for index, (name, graph) in enumerate(named_graphs):
+            own = depth if depth is not None or len(graph.nodes) <= AUTO_COLLAPSE_NODES else 2
+            shown = f" (collapsed: {len(graph.nodes)} nodes)" if own is not None and depth is None else ""
+            dot.subgraph(to_dot(graph, collapse=own, title=f"{name}{shown}", id_prefix=f"g{index}_"))
+        return dot
+
+    return _draw(describe, path, collapse)
+
+
+def _draw(describe: Callable[[Optional[int], str], graphviz.Digraph], path: str, collapse: Optional[int]) -> str:
+    """Run dot on describe(collapse, ''); if dot fails on a full drawing, on describe(2, note) collapsed to
+    modules; without dot (or if both fail) write the source."""
     root, extension = os.path.splitext(path)
     file_format = extension.lstrip(".").lower() or "svg"
     if file_format not in FORMATS:
         raise ValueError(f"cannot draw to {path!r}: use one of {', '.join('.' + f for f in FORMATS)}")
-    if collapse is None and len(graph.nodes) > AUTO_COLLAPSE_NODES:
-        collapse = 2
-        title = (title + " " if title else "") + f"(collapsed: {len(graph.nodes)} nodes)"
-    dot = to_dot(graph, collapse=collapse, highlight=highlight, title=title)
+    dot = describe(collapse, "")
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     if shutil.which("dot") is None:
@@ -215,7 +257,7 @@ def render_graph(graph: Graph, path: str, collapse: Optional[int] = None, title:
     if failure is None:
         return output
     if collapse is None:  # dot crashed or ran too long on the full drawing: the module overview still helps
-        overview = to_dot(graph, collapse=2, title=f"{title} (collapsed: dot failed on the full graph)")
+        overview = describe(2, " (collapsed: dot failed on the full graph)")
         if _run_dot(overview.source, file_format, output) is None:
             print(f"graphgpt: drew {output} collapsed to modules ({failure})", file=sys.stderr)
             return output

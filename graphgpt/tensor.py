@@ -10,8 +10,10 @@ this file only says how to run an op eagerly and what a traced tensor refuses to
 
 from __future__ import annotations
 
+import contextvars
 import itertools
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -22,14 +24,35 @@ from graphgpt.ir.types import canonical_dtype
 from .tracing import TraceError, current_provenance, current_trace, grad_enabled, no_grad
 
 
+# Numbers tape nodes in creation order; itertools.count's next() is atomic under the GIL, and numbers from
+# several threads only need to be increasing within each thread's own tape.
 _creation_counter = itertools.count()
-# Every op run eagerly, recorded on the tape or not (backward() runs its rules unrecorded), for comparisons with
-# the compiled graph's node count.
-_eager_ops_run = [0]
 
 
-def eager_ops_run() -> int:
-    return _eager_ops_run[0]
+class OpCount:
+    """How many ops ran eagerly (recorded on the tape or not: backward() runs its rules unrecorded)."""
+
+    def __init__(self):
+        self.ops = 0
+
+
+_op_count: contextvars.ContextVar[Optional[OpCount]] = contextvars.ContextVar("graphgpt_op_count", default=None)
+
+
+@contextmanager
+def counting_eager_ops() -> Iterator[OpCount]:
+    """Count the ops this thread runs eagerly inside the block (for comparisons with a graph's node count).
+
+    >>> with counting_eager_ops() as count:  # doctest: +SKIP
+    ...     loss.backward()
+    >>> count.ops                            # doctest: +SKIP
+    """
+    count = OpCount()
+    token = _op_count.set(count)
+    try:
+        yield count
+    finally:
+        _op_count.reset(token)
 
 
 class Tensor(TensorOps):
@@ -105,7 +128,9 @@ class Tensor(TensorOps):
         except ShapeError as error:
             raise ShapeError(f"{error}\n  at {current_provenance().describe()}") from None
         result = Tensor(op_def.evaluate([tensor._data for tensor in inputs], checked))
-        _eager_ops_run[0] += 1
+        count = _op_count.get()
+        if count is not None:
+            count.ops += 1
         if result._type.is_float and grad_enabled() and any(tensor.requires_grad for tensor in inputs):
             result.requires_grad = True
             # origin = creation number, so backward() walks the tape in the order the ops ran (see _tape)

@@ -15,15 +15,25 @@ from .printer import format_graph
 from .types import TensorType
 
 
+# What part of a program a node belongs to: the model and loss as traced, the generated backward pass, the
+# optimizer's update, or the data-parallel combination of shards.
+ROLES = ("forward", "backward", "optimizer", "combine")
+
+
 @dataclass(frozen=True)
 class Provenance:
-    """Where a node came from: the module path that made it, the user's source line, and for a backward node
-    the id of the forward node it differentiates."""
+    """Where a node came from: the module path that made it, the user's source line, its role (ROLES), and for a
+    backward node the id of the forward node it differentiates."""
 
     module_path: str = ""
     filename: str = ""
     lineno: int = 0
     differentiates: Optional[int] = None
+    role: str = "forward"
+
+    def __post_init__(self):
+        if self.role not in ROLES:
+            raise ValueError(f"provenance role must be one of {ROLES}, got {self.role!r}")
 
     @property
     def source(self) -> str:

@@ -12,13 +12,13 @@ from typing import Any, Union
 
 from .builder import GraphBuilder
 from .errors import GraphError, SerializationError, ShapeError
-from .graph import Graph, Provenance, Value
+from .graph import ROLES, Graph, Provenance, Value
 from .ops import get_op
 from .types import TensorType
 from .verifier import verify
 
 FORMAT_NAME = "graphgpt-graph"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: provenance records the node's role
 MAX_FILE_BYTES = 512 * 1024 * 1024
 MAX_NODES = 1_000_000
 MAX_VALUE_ELEMENTS = 1 << 40  # larger types cannot be meant: refuse before anything allocates for them
@@ -26,7 +26,7 @@ MAX_VALUE_ELEMENTS = 1 << 40  # larger types cannot be meant: refuse before anyt
 
 def _provenance_to_json(provenance: Provenance) -> dict[str, Any]:
     return {"module_path": provenance.module_path, "filename": provenance.filename, "lineno": provenance.lineno,
-            "differentiates": provenance.differentiates}
+            "differentiates": provenance.differentiates, "role": provenance.role}
 
 
 def graph_to_json(graph: Graph) -> dict[str, Any]:
@@ -134,7 +134,8 @@ def graph_from_json(data: Any) -> Graph:
                 attrs[name] = kind.from_json(record["attrs"][name])
             source = _fields(record["provenance"], f"{where} provenance",
                              {"module_path": str, "filename": str, "lineno": int,
-                              "differentiates": (int, type(None))})
+                              "differentiates": (int, type(None)), "role": str})
+            _expect(source["role"] in ROLES, f"{where} provenance: role {source['role']!r:.40} is not one of {ROLES}")
             _expect(record["id"] >= 0, f"{where}: id {record['id']} is negative")
             _expect(record["id"] not in by_id, f"{where}: id {record['id']} is defined twice")
             value = builder.add_node(record["op"], inputs, attrs, Provenance(**source), value_id=record["id"])

@@ -7,7 +7,7 @@ names the forward node it differentiates (`differentiates`) and that node's modu
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -18,20 +18,30 @@ from graphgpt.ir.symbolic import Emitter
 from .rewrite import copied_results, copy_into
 
 
-def append_backward(graph: Graph, wrt: Sequence[str], loss: Optional[Value] = None, seed: float = 1.0) -> Graph:
-    """A new graph: `graph`'s nodes, then the backward nodes. Its outputs are `graph`'s outputs followed by one
-    gradient per name in `wrt` (parameter or input names), in that order.
+class Backward(NamedTuple):
+    """A graph with its backward pass appended, and which of its values is the gradient of each name asked for
+    (parameter or input names): passes that consume gradients (the optimizer's update) look them up by name."""
 
-    `loss` defaults to the graph's first output and must be a float scalar. `seed` is d(objective)/d(loss): the
-    gradients are of seed * loss (a data-parallel shard of a mean loss uses 1 / shards).
+    graph: Graph
+    gradients: dict[str, Value]
+
+
+def append_backward(graph: Graph, wrt: Sequence[str], loss: Optional[Value] = None) -> Backward:
+    """`graph`'s nodes, then the backward nodes (role "backward"). The new graph's outputs are `graph`'s outputs
+    followed by the gradients, one per name in `wrt` in that order, so running it returns them; `gradients`
+    names them.
+
+    `loss` defaults to the graph's first output and must be a float scalar.
 
     >>> train = append_backward(forward_and_loss, wrt=[v.name for v in forward_and_loss.params])  # doctest: +SKIP
+    >>> train.gradients["lm_head.weight"]                                                       # doctest: +SKIP
     """
-    return append_backward_with_map(graph, wrt, loss, seed)[0]
+    backward, _ = append_backward_with_map(graph, wrt, loss)
+    return backward
 
 
-def append_backward_with_map(graph: Graph, wrt: Sequence[str], loss: Optional[Value] = None,
-                             seed: float = 1.0) -> tuple[Graph, dict[int, Value]]:
+def append_backward_with_map(graph: Graph, wrt: Sequence[str],
+                             loss: Optional[Value] = None) -> tuple[Backward, dict[int, Value]]:
     """append_backward, also returning which value of the new graph holds the complete gradient of each
     intermediate forward value (by forward value id), for tools that check the backward pass node by node."""
     loss = graph.outputs[0] if loss is None else loss
@@ -57,11 +67,11 @@ def append_backward_with_map(graph: Graph, wrt: Sequence[str], loss: Optional[Va
     def stamp(application: Application) -> None:
         forward = application.origin.provenance
         emitter.provenance = Provenance(forward.module_path, forward.filename, forward.lineno,
-                                        differentiates=application.origin.output.id)
+                                        differentiates=application.origin.output.id, role="backward")
 
     loss_symbol = symbol[loss.id]
-    emitter.provenance = Provenance(differentiates=loss.id)
-    seed_value = loss_symbol._lift(np.full((), seed, loss.type.numpy_dtype))
+    emitter.provenance = Provenance(differentiates=loss.id, role="backward")
+    seed_value = loss_symbol._lift(np.ones((), loss.type.numpy_dtype))
     wrt_symbols = [symbol[leaves[name].id] for name in wrt]
     intermediate_gradients: dict[int, Value] = {}
     gradients = backpropagate(applications, loss_symbol, seed_value, wrt_symbols, key=lambda s: s.value.id,
@@ -69,10 +79,12 @@ def append_backward_with_map(graph: Graph, wrt: Sequence[str], loss: Optional[Va
                               on_final=lambda value_id, g: intermediate_gradients.__setitem__(value_id, g.value))
 
     outputs, updates = copied_results(graph, new_values)
+    named: dict[str, Value] = {}
     for name, wrt_symbol in zip(wrt, wrt_symbols):
         gradient = gradients.get(wrt_symbol.value.id)
         if gradient is None:  # the loss does not depend on it: its gradient is zero
-            emitter.provenance = Provenance(module_path=name.rpartition(".")[0])
+            emitter.provenance = Provenance(module_path=name.rpartition(".")[0], role="backward")
             gradient = wrt_symbol._lift(np.zeros(wrt_symbol.shape, wrt_symbol.type.numpy_dtype))
         outputs.append(gradient.value)
-    return builder.finish(outputs, updates), intermediate_gradients
+        named[name] = gradient.value
+    return Backward(builder.finish(outputs, updates), named), intermediate_gradients

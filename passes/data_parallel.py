@@ -36,13 +36,11 @@ from typing import Callable, Optional
 import numpy as np
 
 from graphgpt.ir import Graph, GraphBuilder, Node, OpKind, Provenance, get_op
+from graphgpt.ir.ops import attrs
 
 from .rewrite import copied_results, copy_leaves
 
 PER_EXAMPLE, PARTIAL, INDEPENDENT = "per-example", "partial", "independent"
-
-# Ops whose attributes hold shapes, which differ between the whole batch and a shard.
-_SHAPE_ATTRS = {"reshape": "shape", "broadcast_to": "shape", "slice": "slices", "unslice": "shape"}
 
 
 @dataclass(frozen=True)
@@ -290,9 +288,10 @@ def scale_shard_graph(shard: Graph, whole: Graph, proof: SplitProof) -> Graph:
 def _shard_attribute(node: Node, name: str, value, proof: SplitProof):
     """The attribute `name` of `node` (of the whole batch's graph) as the shard's graph must have it: a shape
     carrying the batch on axis 0 has it divided by the shard count; everything else is the same."""
-    if _SHAPE_ATTRS.get(node.op) != name or proof.classes[node.output.id] != PER_EXAMPLE:
+    op = get_op(node.op)
+    if name not in op.shape_attrs or proof.classes[node.output.id] != PER_EXAMPLE:
         return value
-    if name == "slices":  # the proof admits only whole-axis slices of axis 0
+    if op.attrs[name] is attrs.SLICES:  # the proof admits only whole-axis slices of axis 0
         (start, stop, step), rest = value[0], tuple(value[1:])
         return ((start, stop // proof.shards, step),) + rest
     return (value[0] // proof.shards,) + tuple(value[1:])

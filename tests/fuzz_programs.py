@@ -46,7 +46,7 @@ def main() -> int:
         # ops the traced program and its generated backward graph contain, and those the passes made
         arrays = inputs_for(recipe, index)
         traced = graphgpt.trace(build(recipe), *arrays).graph
-        backward = append_backward(traced, [value.name for value in traced.inputs])
+        backward = append_backward(traced, [value.name for value in traced.inputs]).graph
         covered.update(backward.op_counts())
         covered.update(run_pipeline(backward, ALL_PASSES)[0].op_counts())
     seconds = time.perf_counter() - started

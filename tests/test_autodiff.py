@@ -90,9 +90,9 @@ def test_fan_out_gradients_are_summed():
     x = np.array([0.5, -1.0, 2.0])
     report = graphgpt.check_gradients(function, x)
     assert report.passed, str(report)
-    graph = append_backward(graphgpt.trace(function, x).graph, ["x"])
-    from graphgpt.executor import Executor
-    _, gradient = Executor(graph).run([x], [])
+    graph = append_backward(graphgpt.trace(function, x).graph, ["x"]).graph
+    from graphgpt.passes.schedule import Schedule
+    _, gradient = Schedule(graph).run([x], [])
     np.testing.assert_allclose(gradient, 2 * x + np.exp(x) + 1, rtol=1e-12)
 
 

@@ -45,9 +45,10 @@ def test_memory_timeline_matches_the_plan():
     model = make_gpt()
     tokens = make_tokens(17, 2, 8)
     step = graphgpt.compile(model, tokens, tokens, loss=F.cross_entropy)
-    timeline = memory_timeline(step.graph)
+    timeline = step.memory_timeline()
+    assert timeline.live_bytes == memory_timeline(step.graph).live_bytes  # the plan it runs, or a new one
     assert len(timeline.live_bytes) == len(step.graph.nodes)
-    assert 0 < timeline.peak_bytes <= step._executor.planned_bytes
+    assert 0 < timeline.peak_bytes <= step.planned_bytes
     assert timeline.peak_bytes == max(timeline.live_bytes)
     assert len(timeline.culprits) == 5 and all(size > 0 for _, size in timeline.culprits)
     assert "blocks." in timeline.describe() and "peak" in timeline.describe()

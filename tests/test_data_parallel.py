@@ -1,15 +1,15 @@
 """Data-parallel training steps: the proof that a batch splits exactly (passes/data_parallel.py), and the split
-step (graphgpt/data_parallel.py) computing the same loss, gradients and updates as the whole-batch step."""
+step (passes/program.py, passes/sharded_run.py) computing the same loss, gradients and updates as the whole-batch step."""
 
 import numpy as np
 import pytest
 
 import graphgpt
 from graphgpt.compiler import trace_loss
-from graphgpt.executor import ExecutionError
+from graphgpt.passes.schedule import ExecutionError
 from graphgpt.nn import functional as F
 from graphgpt.passes import infer_shapes
-from graphgpt.passes.data_parallel import PARTIAL, prove_split, shard_mismatch
+from graphgpt.passes.data_parallel import prove_split, shard_mismatch
 
 from conftest import make_gpt, make_tokens
 
@@ -214,3 +214,29 @@ def test_shards_without_a_loss_is_refused():
     model, tokens, _ = gpt_batch()
     with pytest.raises(TypeError, match="shards splits a training step"):
         graphgpt.compile(model, tokens, shards=2)
+
+
+def test_a_slice_that_differs_at_the_shard_batch_is_caught():
+    model, tokens, targets = gpt_batch()
+
+    def batch_dependent_slice(logits, targets):
+        # the same ops and types at either batch size, but other positions of the sequence
+        kept = logits[:, 1:] if logits.shape[0] > 2 else logits[:, :-1]
+        return F.cross_entropy(kept, targets[:, 1:])
+
+    whole = forward_graph(model, (tokens, targets), batch_dependent_slice)
+    shard = forward_graph(model, (tokens[:2], targets[:2]), batch_dependent_slice)
+    proof, problem = prove_split(whole, 2)
+    assert problem is None
+    assert "attribute slices" in shard_mismatch(whole, shard, proof)
+    with pytest.raises(ValueError, match="attribute slices"):
+        graphgpt.compile(model, tokens, targets, loss=batch_dependent_slice, shards=2)
+
+
+def test_inputs_with_different_axes_0_are_refused():
+    model = graphgpt.nn.Linear(3, 2)
+    x = np.ones((4, 3), np.float32)
+    examples = (x, np.ones((2, 2), np.float32), np.ones((4, 2), np.float32))
+    graph = forward_graph(lambda x, y: model(x) + y.sum(), examples, lambda out, t: (out * t).sum())
+    proof, problem = prove_split(graph, 2)
+    assert proof is None and "axes 0 differ" in problem

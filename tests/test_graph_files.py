@@ -12,7 +12,7 @@ import pytest
 
 import graphgpt
 import graphgpt.ir.serialize as serialize
-from graphgpt.executor import Executor
+from graphgpt.passes.schedule import Schedule
 from graphgpt.ir import (GraphBuilder, SerializationError, TensorType, VerificationError, format_graph,
                          graph_from_json, graph_to_json, load_graph, save_graph, verify)
 from graphgpt.nn import functional as F
@@ -29,7 +29,7 @@ def train_step():
 
 def run(graph, tokens, bindings):
     params = [np.array(bindings[value.name].data, copy=True) for value in graph.params]
-    return Executor(graph).run([tokens, tokens], params), params
+    return Schedule(graph).run([tokens, tokens], params), params
 
 
 def test_round_trip_is_exact(train_step, tmp_path):

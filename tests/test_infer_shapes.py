@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import graphgpt
-from graphgpt.executor import Executor
+from graphgpt.passes.schedule import Schedule
 from graphgpt.ir import GraphBuilder, TensorType, format_graph, verify
 from graphgpt.passes import infer_shapes
 from conftest import make_gpt, make_tokens
@@ -48,7 +48,7 @@ def test_respecialising_a_shape_polymorphic_graph_runs():
     graph = graphgpt.compile(function, x, w).graph
     wider = infer_shapes(graph, [TensorType((7, 3), "float32"), TensorType((3, 4), "float32")])
     assert str(wider.outputs[0].type) == "f32[7]"
-    out = Executor(wider).run([np.ones((7, 3), np.float32), w], [])[0]
+    out = Schedule(wider).run([np.ones((7, 3), np.float32), w], [])[0]
     np.testing.assert_allclose(out, function(graphgpt.Tensor(np.ones((7, 3), np.float32)),
                                              graphgpt.Tensor(w)).data)
 

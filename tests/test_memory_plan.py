@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import graphgpt
-from graphgpt.executor import VIEW, Executor
+from graphgpt.passes.schedule import VIEW, Schedule
 from graphgpt.ir import get_op
 from graphgpt.nn import functional as F
 from graphgpt.passes.memory_plan import plan_memory
@@ -52,7 +52,7 @@ def test_no_two_live_values_share_a_buffer(passes):
 
 def test_predicted_views_are_views_at_run_time():
     step, inputs = training_graph()
-    executor = step._executor
+    executor = step.program.schedules[0]
     slots = executor.initial_slots(inputs, step._param_arrays())
     views = 0
     for step_ in executor.steps:
@@ -79,7 +79,7 @@ def test_planned_run_equals_unplanned_evaluation(passes):
         values[value.id] = step.bindings[value.name].data
     for node in graph.nodes:  # every value in a fresh array: no reuse at all
         values[node.output.id] = get_op(node.op).evaluate([values[v.id] for v in node.inputs], node.attrs)
-    planned = Executor(graph).run(inputs, [step.bindings[value.name].data for value in graph.params])
+    planned = Schedule(graph).run(inputs, [step.bindings[value.name].data for value in graph.params])
     for value, array in zip(graph.outputs, planned):
         np.testing.assert_array_equal(array, values[value.id])
 
@@ -87,7 +87,7 @@ def test_planned_run_equals_unplanned_evaluation(passes):
 def test_plan_needs_far_less_than_keeping_everything():
     step, _ = training_graph()
     keep_all = step.stages[-1].keep_all_bytes
-    assert step._executor.planned_bytes <= 0.6 * keep_all
+    assert step.planned_bytes <= 0.6 * keep_all
 
 
 def test_owner_check_catches_a_plan_that_shares_a_live_buffer():
@@ -102,7 +102,7 @@ def test_owner_check_catches_a_plan_that_shares_a_live_buffer():
 
 
 def test_planned_buffers_are_carved_apart_and_aligned():
-    from graphgpt.executor import BUFFER_ALIGNMENT, _carve_buffers
+    from graphgpt.passes.schedule import BUFFER_ALIGNMENT, _carve_buffers
     sizes = [5, 0, 64, 1 << 20, 3, 100]
     buffers = _carve_buffers(sizes)
     assert [buffer.nbytes for buffer in buffers] == sizes

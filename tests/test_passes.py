@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import graphgpt
-from graphgpt.executor import Executor
+from graphgpt.passes.schedule import Schedule
 from graphgpt.ir import GraphBuilder, TensorType
 from graphgpt.nn import functional as F
 from graphgpt.passes.manager import DEFAULT_PIPELINE, OPTIONAL_PASSES, PASSES, run_pipeline
@@ -18,7 +18,7 @@ PIPELINES = ([[name] for name in DEFAULT_PIPELINE + OPTIONAL_PASSES] + [list(DEF
 def run_graph(graph, inputs, bindings):
     """Outputs of a graph; parameters come from copies so updates do not leak between runs."""
     params = [np.array(bindings[value.name].data, copy=True) for value in graph.params]
-    outputs = Executor(graph).run(inputs, params)
+    outputs = Schedule(graph).run(inputs, params)
     return outputs, dict(zip((value.name for value in graph.params), params))
 
 
@@ -96,9 +96,9 @@ def test_passes_preserve_random_graphs(seed):
     graph = random_graph(seed)
     inputs = [np.random.default_rng(seed).normal(size=(3, 4))]
     params = [np.random.default_rng(seed + 1).normal(size=(4,))]
-    expected = Executor(graph).run(inputs, params)
+    expected = Schedule(graph).run(inputs, params)
     optimised, records = run_pipeline(graph, verify_each=True)
-    for x, y in zip(expected, Executor(optimised).run(inputs, params)):
+    for x, y in zip(expected, Schedule(optimised).run(inputs, params)):
         np.testing.assert_allclose(y, x, rtol=1e-12, atol=1e-12)
     assert len(optimised.nodes) <= len(graph.nodes)
 

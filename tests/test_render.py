@@ -83,7 +83,7 @@ def test_large_graphs_collapse_to_modules(tmp_path):
     assert len(train.graph.nodes) > render.AUTO_COLLAPSE_NODES
     _, _, texts = parse(train.render(str(tmp_path / "big.svg")))
     assert any("collapsed" in text for text in texts)
-    assert {"blocks.0", "blocks.0 [backward]", "optimizer"} <= set(texts)
+    assert {"blocks.0", "blocks.0 [backward]", "(optimizer)"} <= set(texts)
     _, _, overview = parse(train.render(str(tmp_path / "overview.svg"), collapse=1))
     assert "blocks" in overview and "blocks.0" not in overview
 
@@ -126,7 +126,18 @@ def test_cli_render_and_ir(tmp_path, capsys):
     assert main(["render", "--stage", "train", "--out", str(tmp_path / "t.svg")]) == 0
     ElementTree.parse(capsys.readouterr().out.strip())
     assert main(["ir", "--stage", "optimised"]) == 0
-    assert capsys.readouterr().out.startswith("# graph (fuse_horizontal_matmuls)")
+    assert capsys.readouterr().out.startswith("# ---- training step ----\n# graph (fuse_horizontal_matmuls)")
+
+
+def test_cli_shows_the_graphs_a_split_step_runs(tmp_path, capsys):
+    assert main(["ir", "--stage", "optimised", "--shards", "2", "--batch", "4", "--layers", "1"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("# ---- shard (batch 2 of 4) ----") and "\n# ---- combine ----\n" in text
+    assert main(["render", "--stage", "train", "--shards", "2", "--batch", "4", "--out", str(tmp_path / "s.svg")]) == 0
+    drawn = open(capsys.readouterr().out.strip()).read()
+    assert "shard (batch 2 of 4): one copy per shard, 2 at once" in drawn and ">combine<" in drawn
+    with pytest.raises(SystemExit, match="cannot split this training step into 3"):
+        main(["ir", "--stage", "train", "--shards", "3", "--batch", "4"])
 
 
 def test_a_failing_dot_falls_back_to_the_module_overview_then_to_source(tmp_path, monkeypatch, capsys):

@@ -1,5 +1,5 @@
 """Kernel scratch (ir/scratch.py): each op declares what its kernel takes, exactly; the memory plan counts it; the
-executor hands its kernels an arena of its own; eager kernels use a pool per thread; and nothing is shared
+schedule hands its kernels an arena of its own; eager kernels use a pool per thread; and nothing is shared
 between threads, so a data-parallel step with fused kernels computes what the whole-batch step does."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import graphgpt
-from graphgpt.executor import ExecutionError, Executor
+from graphgpt.passes.schedule import ExecutionError, Schedule
 from graphgpt.ir import OPS, TensorType
 from graphgpt.ir.scratch import ScratchOverflowError, scratch_arena, scratch_arrays
 from graphgpt.nn import functional as F
@@ -71,7 +71,7 @@ def declared_scratch(op, arrays, attrs) -> int:
 
 
 def run_in_arena(op, arrays, attrs, arena_bytes: int) -> np.ndarray:
-    """The op's kernel, as the executor runs it, with `arena_bytes` of planned scratch."""
+    """The op's kernel, as a schedule runs it, with `arena_bytes` of planned scratch."""
     result_type = op.infer_type([TensorType.of(x) for x in arrays], attrs)
     out = np.full(result_type.shape, 7, result_type.numpy_dtype)
     with scratch_arena(np.empty(arena_bytes, np.uint8)):
@@ -163,7 +163,7 @@ def test_an_arena_smaller_than_declared_fails_the_run_naming_the_node():
     x = normal(300, 1000)
     graph = graphgpt.compile(norm, x).graph
     plan = plan_memory(graph)
-    short = Executor(graph, dataclasses.replace(plan, scratch_bytes=plan.scratch_bytes - 64))
+    short = Schedule(graph, dataclasses.replace(plan, scratch_bytes=plan.scratch_bytes - 64))
     params = [dict(norm.named_parameters())[value.name].data for value in graph.params]
     with pytest.raises(ExecutionError, match="layer_norm.*asked for") as raised:
         short.run([x], params)

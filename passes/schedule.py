@@ -1,12 +1,12 @@
-"""The executor: lowers a graph once into a flat schedule of NumPy calls over planned buffers; each run then only
-walks the schedule.
+"""The schedule: a graph lowered once into a flat list of NumPy calls over planned buffers; each run then only
+walks the list. The last step of compiling, and what a Program runs.
 
-Buffers come from the memory plan (graphgpt.passes.memory_plan): allocated once per executor and reused by every
+Buffers come from the memory plan (passes/memory_plan.py): allocated once per schedule and reused by every
 run, each op writing into its planned buffer with `out=`; views (reshape, transpose, slice, broadcast) are made
 afresh each run and cost nothing. A failure inside a step is reported with the node, its module path and
 source line.
 
-Arrays returned by run() live in the executor's buffers: the next run overwrites them (graphgpt.Compiled copies
+Arrays returned by run() live in the schedule's buffers: the next run overwrites them (graphgpt.Compiled copies
 what it hands to users).
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from graphgpt.ir import Graph, Node, get_op
 from graphgpt.ir.scratch import scratch_arena
-from graphgpt.passes.memory_plan import MemoryPlan, plan_memory
+from .memory_plan import MemoryPlan, plan_memory
 
 
 class ExecutionError(RuntimeError):
@@ -88,8 +88,8 @@ def _carve_buffers(sizes: Sequence[int]) -> list[np.ndarray]:
     return [arena[start + offset:start + offset + size] for offset, size in zip(offsets, sizes)]
 
 
-class Executor:
-    """Runs `graph` on NumPy arrays: `executor.run(inputs, params) -> list of output arrays`; the graph's updates
+class Schedule:
+    """Runs `graph` on NumPy arrays: `schedule.run(inputs, params) -> list of output arrays`; the graph's updates
     are written into the parameter arrays in place."""
 
     def __init__(self, graph: Graph, plan: Optional[MemoryPlan] = None, check_numerics=False):
@@ -107,7 +107,7 @@ class Executor:
         # Updates not computed straight into their parameter are copied in after the run.
         self.update_copies = [(param_position[parameter.id], slot_of[value.id]) for parameter, value in graph.updates
                               if self.plan.storage[value.id].kind != "into_param"]
-        # The last piece is this executor's kernel scratch (ir/scratch.py): its own, so concurrent executors
+        # The last piece is this schedule's kernel scratch (ir/scratch.py): its own, so concurrent schedules
         # (data-parallel shards) never share it.
         *self.buffers, self.scratch = _carve_buffers([*self.plan.buffer_bytes, self.plan.scratch_bytes])
         self.constants = []  # (slot, array): set once per run, before the schedule

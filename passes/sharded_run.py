@@ -1,0 +1,137 @@
+"""Running a data-parallel Program: the batch cut into equal shards along axis 0, each shard run by its own copy
+of the shard graph's schedule on its own thread, the shards' outputs summed, then the combine graph's schedule.
+
+passes/data_parallel.py proves the split exact and scales the shard graph so that the whole batch's loss and
+gradients are the sums of the shards'. Why split at all: with BLAS on two threads a GPT step already runs its
+matmuls on both cores, but the third of the step spent in NumPy's elementwise and row-wise passes runs on one;
+two shards on one BLAS thread each keep both cores busy all the time (benchmarks/train_step.py measures it).
+NumPy and OpenBLAS release the GIL inside their calls, so Python threads run the shards truly in parallel.
+
+While shards run, BLAS is limited to one thread (two threads each asking OpenBLAS for two threads would
+oversubscribe the cores). The limit is process-wide, so it is counted: the first run to enter sets it, the last
+to leave restores it, however runs of different programs interleave.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from graphgpt.ir import Graph
+
+from .memory_plan import MemoryPlan
+from .schedule import Schedule
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class _BlasLimit:
+    """One BLAS thread while any sharded run is inside `one_thread()`; restored when the last one leaves."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._limit = None
+        self._controller = None
+
+    @contextmanager
+    def one_thread(self) -> Iterator[None]:
+        with self._lock:
+            if self._holders == 0:
+                if self._controller is None:
+                    from threadpoolctl import ThreadpoolController
+
+                    self._controller = ThreadpoolController()
+                self._limit = self._controller.limit(limits=1, user_api="blas")
+            self._holders += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holders -= 1
+                if self._holders == 0:
+                    self._limit.restore_original_limits()
+                    self._limit = None
+
+
+_BLAS_LIMIT = _BlasLimit()  # one per process, as the BLAS thread pool it guards
+
+
+class ShardedRun:
+    """Runs like a Schedule (`run(inputs, params) -> outputs`, updates written into the parameter arrays), over
+    `shards` schedules of the shard graph and one of the combine graph. run() takes the parameter arrays in the
+    order of `param_names`; each graph reads its own by name."""
+
+    def __init__(self, shard: Graph, shard_plan: MemoryPlan, combine: Graph, combine_plan: MemoryPlan, shards: int,
+                 param_names: Sequence[str], check_numerics=False):
+        self.shard_schedules = [Schedule(shard, shard_plan, check_numerics) for _ in range(shards)]
+        output_ids = [value.id for value in shard.outputs]
+        self._same_as = [output_ids.index(value_id) for value_id in output_ids]  # first output with that value
+        self._in_place = _summable_in_place(shard, shard_plan)
+        self.combine = Schedule(combine, combine_plan, check_numerics)
+        position = {name: index for index, name in enumerate(param_names)}
+        self.shard_param_positions = [position[value.name] for value in shard.params]
+        self.combine_param_positions = [position[value.name] for value in combine.params]
+        self.shards = shards
+        self._pool: Optional[ThreadPoolExecutor] = None
+
+    @property
+    def planned_bytes(self) -> int:
+        return sum(schedule.planned_bytes for schedule in self.shard_schedules) + self.combine.planned_bytes
+
+    def run(self, inputs: Sequence[np.ndarray], params: Sequence[np.ndarray]) -> list[np.ndarray]:
+        size = inputs[0].shape[0] // self.shards
+        pieces = [[array[index * size:(index + 1) * size] for array in inputs] for index in range(self.shards)]
+        shard_params = [params[position] for position in self.shard_param_positions]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.shards - 1, thread_name_prefix="graphgpt-shard")
+        with _BLAS_LIMIT.one_thread():
+            pending = [self._pool.submit(schedule.run, piece, shard_params)
+                       for schedule, piece in zip(self.shard_schedules[1:], pieces[1:])]
+            try:
+                results = [self.shard_schedules[0].run(pieces[0], shard_params)]
+            finally:  # every shard finishes before the BLAS threads are restored, even after a failure
+                wait(pending)
+            results += [future.result() for future in pending]  # re-raises a shard's failure
+        combine_params = [params[position] for position in self.combine_param_positions]
+        return self.combine.run(self._sums(results), combine_params)
+
+    def _sums(self, results: list[list[np.ndarray]]) -> list[np.ndarray]:
+        """Each output summed over the shards, in place where _summable_in_place allows, else into a new array;
+        an output that is an earlier output's value reuses that sum."""
+        totals: list[np.ndarray] = []
+        for position, arrays in enumerate(zip(*results)):
+            if self._same_as[position] < position:
+                totals.append(totals[self._same_as[position]])
+                continue
+            total = arrays[0] if self._in_place[position] else np.array(arrays[0], copy=True)
+            for other in arrays[1:]:
+                np.add(total, other, out=total)
+            totals.append(total)
+        return totals
+
+
+def _summable_in_place(graph: Graph, plan: MemoryPlan) -> list[bool]:
+    """Per output of `graph`: whether the first shard's array for it lies in a planned buffer that no other
+    output value uses, so the sum over shards may be written there once the run is over. Views of inputs,
+    parameters and constants are not."""
+    def buffer_of(value_id: int) -> int:
+        storage = plan.storage[value_id]
+        if storage.kind == "view":
+            storage = plan.storage[storage.source]
+        return storage.buffer if storage.kind == "buffer" else -1
+
+    owners: dict[int, set[int]] = {}
+    for value in graph.outputs:
+        owners.setdefault(buffer_of(value.id), set()).add(value.id)
+    return [buffer_of(value.id) >= 0 and len(owners[buffer_of(value.id)]) == 1 for value in graph.outputs]
