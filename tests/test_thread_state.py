@@ -190,3 +190,25 @@ def test_two_threads_tracing_different_models_get_only_their_own_module_paths():
     for model, all_paths in results.items():
         for paths in all_paths:
             assert paths == expected[model]
+
+
+def test_manual_seed_in_one_thread_builds_the_same_model_whatever_another_thread_draws():
+    expected = {name: parameter.data.copy() for name, parameter in make_gpt(seed=4).named_parameters()}
+    started = threading.Barrier(2)
+
+    def build_seeded():
+        started.wait(WAIT_SECONDS)
+        return [{name: p.data.copy() for name, p in make_gpt(seed=4).named_parameters()} for _ in range(5)]
+
+    def draw_meanwhile():
+        started.wait(WAIT_SECONDS)
+        for _ in range(40):
+            graphgpt.nn.Linear(32, 32)
+
+    with ThreadPoolExecutor(2) as pool:
+        drawing = pool.submit(draw_meanwhile)
+        built = pool.submit(build_seeded).result(WAIT_SECONDS)
+        drawing.result(WAIT_SECONDS)
+    for parameters in built:
+        assert parameters.keys() == expected.keys()
+        assert all(np.array_equal(parameters[name], expected[name]) for name in expected)
