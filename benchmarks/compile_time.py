@@ -4,7 +4,9 @@
 
 Compiles GPTs of width 128 (4 heads, T 64, batch 8) with 1..24 layers, interleaving the sizes in every repetition
 so machine noise hits all of them alike, and prints medians, the cost per layer, and the 12-layer figure against
-the 1-second target. Also splits the 12-layer compile into its phases (trace, shape inference, verify, executor).
+the 1-second target. Also splits the 12-layer compile into its phases (trace, shape inference, verify, the
+passes and the schedule), and times compiling the medium GPT's training step with AdamW (65, 256 wide, 6 layers,
+8 heads, T 128, batch 8: split into data-parallel shards on a machine with several cores).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import time
 import numpy as np
 
 import graphgpt
-from graphgpt.compiler import Compiled, trace
+from graphgpt.compiler import trace
 from graphgpt.ir import verify
+from graphgpt.nn import functional as F
 from graphgpt.passes import infer_shapes
+from graphgpt.passes.program import build_forward_program
 
 LAYER_COUNTS = (1, 2, 4, 8, 12, 24)
 WIDTH, HEADS, VOCAB, SEQ_LEN, BATCH = 128, 4, 65, 64, 8
@@ -44,7 +48,16 @@ def main() -> None:
     graphgpt.compile(models[1], tokens)  # warm imports and caches
 
     samples = {layers: [] for layers in LAYER_COUNTS}
-    phases = {name: [] for name in ("trace", "infer_shapes", "verify", "executor")}
+    phases = {name: [] for name in ("trace", "infer_shapes", "verify", "passes and schedule")}
+    graphgpt.manual_seed(0)
+    medium = graphgpt.nn.GPT(VOCAB, 256, 6, 8, max_seq_len=128)
+    medium_tokens = np.random.default_rng(0).integers(0, VOCAB, size=(8, 128))
+
+    def compile_medium_step():
+        return graphgpt.compile(medium, medium_tokens, medium_tokens, loss=F.cross_entropy,
+                                optimizer=graphgpt.optim.AdamW(lr=1e-3))
+
+    training = []
     for _ in range(args.repeats):
         for layers in LAYER_COUNTS:
             samples[layers].append(timed(lambda: graphgpt.compile(models[layers], tokens)))
@@ -53,7 +66,8 @@ def main() -> None:
         traced = held["traced"]
         phases["infer_shapes"].append(timed(lambda: held.update(typed=infer_shapes(traced.graph))))
         phases["verify"].append(timed(lambda: verify(held["typed"])))
-        phases["executor"].append(timed(lambda: Compiled(held["typed"], traced.bindings, False)))
+        phases["passes and schedule"].append(timed(lambda: build_forward_program(held["typed"])))
+        training.append(timed(compile_medium_step))
 
     nodes = {layers: len(graphgpt.compile(models[layers], tokens).graph.nodes) for layers in LAYER_COUNTS}
     medians = {layers: statistics.median(times) for layers, times in samples.items()}
@@ -72,6 +86,9 @@ def main() -> None:
           f"({'met' if medians[12] < 1.0 else 'NOT met'})")
     print("12-layer phases (median ms): " + ", ".join(
         f"{name} {statistics.median(times) * 1e3:.1f}" for name, times in phases.items()))
+    print(f"medium training step with AdamW ({compile_medium_step().split.describe()}): "
+          f"median {statistics.median(training) * 1e3:.0f} ms, range {min(training) * 1e3:.0f}-"
+          f"{max(training) * 1e3:.0f} ms")
 
 
 if __name__ == "__main__":

@@ -205,9 +205,11 @@ def main() -> None:
         row += f"{memory.get(name, float('nan')):>18.1f}"
         row += "".join(f" {medians[name] / medians[ref]:>10.2f}" for ref in reference_names)
         print(row)
-    planned, keep_all = compiled.planned_bytes, compiled.stages[-1].keep_all_bytes
-    print(f"compiled: {len(compiled.graph.nodes)} nodes, planned buffers {planned / 2**20:.1f} MiB vs "
-          f"{keep_all / 2**20:.1f} MiB to keep every intermediate ({planned / keep_all:.0%}); "
+    # Planned: every schedule that runs (each shard's and the combine graph's); kept: the whole step as one graph.
+    planned, keep_all = compiled.planned_bytes, compiled.program.whole.stages[-1].keep_all_bytes
+    running = ", ".join(f"{name} {len(graph.nodes)} nodes" for name, graph in compiled.graphs.items())
+    print(f"compiled: runs {running}; planned buffers {planned / 2**20:.1f} MiB vs "
+          f"{keep_all / 2**20:.1f} MiB to keep every intermediate of the whole step ({planned / keep_all:.0%}); "
           f"{compiled.split.describe()}")
 
 

@@ -193,9 +193,10 @@ class Compiled:
         """Execute the program on NumPy arrays (or Tensors) of the compiled shapes and dtypes.
 
         Runs from several threads take turns: the schedules write into buffers planned once, and a training
-        step updates the parameters in place, so two runs at once would overwrite each other. (Per-thread
-        buffers would let forward runs overlap, but measured here they gain nothing: BLAS already uses both
-        cores inside one run.)"""
+        step updates the parameters in place, so two runs at once would overwrite each other. A lock, not
+        per-thread buffers: on the medium GPT's forward, two threads sharing one Compiled took 1.6-1.7 s for 6
+        runs each, two Compileds (buffers of their own) 2.2-2.7 s (benchmarks/threads.py): BLAS already keeps
+        both cores busy inside one run, and two runs at once oversubscribe them."""
         arrays = self._check_inputs(inputs)
         with self._run_lock:
             outputs = self.program.run(arrays, self._param_arrays())

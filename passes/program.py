@@ -13,6 +13,7 @@ optimizer's update); the whole-batch step graph is kept beside them for study, b
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
@@ -24,6 +25,7 @@ from .analysis import graph_flops
 from .autodiff import append_backward
 from .data_parallel import prove_split, scale_shard_graph, shard_mismatch
 from .manager import StageRecord, format_report, run_pipeline
+from .memory_plan import MemoryPlan
 from .optimizer_update import UpdateRule, append_update
 from .schedule import Schedule
 from .sharded_run import ShardedRun, available_cores
@@ -69,7 +71,7 @@ class ProgramGraph:
         return f"{self.name}: one copy per shard, {self.runs} at once" if self.runs > 1 else self.name
 
     @property
-    def plan(self):
+    def plan(self) -> MemoryPlan:
         return self.stages[-1].plan
 
 
@@ -85,6 +87,7 @@ class Program:
                  split: Split, signature: Graph, gradient_names: Sequence[str] = (), check_numerics=False):
         self.graphs = graphs
         self._whole = whole
+        self._whole_lock = threading.Lock()  # optimised once, whichever thread asks first
         self.split = split
         self.gradient_names = list(gradient_names)
         self.inputs = list(signature.inputs)
@@ -99,9 +102,10 @@ class Program:
 
     @property
     def whole(self) -> ProgramGraph:
-        if callable(self._whole):
-            self._whole = self._whole()
-        return self._whole
+        with self._whole_lock:
+            if callable(self._whole):
+                self._whole = self._whole()
+            return self._whole
 
     @property
     def param_names(self) -> list[str]:
@@ -201,6 +205,7 @@ def build_training_program(forward: Graph, wrt: Sequence[str], rule: Optional[Up
                          _optimise(append_backward(scaled, wrt).graph, passes, verify_each), runs=wanted)
     combine = ProgramGraph("combine", _optimise(combine_shards(verify(shard.graph), wanted, wrt, rule),
                                                 passes, verify_each))
+    verify(combine.graph)
     split = Split(wanted, f"batch {batch} as {wanted} x {batch // wanted}, {proof.describe()}")
     return Program([shard, combine], optimise_whole, split, step, wrt, check_numerics)
 
