@@ -105,7 +105,8 @@ def to_dot(graph: Graph, collapse: Optional[int] = None, highlight: Optional[dic
             for first, second in zip(graph.inputs, graph.inputs[1:]):
                 column.edge(f"{id_prefix}v{first.id}", f"{id_prefix}v{second.id}", style="invis")
     for value in graph.params:
-        clusters.setdefault(_module_of_param(value, readers.get(value.id, [])), []).append(f"{id_prefix}v{value.id}")
+        group = _module_of_param(value, readers.get(value.id, []))
+        clusters.setdefault(group, []).append(f"{id_prefix}v{value.id}")
         dot.node(f"{id_prefix}v{value.id}", _label(value.label, str(value.type)), **STYLES["param"])
     for node in graph.nodes:
         kind = _kind(node)
@@ -129,11 +130,11 @@ def to_dot(graph: Graph, collapse: Optional[int] = None, highlight: Optional[dic
     for node in graph.nodes:  # the forward node each backward node differentiates
         target = node.provenance.differentiates
         if target is not None and target in defined and target != node.output.id:
-            dot.edge(f"{id_prefix}v{target}", f"{id_prefix}v{node.output.id}", style="dashed", color="#cc0000", constraint="false",
-                     arrowhead="none", tooltip="differentiates")
+            dot.edge(f"{id_prefix}v{target}", f"{id_prefix}v{node.output.id}", style="dashed", color="#cc0000",
+                     constraint="false", arrowhead="none", tooltip="differentiates")
     for parameter, value in graph.updates:
-        dot.edge(f"{id_prefix}v{value.id}", f"{id_prefix}v{parameter.id}", style="bold", color="#38761d", constraint="false",
-                 label="update")
+        dot.edge(f"{id_prefix}v{value.id}", f"{id_prefix}v{parameter.id}", style="bold", color="#38761d",
+                 constraint="false", label="update")
     _nest_clusters(dot, clusters, id_prefix)
     return dot
 

@@ -269,7 +269,7 @@ def scale_shard_graph(shard: Graph, whole: Graph, proof: SplitProof) -> Graph:
     of one stands for node i of the other."""
     builder = GraphBuilder(header=f"scale_shard_graph (1/{proof.shards} per batch mean)")
     new_values = copy_leaves(shard, builder)
-    provenance = Provenance(module_path="data_parallel")
+    provenance = Provenance(module_path="data_parallel", role="combine")
 
     def scaled(value):
         factor = builder.add_constant(np.array(1.0 / proof.shards, value.type.numpy_dtype), provenance)
