@@ -128,6 +128,8 @@ class Program:
         return sum(schedule.planned_bytes for schedule in self.schedules)
 
     def run(self, inputs: Sequence[np.ndarray], params: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """One run. Not reentrant: the schedules write into buffers planned once (graphgpt.Compiled lets one
+        run at a time in)."""
         return self._runner.run(inputs, params)
 
     def describe(self) -> str:
