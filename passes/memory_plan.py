@@ -25,7 +25,7 @@ import numpy as np
 from graphgpt.ir import Graph, get_op
 from graphgpt.ir.ops import ViewLayout
 
-from .liveness import LiveTimeline, Liveness, analyze_liveness, live_timeline
+from graphgpt.ir.liveness import LiveTimeline, Liveness, analyze_liveness, live_timeline
 
 # A free buffer more than this many times larger than a value is not handed to it (it would strand memory).
 MAX_BUFFER_OVERSIZE = 4

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..chain_rule import Application, backpropagate
 from ..errors import ShapeError
+from ..liveness import last_reads
 from ..scratch import Shape, scratch_arrays, scratch_nbytes
 from . import attrs as A
 from .registry import OPS, VARIADIC, OpKind, define_op
@@ -56,21 +57,13 @@ def _blocks(shape, limit):
                 yield (slice(index, index + 1),) + rest
 
 
-def _last_uses(program):
-    last = {}
-    for position, (_, operands) in enumerate(program):
-        for operand in operands:
-            last[operand] = position
-    return last
-
-
 def _scratch_plan(out_shape, program, num_inputs) -> tuple[list[int], list[Shape]]:
     """Where the program's intermediates live: for each instruction but the last (which writes the output
     block), the number of the scratch block it writes, and the flat scratch blocks to ask ir/scratch.py for, each
     of the largest output block's size. A scratch block is free again once the value it holds is read no more,
     so a chain needs as many as it has intermediates live at once. The kernel and the op's scratch declaration
     both read this, so they agree."""
-    last = _last_uses(program)
+    last = last_reads(operands for _, operands in program)
     free, holder, numbers, count = [], {}, [], 0  # holder: intermediate's operand number -> its scratch number
     for position, (_, operands) in enumerate(program[:-1]):
         if not free:

@@ -1,5 +1,8 @@
 """Liveness: when each value's memory is in use. The one analysis behind the memory plan (which buffers may be
-reused), the schedule's plan, the report's live-bytes figure and the memory timeline.
+reused), the schedule's plan, the report's live-bytes figure, the memory timeline, and a fused elementwise
+kernel's scratch blocks (which instruction results may share one).
+
+`last_reads` is its core: for steps in order, each reading some values, the last step reading each value.
 
 A view shares its source's memory, so liveness is kept per memory owner: the owner of a value is the value whose
 memory it lives in (itself, or its view chain's source). An owner is live from the node that makes it to the last
@@ -12,9 +15,19 @@ node reading it or any view of it; the graph's results (outputs and update value
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Hashable, Iterable
 
-from graphgpt.ir import Graph, Node
+if TYPE_CHECKING:  # annotations only: the graph module needs nothing from here
+    from .graph import Graph, Node
+
+
+def last_reads(reads: Iterable[Iterable[Hashable]]) -> dict[Hashable, int]:
+    """For steps in order, each given as the values it reads: value -> index of the last step reading it."""
+    last: dict[Hashable, int] = {}
+    for index, values in enumerate(reads):
+        for value in values:
+            last[value] = index
+    return last
 
 
 @dataclass(frozen=True)
@@ -28,10 +41,7 @@ class Liveness:
 
 
 def analyze_liveness(graph: Graph, owner: dict[int, int]) -> Liveness:
-    last_use: dict[int, int] = {}
-    for index, node in enumerate(graph.nodes):
-        for value in node.inputs:
-            last_use[owner[value.id]] = index
+    last_use = last_reads([owner[value.id] for value in node.inputs] for node in graph.nodes)
     for value in graph.results():
         last_use[owner[value.id]] = len(graph.nodes)
     return Liveness(owner, last_use)
