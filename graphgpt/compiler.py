@@ -63,10 +63,11 @@ def trace(function: Callable, *example_inputs, named_parameters: Optional[Iterab
           input_names: Optional[Sequence[str]] = None) -> Traced:
     """Trace `function` (a Module, or a callable taking Tensors) at the examples' shapes and dtypes.
 
-    A Module's parameters become named graph parameters; pass `named_parameters` to name those of a plain
-    function's closure instead (any other concrete tensor becomes a constant)."""
+    A Module's parameters and buffers become named graph parameters, read live at every run; pass
+    `named_parameters` to name those of a plain function's closure instead (any other concrete tensor becomes a
+    constant)."""
     if named_parameters is None:
-        named_parameters = function.named_parameters() if isinstance(function, Module) else []
+        named_parameters = module_tensors(function)
     named = list(named_parameters)
     recorder = Trace(named)
     names = list(input_names) if input_names is not None else _input_names(function, len(example_inputs))
@@ -93,12 +94,18 @@ def trace_loss(model: Callable, example_inputs: Sequence, loss: Callable) -> Tra
     def model_and_loss(*inputs):
         return loss(model(*inputs[:-1]), inputs[-1])
 
-    named = list(model.named_parameters()) if isinstance(model, Module) else []
     names = _input_names(model, len(example_inputs) - 1) + ["targets"]
-    traced = trace(model_and_loss, *example_inputs, named_parameters=named, input_names=names)
+    traced = trace(model_and_loss, *example_inputs, named_parameters=module_tensors(model), input_names=names)
     if traced.returns_tuple:
         raise TraceError("the loss function must return one scalar Tensor, not a tuple")
     return traced
+
+
+def module_tensors(model: Callable) -> list[tuple[str, Tensor]]:
+    """(name, tensor) for every parameter and buffer of a Module (what a graph reads live); none for a function."""
+    if not isinstance(model, Module):
+        return []
+    return [*model.named_parameters(), *model.named_buffers()]
 
 
 def trainable_parameters(model: Callable) -> list[tuple[str, Tensor]]:

@@ -97,14 +97,14 @@ class Tensor(TensorOps):
 
     @property
     def data(self) -> np.ndarray:
-        if self._traced is not None:
+        if self._value_hidden():
             self._refuse("read .data of")
         return self._data
 
     @data.setter
     def data(self, array) -> None:
         array = np.asarray(array)
-        if self._traced is not None:
+        if self._value_hidden():
             self._refuse("assign .data of")
         self._data = array
         self._type = TensorType(array.shape, array.dtype)
@@ -144,7 +144,7 @@ class Tensor(TensorOps):
     def backward(self) -> None:
         """Fill `.grad` of every leaf tensor that requires grad (the model's Parameters) with d self / d leaf,
         adding to what is there (call zero_grad between steps). `self` must be a float scalar."""
-        if self._traced is not None:
+        if self._value_hidden():
             self._refuse("call .backward() on")
         if self._type.shape != () or not self._type.is_float:
             raise ShapeError(f"backward() needs a float scalar loss, got {self._type}; reduce it first")
@@ -184,9 +184,25 @@ class Tensor(TensorOps):
         return order, leaves
 
     # ---- what a traced value cannot do --------------------------------------------------------------------------
+    def _value_hidden(self) -> bool:
+        """Whether Python must not see this tensor's value now: a traced value (not computed yet), or, while a
+        trace is active in this thread, a parameter or buffer of the model being traced (the graph reads its
+        value at every run; a value Python read now would be frozen into the graph and go stale)."""
+        if self._traced is not None:
+            return True
+        trace = current_trace()
+        return trace is not None and trace.parameter_name(self) is not None
+
     def _refuse(self, what: str):
         provenance = current_provenance()
         where = f"{provenance.filename}:{provenance.lineno}" if provenance.filename else "your code"
+        if self._traced is None:  # a parameter of the model being traced
+            name = current_trace().parameter_name(self)
+            raise TraceError(
+                f"cannot {what} parameter {name!r} ({self._type}) at {where} while graphgpt.compile traces the "
+                f"model: the compiled graph reads its value at every run, so a value read now would be frozen "
+                f"into the graph and go stale when the parameter changes (training, load_state_dict). Use tensor "
+                f"ops on it instead (self.w.tanh(), (self.w.sum() > 0).where(a, b)), or run the model eagerly.")
         raise TraceError(
             f"cannot {what} a traced tensor ({self._traced.label}: {self._type}) at {where}: its value is not "
             f"known while graphgpt.compile traces the model. A static graph cannot depend on data through Python "
@@ -194,37 +210,37 @@ class Tensor(TensorOps):
             f"model eagerly.")
 
     def __bool__(self) -> bool:
-        if self._traced is not None:
+        if self._value_hidden():
             self._refuse("use in Python control flow (bool())")
         return bool(self._data)
 
     def __float__(self) -> float:
-        if self._traced is not None:
+        if self._value_hidden():
             self._refuse("convert to float")
         return float(self._data)
 
     def __int__(self) -> int:
-        if self._traced is not None:
+        if self._value_hidden():
             self._refuse("convert to int")
         return int(self._data)
 
     def __index__(self) -> int:
-        if self._traced is not None:
+        if self._value_hidden():
             self._refuse("use as an index")
         return self._data.__index__()
 
     def item(self):
-        if self._traced is not None:
+        if self._value_hidden():
             self._refuse("call .item() on")
         return self._data.item()
 
     def __array__(self, dtype=None, copy=None):
-        if self._traced is not None:
+        if self._value_hidden():
             self._refuse("convert to a NumPy array")
         return self._data if dtype is None else self._data.astype(dtype)
 
     def __iter__(self):
-        if self._traced is not None:
+        if self._value_hidden():
             self._refuse("iterate over")
         return (Tensor(row) for row in self._data)
 

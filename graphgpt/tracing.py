@@ -94,16 +94,24 @@ def current_provenance() -> Provenance:
 # ---- the trace ------------------------------------------------------------------------------------------------
 
 class Trace:
-    """Records Tensor ops into a graph. Parameters are known up front (by id, with their module-path names);
-    any other concrete tensor an op meets becomes a constant node."""
+    """Records Tensor ops into a graph. Parameters (and a module's buffers) are known up front (by id, with their
+    module-path names) and become graph parameters, read live at every run; any other concrete tensor an op meets
+    becomes a constant node."""
 
     def __init__(self, named_parameters: list[tuple[str, object]]):
         self.builder = GraphBuilder(header="traced")
         self._values_by_tensor_id: dict[int, Value] = {}
         self._keep_alive: list[object] = []  # ids must not be recycled while the trace maps them
+        self._parameter_names: dict[int, str] = {}
         for name, parameter in named_parameters:
             value = self.builder.add_param(name, parameter.type)
             self._remember(parameter, value)
+            self._parameter_names[id(parameter)] = name
+
+    def parameter_name(self, tensor) -> Optional[str]:
+        """The graph parameter name of `tensor` if it is one of this trace's parameters, else None. Its value is
+        not part of the graph (each run reads the tensor's current value), so Python must not read it here."""
+        return self._parameter_names.get(id(tensor))
 
     def _remember(self, tensor, value: Value) -> None:
         self._values_by_tensor_id[id(tensor)] = value

@@ -25,13 +25,13 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def _children(self) -> Iterator[tuple[str, object]]:
-        """(name, Parameter or Module) in attribute order; list and tuple items are named by index."""
+        """(name, Tensor or Module) in attribute order; list and tuple items are named by index."""
         for name, attribute in vars(self).items():
-            if isinstance(attribute, (Parameter, Module)):
+            if isinstance(attribute, (Tensor, Module)):
                 yield name, attribute
             elif isinstance(attribute, (list, tuple)):
                 for index, item in enumerate(attribute):
-                    if isinstance(item, (Parameter, Module)):
+                    if isinstance(item, (Tensor, Module)):
                         yield f"{name}.{index}", item
 
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
@@ -43,10 +43,19 @@ class Module:
 
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
         """(path, parameter) pairs such as ('blocks.0.ln1.gamma', ...); a shared parameter is listed once."""
+        return self._named_tensors(prefix, buffers=False)
+
+    def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+        """(path, tensor) for every Tensor attribute that is not a Parameter: module state that is not trained
+        (a fixed mask, a running statistic). A compiled graph reads it live at every run, as it does parameters,
+        so changing it later is seen."""
+        return self._named_tensors(prefix, buffers=True)
+
+    def _named_tensors(self, prefix: str, buffers: bool) -> Iterator[tuple[str, Tensor]]:
         seen: set[int] = set()
         for module_path, module in self.named_modules(prefix):
             for name, child in module._children():
-                if isinstance(child, Parameter) and id(child) not in seen:
+                if isinstance(child, Tensor) and isinstance(child, Parameter) != buffers and id(child) not in seen:
                     seen.add(id(child))
                     yield (f"{module_path}.{name}" if module_path else name), child
 
@@ -59,11 +68,11 @@ class Module:
             parameter.grad = None
 
     def to(self, dtype) -> "Module":
-        """Convert every floating-point parameter to `dtype` in place (float64 for gradient checks)."""
+        """Convert every floating-point parameter and buffer to `dtype` in place (float64 for gradient checks)."""
         dtype = canonical_dtype(dtype)
-        for parameter in self.parameters():
-            if parameter.type.is_float:
-                parameter.data = parameter.data.astype(dtype)
+        for _, tensor in [*self.named_parameters(), *self.named_buffers()]:
+            if tensor.type.is_float:
+                tensor.data = tensor.data.astype(dtype)
         return self
 
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
