@@ -62,8 +62,11 @@ class Optimizer:
         """New value of one parameter and of its state slots, given its gradient and the new step count."""
         raise NotImplementedError
 
-    def update(self, parameters: Sequence, gradients: Sequence, state: dict) -> tuple[list, dict]:
-        """New parameters and new state for all parameters (handles: Tensors eagerly, Symbols when compiled)."""
+    def update(self, names: Sequence[str], parameters: Sequence, gradients: Sequence,
+               state: dict) -> tuple[list, dict]:
+        """New values of the parameters `names` (those with a gradient: as torch.optim, a parameter the loss
+        never reached is left alone, weight decay included) and of the state (handles: Tensors eagerly, Symbols
+        when compiled)."""
         gradients = list(gradients)
         if self.clip_grad_norm is not None:
             total = sum(((g * g).sum() for g in gradients[1:]), (gradients[0] * gradients[0]).sum()).sqrt()
@@ -73,7 +76,7 @@ class Optimizer:
         step = state["step"] + 1.0
         new_state = {"step": step}
         new_parameters = []
-        for (name, _), parameter, gradient in zip(self.named_params, parameters, gradients):
+        for name, parameter, gradient in zip(names, parameters, gradients):
             slots = {slot: state[f"{slot}.{name}"] for slot in self.slots}
             new_parameter, new_slots = self.update_parameter(parameter, gradient, slots, step)
             new_parameters.append(new_parameter)
@@ -85,14 +88,15 @@ class Optimizer:
         """Update every bound parameter in place from its .grad (eager training)."""
         if not self.named_params:
             raise RuntimeError("optimizer.step(): no parameters bound; pass them to the constructor")
-        missing = [name for name, parameter in self.named_params if parameter.grad is None]
-        if missing:
-            raise RuntimeError(f"optimizer.step(): no gradient for {missing}; call loss.backward() first")
+        reached = [(name, parameter) for name, parameter in self.named_params if parameter.grad is not None]
+        if not reached:
+            raise RuntimeError("optimizer.step(): no parameter has a gradient; call loss.backward() first")
         with no_grad():
-            parameters = [Tensor(parameter.data) for _, parameter in self.named_params]
-            gradients = [Tensor(parameter.grad) for _, parameter in self.named_params]
-            new_parameters, new_state = self.update(parameters, gradients, self.state)
-            for (_, parameter), new in zip(self.named_params, new_parameters):
+            parameters = [Tensor(parameter.data) for _, parameter in reached]
+            gradients = [Tensor(parameter.grad) for _, parameter in reached]
+            new_parameters, new_state = self.update([name for name, _ in reached], parameters, gradients,
+                                                    self.state)
+            for (_, parameter), new in zip(reached, new_parameters):
                 np.copyto(parameter.data, new.data)
             for name, new in new_state.items():
                 np.copyto(self.state[name].data, new.data)

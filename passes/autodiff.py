@@ -20,10 +20,17 @@ from .rewrite import copied_results, copy_into
 
 class Backward(NamedTuple):
     """A graph with its backward pass appended, and which of its values is the gradient of each name asked for
-    (parameter or input names): passes that consume gradients (the optimizer's update) look them up by name."""
+    (parameter or input names): passes that consume gradients (the optimizer's update) look them up by name.
+    `unreached` names those the loss does not depend on (their gradient is a constant zero)."""
 
     graph: Graph
     gradients: dict[str, Value]
+    unreached: frozenset[str] = frozenset()
+
+    def reached_gradients(self) -> dict[str, Value]:
+        """The gradients of the names the loss depends on: what an optimizer updates (torch.optim leaves a
+        parameter without a gradient alone)."""
+        return {name: value for name, value in self.gradients.items() if name not in self.unreached}
 
 
 def append_backward(graph: Graph, wrt: Sequence[str], loss: Optional[Value] = None) -> Backward:
@@ -80,11 +87,13 @@ def append_backward_with_map(graph: Graph, wrt: Sequence[str],
 
     outputs, updates = copied_results(graph, new_values)
     named: dict[str, Value] = {}
+    unreached = set()
     for name, wrt_symbol in zip(wrt, wrt_symbols):
         gradient = gradients.get(wrt_symbol.value.id)
         if gradient is None:  # the loss does not depend on it: its gradient is zero
+            unreached.add(name)
             emitter.provenance = Provenance(module_path=name.rpartition(".")[0], role="backward")
             gradient = wrt_symbol._lift(np.zeros(wrt_symbol.shape, wrt_symbol.type.numpy_dtype))
         outputs.append(gradient.value)
         named[name] = gradient.value
-    return Backward(builder.finish(outputs, updates), named), intermediate_gradients
+    return Backward(builder.finish(outputs, updates), named, frozenset(unreached)), intermediate_gradients

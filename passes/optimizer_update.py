@@ -24,9 +24,9 @@ STATE_PREFIX = "optimizer."
 
 @dataclass(frozen=True)
 class UpdateRule:
-    """An optimizer as the compiler sees it. `update(parameters, gradients, state)` takes handles (graph symbols
-    here) for the parameters named `param_names`, in that order, their gradients, and the state by name, and
-    returns (new parameters, new state by name)."""
+    """An optimizer as the compiler sees it. `update(names, parameters, gradients, state)` takes the names of the
+    parameters to update (some of `param_names`), handles (graph symbols here) for them and their gradients, in
+    that order, and the state by name, and returns (new parameters, new state by name)."""
 
     name: str
     param_names: tuple[str, ...]
@@ -35,21 +35,23 @@ class UpdateRule:
 
 
 def append_update(graph: Graph, gradients: dict[str, Value], rule: UpdateRule) -> Graph:
-    """`graph` plus `rule`'s update. `gradients` maps each parameter name of `rule` to the value of `graph`
-    holding its gradient (as append_backward returns them, or a combine graph's inputs)."""
-    missing = [name for name in rule.param_names if name not in gradients]
-    if missing:
-        raise ValueError(f"the {rule.name} update needs gradients of {missing}, which the graph does not name")
+    """`graph` plus `rule`'s update of the parameters named in `gradients`, which maps each to the value of
+    `graph` holding its gradient (as append_backward returns them, or a combine graph's inputs). A parameter of
+    the rule without a gradient there (the loss never reaches it) is not updated, as in torch.optim."""
+    unknown = [name for name in gradients if name not in rule.param_names]
+    if unknown:
+        raise ValueError(f"gradients of {unknown} were given to the {rule.name} update, which does not hold them")
+    names = [name for name in rule.param_names if name in gradients]
     builder = GraphBuilder(header=f"append_update ({rule.name})")
     new_values = copy_into(graph, builder)
     state_values = {name: builder.add_param(STATE_PREFIX + name, state_type)
                     for name, state_type in rule.state_types.items()}
     emitter = Emitter(builder, Provenance(module_path=rule.name, role="optimizer"))
     outputs, updates = copied_results(graph, new_values)
-    parameters = [emitter.symbol(new_values[graph.param(name).id]) for name in rule.param_names]
-    gradient_symbols = [emitter.symbol(new_values[gradients[name].id]) for name in rule.param_names]
+    parameters = [emitter.symbol(new_values[graph.param(name).id]) for name in names]
+    gradient_symbols = [emitter.symbol(new_values[gradients[name].id]) for name in names]
     state = {name: emitter.symbol(value) for name, value in state_values.items()}
-    new_parameters, new_state = rule.update(parameters, gradient_symbols, state)
+    new_parameters, new_state = rule.update(names, parameters, gradient_symbols, state)
     updates += [(parameter.value, new.value) for parameter, new in zip(parameters, new_parameters)]
     updates += [(state_values[name], new.value) for name, new in new_state.items()]
     return builder.finish(outputs, updates)

@@ -158,7 +158,9 @@ def build_forward_program(graph: Graph, passes: Passes = None, verify_each=False
 def training_step(forward: Graph, wrt: Sequence[str], rule: Optional[UpdateRule]) -> Graph:
     """The forward-and-loss graph with its backward pass and, given an update rule, the optimizer's update."""
     backward = append_backward(forward, wrt)
-    return append_update(backward.graph, backward.gradients, rule) if rule is not None else backward.graph
+    if rule is None:
+        return backward.graph
+    return append_update(backward.graph, backward.reached_gradients(), rule)
 
 
 def build_training_program(forward: Graph, wrt: Sequence[str], rule: Optional[UpdateRule] = None, *,
@@ -203,20 +205,22 @@ def build_training_program(forward: Graph, wrt: Sequence[str], rule: Optional[Up
 
     batch = forward.inputs[0].type.shape[0]
     scaled = scale_shard_graph(shard_forward, forward, proof)
+    shard_backward = append_backward(scaled, wrt)
     shard = ProgramGraph(f"shard (batch {batch // wanted} of {batch})",
-                         _optimise(append_backward(scaled, wrt).graph, passes, verify_each), runs=wanted)
-    combine = ProgramGraph("combine", _optimise(combine_shards(verify(shard.graph), wanted, wrt, rule),
-                                                passes, verify_each))
+                         _optimise(shard_backward.graph, passes, verify_each), runs=wanted)
+    combine = ProgramGraph("combine", _optimise(
+        combine_shards(verify(shard.graph), wanted, wrt, rule, shard_backward.unreached), passes, verify_each))
     verify(combine.graph)
     split = Split(wanted, f"batch {batch} as {wanted} x {batch // wanted}, {proof.describe()}")
     return Program([shard, combine], optimise_whole, split, step, wrt, check_numerics)
 
 
-def combine_shards(shard: Graph, shards: int, wrt: Sequence[str], rule: Optional[UpdateRule]) -> Graph:
+def combine_shards(shard: Graph, shards: int, wrt: Sequence[str], rule: Optional[UpdateRule],
+                   unreached: frozenset[str] = frozenset()) -> Graph:
     """The combine graph. Inputs: the shards' outputs summed (the loss, then one gradient per name in `wrt`:
     the shard graph is scaled so that these sums are the whole batch's). Outputs: those sums; with an update
-    rule, the optimizer's update of the parameters from the summed gradients. Its parameters are the shard
-    graph's (and the optimizer's state)."""
+    rule, the optimizer's update from the summed gradients of the parameters the loss reaches (not those in
+    `unreached`). Its parameters are the shard graph's (and the optimizer's state)."""
     builder = GraphBuilder(header=f"combine {shards} data-parallel shards")
     names = ["loss", *(f"grad.{name}" for name in wrt)]
     totals = [builder.add_input(f"sum_of_shards.{name}", value.type)
@@ -226,4 +230,5 @@ def combine_shards(shard: Graph, shards: int, wrt: Sequence[str], rule: Optional
     graph = builder.finish(totals)
     if rule is None:
         return graph
-    return append_update(graph, dict(zip(wrt, totals[1:])), rule)
+    reached = {name: total for name, total in zip(wrt, totals[1:]) if name not in unreached}
+    return append_update(graph, reached, rule)

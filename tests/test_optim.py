@@ -148,3 +148,53 @@ def test_train_graph_prints_its_updates():
     assert "update %optimizer.momentum_buffer.lm_head.weight <- %" in text
     assert "%optimizer.step:f32[]" in text
     assert len(step.graph.updates) == 2 * len(model.parameters()) + 1
+
+
+class HeadOnly(graphgpt.nn.Module):
+    def __init__(self):
+        graphgpt.manual_seed(1)
+        self.head = graphgpt.nn.Linear(3, 4)
+
+    def forward(self, x):
+        return self.head(x)
+
+
+class WithUnusedParameter(HeadOnly):
+    """The same head and a parameter the loss never reads: torch.optim leaves it alone (no step, no decay)."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = graphgpt.nn.Parameter(np.ones(5, np.float32))
+
+
+def train_three_steps(model, kind, how):
+    optimizer = {"sgd": SGD, "adam": Adam, "adamw": AdamW}[kind](lr=0.1, weight_decay=0.5)
+    x = np.random.default_rng(0).normal(size=(4, 3))
+    targets = np.array([0, 1, 2, 3])
+    if how == "eager":
+        optimizer.bind(model.named_parameters())
+    else:
+        step = graphgpt.compile(model, x, targets, loss=F.cross_entropy, optimizer=optimizer,
+                                shards=2 if how == "compiled split" else 1)
+    for _ in range(3):
+        if how == "eager":
+            model.zero_grad()
+            F.cross_entropy(model(graphgpt.Tensor(x)), graphgpt.Tensor(targets)).backward()
+            optimizer.step()
+        else:
+            step.run(x, targets)
+    return optimizer
+
+
+@pytest.mark.parametrize("how", ["eager", "compiled", "compiled split"])
+@pytest.mark.parametrize("kind", ["sgd", "adam", "adamw"])
+def test_a_parameter_the_loss_never_reads_is_left_alone_as_torch_does(kind, how):
+    model, alone = WithUnusedParameter().to("float64"), HeadOnly().to("float64")
+    optimizer = train_three_steps(model, kind, how)
+    train_three_steps(alone, kind, how)
+    np.testing.assert_array_equal(model.unused.data, np.ones(5))  # no step, no weight decay
+    for slot in optimizer.slots:
+        assert not optimizer.state[f"{slot}.unused"].data.any()
+    for name in ("head.weight", "head.bias"):  # the others train as if it were not there
+        np.testing.assert_array_equal(dict(model.named_parameters())[name].data,
+                                      dict(alone.named_parameters())[name].data, err_msg=name)
