@@ -125,8 +125,9 @@ def flatten_batched_matmul(node, inputs, context) -> Optional[Value]:
     producer = inputs[0].producer
     if producer is not None and get_op(producer.op).view is ViewLayout.STRIDED:  # reshaping it to 2-D would copy
         return None
-    inner = inputs[0].shape[-1]
-    rows = context.emit("reshape", [inputs[0]], {"shape": (inputs[0].type.size // max(inner, 1), inner)})
+    # The row count from the leading axes, not size // inner: with inner == 0 that is no count at all.
+    leading_rows = int(np.prod(inputs[0].shape[:-1], dtype=np.int64))
+    rows = context.emit("reshape", [inputs[0]], {"shape": (leading_rows, inputs[0].shape[-1])})
     product = context.emit("matmul", [rows, inputs[1]])
     return context.emit("reshape", [product], {"shape": node.output.shape})
 

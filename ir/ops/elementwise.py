@@ -58,8 +58,32 @@ def _float_binary(a: TensorType, b: TensorType) -> TensorType:
 
 
 def _maximum_vjp(g, out, a, b):
-    # Ties send the whole gradient to `a` (a subgradient; central differences are undefined there anyway).
-    return (lambda: (a >= b).where(g, 0.0).sum_to(a.shape), lambda: (a >= b).where(0.0, g).sum_to(b.shape))
+    """torch's convention: the larger input takes the gradient, a tie splits it in halves (the sum stays g), and
+    where either input is NaN (so is the result) neither is smaller, so both take all of it."""
+    def tie_split():
+        return a.equal(b).where(g * 0.5, g)
+    return (lambda: (a < b).where(0.0, tie_split()).sum_to(a.shape),
+            lambda: (a > b).where(0.0, tie_split()).sum_to(b.shape))
+
+
+def _pow_vjp(g, out, a, b):
+    """d/da a**b = b a**(b-1) and d/db a**b = a**b log(a), with torch's conventions where these are 0 * inf:
+
+    - where b == 0, a**b is the constant 1, so its gradient for a is 0 (even at a = 0, where b a**(b-1) is
+      0 * inf = NaN);
+    - where a == 0 and b >= 0, the gradient for b is 0 (a**b log(a) would be 1 * -inf or 0 * -inf), as torch's
+      pow_backward_exponent takes it.
+
+    The gradient g stays outside the first mask and inside the second, as in torch, so a NaN or infinite g
+    spreads the same way."""
+    def gradient_base():
+        return b.equal(0.0).where(0.0, g * (b * a ** (b - 1.0))).sum_to(a.shape)
+
+    def gradient_exponent():
+        constant_at_zero = (b >= 0.0).where(a.equal(0.0), False)  # a == 0 and b >= 0
+        return (g * constant_at_zero.where(0.0, out * a.log())).sum_to(b.shape)
+
+    return (gradient_base, gradient_exponent)
 
 
 # Each gradient is summed back to its input's shape (sum_to), undoing the broadcast of the forward op.
@@ -73,9 +97,7 @@ BINARY_OPS = {
     # true division: integer inputs would silently become float64
     "div": (np.divide, _float_binary,
             lambda g, out, a, b: (lambda: (g / b).sum_to(a.shape), lambda: (-g * out / b).sum_to(b.shape))),
-    "pow": (np.power, _float_binary,
-            lambda g, out, a, b: (lambda: (g * b * a ** (b - 1.0)).sum_to(a.shape),
-                                  lambda: (g * out * a.log()).sum_to(b.shape))),
+    "pow": (np.power, _float_binary, _pow_vjp),
     "maximum": (np.maximum, _numeric_binary, _maximum_vjp),
 }
 for _name, (_function, _infer, _vjp) in BINARY_OPS.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import ShapeError
@@ -28,8 +30,10 @@ def _matmul_vjp(g, out, a, b):
     def gradient_b():
         if b.ndim == 2 and a.ndim > 2:
             # A weight shared by every row of a batch (x @ W in Linear): one matmul over all rows at once
-            # instead of one per batch entry followed by a sum.
-            return a.reshape(-1, a.shape[-1]).transpose() @ g.reshape(-1, g.shape[-1])
+            # instead of one per batch entry followed by a sum. The row count is explicit: reshape(-1, 0) of a
+            # zero-size a has no single answer.
+            rows = math.prod(a.shape[:-1])
+            return a.reshape(rows, a.shape[-1]).transpose() @ g.reshape(rows, g.shape[-1])
         return (a.transpose() @ g).sum_to(b.shape)
 
     return (gradient_a, gradient_b)

@@ -70,8 +70,15 @@ def _sum_vjp(g, out, x, axes, keepdims):
     return (lambda: _kept(g, x, axes, keepdims).broadcast_to(x.shape),)
 
 
+def _reduced_count(x, axes) -> int:
+    """How many elements of x each result element of a reduction over `axes` averages."""
+    return int(np.prod([x.shape[axis] for axis in axes], dtype=np.int64))
+
+
 def _mean_vjp(g, out, x, axes, keepdims):
-    count = int(np.prod([x.shape[axis] for axis in axes], dtype=np.int64))
+    # An empty reduced axis leaves x with no elements, so its gradient is empty whatever the scale: 1 keeps the
+    # scale finite there (1 / 0 would raise).
+    count = max(_reduced_count(x, axes), 1)
     return (lambda: _kept(g, x, axes, keepdims).broadcast_to(x.shape) * (1.0 / count),)
 
 
@@ -89,11 +96,16 @@ define_op("sum", kind=OpKind.REDUCTION, arity=1, attrs=REDUCTION_ATTRS, infer=_i
           compute_into=lambda out, x, axes, keepdims: np.sum(x, axis=axes, keepdims=keepdims, dtype=x.dtype,
                                                              out=out),
           vjp=_sum_vjp, doc="sum over axes")
+def _mean_into(out: np.ndarray, x: np.ndarray, axes, keepdims) -> None:
+    if _reduced_count(x, axes) == 0:
+        # The mean of no elements is NaN (as in torch); np.mean would say so with two RuntimeWarnings.
+        out.fill(np.nan)
+        return
+    np.mean(x, axis=axes, keepdims=keepdims, dtype=x.dtype, out=out)
+
+
 define_op("mean", kind=OpKind.REDUCTION, arity=1, attrs=REDUCTION_ATTRS, infer=_infer_mean,
-          compute=lambda x, axes, keepdims: np.mean(x, axis=axes, keepdims=keepdims, dtype=x.dtype),
-          compute_into=lambda out, x, axes, keepdims: np.mean(x, axis=axes, keepdims=keepdims, dtype=x.dtype,
-                                                              out=out),
-          vjp=_mean_vjp, doc="mean over axes")
+          compute_into=_mean_into, vjp=_mean_vjp, doc="mean over axes")
 define_op("max", kind=OpKind.REDUCTION, arity=1, attrs=REDUCTION_ATTRS, infer=_infer_max,
           compute=lambda x, axes, keepdims: np.max(x, axis=axes, keepdims=keepdims),
           compute_into=lambda out, x, axes, keepdims: np.max(x, axis=axes, keepdims=keepdims, out=out),

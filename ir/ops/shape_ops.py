@@ -135,12 +135,12 @@ def _scatter_add_into(out: np.ndarray, updates: np.ndarray, indices: np.ndarray,
     # np.add.at's row-at-a-time loop on a GPT's embedding gradient (benchmarks/kernels.py).
     flat_indices = indices.reshape(-1)
     out.fill(0)
-    if flat_indices.size == 0:
+    if out.size == 0 or flat_indices.size == 0:  # no rows, rows of no width, or nothing to add
         return
     order = np.argsort(flat_indices, kind="stable")
     sorted_indices = flat_indices[order]
     run_starts = np.flatnonzero(np.r_[True, sorted_indices[1:] != sorted_indices[:-1]])
-    rows = updates.reshape(-1, updates.shape[-1])[order]
+    rows = updates.reshape(flat_indices.size, updates.shape[-1])[order]
     out[sorted_indices[run_starts]] = np.add.reduceat(rows, run_starts, axis=0)
 
 

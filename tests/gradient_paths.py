@@ -1,0 +1,72 @@
+"""The value and the gradients of one function of arrays, by each path that computes them: the eager tape, the
+generated backward graph compiled with a given pass list, and (tests/torch_reference.py) PyTorch's autograd.
+
+The function returns a float scalar; gradients are taken with respect to every float input, so paths can be
+compared element by element, including where they give NaN or infinity, and on zero-size inputs.
+
+    value, gradients = eager_value_and_gradients(function, arrays)
+    value, gradients = compiled_value_and_gradients(function, arrays, passes=[])
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+import graphgpt
+from graphgpt.passes.autodiff import append_backward
+from graphgpt.passes.infer_shapes import infer_shapes
+from graphgpt.passes.program import build_forward_program
+
+
+def float_positions(arrays: Sequence[np.ndarray]) -> list[int]:
+    return [position for position, array in enumerate(arrays) if np.asarray(array).dtype.kind == "f"]
+
+
+def eager_value_and_gradients(function: Callable, arrays: Sequence[np.ndarray]
+                              ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """function run op by op on Tensors, and loss.backward()'s gradients (zeros for an input it never reads)."""
+    wanted = float_positions(arrays)
+    tensors = [graphgpt.Tensor(array, requires_grad=position in wanted) for position, array in enumerate(arrays)]
+    result = function(*tensors)
+    if result.requires_grad:
+        result.backward()
+    return result.data, [tensors[position].grad if tensors[position].grad is not None
+                         else np.zeros_like(arrays[position]) for position in wanted]
+
+
+def compiled_value_and_gradients(function: Callable, arrays: Sequence[np.ndarray],
+                                 passes: Optional[Sequence] = None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """function traced, its backward pass generated, the passes run (None: the default pipeline), and the
+    program's schedule run on the arrays."""
+    graph = infer_shapes(graphgpt.trace(function, *arrays).graph)
+    names = [graph.inputs[position].name for position in float_positions(arrays)]
+    program = build_forward_program(append_backward(graph, names).graph, passes, verify_each=True)
+    value, *gradients = program.run(list(arrays), [])
+    return value, gradients
+
+
+def torch_value_and_gradients(function: Callable, arrays: Sequence[np.ndarray]
+                              ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The traced graph of function run in PyTorch, and torch.autograd's gradients."""
+    from torch_reference import run_in_torch
+
+    graph = graphgpt.trace(function, *arrays).graph
+    (value,), gradients = run_in_torch(graph, arrays, wrt=float_positions(arrays))
+    return value, gradients
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal shape, dtype and bytes: -0.0 differs from 0.0, and NaNs must match bit for bit."""
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def assert_agree(actual: np.ndarray, expected: np.ndarray, what: str, rtol: float = 1e-6,
+                 atol: float = 1e-12) -> None:
+    """Same shape; NaN where the other is NaN, the same infinities; the rest within tolerance."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected), err_msg=f"{what}: NaN positions differ")
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
