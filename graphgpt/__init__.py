@@ -27,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "ExecutionError": "passes.schedule",
     "NumericalError": "passes.schedule",
     "GradientReport": "gradcheck",
+    "ModelChangedError": "guards",
     "check_gradients": "gradcheck",
     "GraphError": "ir",
     "ShapeError": "ir",

@@ -23,6 +23,7 @@ from graphgpt.ir import Graph, ShapeError, TensorType, verify
 from graphgpt.passes import infer_shapes
 from graphgpt.passes.program import Program, ProgramGraph, build_forward_program, build_training_program
 
+from .guards import BindingGuard
 from .nn.module import Module
 from .optim import Optimizer
 from .tensor import Tensor
@@ -123,10 +124,13 @@ class Compiled:
     graphs); `graph` is the whole step as one graph, which is what runs unless the step is split. run() may be
     called from several threads: runs take turns (see run)."""
 
-    def __init__(self, program: Program, bindings: dict[str, Tensor], returns_tuple: bool):
+    def __init__(self, program: Program, bindings: dict[str, Tensor], returns_tuple: bool,
+                 guard: Optional[BindingGuard] = None):
         self.program = program
         self.bindings = bindings
         self._bound = [bindings[name] for name in program.param_names]
+        # Finds the bound tensors again before each run, and refuses changes the graph cannot follow.
+        self._guard = guard if guard is not None else BindingGuard(None, program.param_names)
         self._returns_tuple = returns_tuple
         self.gradient_names = program.gradient_names
         self._num_results = program.result_count
@@ -206,6 +210,7 @@ class Compiled:
         both cores busy inside one run, and two runs at once oversubscribe them."""
         arrays = self._check_inputs(inputs)
         with self._run_lock:
+            self._bound = self._guard.current(self._bound)
             outputs = self.program.run(arrays, self._param_arrays())
             # Gradients stay in the schedule's buffers (valid until the next run, as torch's .grad is until the
             # next backward); what run() returns is copied, so a caller may keep it.
@@ -305,7 +310,7 @@ def compile(model: Callable, *example_inputs, loss: Optional[Callable] = None,
             raise TypeError("shards splits a training step: compile(model, inputs, targets, loss=..., shards=...)")
         traced = trace(model, *example_inputs)
         program = build_forward_program(infer_shapes(traced.graph), passes, verify_each, check_numerics)
-        return Compiled(program, traced.bindings, traced.returns_tuple)
+        return Compiled(program, traced.bindings, traced.returns_tuple, BindingGuard(model, program.param_names))
 
     traced = trace_loss(model, example_inputs, loss)
     trainable = trainable_parameters(model)
@@ -324,4 +329,5 @@ def compile(model: Callable, *example_inputs, loss: Optional[Callable] = None,
     program = build_training_program(verify(infer_shapes(traced.graph)), [name for name, _ in trainable], rule,
                                      passes=passes, verify_each=verify_each, check_numerics=check_numerics,
                                      shards=shards, trace_shard=trace_shard)
-    return Compiled(program, bindings, returns_tuple=False)
+    return Compiled(program, bindings, returns_tuple=False,
+                    guard=BindingGuard(model, program.param_names, optimizer))

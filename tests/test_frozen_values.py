@@ -122,3 +122,56 @@ def test_another_thread_may_read_the_parameter_while_this_one_traces():
     graphgpt.compile(model, np.ones(3, np.float32))
     reader.join()
     assert seen == [3.0]
+
+
+# ---- changes after compile: followed where the graph reads live values, refused where it baked them in ----------
+
+def tiny_step(optimizer=None):
+    graphgpt.manual_seed(2)
+    model = graphgpt.nn.GPT(11, 8, 1, 2, max_seq_len=4)
+    tokens = np.random.default_rng(0).integers(0, 11, (2, 4))
+    step = graphgpt.compile(model, tokens, tokens, loss=nn.functional.cross_entropy, optimizer=optimizer)
+    return model, tokens, step
+
+
+def eager_loss(model, tokens):
+    return nn.functional.cross_entropy(model(graphgpt.Tensor(tokens)), graphgpt.Tensor(tokens)).data
+
+
+def test_a_parameter_replaced_by_another_of_its_type_is_read():
+    model, tokens, step = tiny_step()
+    model.lm_head.weight = nn.Parameter(np.full((8, 11), 0.25, np.float32))
+    np.testing.assert_allclose(step.run(tokens, tokens), eager_loss(model, tokens), rtol=1e-6)
+    model.blocks[0].ln1.gamma = nn.Parameter(np.full(8, 3.0, np.float32))  # inside a list of blocks
+    np.testing.assert_allclose(step.run(tokens, tokens), eager_loss(model, tokens), rtol=1e-6)
+
+
+@pytest.mark.parametrize("change, says", [
+    (lambda model, optimizer: setattr(model, "lm_head", graphgpt.nn.Linear(8, 11, bias=False)),
+     "'lm_head' of the model was replaced since compile"),
+    (lambda model, optimizer: model.blocks.__setitem__(0, graphgpt.nn.TransformerBlock(8, 2)),
+     "'blocks.0' of the model was replaced"),
+    (lambda model, optimizer: setattr(optimizer, "lr", 0.5), r"hyperparameters changed since compile \({'lr'"),
+    (lambda model, optimizer: setattr(model.ln_f.gamma, "requires_grad", False),
+     "'ln_f.gamma' has requires_grad=False now"),
+    (lambda model, optimizer: delattr(model.ln_f, "beta"), "'ln_f.beta' is gone from the model"),
+])
+def test_changes_the_compiled_graph_cannot_follow_are_refused(change, says):
+    optimizer = graphgpt.optim.AdamW(lr=1e-3)
+    model, tokens, step = tiny_step(optimizer)
+    step.run(tokens, tokens)
+    change(model, optimizer)
+    with pytest.raises(graphgpt.ModelChangedError, match=says):
+        step.run(tokens, tokens)
+
+
+def test_optimizer_state_loaded_in_place_or_replaced_is_read():
+    optimizer = graphgpt.optim.SGD(lr=0.1, momentum=0.9)
+    model, tokens, step = tiny_step(optimizer)
+    step.run(tokens, tokens)
+    name = "momentum_buffer.lm_head.weight"
+    optimizer.state[name] = graphgpt.Tensor(np.zeros((8, 11), np.float32))
+    before = model.lm_head.weight.data.copy()
+    step.run(tokens, tokens)
+    assert optimizer.state[name].data.any()  # the new state tensor was updated in place
+    np.testing.assert_allclose(before - model.lm_head.weight.data, 0.1 * optimizer.state[name].data, atol=1e-7)
