@@ -4,7 +4,7 @@ A kernel that makes several passes over blocks of its operands (the fused elemen
 kernels) keeps its intermediates in scratch arrays: `scratch_arrays(op, shapes, dtype)` hands it views carved
 from one flat buffer. Where that buffer comes from:
 
-- During an executor's run, from the executor's own arena (`scratch_arena(buffer)` sets it for the run): part of
+- During a schedule's run (passes/schedule.py), from the schedule's own arena (`scratch_arena(buffer)` sets it for the run): part of
   the single allocation the memory plan sized, so the plan's planned bytes count it. Each op declares in its
   OpDef how much scratch one application takes (`scratch=`); the plan reserves the largest declaration of the
   graph, since a schedule runs one kernel at a time. A kernel asking for more than the arena holds raises
@@ -40,7 +40,7 @@ class ScratchOverflowError(RuntimeError):
     declaration is smaller than what its kernel uses."""
 
 
-# The arena of the executor run in progress in this context; None outside runs (eager execution).
+# The arena of the schedule run in progress in this context; None outside runs (eager execution).
 _current_arena: ContextVar[Optional[np.ndarray]] = ContextVar("graphgpt_scratch_arena", default=None)
 # Per thread: the eager pool (attribute `buffer`), grown to the largest request seen on that thread.
 _eager_pools = threading.local()
@@ -66,7 +66,7 @@ def scratch_arena(buffer: np.ndarray) -> Iterator[None]:
     declarations), and raise ScratchOverflowError rather than exceed it.
 
     >>> with scratch_arena(np.empty(4096, np.uint8)):   # doctest: +SKIP
-    ...     executor_steps()
+    ...     run_the_steps()
     """
     token = _current_arena.set(buffer)
     try:
@@ -87,7 +87,7 @@ def _eager_buffer(needed: int) -> np.ndarray:
 
 def scratch_arrays(op: str, shapes: Sequence[Shape], dtype) -> list[np.ndarray]:
     """Arrays of these shapes and dtype for op `op`'s kernel, contents undefined, valid until the kernel returns:
-    carved from the current executor's arena, else from this thread's pool."""
+    carved from the current schedule's arena, else from this thread's pool."""
     dtype = np.dtype(dtype)
     needed = scratch_nbytes(shapes, dtype)
     arena = _current_arena.get()

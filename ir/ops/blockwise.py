@@ -4,7 +4,7 @@ A kernel such as GELU's gradient makes a dozen passes over its operands and need
 whole arrays, each pass streams megabytes through memory and the intermediates are fresh allocations, whose
 first touch page-faults (measured on the MLP's 8x128x1024 activations: 4.4 ms a call with fresh scratch, 2.1 ms
 with reused scratch, 1.9 ms in 256K-element blocks). So the kernel runs on blocks of whole rows small enough to
-stay in cache between its passes, and its scratch arrays, one block each, are reused: the executor's planned
+stay in cache between its passes, and its scratch arrays, one block each, are reused: the schedule's planned
 arena during a compiled run, a per-thread pool in eager execution.
 
 An op's `RowBlocking` says how its kernel is cut and how many scratch arrays it takes; the kernel runs through
