@@ -16,6 +16,8 @@ import pytest
 
 import graphgpt
 from graphgpt.ir import OPS, TensorType
+from gradient_paths import (assert_agree, compiled_value_and_gradients, eager_value_and_gradients, same_bits,
+                            torch_value_and_gradients)
 
 # ---- inputs ------------------------------------------------------------------------------------------------------
 
@@ -78,8 +80,10 @@ def gelu_grad64(g, x):
 def layer_norm_grad64(g, x, gamma, eps):
     """g times the explicit Jacobian of layer_norm64 row by row: d out_j / d x_i =
     gamma_j / std (delta_ij - 1/n - x^_i x^_j / n)."""
-    n = x.shape[-1]
-    rows_g, rows_x = g.reshape(-1, n), x.reshape(-1, n)
+    n, rows = x.shape[-1], math.prod(x.shape[:-1])
+    if n == 0:  # rows of no features: nothing to differentiate
+        return np.zeros_like(x)
+    rows_g, rows_x = g.reshape(rows, n), x.reshape(rows, n)
     result = np.empty_like(rows_x)
     for row, (row_g, row_x) in enumerate(zip(rows_g, rows_x)):
         std = np.sqrt(row_x.var() + eps)
@@ -91,7 +95,7 @@ def layer_norm_grad64(g, x, gamma, eps):
 
 def layer_norm_gamma_grad64(g, x, eps):
     normalized = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps)
-    return (g * normalized).reshape(-1, x.shape[-1]).sum(axis=0)
+    return (g * normalized).reshape(math.prod(x.shape[:-1]), x.shape[-1]).sum(axis=0)
 
 
 def matmul64(a, b):
@@ -137,7 +141,7 @@ def gather_rows(weight, indices):
 
 def scatter_add64(updates, indices, num_rows):
     table = np.zeros((num_rows, updates.shape[-1]), updates.dtype)
-    for index, update in zip(indices.reshape(-1), updates.reshape(-1, updates.shape[-1])):
+    for index, update in zip(indices.reshape(-1), updates.reshape(indices.size, updates.shape[-1])):
         table[index] += update
     return table
 
@@ -327,6 +331,75 @@ CASES += [
          ref=lambda a, b, program: np.tanh((a - b) ** 2) + a),
 ]
 
+# Zero-size tensors: every op with an axis of size 0 in each position where one may be (a broadcast against 1, a
+# reduced or kept axis, a matmul's batch, row, inner or column axis, an empty table, row or index set). The
+# reduction of an empty axis is a sum's 0 and a mean's NaN, as in torch.
+ZERO_SIZE_CASES: list[Case] = [
+    *[case(_op, x, ref=_ref) for _op, _ref in [("neg", np.negative), ("exp", np.exp), ("log", np.log),
+                                               ("tanh", np.tanh), ("sqrt", np.sqrt), ("gelu", gelu64)]
+      for x in [f32(0), f64(2, 0), f32(0, 3)]],
+    *[case(_op, a, b, ref=_ref) for _op, _ref in [("add", np.add), ("sub", np.subtract), ("mul", np.multiply),
+                                                  ("div", np.divide), ("pow", np.power),
+                                                  ("maximum", np.maximum)]
+      for a, b in [(f32(0, 3), f32(3)), (f64(1, 3), f64(0, 1)), (f32(), f32(2, 0)), (f64(0), f64(0))]],
+    *[case(_op, a, b, ref=_ref, result_dtype="bool") for _op, _ref in [("less", np.less), ("equal", np.equal)]
+      for a, b in [(f32(0, 3), f32(3)), (i64(2, 1), i64(0))]],
+    case("where", boolean(0, 1), f32(3), f32(), ref=np.where, result_dtype="float32"),
+    case("where", boolean(2, 1), f64(2, 0), f64(1), ref=np.where, result_dtype="float64"),
+    case("cast", f32(0, 2), dtype="int64", ref=lambda x, dtype: x.astype(dtype)),
+    case("cast", i32(3, 0), dtype="float64", ref=lambda x, dtype: x.astype(dtype)),
+    *[case("sum", x, axes=axes, keepdims=keep, ref=lambda x, axes, keepdims: x.sum(axes, keepdims=keepdims))
+      for x, axes, keep in [(f32(0, 3), (0,), False), (f64(0, 3), (1,), True), (f32(2, 0, 3), (0, 2), False),
+                            (f64(0), (0,), False)]],
+    *[case("mean", x, axes=axes, keepdims=keep, ref=mean64) for x, axes, keep in [
+        (f32(2, 0, 3), (1,), False), (f64(2, 0, 3), (0, 2), True), (f32(0), (0,), False),
+        (f64(0, 4), (0, 1), True), (f32(0, 4), (1,), False)]],
+    case("max", f32(0, 3), axes=(1,), keepdims=False, ref=lambda x, axes, keepdims: x.max(axes, keepdims=keepdims)),
+    case("max", f64(2, 0), axes=(0,), keepdims=True, ref=lambda x, axes, keepdims: x.max(axes, keepdims=keepdims)),
+    *[case("matmul", a, b, ref=matmul64) for a, b in [
+        (f32(0, 3, 4), f32(4, 2)), (f64(2, 0, 4), f64(4, 2)), (f32(2, 3, 4), f32(4, 0)), (f64(3, 0), f64(0, 2)),
+        (f32(2, 1, 3, 0), f32(5, 0, 2)), (f64(0, 3, 4), f64(1, 4, 2))]],
+    case("reshape", f32(2, 0, 3), shape=(0, 3), ref=lambda x, shape: x.ravel().reshape(shape)),
+    case("reshape", f64(0), shape=(3, 0, 1), ref=lambda x, shape: x.ravel().reshape(shape)),
+    case("transpose", f32(2, 0, 3), perm=(2, 0, 1), ref=lambda x, perm: np.transpose(x, perm)),
+    case("broadcast_to", f32(1, 3), shape=(0, 3), ref=lambda x, shape: x + np.zeros(shape, x.dtype)),
+    case("broadcast_to", f64(0, 1), shape=(2, 0, 4), ref=lambda x, shape: x + np.zeros(shape, x.dtype)),
+    case("slice", f32(0, 3), slices=((0, 0, 1), (1, 3, 1)), ref=lambda x, slices: x[index_grid(slices)]),
+    case("slice", f64(4, 3), slices=((2, 2, 1), (0, 3, 2)), ref=lambda x, slices: x[index_grid(slices)]),
+    case("unslice", f32(0, 5), slices=((2, 2, 1), (0, 5, 1)), shape=(4, 5), ref=unslice64),
+    case("unslice", f64(2, 0), slices=((0, 2, 1), (0, 0, 1)), shape=(2, 0), ref=unslice64),
+    case("embedding", f32(3, 0), i64(2, 2, low=0, high=3), ref=gather_rows),
+    case("embedding", f64(0, 2), i64(0, low=0, high=1), ref=gather_rows),
+    case("scatter_add", f32(0, 3), i64(0, low=0, high=4), num_rows=4, ref=scatter_add64),
+    case("scatter_add", f64(2, 0), i64(2, low=0, high=3), num_rows=3, ref=scatter_add64),
+    case("scatter_add", f64(0, 2), i32(0, low=0, high=1), num_rows=0, ref=scatter_add64),
+    *[case("one_hot", i, num_classes=3, dtype="float32",
+           ref=lambda i, num_classes, dtype: (i[..., None] == np.arange(num_classes)).astype(dtype))
+      for i in [i64(0, low=0, high=3), i32(2, 0, low=0, high=3)]],
+    case("constant", value=np.zeros((0, 3), np.float32), ref=lambda value: value.copy(), result_dtype="float32"),
+    case("softmax", f32(0, 3), axis=1, ref=lambda x, axis: per_row(softmax_row, x, axis)),
+    case("softmax", f64(0, 3), axis=0, ref=lambda x, axis: per_row(softmax_row, x, axis)),
+    case("log_softmax", f32(2, 0, 3), axis=2, ref=lambda x, axis: per_row(log_softmax_row, x, axis)),
+    case("log_softmax", f64(0, 3), axis=0, ref=lambda x, axis: per_row(log_softmax_row, x, axis)),
+    case("layer_norm", f32(0, 4), f32(4), f32(4), eps=1e-5, ref=layer_norm64),
+    case("layer_norm", f64(3, 0), f64(0), f64(0), eps=1e-5, ref=layer_norm64),
+    case("gelu_grad", f32(0, 3), f32(0, 3), ref=gelu_grad64),
+    case("layer_norm_grad", f32(0, 4), f32(0, 4), f32(4), eps=1e-5, ref=layer_norm_grad64),
+    case("layer_norm_grad", f64(3, 0), f64(3, 0), f64(0), eps=1e-5, ref=layer_norm_grad64),
+    case("layer_norm_gamma_grad", f32(0, 4), f32(0, 4), eps=1e-5, ref=layer_norm_gamma_grad64),
+    case("layer_norm_gamma_grad", f64(3, 0), f64(3, 0), eps=1e-5, ref=layer_norm_gamma_grad64),
+    case("cross_entropy", f32(0, 5), i64(0, low=0, high=5), ref=cross_entropy64),
+    case("cross_entropy", f64(2, 0, 3), i64(2, 0, low=0, high=3), ref=cross_entropy64),
+    case("concat", f32(0, 3), f32(2, 3), axis=0, ref=concat64),
+    case("concat", f64(2, 0), f64(2, 3), f64(2, 0), axis=1, ref=concat64),
+    case("concat", f32(0, 2), f32(0, 1), axis=1, ref=concat64),
+    case("fused_elementwise", f32(0, 3), f32(3), program=(("mul", (0, 1)), ("tanh", (2,)), ("add", (3, 0))),
+         ref=lambda x, b, program: np.tanh(x * b) + x),
+    case("fused_elementwise", f64(1, 3), f64(0, 1), program=(("sub", (0, 1)), ("exp", (2,))),
+         ref=lambda a, b, program: np.exp(a - b)),
+]
+CASES += ZERO_SIZE_CASES
+
 
 def expected_dtype(row: Case, arrays) -> str:
     if row.result_dtype is not None:
@@ -385,3 +458,65 @@ def test_eager_and_compiled_run_the_op_alike(row: Case):
 
     np.testing.assert_array_equal(function(*[graphgpt.Tensor(x) for x in arrays]).data, expected)
     np.testing.assert_array_equal(graphgpt.compile(function, *arrays, passes=[]).run(*arrays), expected)
+
+
+ZERO_SIZE_ROWS = [row for row in ZERO_SIZE_CASES if row.inputs]
+
+
+def weighted_objective(row: Case, attrs: dict, result: np.ndarray):
+    """sum(op(inputs) * w) for fixed weights w of the result's shape, or None when the op has no gradient
+    to check (a backward kernel, or a result that carries none)."""
+    if OPS[row.op].vjp is None or result.dtype.kind != "f":
+        return None
+    weights = np.cos(np.arange(result.size)).reshape(result.shape).astype(result.dtype)
+    return lambda *tensors: (tensors[0]._apply(row.op, tensors, attrs) * weights).sum()
+
+
+@pytest.mark.parametrize("row", ZERO_SIZE_ROWS, ids=[row.id for row in ZERO_SIZE_ROWS])
+def test_zero_size_rows_forward_and_backward_on_every_path(row: Case):
+    """Eager, compiled as traced and compiled with the default passes run each zero-size row to the kernel's
+    result (eager and as-traced bit for bit), and for a differentiable op the gradients of sum(op(...) * w)
+    agree across the paths, with the inputs' shapes and dtypes."""
+    op, arrays, attrs = prepared(row)
+    expected = op.evaluate(arrays, attrs)
+
+    def function(*tensors):
+        return tensors[0]._apply(row.op, tensors, attrs)
+
+    assert same_bits(function(*[graphgpt.Tensor(x) for x in arrays]).data, expected)
+    assert same_bits(graphgpt.compile(function, *arrays, passes=[]).run(*arrays), expected)
+    assert_agree(graphgpt.compile(function, *arrays).run(*arrays), expected, "default passes")
+
+    objective = weighted_objective(row, attrs, expected)
+    if objective is None or not any(x.dtype.kind == "f" for x in arrays):
+        return
+    eager = eager_value_and_gradients(objective, arrays)
+    traced = compiled_value_and_gradients(objective, arrays, passes=[])
+    optimised = compiled_value_and_gradients(objective, arrays)
+    assert same_bits(eager[0], traced[0])
+    float_arrays = [x for x in arrays if x.dtype.kind == "f"]
+    for position, gradient in enumerate(eager[1]):
+        assert gradient.shape == float_arrays[position].shape and gradient.dtype == float_arrays[position].dtype
+        assert same_bits(gradient, traced[1][position]), f"gradient {position}: eager and compiled differ"
+        assert_agree(optimised[1][position], gradient, f"gradient {position}, default passes")
+
+
+@pytest.mark.parametrize("row", ZERO_SIZE_ROWS, ids=[row.id for row in ZERO_SIZE_ROWS])
+def test_zero_size_rows_match_torch(row: Case):
+    """The zero-size rows' results and gradients are torch's (NaN for a mean over nothing)."""
+    pytest.importorskip("torch")
+    op, arrays, attrs = prepared(row)
+    expected = op.evaluate(arrays, attrs)
+    from torch_reference import run_in_torch
+
+    graph = graphgpt.trace(lambda *tensors: tensors[0]._apply(row.op, tensors, attrs), *arrays).graph
+    (torch_result,), _ = run_in_torch(graph, arrays)
+    assert_agree(expected, torch_result, "result against torch", rtol=1e-5)
+    objective = weighted_objective(row, attrs, expected)
+    if objective is None or not any(x.dtype.kind == "f" for x in arrays):
+        return
+    value, gradients = eager_value_and_gradients(objective, arrays)
+    torch_value, torch_gradients = torch_value_and_gradients(objective, arrays)
+    assert_agree(value, torch_value, "value against torch", rtol=1e-5)
+    for position, (gradient, expected_gradient) in enumerate(zip(gradients, torch_gradients)):
+        assert_agree(gradient, expected_gradient, f"gradient {position} against torch", rtol=1e-5)

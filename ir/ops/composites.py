@@ -118,6 +118,9 @@ def _cross_entropy_into(out: np.ndarray, logits: np.ndarray, targets: np.ndarray
     if targets.size and (targets.min() < 0 or targets.max() >= classes):
         raise IndexError(f"cross_entropy target out of range: targets must lie in 0..{classes - 1}, "
                          f"got values from {int(targets.min())} to {int(targets.max())}")
+    if targets.size == 0:
+        out[...] = np.nan  # the mean over no positions, as torch gives it (np.mean would warn twice)
+        return
     log_probs = np.empty_like(logits)
     _log_softmax_into(log_probs, logits, axis=-1)
     picked = np.take_along_axis(log_probs, targets[..., None], axis=-1)
