@@ -139,9 +139,29 @@ class OpDef:
             raise ShapeError(message if named else f"{self.name}: {message}") from None
 
     def evaluate(self, arrays: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
-        """Run the NumPy implementation into a new array (NumPy's 0-d scalars come back as 0-d arrays)."""
+        """Run the NumPy implementation into a new array laid out as a compiled schedule lays out this op's result
+        (NumPy's 0-d scalars come back as 0-d arrays), so eager execution, constant folding and the schedule
+        compute bit-identical values: BLAS and NumPy's reductions round differently for differently laid out
+        operands, so the layout of every value a later op reads must agree too.
+
+        - A view (transpose, slice, broadcast_to, a reshape NumPy makes without copying) stays NumPy's view, as
+          the memory plan predicts it; a constant is its own array, as the schedule holds it.
+        - Every other result is C-contiguous, the layout of the planned buffer the schedule writes it into. When
+          the inputs are C-contiguous, `compute` is the schedule's very call (a ufunc, or the same NumPy
+          function with `out=`) and NumPy gives C order already; otherwise (an exp of a transposed array would
+          come back Fortran-ordered) the result is computed by `compute_into` into a C-ordered array, exactly
+          as the schedule computes it.
+
+        >>> get_op("exp").evaluate([np.ones((3, 2)).T], {}).flags.c_contiguous
+        True
+        """
         if self.compute is not None:
-            return np.asarray(self.compute(*arrays, **attrs))
+            if self.view or self.compute_into is None:
+                return np.asarray(self.compute(*arrays, **attrs))
+            if all(array.flags.c_contiguous for array in arrays):
+                result = np.asarray(self.compute(*arrays, **attrs))
+                if result.flags.c_contiguous:
+                    return result
         result_type = self.infer(*[TensorType(array.shape, array.dtype) for array in arrays], **attrs)
         out = np.empty(result_type.shape, result_type.numpy_dtype)
         self.compute_into(out, *arrays, **attrs)
