@@ -1,5 +1,6 @@
-"""JSON save and load of graphs. Loading treats the file as hostile: nothing in it is executed (no pickle), every
-field is checked before use, sizes are bounded, and the result must pass the verifier.
+"""JSON save and load of graphs. Loading treats the file as hostile: nothing in it is executed (no pickle), only a
+regular file of bounded size is read, the JSON is parsed strictly (ir/untrusted.py), every field is checked before
+use, sizes are bounded, every malformed file gives a SerializationError, and the result must pass the verifier.
 
     save_graph(graph, "gpt.json"); same = load_graph("gpt.json")
 """
@@ -8,13 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Union
+from contextlib import contextmanager
+from typing import Any, Iterator, Union
 
 from .builder import GraphBuilder
 from .errors import GraphError, SerializationError, ShapeError
 from .graph import ROLES, Graph, Provenance, Value
 from .ops import get_op
 from .types import TensorType
+from .untrusted import parse_json, read_regular_file
 from .verifier import verify
 
 FORMAT_NAME = "graphgpt-graph"
@@ -71,14 +74,32 @@ def _expect(condition: bool, message: str) -> None:
         raise SerializationError(message)
 
 
-def _fields(record: Any, where: str, required: dict[str, type]) -> dict[str, Any]:
+def _is_id(value: Any) -> bool:
+    """An integer, not a bool (True == 1 would otherwise name value 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _fields(record: Any, where: str, required: dict[str, Union[type, tuple[type, ...]]]) -> dict[str, Any]:
     _expect(isinstance(record, dict), f"{where}: expected an object, got {type(record).__name__}")
     _expect(set(record) == set(required), f"{where}: expected fields {sorted(required)}, got {sorted(record)}")
     for name, kind in required.items():
         value = record[name]
-        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-        _expect(ok, f"{where}: field {name!r} must be {getattr(kind, '__name__', kind)}, got {value!r:.80}")
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        ok = isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))  # bool is an int subclass
+        _expect(ok, f"{where}: field {name!r} must be {' or '.join(k.__name__ for k in kinds)}, got {value!r:.80}")
     return record
+
+
+@contextmanager
+def _refusing(where: str) -> Iterator[None]:
+    """Whatever a malformed record makes the builder, an op's rule or an attribute kind raise becomes a
+    SerializationError saying where (a float attribute of 10**400 raises OverflowError, for one)."""
+    try:
+        yield
+    except SerializationError:
+        raise
+    except (GraphError, ValueError, TypeError, ArithmeticError, LookupError) as error:
+        raise SerializationError(f"{where}: {error}") from None
 
 
 def _type(text: str, where: str) -> TensorType:
@@ -86,6 +107,8 @@ def _type(text: str, where: str) -> TensorType:
         result = TensorType.parse(text)
     except (ShapeError, ValueError) as error:
         raise SerializationError(f"{where}: bad type {text!r:.80}: {error}") from None
+    # Only the spelling save_graph writes: int() would also take ' 2', '+2' and '1_0'.
+    _expect(str(result) == text, f"{where}: bad type {text!r:.80}: expected it written as {result}")
     _expect(result.size <= MAX_VALUE_ELEMENTS, f"{where}: type {text} is absurdly large")
     return result
 
@@ -105,25 +128,26 @@ def graph_from_json(data: Any) -> Graph:
         _expect(file_id not in by_id, f"{where}: id {file_id} is defined twice")
         by_id[file_id] = value
 
-    try:
-        for kind, records in (("input", data["inputs"]), ("param", data["params"])):
-            for index, record in enumerate(records):
-                where = f"{kind} {index}"
+    for kind, records in (("input", data["inputs"]), ("param", data["params"])):
+        for index, record in enumerate(records):
+            where = f"{kind} {index}"
+            with _refusing(where):
                 _fields(record, where, {"id": int, "name": str, "type": str})
                 _expect(bool(record["name"]), f"{where}: needs a name")
                 _expect(record["id"] >= 0, f"{where}: id {record['id']} is negative")
                 add = builder.add_input if kind == "input" else builder.add_param
                 remember(record["id"], add(record["name"], _type(record["type"], where), value_id=record["id"]),
                          where)
-        for index, record in enumerate(data["nodes"]):
-            where = f"node {index}"
-            _fields(record, where, {"id": int, "op": str, "inputs": list, "attrs": dict, "type": str,
-                                    "provenance": dict})
-            where = f"node {index} (id {record['id']}, op {record['op']!r:.40})"
+    for index, record in enumerate(data["nodes"]):
+        where = f"node {index}"
+        _fields(record, where, {"id": int, "op": str, "inputs": list, "attrs": dict, "type": str,
+                                "provenance": dict})
+        where = f"node {index} (id {record['id']}, op {record['op']!r:.40})"
+        with _refusing(where):
             op_def = get_op(record["op"])
             inputs = []
             for file_id in record["inputs"]:
-                _expect(isinstance(file_id, int) and file_id in by_id,
+                _expect(_is_id(file_id) and file_id in by_id,
                         f"{where}: input {file_id!r:.40} is not defined earlier in the file (unknown id or a cycle)")
                 inputs.append(by_id[file_id])
             unknown = sorted(set(record["attrs"]) - set(op_def.attrs))
@@ -131,7 +155,8 @@ def graph_from_json(data: Any) -> Graph:
             attrs = {}
             for name, kind in op_def.attrs.items():
                 _expect(name in record["attrs"], f"{where}: missing attribute {name!r}")
-                attrs[name] = kind.from_json(record["attrs"][name])
+                with _refusing(f"{where}: attribute {name!r}"):
+                    attrs[name] = kind.from_json(record["attrs"][name])
             source = _fields(record["provenance"], f"{where} provenance",
                              {"module_path": str, "filename": str, "lineno": int,
                               "differentiates": (int, type(None)), "role": str})
@@ -142,49 +167,31 @@ def graph_from_json(data: Any) -> Graph:
             recorded = _type(record["type"], where)
             _expect(value.type == recorded, f"{where}: recorded type {recorded} but the rule infers {value.type}")
             remember(record["id"], value, where)
-        outputs = []
-        for file_id in data["outputs"]:
-            _expect(isinstance(file_id, int) and file_id in by_id, f"output {file_id!r:.40} is not defined")
-            outputs.append(by_id[file_id])
-        updates = []
-        for pair in data["updates"]:
-            _expect(isinstance(pair, list) and len(pair) == 2 and all(isinstance(i, int) and i in by_id for i in pair),
-                    f"update {pair!r:.60} must be [parameter id, value id] of defined values")
-            updates.append((by_id[pair[0]], by_id[pair[1]]))
-        graph = builder.finish(outputs, updates)
-    except SerializationError:
-        raise
-    except GraphError as error:
-        raise SerializationError(str(error)) from None
-    try:
-        return verify(graph)
-    except GraphError as error:
-        raise SerializationError(str(error)) from None
+    outputs = []
+    for file_id in data["outputs"]:
+        _expect(_is_id(file_id) and file_id in by_id, f"output {file_id!r:.40} is not defined")
+        outputs.append(by_id[file_id])
+    updates = []
+    for pair in data["updates"]:
+        _expect(isinstance(pair, list) and len(pair) == 2 and all(_is_id(i) and i in by_id for i in pair),
+                f"update {pair!r:.60} must be [parameter id, value id] of defined values")
+        updates.append((by_id[pair[0]], by_id[pair[1]]))
+    with _refusing("graph"):
+        return verify(builder.finish(outputs, updates))
 
 
 def load_graph(path: Union[str, os.PathLike]) -> Graph:
-    """Read a graph written by save_graph, refusing anything malformed with a SerializationError."""
-    try:
-        size = os.path.getsize(path)
-    except OSError as error:
-        raise SerializationError(f"cannot read graph file {os.fspath(path)!r}: {error.strerror}") from None
-    _expect(size <= MAX_FILE_BYTES, f"graph file is {size} bytes, more than the {MAX_FILE_BYTES} allowed")
-    with open(path, "rb") as file:
-        raw = file.read()
-    return graph_from_text(raw, source=os.fspath(path))
-
-
-def _refuse_constant(name: str):
-    raise SerializationError(f"JSON constant {name} is not allowed in a graph file")
+    """Read a graph written by save_graph, refusing anything malformed with a SerializationError: only a regular
+    file of at most MAX_FILE_BYTES is read (a FIFO or /dev/zero is refused, not waited on or read forever)."""
+    source = os.fspath(path)
+    raw = read_regular_file(path, MAX_FILE_BYTES,
+                            lambda reason: SerializationError(f"cannot read graph file {source!r}: {reason}"))
+    return graph_from_text(raw, source=source)
 
 
 def graph_from_text(text: Union[str, bytes], source: str = "<string>") -> Graph:
-    try:
-        data = json.loads(text, parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SerializationError(f"{source}: not valid JSON (truncated or corrupt): {error}") from None
-    except RecursionError:
-        raise SerializationError(f"{source}: JSON nested too deeply") from None
+    """A graph from the JSON text save_graph writes; `source` names it in errors."""
+    data = parse_json(text, lambda reason: SerializationError(f"{source}: {reason}"))
     try:
         return graph_from_json(data)
     except SerializationError as error:

@@ -5,6 +5,7 @@ without executing anything; the verifier rejects each kind of broken graph and n
 import copy
 import json
 import pickle
+import re
 import time
 
 import numpy as np
@@ -85,7 +86,9 @@ def first_node(data, op):
 def hostile_cases(data):
     constant = first_node(data, "constant")
     matmul = first_node(data, "matmul")
+    layer_norm = first_node(data, "layer_norm")
     later_id = data["nodes"][-1]["id"]
+    assert any(record["id"] == 1 for record in data["params"])  # so that True, == 1, would name a value
     return {
         "wrong format": (corrupt(data, ["format"], "pytorch"), "not a graphgpt graph"),
         "future version": (corrupt(data, ["version"], 99), "version 99 is not supported"),
@@ -110,13 +113,25 @@ def hostile_cases(data):
         "bad update": (corrupt(data, ["updates", 0], [0]), "must be \\[parameter id, value id\\]"),
         "update of a non-parameter": (corrupt(data, ["updates", 0, 0], data["inputs"][0]["id"]),
                                       "updates must write a value of the same type into a parameter"),
+        # JSON true == 1 and hashes as 1: it must not name the value whose id is 1.
+        "bool for an output id": (corrupt(data, ["outputs", 0], True), "output True is not defined"),
+        "bool for a node's input id": (corrupt(data, ["nodes", matmul, "inputs", 0], True),
+                                       "input True is not defined"),
+        "bool for differentiates": (corrupt(data, ["nodes", matmul, "provenance", "differentiates"], True),
+                                    "field 'differentiates' must be int or NoneType"),
+        "type not as written": (corrupt(data, ["inputs", 0, "type"], data["inputs"][0]["type"].replace("[", "[ ")),
+                                "expected it written as"),
+        "type with underscores": (corrupt(data, ["inputs", 0, "type"], data["inputs"][0]["type"].replace("2", "0_2")),
+                                  "expected it written as"),
+        "float attribute of 10**400": (corrupt(data, ["nodes", layer_norm, "attrs", "eps"], 10**400),
+                                       "an integer of 401 digits, more than the 64 allowed"),
     }
 
 
 def test_hostile_graph_files_are_refused(train_step, tmp_path):
     data = valid_json(train_step)
     cases = hostile_cases(data)
-    assert len(cases) >= 18
+    assert len(cases) >= 24
     for name, (hostile, message) in cases.items():
         started = time.perf_counter()
         with pytest.raises(SerializationError, match=message):
@@ -138,6 +153,50 @@ def test_malformed_files_are_refused(tmp_path, content, message):
     path.write_bytes(content)
     with pytest.raises(SerializationError, match=message):
         load_graph(path)
+
+
+def test_numbers_beyond_a_float_are_refused_where_they_are(train_step):
+    """A float attribute too large for a float (a dict built in Python, not JSON) is a SerializationError
+    naming the node and the attribute, not an OverflowError; bools are not ids here either."""
+    data = valid_json(train_step)
+    layer_norm = first_node(data, "layer_norm")
+    with pytest.raises(SerializationError, match=f"node {layer_norm} .*attribute 'eps': int too large"):
+        graph_from_json(corrupt(data, ["nodes", layer_norm, "attrs", "eps"], 10**400))
+    with pytest.raises(SerializationError, match="must be \\[parameter id, value id\\]"):
+        graph_from_json(corrupt(data, ["updates", 0], [True, data["updates"][0][1]]))
+
+
+# Edits of a valid file's text that json.dumps cannot write; each was accepted (last key winning, 1e400 read as
+# infinity) or raised a bare ValueError before.
+TEXT_EDITS = {
+    "duplicate key": (lambda text: text.replace('"header": ', '"header": "evil", "header": ', 1),
+                      "key 'header' appears twice in one object"),
+    "float beyond a float": (lambda text: re.sub(r'"eps": [^,}]+', '"eps": 1e400', text, count=1),
+                             "the number 1e400 is beyond the range of a float"),
+    "5000-digit integer": (lambda text: text.replace('"version": 2', '"version": ' + "7" * 5000, 1),
+                           "an integer of 5000 digits"),
+    "nesting 65 deep": (lambda text: text.replace('"header": ', '"header": ' + "[" * 65 + "]" * 65 + ', "x": ', 1),
+                        "nested too deeply: 66 levels"),
+}
+
+
+@pytest.mark.parametrize("edit", list(TEXT_EDITS))
+def test_strict_json_in_an_otherwise_valid_file(train_step, tmp_path, edit):
+    change, message = TEXT_EDITS[edit]
+    text = json.dumps(valid_json(train_step))
+    changed = change(text)
+    assert changed != text
+    path = tmp_path / "graph.json"
+    path.write_text(changed)
+    with pytest.raises(SerializationError, match=message):
+        load_graph(path)
+
+
+def test_brackets_and_escaped_quotes_inside_strings_are_not_nesting(train_step):
+    """The depth bound counts only structure: a header full of brackets and escaped quotes still loads."""
+    data = valid_json(train_step)
+    data["header"] = '\\"[[[[' * 40 + "{" * 100 + '"'
+    assert serialize.graph_from_text(json.dumps(data)).header == data["header"]
 
 
 def test_truncated_file_and_missing_path(train_step, tmp_path):
