@@ -11,6 +11,8 @@ from typing import Optional
 
 import numpy as np
 
+from ..ir.untrusted import read_regular_file
+
 # A fixed, sorted list of standard-library sources (those missing on a given Python are skipped).
 DEFAULT_MODULES = (
     "abc.py", "argparse.py", "bisect.py", "calendar.py", "contextlib.py", "copy.py", "csv.py", "dataclasses.py",
@@ -19,6 +21,7 @@ DEFAULT_MODULES = (
     "textwrap.py", "threading.py", "typing.py",
 )
 DEFAULT_CORPUS_CHARACTERS = 1_500_000
+MAX_TEXT_BYTES = 256 * 1024 * 1024  # as int64 tokens, 2 GiB: more than a character-level GPT on NumPy trains on
 
 
 class DataError(ValueError):
@@ -31,9 +34,8 @@ def default_corpus() -> str:
     parts = []
     for relative in DEFAULT_MODULES:
         try:
-            with open(os.path.join(library, relative), encoding="utf-8") as file:
-                parts.append(file.read())
-        except (OSError, UnicodeDecodeError):
+            parts.append(_read_utf8(os.path.join(library, relative), "standard-library source"))
+        except DataError:  # missing or odd on this Python: skipped, as the list says
             continue
     text = "\n".join(parts)[:DEFAULT_CORPUS_CHARACTERS]
     if len(text) < 10_000:
@@ -46,13 +48,18 @@ def read_text(path: Optional[str]) -> str:
     """The file's text (UTF-8), or the default corpus when `path` is None."""
     if path is None:
         return default_corpus()
+    return _read_utf8(path, "--data")
+
+
+def _read_utf8(path: str, what: str) -> str:
+    """A regular file of at most MAX_TEXT_BYTES as UTF-8 text, with newlines as open() in text mode gives them
+    (CRLF and CR become LF), so a vocabulary does not depend on how the file was read."""
+    raw = read_regular_file(path, MAX_TEXT_BYTES, lambda reason: DataError(f"cannot read {what} {path}: {reason}"))
     try:
-        with open(path, encoding="utf-8") as file:
-            return file.read()
-    except OSError as error:
-        raise DataError(f"cannot read --data {path}: {error.strerror}") from None
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise DataError(f"--data {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+        raise DataError(f"{what} {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 class Vocabulary:
