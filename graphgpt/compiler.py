@@ -275,7 +275,8 @@ class Compiled:
 
 def compile(model: Callable, *example_inputs, loss: Optional[Callable] = None,
             optimizer: Optional[Optimizer] = None, passes: Optional[Sequence] = None,
-            verify_each: bool = False, check_numerics=False, shards: Optional[int] = None) -> Compiled:
+            verify_each: bool = False, check_numerics=False, shards: Optional[int] = None,
+            fast_math=False) -> Compiled:
     """Trace `model` at the example inputs, infer shapes, verify, and build the Program that runs it.
 
     Without `loss`, the graph is the model's forward. With `loss`, the last example input is the target: the
@@ -283,7 +284,11 @@ def compile(model: Callable, *example_inputs, loss: Optional[Callable] = None,
     and with `optimizer` the parameter update too, so each run is one whole training step.
 
     `passes` chooses the optimisation passes (names from graphgpt.passes.manager.PASSES; default its
-    DEFAULT_PIPELINE; [] for none, to study the graph as traced); `verify_each` runs the verifier after each.
+    DEFAULT_PIPELINE and the value-changing passes `fast_math` allows; [] for none, to study the graph as
+    traced); `verify_each` runs the verifier after each. Every rewrite the passes make by default gives
+    bit-identical results; `fast_math` allows those that may not, as C compilers' fast-math flags do: True for
+    all, or a set of names from passes/manager.py FAST_MATH_FLAGS ({"no_signed_zeros", "no_infinities",
+    "reassociate", "approximate_functions"}).
     `check_numerics` (a debug option) checks every node's output and names the first node, with its module path
     and source line, that produced a NaN (True or "nan") or also an infinity ("nonfinite"; the causal mask's
     intended -inf then shows up too).
@@ -309,7 +314,7 @@ def compile(model: Callable, *example_inputs, loss: Optional[Callable] = None,
         if shards not in (None, 1):
             raise TypeError("shards splits a training step: compile(model, inputs, targets, loss=..., shards=...)")
         traced = trace(model, *example_inputs)
-        program = build_forward_program(infer_shapes(traced.graph), passes, verify_each, check_numerics)
+        program = build_forward_program(infer_shapes(traced.graph), passes, verify_each, check_numerics, fast_math)
         return Compiled(program, traced.bindings, traced.returns_tuple, BindingGuard(model, program.param_names))
 
     traced = trace_loss(model, example_inputs, loss)
@@ -328,6 +333,6 @@ def compile(model: Callable, *example_inputs, loss: Optional[Callable] = None,
 
     program = build_training_program(verify(infer_shapes(traced.graph)), [name for name, _ in trainable], rule,
                                      passes=passes, verify_each=verify_each, check_numerics=check_numerics,
-                                     shards=shards, trace_shard=trace_shard)
+                                     shards=shards, trace_shard=trace_shard, fast_math=fast_math)
     return Compiled(program, bindings, returns_tuple=False,
                     guard=BindingGuard(model, program.param_names, optimizer))

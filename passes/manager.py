@@ -2,7 +2,8 @@
 record of every stage (node count, FLOPs, memory, what the pass changed, which values it created and removed)
 so reports and before/after diagrams can show what each pass did.
 
-    graph, records = run_pipeline(graph)                    # the default pipeline
+    graph, records = run_pipeline(graph)                    # the default pipeline: every rewrite bit-exact
+    graph, records = run_pipeline(graph, fast_math=True)    # and the rewrites that may change results
     graph, records = run_pipeline(graph, passes=[])         # none, for study
     print(format_report(records))
 """
@@ -11,8 +12,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from functools import cached_property
-from typing import Callable, Optional, Sequence, Union
+from functools import cached_property, partial
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 from graphgpt.ir import Graph, verify
 
@@ -34,16 +35,64 @@ PASSES: dict[str, Callable[[Graph], PassResult]] = {
     "fuse_elementwise": fuse_elementwise,
     "fuse_horizontal_matmuls": fuse_horizontal_matmuls,
 }
-DEFAULT_PIPELINE = ("simplify", "fold_constants", "eliminate_common_subexpressions", "eliminate_dead_nodes",
-                    "fuse_horizontal_matmuls")
+# Fast-math flags: each allows rewrites that may change a result's bits, naming the IEEE guarantee it gives up.
+# Without them (the default) every rewrite of every pass gives bit-identical results for every input: -0.0,
+# infinities, NaN, overflow and subnormals included. Named after LLVM's per-instruction fast-math flags (nsz, ninf,
+# reassoc, afn; `fast` for all) and GCC's -ffast-math family (-fno-signed-zeros, -ffinite-math-only,
+# -fassociative-math, -funsafe-math-optimizations), spelled out; like them, each is a separate permission, so
+# reassociating need not also give up signed zeros, and True means all of them (-ffast-math).
+FAST_MATH_FLAGS = {
+    "no_signed_zeros": "treat -0.0 as +0.0: x + 0.0 -> x, x - (-0.0) -> x",
+    "no_infinities": "assume no value is infinite: with no_signed_zeros, x ** 0.5 -> sqrt(x)",
+    "reassociate": "regroup sums and products, rounding differently: (x * c1) * c2 -> x * (c1 * c2), a batched "
+                   "matmul as one GEMM, matmuls sharing an operand as one (BLAS adds in another order)",
+    "approximate_functions": "pow by multiplies, rounding after each: x ** 3 -> x * x * x, x ** 4",
+}
+FastMathOption = Union[bool, None, str, Iterable[str]]
+
+
+def fast_math_flags(option: FastMathOption) -> frozenset[str]:
+    """The flags a `fast_math=` option allows: False or None none, True all, else one name or an iterable of
+    names from FAST_MATH_FLAGS.
+
+    >>> sorted(fast_math_flags({"reassociate"})), len(fast_math_flags(True))
+    (['reassociate'], 4)
+    """
+    if option is None or option is False:
+        return frozenset()
+    if option is True:
+        return frozenset(FAST_MATH_FLAGS)
+    flags = frozenset([option] if isinstance(option, str) else option)
+    unknown = sorted(flag for flag in flags if flag not in FAST_MATH_FLAGS)
+    if unknown:
+        raise ValueError(f"unknown fast-math flag(s) {unknown}; known: {', '.join(FAST_MATH_FLAGS)} "
+                         f"(or True for all)")
+    return flags
+
+
+DEFAULT_PIPELINE = ("simplify", "fold_constants", "eliminate_common_subexpressions", "eliminate_dead_nodes")
 # Measured on the medium GPT training step (vocab 65, embed 256, 6 layers, 8 heads, T 128, batch 8), interleaved:
-# - fuse_horizontal_matmuls: 360 vs 368 and 398 vs 402 ms: a small, steady gain (the joined GEMM itself is no
-#   faster here; the q/k/v adds and dispatches are fewer), and bit-exact, so it is on by default.
-# - fuse_elementwise: ~3% slower end to end (310 vs 300, 371 vs 359, 375 vs 366, 392 vs 361 ms), though its fused
-#   nodes beat their parts in isolation. Unfused, each ufunc already writes in place into a buffer hot in cache
-#   from the op before it, so memory-bound NumPy chains leave fusion little to save: it is left out of the
-#   default. Ask for it with passes=[..., "fuse_elementwise"].
+# - fuse_elementwise: exact, but ~3% slower end to end (310 vs 300, 371 vs 359, 375 vs 366, 392 vs 361 ms),
+#   though its fused nodes beat their parts in isolation. Unfused, each ufunc already writes in place into a
+#   buffer hot in cache from the op before it, so memory-bound NumPy chains leave fusion little to save: it is
+#   left out of the default. Ask for it with passes=[..., "fuse_elementwise"].
+# - fuse_horizontal_matmuls: 360 vs 368 and 398 vs 402 ms, a small gain; but not exact (below).
 OPTIONAL_PASSES = ("fuse_elementwise",)
+# Passes any rewrite of which may change values, and the fast-math flag that allows them; with it, they join the
+# default pipeline. fuse_horizontal_matmuls: one (M, k) @ (k, n1 + n2 + n3) GEMM sums each product in the order
+# BLAS picks for that size, not always in the order of the three (M, k) @ (k, n) GEMMs (95 of 400 random shapes
+# differed in the last bit; the GPT's shapes happened not to).
+VALUE_CHANGING_PASSES = {"fuse_horizontal_matmuls": "reassociate"}
+# Passes whose rewrites read the fast-math flags, given them as `fast_math=` (named or passed as functions).
+FLAG_READING_PASSES = (simplify,)
+
+
+def default_pipeline(fast_math: FastMathOption = False) -> tuple[str, ...]:
+    """DEFAULT_PIPELINE, and the value-changing passes the fast-math flags allow."""
+    flags = fast_math_flags(fast_math)
+    return DEFAULT_PIPELINE + tuple(name for name, flag in VALUE_CHANGING_PASSES.items() if flag in flags)
+
+
 # Rewrites enable each other (a simplification exposes a constant to fold, a fold a duplicate to merge): run
 # each to a fixed point, up to this many sweeps.
 MAX_SWEEPS = 8
@@ -110,9 +159,12 @@ def run_to_fixed_point(function: Callable[[Graph], PassResult], graph: Graph) ->
 
 
 def run_pipeline(graph: Graph, passes: Optional[Sequence[Union[str, Callable]]] = None,
-                 verify_each: bool = False) -> tuple[Graph, list[StageRecord]]:
-    """Run `passes` (names from PASSES or functions; default DEFAULT_PIPELINE) and record every stage."""
-    passes = DEFAULT_PIPELINE if passes is None else passes
+                 verify_each: bool = False, fast_math: FastMathOption = False) -> tuple[Graph, list[StageRecord]]:
+    """Run `passes` (names from PASSES or functions; default: default_pipeline(fast_math)) and record every
+    stage. Rewrites that may change values are made only as the fast-math flags allow (see FAST_MATH_FLAGS); a
+    value-changing pass named without its flag is refused."""
+    flags = fast_math_flags(fast_math)
+    passes = default_pipeline(flags) if passes is None else passes
     records = [StageRecord("input", graph)]
     for entry in passes:
         if isinstance(entry, str):
@@ -121,6 +173,12 @@ def run_pipeline(graph: Graph, passes: Optional[Sequence[Union[str, Callable]]] 
             name, function = entry, PASSES[entry]
         else:
             name, function = entry.__name__, entry
+        needed = VALUE_CHANGING_PASSES.get(name)
+        if needed is not None and needed not in flags:
+            raise ValueError(f"{name} may change results in the last bits ({FAST_MATH_FLAGS[needed]}); "
+                             f"allow it with fast_math={{{needed!r}}}")
+        if function in FLAG_READING_PASSES:
+            function = partial(function, fast_math=flags)
         started = time.perf_counter()
         result = run_to_fixed_point(function, graph)
         seconds = time.perf_counter() - started

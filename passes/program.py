@@ -24,7 +24,7 @@ from graphgpt.ir import Graph, GraphBuilder, TensorType, verify
 from .analysis import graph_flops
 from .autodiff import append_backward
 from .data_parallel import prove_split, scale_shard_graph, shard_mismatch
-from .manager import StageRecord, format_report, run_pipeline
+from .manager import FastMathOption, StageRecord, fast_math_flags, format_report, run_pipeline
 from .memory_plan import MemoryPlan
 from .optimizer_update import UpdateRule, append_update
 from .schedule import Schedule
@@ -84,8 +84,10 @@ class Program:
     `inputs` and `params` are the whole step's (names and types as the user's arrays must have them)."""
 
     def __init__(self, graphs: list[ProgramGraph], whole: Union[ProgramGraph, Callable[[], ProgramGraph]],
-                 split: Split, signature: Graph, gradient_names: Sequence[str] = (), check_numerics=False):
+                 split: Split, signature: Graph, gradient_names: Sequence[str] = (), check_numerics=False,
+                 fast_math: frozenset[str] = frozenset()):
         self.graphs = graphs
+        self.fast_math = fast_math  # the fast-math flags its passes were allowed (passes/manager.py)
         self._whole = whole
         self._whole_lock = threading.Lock()  # optimised once, whichever thread asks first
         self.split = split
@@ -141,18 +143,24 @@ class Program:
             parts.append(f"== {self.whole.name} (for study: not run) ==\n{format_report(self.whole.stages)}")
         if self.gradient_names:
             parts.append(self.split.describe())
+        if self.fast_math:
+            parts.append(f"fast math: {', '.join(sorted(self.fast_math))} (results may differ in the last bits)")
         return "\n".join(parts)
 
 
-def _optimise(graph: Graph, passes: Passes, verify_each: bool) -> list[StageRecord]:
-    return run_pipeline(verify(graph), passes, verify_each)[1]
+def _optimise(graph: Graph, passes: Passes, verify_each: bool, fast_math: frozenset[str]) -> list[StageRecord]:
+    return run_pipeline(verify(graph), passes, verify_each, fast_math)[1]
 
 
-def build_forward_program(graph: Graph, passes: Passes = None, verify_each=False, check_numerics=False) -> Program:
-    """A program running `graph` (shapes inferred) after the passes."""
-    entry = ProgramGraph("forward", _optimise(graph, passes, verify_each))
+def build_forward_program(graph: Graph, passes: Passes = None, verify_each=False, check_numerics=False,
+                          fast_math: FastMathOption = False) -> Program:
+    """A program running `graph` (shapes inferred) after the passes (value-changing rewrites as `fast_math`
+    allows: see passes/manager.py FAST_MATH_FLAGS)."""
+    flags = fast_math_flags(fast_math)
+    entry = ProgramGraph("forward", _optimise(graph, passes, verify_each, flags))
     verify(entry.graph)
-    return Program([entry], entry, Split(1, "a forward graph"), graph, check_numerics=check_numerics)
+    return Program([entry], entry, Split(1, "a forward graph"), graph, check_numerics=check_numerics,
+                   fast_math=flags)
 
 
 def training_step(forward: Graph, wrt: Sequence[str], rule: Optional[UpdateRule]) -> Graph:
@@ -165,21 +173,23 @@ def training_step(forward: Graph, wrt: Sequence[str], rule: Optional[UpdateRule]
 
 def build_training_program(forward: Graph, wrt: Sequence[str], rule: Optional[UpdateRule] = None, *,
                            passes: Passes = None, verify_each=False, check_numerics=False,
-                           shards: Optional[int] = None, trace_shard: Optional[Callable[[int], Graph]] = None
-                           ) -> Program:
+                           shards: Optional[int] = None, trace_shard: Optional[Callable[[int], Graph]] = None,
+                           fast_math: FastMathOption = False) -> Program:
     """A training step: loss, gradients of `wrt` and the update of `rule` (optional) from the forward-and-loss
     graph `forward`, split into data-parallel shards when proved exact (see passes/data_parallel.py).
 
     `shards`: None splits into as many shards as there are cores when the proof holds and the step is big enough
     to gain (MIN_SPLIT_FLOPS); 1 never splits; k > 1 asks for k shards and raises ValueError with the reason if
-    the proof fails. `trace_shard(k)` traces the same model and loss at 1/k of the batch (shapes inferred)."""
+    the proof fails. `trace_shard(k)` traces the same model and loss at 1/k of the batch (shapes inferred).
+    `fast_math`: the value-changing rewrites the passes may make (passes/manager.py FAST_MATH_FLAGS)."""
+    flags = fast_math_flags(fast_math)
     wanted = available_cores() if shards is None else shards
     if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted < 1:
         raise ValueError(f"shards must be a positive integer or None, got {shards!r}")
     step = training_step(forward, wrt, rule)
 
     def optimise_whole() -> ProgramGraph:
-        whole = ProgramGraph("training step", _optimise(step, passes, verify_each))
+        whole = ProgramGraph("training step", _optimise(step, passes, verify_each, flags))
         verify(whole.graph)
         return whole
 
@@ -187,7 +197,7 @@ def build_training_program(forward: Graph, wrt: Sequence[str], rule: Optional[Up
         if shards is not None and shards > 1:
             raise ValueError(f"cannot split this training step into {wanted} data-parallel shards: {reason}")
         whole = optimise_whole()
-        return Program([whole], whole, Split(1, reason), step, wrt, check_numerics)
+        return Program([whole], whole, Split(1, reason), step, wrt, check_numerics, flags)
 
     if wanted == 1:
         return unsplit("one core" if shards is None else "shards=1")
@@ -207,12 +217,13 @@ def build_training_program(forward: Graph, wrt: Sequence[str], rule: Optional[Up
     scaled = scale_shard_graph(shard_forward, forward, proof)
     shard_backward = append_backward(scaled, wrt)
     shard = ProgramGraph(f"shard (batch {batch // wanted} of {batch})",
-                         _optimise(shard_backward.graph, passes, verify_each), runs=wanted)
+                         _optimise(shard_backward.graph, passes, verify_each, flags), runs=wanted)
     combine = ProgramGraph("combine", _optimise(
-        combine_shards(verify(shard.graph), wanted, wrt, rule, shard_backward.unreached), passes, verify_each))
+        combine_shards(verify(shard.graph), wanted, wrt, rule, shard_backward.unreached), passes, verify_each,
+        flags))
     verify(combine.graph)
     split = Split(wanted, f"batch {batch} as {wanted} x {batch // wanted}, {proof.describe()}")
-    return Program([shard, combine], optimise_whole, split, step, wrt, check_numerics)
+    return Program([shard, combine], optimise_whole, split, step, wrt, check_numerics, flags)
 
 
 def combine_shards(shard: Graph, shards: int, wrt: Sequence[str], rule: Optional[UpdateRule],

@@ -1,21 +1,40 @@
 """Algebraic simplification: a table of local rewrite rules, each small and named for what it removes.
 
-    x * 1, 1 * x, x / 1, x + 0, 0 + x, x - 0   ->  x        (only where no broadcast changes the shape or dtype)
-    -(-x)                                      ->  x
-    transpose(transpose(x))                    ->  one transpose, or x when the two cancel
-    reshape(reshape(x)), reshape to own shape  ->  one reshape, or x
-    x ** 2, x ** 3, x ** 4 (float, constant)   ->  x * x, x * x * x, (x * x) * (x * x)
-    x ** 1, x ** 0.5                           ->  x, sqrt(x)
-    (x * c1) * c2                              ->  x * (c1 * c2)   (constant folding then merges c1 * c2)
-    (B, T, k) @ (k, n)                         ->  reshape((B*T, k) @ (k, n))   (one GEMM instead of B)
+By default every rewrite gives bit-identical results for every input (-0.0, infinities, NaN, overflow and
+subnormals included, and the layout a later matmul or reduction reads, which decides how it rounds). A rewrite
+that may change a value is made only where the graph proves it exact, or when a fast-math flag allows it
+(`fast_math`, passes/manager.py FAST_MATH_FLAGS):
 
-Float `pow` with a small integer exponent is worth the rewrite: on this machine float32 z**3 is ~60x slower
-than z*z*z.
+    x * 1, 1 * x, x / 1, x - (+0.0), x + (-0.0)  ->  x   exact (where no broadcast changes the type, x is laid
+                                                          out as the node's result, C order)
+    x + (+0.0), x - (-0.0)                       ->  x   exact where x is never -0.0; else no_signed_zeros
+                                                          (-0.0 + 0.0 is +0.0)
+    -(-x)                                        ->  x   exact (x in C order, as above)
+    transpose(transpose(x))                      ->  one transpose, or x: exact (the same view)
+    reshape(reshape(x)), reshape to own shape    ->  one reshape, or x: exact for x in C order (else the two
+                                                          may differ in layout)
+    x ** 1, x ** 2                               ->  x, x * x: exact (pow(x, 2) correctly rounded is x * x)
+    x ** 0.5                                     ->  sqrt(x): exact where x is never negative; else
+                                                          no_signed_zeros and no_infinities (pow(-0.0, 0.5) is
+                                                          +0.0, pow(-inf, 0.5) is +inf; sqrt gives -0.0, NaN)
+    x ** 3, x ** 4                               ->  x * x * x, (x * x) * (x * x): approximate_functions (each
+                                                          multiply rounds; pow rounds once)
+    (x * c1) * c2                                ->  x * (c1 * c2): exact for integers and for powers of two
+                                                          of magnitude >= 1; else reassociate ((x * 1e20) *
+                                                          1e-20 overflows, x * 1.0 does not)
+    (B, T, k) @ (k, n)                           ->  reshape((B*T, k) @ (k, n)): reassociate (one GEMM instead
+                                                          of B: BLAS picks kernels by size and adds in another
+                                                          order)
+
+Float `pow` with a small integer exponent was the reason for the power rules: float32 z**3 is ~60x slower than
+z*z*z here. NumPy's own pow already squares for an exponent of 2 (and takes sqrt for 0.5), so those two cost
+nothing to keep exact.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import functools
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -25,36 +44,93 @@ from graphgpt.ir.ops import ViewLayout
 from .result import PassResult
 from .rewrite import RewriteContext, rewrite_nodes
 
-
-def _is_constant(value: Value, context: RewriteContext, number: float) -> bool:
-    array = context.constant_value(value)
-    return array is not None and bool(np.all(array == number))
+# The fast-math flags of one run (passes/manager.py FAST_MATH_FLAGS names them); empty: every rewrite exact.
+FastMath = frozenset
 
 
-def _same_type(node, value: Value) -> Optional[Value]:
-    return value if value.type == node.output.type else None
+def _in_c_order(value: Value) -> bool:
+    """Whether the schedule (and eager execution) hold `value` as a C-ordered array: graph inputs and parameters
+    (the schedule's contract), computed values (planned buffers), constants stored so, and reshapes of those.
+
+    A rule replacing a computed node by an existing value must keep the layout the node's readers see: BLAS and
+    NumPy's reductions round differently for a transposed or sliced operand than for a C-ordered one."""
+    producer = value.producer
+    while producer is not None and get_op(producer.op).view is ViewLayout.RESHAPE:  # a view of C order is C order
+        producer = producer.inputs[0].producer
+    if producer is None:
+        return True
+    if producer.op == "constant":
+        return producer.attrs["value"].flags.c_contiguous
+    return not get_op(producer.op).view
 
 
-def drop_identity_arithmetic(node, inputs, context) -> Optional[Value]:
-    """x*1, 1*x, x/1, x+0, 0+x, x-0."""
-    if node.op in ("mul", "add"):
-        neutral = 1 if node.op == "mul" else 0
-        for this, other in ((inputs[0], inputs[1]), (inputs[1], inputs[0])):
-            if _is_constant(other, context, neutral) and _same_type(node, this):
-                return this
-    if node.op in ("div", "sub"):
-        neutral = 1 if node.op == "div" else 0
-        if _is_constant(inputs[1], context, neutral):
-            return _same_type(node, inputs[0])
+# Ops whose result is never negative (nor -0.0, nor -inf) whatever their inputs: exp(-inf) is +0.0.
+NEVER_NEGATIVE_OPS = {"exp", "softmax"}
+# Ops whose result is never negative when no input is: sums, products, quotients and maxima of such numbers, their
+# square roots (sqrt(-0.0) is -0.0, so not of any input), and views of them. NaN may appear (0 / 0): it is NaN
+# either way, so it never tells a rewrite apart.
+KEEPS_NON_NEGATIVE_OPS = {"add", "mul", "div", "maximum", "sqrt", "sum", "mean", "max", "concat",
+                          "reshape", "transpose", "slice", "broadcast_to"}
+
+
+def _never_negative(value: Value, depth: int = 8) -> bool:
+    """Whether every element of `value` is +0.0, positive, +inf or NaN, as the graph proves it (looking back at
+    most `depth` nodes): never -0.0 and never -inf."""
+    producer = value.producer
+    if producer is None or depth == 0:
+        return False
+    if producer.op == "constant":
+        array = producer.attrs["value"]
+        return array.dtype.kind == "f" and not bool(np.any(np.signbit(array) & ~np.isnan(array)))
+    if producer.op in NEVER_NEGATIVE_OPS or (producer.op == "mul" and producer.inputs[0] is producer.inputs[1]):
+        return True  # ... and x * x, (-0.0) * (-0.0) being +0.0
+    return producer.op in KEEPS_NON_NEGATIVE_OPS and all(_never_negative(input_value, depth - 1)
+                                                          for input_value in producer.inputs)
+
+
+def _is_identity_operand(constant: np.ndarray, op: str) -> bool:
+    """Whether `x op constant` is x for every x, bit for bit. In IEEE arithmetic -0.0 + -0.0 is -0.0 but
+    -0.0 + +0.0 is +0.0: so x + (-0.0) and x - (+0.0) keep every x, while x + (+0.0) and x - (-0.0) turn -0.0
+    into +0.0 (1 / (x + 0.0) at x = -0.0 is +inf, 1 / x is -inf). x * 1 and x / 1 keep every x, NaN included."""
+    if op in ("mul", "div"):
+        return bool(np.all(constant == 1))
+    if not np.all(constant == 0):
+        return False
+    if constant.dtype.kind != "f":  # integers have one zero
+        return True
+    negative = np.signbit(constant)
+    return bool(np.all(negative)) if op == "add" else not bool(np.any(negative))
+
+
+def drop_identity_arithmetic(node, inputs, context, fast_math: FastMath) -> Optional[Value]:
+    """x*1, 1*x, x/1, x-(+0.0), x+(-0.0), (-0.0)+x -> x; also x+(+0.0) and x-(-0.0) where x is never -0.0 or with
+    no_signed_zeros. Only where x has the node's type (no broadcast) and layout (C order)."""
+    if node.op not in ("mul", "add", "div", "sub"):
+        return None
+    commutes = node.op in ("mul", "add")
+    for kept, other in ((inputs[0], inputs[1]), (inputs[1], inputs[0]))[:2 if commutes else 1]:
+        constant = context.constant_value(other)
+        if constant is None or kept.type != node.output.type or not _in_c_order(kept):
+            continue
+        if _is_identity_operand(constant, node.op):
+            return kept
+        # x + (+0.0) and x - (-0.0) differ from x only at x = -0.0
+        if (node.op in ("add", "sub") and np.all(constant == 0)
+                and ("no_signed_zeros" in fast_math or _never_negative(kept))):
+            return kept
     return None
 
 
-def cancel_double_negation(node, inputs, context) -> Optional[Value]:
+def cancel_double_negation(node, inputs, context, fast_math: FastMath) -> Optional[Value]:
+    """-(-x) -> x: exact (negation flips the sign bit; twice gives x back, -0.0 and NaN included)."""
     producer = inputs[0].producer if node.op == "neg" else None
-    return producer.inputs[0] if producer is not None and producer.op == "neg" else None
+    if producer is None or producer.op != "neg" or not _in_c_order(producer.inputs[0]):
+        return None
+    return producer.inputs[0]
 
 
-def merge_transposes(node, inputs, context) -> Optional[Value]:
+def merge_transposes(node, inputs, context, fast_math: FastMath) -> Optional[Value]:
+    """transpose(transpose(x)) -> one transpose, or x when they cancel: exact, and the very view the two made."""
     if node.op != "transpose":
         return None
     perm = node.attrs["perm"]
@@ -70,11 +146,16 @@ def merge_transposes(node, inputs, context) -> Optional[Value]:
     return context.emit("transpose", [source], {"perm": perm})
 
 
-def merge_reshapes(node, inputs, context) -> Optional[Value]:
+def merge_reshapes(node, inputs, context, fast_math: FastMath) -> Optional[Value]:
+    """reshape(reshape(x)) -> one reshape, or x; a reshape to x's own shape -> x (NumPy's view of x, x's strides).
+
+    Merged only for x in C order, where every reshape is a C-ordered view. Of a transposed x, the inner reshape
+    may copy into C order while one reshape to the final shape is a view in x's order: the same values, laid out
+    differently for a later matmul or reduction."""
     if node.op != "reshape":
         return None
     source, producer = inputs[0], inputs[0].producer
-    if producer is not None and producer.op == "reshape":
+    if producer is not None and producer.op == "reshape" and _in_c_order(producer.inputs[0]):
         source = producer.inputs[0]
     if source.shape == node.output.shape:
         return source
@@ -83,7 +164,10 @@ def merge_reshapes(node, inputs, context) -> Optional[Value]:
     return context.emit("reshape", [source], {"shape": node.attrs["shape"]})
 
 
-def strength_reduce_power(node, inputs, context) -> Optional[Value]:
+def strength_reduce_power(node, inputs, context, fast_math: FastMath) -> Optional[Value]:
+    """x ** c for a constant c: 1 -> x and 2 -> x * x (exact: pow(x, 2) correctly rounded is the one rounding of
+    x * x, -0.0, inf and NaN included, and NumPy's pow squares so itself); 0.5 -> sqrt(x) where x is never
+    negative, or with no_signed_zeros and no_infinities; 3 and 4 -> multiplies with approximate_functions."""
     if node.op != "pow":
         return None
     exponent = context.constant_value(inputs[1])
@@ -92,19 +176,36 @@ def strength_reduce_power(node, inputs, context) -> Optional[Value]:
         return None
     power = float(exponent.reshape(()))
     if power == 1:
-        return base
-    if power == 0.5:
+        return base if _in_c_order(base) else None
+    if power == 2:
+        return context.emit("mul", [base, base])
+    if power == 0.5 and (_never_negative(base) or {"no_signed_zeros", "no_infinities"} <= fast_math):
+        # IEEE pow(-0.0, 0.5) is +0.0 and pow(-inf, 0.5) is +inf, where sqrt gives -0.0 and NaN. (NumPy's pow
+        # itself takes sqrt for a scalar 0.5; the graph's pow promises pow, not NumPy's shortcut.)
         return context.emit("sqrt", [base])
-    if power in (2, 3, 4):
+    if power in (3, 4) and "approximate_functions" in fast_math:
+        # Two or three roundings instead of pow's one: up to ~1.5 ulp apart.
         square = context.emit("mul", [base, base])
-        if power == 2:
-            return square
         return context.emit("mul", [square, base] if power == 3 else [square, square])
     return None
 
 
-def combine_constant_scales(node, inputs, context) -> Optional[Value]:
-    """(x * c1) * c2 -> x * (c1 * c2) for scalar constants, so one multiply remains after folding."""
+def _scales_combine_exactly(first: np.ndarray, second: np.ndarray) -> bool:
+    """Whether (x * first) * second is x * (first * second) for every x. Integers: their wrapping products
+    associate. Floats: when both are powers of two of magnitude at least 1 and their product is finite, x * first
+    is exact unless it overflows, and then x * (first * second) overflows too. Any other pair may differ:
+    (x * 1e20) * 1e-20 overflows where x * 1.0 does not, and x * 0.5 may lose a subnormal's last bit."""
+    if first.dtype.kind in "iu" and second.dtype.kind in "iu":
+        return True
+    with np.errstate(over="ignore"):
+        product = first * second
+    mantissas, exponents = np.frexp(np.abs(np.stack([first, second]).astype(np.float64)))
+    return bool(np.all(mantissas == 0.5) and np.all(exponents >= 1) and np.isfinite(product))
+
+
+def combine_constant_scales(node, inputs, context, fast_math: FastMath) -> Optional[Value]:
+    """(x * c1) * c2 -> x * (c1 * c2) for scalar constants, so one multiply remains after folding: where the
+    two scales combine exactly, or with reassociate."""
     if node.op != "mul" or context.constant_value(inputs[1]) is None or inputs[1].shape != ():
         return None
     producer = inputs[0].producer
@@ -112,6 +213,9 @@ def combine_constant_scales(node, inputs, context) -> Optional[Value]:
         return None
     inner_constant = producer.inputs[1]
     if context.constant_value(inner_constant) is None or inner_constant.shape != ():
+        return None
+    if not ("reassociate" in fast_math
+            or _scales_combine_exactly(context.constant_value(inner_constant), context.constant_value(inputs[1]))):
         return None
     scale = context.emit("mul", [inner_constant, inputs[1]])
     return context.emit("mul", [producer.inputs[0], scale])
@@ -132,11 +236,34 @@ def flatten_batched_matmul(node, inputs, context) -> Optional[Value]:
     return context.emit("reshape", [product], {"shape": node.output.shape})
 
 
+def _only_with(flag: str, rule: Callable) -> Callable:
+    """A rule any rewrite of which may change values, `rule(node, inputs, context)`, made when `flag` is set."""
+
+    @functools.wraps(rule)
+    def guarded(node, inputs, context, fast_math: FastMath) -> Optional[Value]:
+        return rule(node, inputs, context) if flag in fast_math else None
+
+    return guarded
+
+
+# Each rule: (node, its inputs in the new graph, context, the fast-math flags) -> replacement value or None.
 RULES = [drop_identity_arithmetic, cancel_double_negation, merge_transposes, merge_reshapes,
-         strength_reduce_power, combine_constant_scales, flatten_batched_matmul]
+         strength_reduce_power, combine_constant_scales, _only_with("reassociate", flatten_batched_matmul)]
 
 
-def simplify(graph: Graph) -> PassResult:
-    """Apply the algebraic rules (one sweep; the pass manager repeats passes until nothing changes)."""
-    new_graph, fired = rewrite_nodes(graph, RULES, header="simplify")
+def simplify(graph: Graph, fast_math: FastMath = FastMath()) -> PassResult:
+    """Apply the algebraic rules (one sweep; the pass manager repeats passes until nothing changes), making only
+    exact rewrites unless `fast_math` flags allow others.
+
+    >>> simplify(graph, fast_math=frozenset({"reassociate"}))  # doctest: +SKIP
+    """
+
+    def with_flags(rule: Callable) -> Callable:
+        @functools.wraps(rule)
+        def bound(node, inputs, context: RewriteContext) -> Optional[Value]:
+            return rule(node, inputs, context, fast_math)
+
+        return bound
+
+    new_graph, fired = rewrite_nodes(graph, [with_flags(rule) for rule in RULES], header="simplify")
     return PassResult(new_graph, {rule.__name__.replace("_", " "): fired[rule.__name__] for rule in RULES})
