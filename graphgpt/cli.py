@@ -4,34 +4,109 @@
     graphgpt train [--data FILE --steps N ...]  train a character-level GPT with the compiled train step
     graphgpt generate --prompt TEXT             sample from a checkpoint
 
-Errors a user can meet (bad options, unreadable data, damaged checkpoints, an unwritable checkpoint folder) print
-`graphgpt: error: <message>` and exit with status 2, without a traceback.
+Every argument is checked before anything runs or is written: a value out of range (`--lr nan`, `--length -5`,
+`--vocab 0`) or a combination that cannot work (`--shards 3 --batch 4`) is refused in one line,
+`graphgpt <command>: error: ...`, with exit status 2, as argparse refuses an unknown option. Errors met while
+running (unreadable data, damaged checkpoints, an unwritable checkpoint folder, a resume that cannot continue)
+print `graphgpt: error: <message>` and exit with status 2, without a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from typing import Callable, Optional
 
 import numpy as np
 
 
-def _add_shards_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--shards", type=int, default=None,
-                        help="data-parallel shards of a training step (default: as compile decides; 1: never "
-                             "split); a split step shows the graphs that run, its shard and combine graphs")
+class UsageError(SystemExit):
+    """An argument refused before the command runs: exits with status 2, as argparse does. Its text is the
+    message (already printed to standard error as one line)."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+class Parser(argparse.ArgumentParser):
+    """argparse, but a refused argument is one line, `graphgpt train: error: argument --lr: ...`, without the
+    usage text before it (`--help` shows that)."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise UsageError(message)
+
+
+def number_in(accepted) -> Callable[[str], object]:
+    """An argparse `type` reading one number that `accepted` (a trainer.NumberRange) allows, or `none` where
+    the range gives None a meaning (`--clip none`: no clipping)."""
+    def parse(text: str):
+        if accepted.none_means is not None and text.lower() == "none":
+            return None
+        try:
+            value = accepted.kind(text)
+        except ValueError:  # not a number of that kind, e.g. '1.5' for a whole number, or 'ten'
+            value = None
+        if value is None or not accepted.accepts(value):
+            raise argparse.ArgumentTypeError(f"expected {accepted.describe()}, got {text!r}")
+        return value
+
+    return parse
+
+
+def non_empty(what: str) -> Callable[[str], str]:
+    """An argparse `type` refusing the empty string (a file name or prompt that is not there)."""
+    def parse(text: str) -> str:
+        if not text:
+            raise argparse.ArgumentTypeError(f"expected {what}, got an empty string")
+        return text
+
+    return parse
+
+
+def _ranges() -> dict:
+    """The numbers each numeric option of every command accepts, by destination name: train's options as
+    trainer.OPTION_RANGES (which train() also checks), the model's vocabulary as a checkpoint may hold it, and
+    the options only the other commands have."""
+    from .training.trainer import OPTION_RANGES, VOCABULARY_RANGE, NumberRange
+
+    at_least_one = NumberRange(int, 1)
+    return {**OPTION_RANGES, "vocab": VOCABULARY_RANGE, "shards": at_least_one, "collapse": at_least_one,
+            "repeats": at_least_one, "length": at_least_one, "temperature": NumberRange(float, 0, above_low=True),
+            "top_k": NumberRange(int, 0)}
+
+
+def _add_number(parser, flag: str, name: str, default, help_text: str, default_text: str = "%(default)s") -> None:
+    """An option taking one number in the range of `name`; its help says the range and the default (the value,
+    or `default_text` when the default is to decide later)."""
+    accepted = _ranges()[name]
+    parser.add_argument(flag, dest=name, type=number_in(accepted), default=default,
+                        help=f"{help_text}, {accepted.describe()} (default {default_text})")
+
+
+def _add_shards_argument(parser: argparse.ArgumentParser, default_text: str) -> None:
+    _add_number(parser, "--shards", "shards", None, "data-parallel shards of a training step, dividing --batch "
+                "(1: never split)", default_text)
+
+
+MODEL_ARGUMENTS = {"vocab": "vocabulary size", "embed": "embedding width", "layers": "transformer blocks",
+                   "heads": "attention heads (dividing --embed)", "seq_len": "tokens per sequence",
+                   "batch": "sequences per batch", "seed": "seed for weights and tokens"}
+MODEL_DEFAULTS = {"vocab": 65, "embed": 64, "layers": 2, "heads": 4, "seq_len": 32, "batch": 4, "seed": 0}
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser, names=tuple(MODEL_ARGUMENTS)) -> None:
+    """The options describing a GPT and its batch (those in `names`), each checked against its range; help shows
+    the command's own default (set_defaults may change it)."""
     group = parser.add_argument_group("model")
-    group.add_argument("--vocab", type=int, default=65, help="vocabulary size (default 65)")
-    group.add_argument("--embed", type=int, default=64, help="embedding width (default 64)")
-    group.add_argument("--layers", type=int, default=2, help="transformer blocks (default 2)")
-    group.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
-    group.add_argument("--seq-len", type=int, default=32, help="tokens per sequence (default 32)")
-    group.add_argument("--batch", type=int, default=4, help="sequences per batch (default 4)")
-    group.add_argument("--seed", type=int, default=0, help="seed for weights and tokens (default 0)")
+    for name in names:
+        _add_number(group, "--" + name.replace("_", "-"), name, MODEL_DEFAULTS[name], MODEL_ARGUMENTS[name])
 
 
 def command_run(args: argparse.Namespace) -> int:
@@ -67,12 +142,17 @@ def command_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def command_train(args: argparse.Namespace) -> int:
-    from .training.trainer import TrainOptions, train
+def _train_options(args: argparse.Namespace):
+    from .training.trainer import TrainOptions
 
-    options = TrainOptions(**{name: getattr(args, name) for name in TrainOptions.__dataclass_fields__
-                              if name != "progress"}, progress=not args.no_progress)
-    result = train(options)
+    return TrainOptions(**{name: getattr(args, name) for name in TrainOptions.__dataclass_fields__
+                           if name != "progress"}, progress=not args.no_progress)
+
+
+def command_train(args: argparse.Namespace) -> int:
+    from .training.trainer import train
+
+    result = train(_train_options(args))
     return 0 if np.isfinite(result.validation_loss) else 1
 
 
@@ -90,32 +170,36 @@ def command_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+TRAIN_HELP = {"steps": "training steps", "batch": "sequences per batch",
+              "seq_len": "characters per sequence (also max_seq_len)", "embed": "embedding width",
+              "layers": "transformer blocks", "heads": "attention heads (dividing --embed)", "seed": "random seed",
+              "eval_every": "steps between validation losses", "eval_batches": "held-out batches per validation",
+              "checkpoint_every": "steps between checkpoints",
+              "sample_chars": "characters per sample printed at the end (0: no samples)",
+              "lr": "AdamW learning rate", "weight_decay": "AdamW weight decay",
+              "clip": "global gradient-norm clip"}
+
+
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    from .training.trainer import TrainOptions
+    from .training.trainer import TrainOptions, option_flag
 
     defaults = TrainOptions()
-    parser.add_argument("--data", default=None, help="a UTF-8 text file (default: Python standard-library source)")
-    for name, help_text in (("steps", "training steps"), ("batch", "sequences per batch"),
-                            ("seq_len", "characters per sequence (also max_seq_len)"), ("embed", "embedding width"),
-                            ("layers", "transformer blocks"), ("heads", "attention heads"), ("seed", "random seed"),
-                            ("eval_every", "steps between validation losses"),
-                            ("eval_batches", "held-out batches per validation"),
-                            ("checkpoint_every", "steps between checkpoints"),
-                            ("sample_chars", "characters per sample printed at the end")):
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=getattr(defaults, name),
-                            help=f"{help_text} (default {getattr(defaults, name)})")
-    for name, help_text in (("lr", "AdamW learning rate"), ("weight_decay", "AdamW weight decay"),
-                            ("clip", "global gradient-norm clip")):
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=float, default=getattr(defaults, name),
-                            help=f"{help_text} (default {getattr(defaults, name)})")
-    parser.add_argument("--checkpoint-dir", default=defaults.checkpoint_dir,
+    parser.add_argument("--data", default=None, type=non_empty("a file name"),
+                        help="a UTF-8 text file (default: Python standard-library source)")
+    for name, help_text in TRAIN_HELP.items():
+        _add_number(parser, option_flag(name), name, getattr(defaults, name), help_text)
+    parser.add_argument("--checkpoint-dir", default=defaults.checkpoint_dir, type=non_empty("a folder name"),
                         help=f"where latest.npz is written (default {defaults.checkpoint_dir})")
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the checkpoint in --checkpoint-dir with its model and optimizer "
+                             "settings; give the same --data, --batch and --seq-len, and --steps beyond the "
+                             "checkpoint's step")
     parser.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",
                         help="no progress bar (validation losses, the final report and samples still print)")
 
 
 STAGES = ("forward", "train", "optimised")
+SHARDS_SHOWN = "as compile decides; a split step shows the graphs that run, its shard and combine graphs"
 
 
 def _stage(args: argparse.Namespace):
@@ -129,14 +213,43 @@ def _stage(args: argparse.Namespace):
     model = graphgpt.nn.GPT(args.vocab, args.embed, args.layers, args.heads, max_seq_len=args.seq_len)
     tokens = np.random.default_rng(args.seed).integers(0, args.vocab, size=(args.batch, args.seq_len))
     if args.stage == "forward":
-        if args.shards not in (None, 1):
-            raise SystemExit("graphgpt: --shards splits a training step: use it with --stage train or optimised")
         return graphgpt.compile(model, tokens, passes=[])
-    try:
-        return graphgpt.compile(model, tokens, tokens, loss=F.cross_entropy, shards=args.shards,
-                                passes=[] if args.stage == "train" else None)
-    except ValueError as error:  # a split that cannot be proved exact says why
-        raise SystemExit(f"graphgpt: {error}") from None
+    return graphgpt.compile(model, tokens, tokens, loss=F.cross_entropy, shards=args.shards,
+                            passes=[] if args.stage == "train" else None)
+
+
+def _check_stage_arguments(args: argparse.Namespace) -> Optional[str]:
+    """What is wrong with render's or ir's combination of arguments, or None."""
+    if args.shards not in (None, 1) and args.stage == "forward":
+        return "--shards splits a training step: use it with --stage train or optimised"
+    if args.shards is not None and args.batch % args.shards:
+        return (f"cannot split this training step into {args.shards} data-parallel shards: --batch {args.batch} "
+                f"is not a multiple of {args.shards}")
+    return None
+
+
+def _check_render_arguments(args: argparse.Namespace) -> Optional[str]:
+    from .render import FORMATS
+
+    problem = _check_stage_arguments(args)
+    if problem is None and args.passes and args.collapse is not None:
+        problem = "--collapse draws one diagram collapsed; --passes draws every pass in full: give one of them"
+    if args.out is None:  # one diagram into a file, or a diagram per pass into a folder
+        args.out = "passes" if args.passes else "graph.svg"
+    extension = os.path.splitext(args.out)[1].lstrip(".").lower()
+    if problem is None and not args.passes and extension not in ("", *FORMATS):
+        problem = f"--out {args.out}: expected a file ending in {', '.join('.' + f for f in FORMATS)}"
+    return problem
+
+
+def _check_compare_arguments(args: argparse.Namespace) -> Optional[str]:
+    """The report is written after minutes of measuring: its folder must be there and writable now."""
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if os.path.isdir(args.out):
+        return f"--out {args.out} is a folder; give a file name such as {os.path.join(args.out, 'compare.html')}"
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        return f"--out {args.out}: cannot write into {folder} (missing, not a folder, or not writable)"
+    return None
 
 
 def command_render(args: argparse.Namespace) -> int:
@@ -163,8 +276,7 @@ def command_compare(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="graphgpt", description="Compile GPT models into static graphs and "
-                                     "run them over NumPy.")
+    parser = Parser(prog="graphgpt", description="Compile GPT models into static graphs and run them over NumPy.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="compile a GPT, print its IR, run it and compare with eager",
                               description="Compile a GPT, print its text IR, run the graph and check the result "
@@ -183,53 +295,74 @@ def build_parser() -> argparse.ArgumentParser:
 
     render = commands.add_parser("render", help="draw a GPT's graph at some stage with graphviz",
                                  description="Draw the graph of a GPT: the forward as traced, the training step "
-                                             "(forward + generated backward), or the optimised training step. SVG by default; .png and .pdf by extension.")
+                                             "(forward + generated backward), or the optimised training step. "
+                                             "SVG by default; .png and .pdf by extension.")
     _add_model_arguments(render)
     render.add_argument("--stage", choices=STAGES, default="forward", help="which graph (default forward)")
-    _add_shards_argument(render)
-    render.add_argument("--collapse", type=int, default=None,
-                        help="one box per module path cut to this many parts (large graphs collapse anyway)")
-    render.add_argument("--out", default="graph.svg", help="output file, or folder with --passes")
+    _add_shards_argument(render, SHARDS_SHOWN)
+    _add_number(render, "--collapse", "collapse", None, "one box per module path cut to this many parts",
+                "none; large graphs collapse anyway")
+    render.add_argument("--out", default=None, type=non_empty("a file or folder name"),
+                        help="output file (default graph.svg), or folder with --passes (default passes)")
     render.add_argument("--passes", action="store_true",
                         help="a diagram per pass and an index.html into the folder --out")
-    render.set_defaults(handler=command_render, batch=1, seq_len=8, layers=2, embed=16)
+    render.set_defaults(handler=command_render, check=_check_render_arguments, batch=1, seq_len=8, layers=2,
+                        embed=16)
     ir_command = commands.add_parser("ir", help="print the text IR of a GPT at some stage",
                                      description="Print the text IR of the forward, the training step or the "
                                                  "optimised training step.")
     _add_model_arguments(ir_command)
     ir_command.add_argument("--stage", choices=STAGES, default="forward", help="which graph (default forward)")
-    _add_shards_argument(ir_command)
-    ir_command.set_defaults(handler=command_ir, batch=1, seq_len=8, layers=2, embed=16)
+    _add_shards_argument(ir_command, SHARDS_SHOWN)
+    ir_command.set_defaults(handler=command_ir, check=_check_stage_arguments, batch=1, seq_len=8, layers=2,
+                            embed=16)
 
     compare = commands.add_parser("compare", help="static graph vs dynamic tape, side by side",
                                   description="Run one GPT training step through the eager tape and the compiled "
                                               "graph: node counts, step time, peak memory, agreement of the loss "
                                               "and every gradient, merged operations, and growth with model "
                                               "size and sequence length. Prints a table, writes an HTML report.")
-    _add_model_arguments(compare)
-    compare.add_argument("--repeats", type=int, default=5, help="timed repetitions per measurement (default 5)")
-    compare.add_argument("--out", default="compare.html", help="HTML report (default compare.html)")
-    compare.set_defaults(handler=command_compare, seq_len=32)
+    # The comparison's vocabulary and seed are fixed (compare.VOCAB, seed 0): no options that would be ignored.
+    _add_model_arguments(compare, ("embed", "layers", "heads", "seq_len", "batch"))
+    _add_number(compare, "--repeats", "repeats", 5, "timed repetitions per measurement")
+    compare.add_argument("--out", default="compare.html", type=non_empty("a file name"),
+                         help="HTML report (default compare.html)")
+    compare.set_defaults(handler=command_compare, check=_check_compare_arguments, seq_len=32)
 
     generate = commands.add_parser("generate", help="sample text from a checkpoint",
                                    description="Continue a prompt with characters sampled from a trained GPT.")
-    generate.add_argument("--checkpoint", default="checkpoints/latest.npz", help="checkpoint file")
-    generate.add_argument("--prompt", required=True, help="text to continue (at most max_seq_len characters)")
-    generate.add_argument("--length", type=int, default=200, help="characters to sample (default 200)")
-    generate.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (default 0.8)")
-    generate.add_argument("--top-k", type=int, default=10, help="keep the k likeliest characters, 0 for all")
-    generate.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    generate.add_argument("--checkpoint", default="checkpoints/latest.npz", type=non_empty("a file name"),
+                          help="checkpoint file (default checkpoints/latest.npz)")
+    generate.add_argument("--prompt", required=True, type=non_empty("at least one character"),
+                          help="text to continue (at most max_seq_len characters)")
+    _add_number(generate, "--length", "length", 200, "characters to sample")
+    _add_number(generate, "--temperature", "temperature", 0.8, "softmax temperature")
+    _add_number(generate, "--top-k", "top_k", 10, "keep the k likeliest characters, 0 for all")
+    _add_number(generate, "--seed", "seed", 0, "sampling seed")
     generate.set_defaults(handler=command_generate)
+
+    for command in (run, train, render, ir_command, compare, generate):
+        command.set_defaults(refuse=command.error)
     return parser
 
 
 def main(argv=None) -> int:
+    """Run the command line `argv` (sys.argv[1:] by default) and return its exit status. A refused argument
+    raises UsageError (SystemExit with status 2), as argparse does, after printing one line."""
     args = build_parser().parse_args(argv)
+    check = getattr(args, "check", None)
+    problem = check(args) if check is not None else None
+    if problem is not None:
+        args.refuse(problem)
     try:
         return args.handler(args)
     except (ValueError, RuntimeError) as error:  # graphgpt's errors say what and where; no traceback needed
         print(f"graphgpt: error: {error}", file=sys.stderr)
         return 2
+    except MemoryError as error:  # a model or batch too large for this machine
+        print(f"graphgpt: error: not enough memory for this model and batch ({error or 'MemoryError'})",
+              file=sys.stderr)
+        return 1
     except BrokenPipeError:  # the reader went away (`graphgpt ir | head`): nothing is wrong
         sys.stderr.close()
         return 0

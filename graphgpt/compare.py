@@ -139,8 +139,27 @@ class Report:
         return path
 
 
+def _check_arguments(sizes: dict, series: dict) -> None:
+    """Every size a whole number of at least 1, every series of sizes non-empty: refused before minutes of
+    measuring, rather than failing in the middle (a median of no timings) or at the end."""
+    def whole(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    for name, value in sizes.items():
+        if not whole(value):
+            raise ValueError(f"compare: {name} must be a whole number of at least 1, got {value!r}")
+    for name, values in series.items():
+        if not values or not all(whole(value) for value in values):
+            raise ValueError(f"compare: {name} must be a non-empty list of whole numbers of at least 1, got "
+                             f"{values!r}")
+    if sizes["embed"] % sizes["heads"]:
+        raise ValueError(f"compare: embed ({sizes['embed']}) must be divisible by heads ({sizes['heads']})")
+
+
 def compare(embed: int = 64, layers: int = 2, heads: int = 4, seq_len: int = 32, batch: int = 4,
             repeats: int = 5, layer_counts=(1, 2, 4), lengths=(16, 32, 64)) -> Report:
+    _check_arguments(dict(embed=embed, layers=layers, heads=heads, seq_len=seq_len, batch=batch, repeats=repeats),
+                     dict(layer_counts=layer_counts, lengths=lengths))
     base = measure(embed, layers, heads, seq_len, batch, repeats)
     by_layers = [measure(embed, count, heads, seq_len, batch, repeats) for count in layer_counts]
     by_length = [measure(embed, layers, heads, length, batch, repeats) for length in lengths]

@@ -12,6 +12,7 @@ import pytest
 
 from graphgpt.cli import main
 from graphgpt.training.checkpoint import CheckpointError, load_checkpoint
+from graphgpt.training.corpus import DataError
 from graphgpt.training.trainer import LATEST, Progress, TrainOptions, train
 
 WORDS = "static graphs are traced once and run many times over numpy buffers".split()
@@ -155,3 +156,56 @@ def test_cli_user_errors_are_one_line_messages(data_file, tmp_path, capsys):
     refused(["generate", "--checkpoint", str(checkpoint), "--prompt", "static @#"], capsys,
             r"prompt has 2 character\(s\) outside the vocabulary.*'#', '@'")
     refused(["generate", "--checkpoint", data_file, "--prompt", "s"], capsys, "unreadable")
+
+
+# ---- nothing silently wrong, no work lost (issue 12, items 11-13) ------------------------------------------------
+
+def checkpoint_bytes(folder) -> bytes:
+    return (folder / LATEST).read_bytes()
+
+
+def test_resume_with_steps_not_beyond_the_checkpoint_is_refused_and_nothing_lost(data_file, tmp_path, capsys):
+    run_quietly(tiny_options(data_file, tmp_path, steps=6))
+    before = checkpoint_bytes(tmp_path)
+    for steps in (4, 6):  # once printed `steps 7..4` and carried on
+        with pytest.raises(DataError, match=f"--steps {steps} does not go beyond the step 6 of checkpoint "
+                                            f".*latest.npz: give --steps more than 6 to continue training"):
+            run_quietly(tiny_options(data_file, tmp_path, steps=steps, resume=True))
+    refused(["train", "--data", data_file, "--steps", "5", *TINY_MODEL, "--checkpoint-dir", str(tmp_path),
+             "--resume", "--quiet"], capsys, "--steps 5 does not go beyond the step 6")
+    assert checkpoint_bytes(tmp_path) == before
+
+
+def test_a_fresh_run_refuses_to_overwrite_a_checkpoint(data_file, tmp_path):
+    run_quietly(tiny_options(data_file, tmp_path, steps=4))
+    before = checkpoint_bytes(tmp_path)
+    with pytest.raises(DataError, match="latest.npz already holds a checkpoint, which this run would overwrite: "
+                                        "--resume continues it"):
+        run_quietly(tiny_options(data_file, tmp_path, steps=8))
+    assert checkpoint_bytes(tmp_path) == before
+
+
+@pytest.mark.parametrize("failure,message", [
+    ("text too short", "the validation part of the text has"),
+    ("no such data", "cannot read --data"),
+    ("resume without a checkpoint", "no such file"),
+])
+def test_a_refused_run_leaves_no_checkpoint_folder_behind(data_file, tmp_path, failure, message):
+    folder = tmp_path / "new" / "run"
+    options = tiny_options(data_file, folder)
+    if failure == "text too short":
+        (tmp_path / "short.txt").write_text("abcdefghij" * 12, encoding="utf-8")
+        options = tiny_options(str(tmp_path / "short.txt"), folder)
+    elif failure == "no such data":
+        options = tiny_options(str(tmp_path / "absent.txt"), folder)
+    else:
+        options = tiny_options(data_file, folder, resume=True)
+    with pytest.raises(ValueError, match=message):
+        run_quietly(options)
+    assert not (tmp_path / "new").exists()
+
+
+def test_samples_at_the_end_fit_a_sequence_shorter_than_the_prompt(data_file, tmp_path):
+    """The end-of-run prompt was 16 characters whatever --seq-len: a run with --seq-len 8 trained, then failed."""
+    result, log = run_quietly(tiny_options(data_file, tmp_path, steps=2, seq_len=8, sample_chars=5))
+    assert [len(text) for text in result.samples] == [8 + 5, 8 + 5] and "--- sample 2 ---" in log

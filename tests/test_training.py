@@ -222,3 +222,37 @@ def test_text_too_short_for_validation_windows_says_which_part(tmp_path):
     short.write_text("abcdefghij" * 12)  # 120 characters: 12 held out, fewer than seq-len 16 needs
     with pytest.raises(DataError, match="the validation part of the text has 12 characters"):
         quiet(tiny(str(short), tmp_path / "run"))
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("lr", float("nan"), "--lr must be a finite number above 0, got nan"),
+    ("lr", float("inf"), "--lr must be a finite number above 0, got inf"),
+    ("weight_decay", -1.0, "--weight-decay must be a finite number of at least 0, got -1.0"),
+    ("clip", 0.0, "--clip must be a finite number above 0, or None \\(no clipping\\), got 0.0"),
+    ("seed", -1, "--seed must be a whole number from 0 to 4294967295, got -1"),
+    ("sample_chars", -3, "--sample-chars must be a whole number of at least 0, got -3"),
+    ("steps", True, "--steps must be a whole number of at least 1, got True"),
+    ("seq_len", 1 << 17, "--seq-len must be a whole number from 1 to 65536"),
+])
+def test_train_options_made_in_python_are_checked_as_the_command_line_is(data_file, tmp_path, option, value,
+                                                                         message):
+    """`graphgpt train --lr nan` trained to `final validation loss nan`; TrainOptions(lr=nan) still could."""
+    with pytest.raises(DataError, match=message):
+        quiet(tiny(data_file, tmp_path / "run", **{option: value}))
+    assert not (tmp_path / "run").exists()
+
+
+def test_sampling_refuses_a_negative_length_and_nonsense_settings(data_file, tmp_path):
+    quiet(tiny(data_file, tmp_path, steps=1))
+    saved = load_checkpoint(str(tmp_path / LATEST))
+    model = GPT(**saved.metadata["config"])
+    vocabulary = Vocabulary(saved.metadata["vocabulary"])
+    for settings, message in ((dict(length=-5), "length must be a whole number of characters, 0 or more, got -5"),
+                              (dict(length=2.5), "length must be a whole number"),
+                              (dict(temperature=float("nan")), "temperature must be a finite number above 0"),
+                              (dict(temperature=float("inf")), "temperature must be a finite number above 0"),
+                              (dict(top_k=-1), "top-k must be 0 \\(all\\) or a positive whole number"),
+                              (dict(seed=-1), "the sampling seed must be a whole number, 0 or more")):
+        with pytest.raises(DataError, match=message):
+            sample(model, vocabulary, "the", **{"length": 3, **settings})
+    assert sample(model, vocabulary, "the", 0) == "the"  # 0 characters: the prompt, as asked

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
 
 from ..nn import GPT
@@ -10,17 +13,28 @@ from ..tracing import no_grad
 from .corpus import DataError, Vocabulary
 
 
+def _is_whole(value) -> bool:
+    """An integer, Python's or NumPy's, but not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def sample(model: GPT, vocabulary: Vocabulary, prompt: str, length: int, temperature: float = 1.0,
            top_k: int = 0, seed: int = 0) -> str:
     """`prompt` followed by `length` sampled characters.
 
     Each step runs the model eagerly on the last max_seq_len tokens, divides the last position's logits by
     `temperature`, keeps the `top_k` largest (0 keeps all), and draws from the softmax. A prompt longer than
-    max_seq_len or with characters outside the vocabulary is refused."""
-    if temperature <= 0:
-        raise DataError(f"temperature must be positive, got {temperature}")
-    if top_k < 0:
-        raise DataError(f"top-k must be 0 (all) or positive, got {top_k}")
+    max_seq_len or with characters outside the vocabulary is refused, as are a negative length, a temperature that
+    is not a finite positive number, a negative top_k or seed."""
+    if not (_is_whole(length) and length >= 0):
+        raise DataError(f"length must be a whole number of characters, 0 or more, got {length!r}")
+    if not (isinstance(temperature, numbers.Real) and not isinstance(temperature, bool)
+            and math.isfinite(temperature) and temperature > 0):
+        raise DataError(f"temperature must be a finite number above 0, got {temperature!r}")
+    if not (_is_whole(top_k) and top_k >= 0):
+        raise DataError(f"top-k must be 0 (all) or a positive whole number, got {top_k!r}")
+    if not (_is_whole(seed) and seed >= 0):
+        raise DataError(f"the sampling seed must be a whole number, 0 or more, got {seed!r}")
     if not prompt:
         raise DataError("the prompt is empty: give at least one character to continue")
     if len(prompt) > model.max_seq_len:

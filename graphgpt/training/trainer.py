@@ -4,10 +4,14 @@ unigram baseline.
 
 A resumed run continues with the checkpoint's weights, optimizer state, step and batch sampler state, so it
 draws the same batches and produces the same losses as a run that was never interrupted.
+
+Every option is checked before anything is written (OPTION_RANGES, also what `graphgpt train` accepts), and a
+run that is refused leaves nothing behind: no checkpoint overwritten, no folder created.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -21,11 +25,12 @@ from .. import manual_seed
 from ..nn import GPT, Module
 from ..nn import functional as F
 from ..optim import AdamW
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CONFIG_LIMITS, CheckpointError, load_checkpoint, save_checkpoint
 from .corpus import BatchSampler, DataError, Vocabulary, read_text, split, unigram_cross_entropy
 from .sampling import sample
 
 LATEST = "latest.npz"
+SAMPLE_PROMPT_CHARACTERS = 16
 
 
 @dataclass
@@ -50,6 +55,59 @@ class TrainOptions:
     progress: bool = True
 
 
+@dataclass(frozen=True)
+class NumberRange:
+    """The numbers an option accepts: whole numbers (`kind` int) or finite floats, from `low` (excluded when
+    `above_low`: a learning rate must be more than 0) to `high`; and None when `none_means` says what it means."""
+
+    kind: type
+    low: float
+    high: float = math.inf
+    above_low: bool = False
+    none_means: Optional[str] = None
+
+    def accepts(self, value) -> bool:
+        if value is None:
+            return self.none_means is not None
+        if isinstance(value, bool) or not isinstance(value, (int, float) if self.kind is float else int):
+            return False
+        if not math.isfinite(value):
+            return False
+        return (value > self.low if self.above_low else value >= self.low) and value <= self.high
+
+    def describe(self) -> str:
+        """'a whole number from 1 to 256', 'a finite number above 0', ..."""
+        what = "a whole number" if self.kind is int else "a finite number"
+        low, high = (f"{bound:g}" if self.kind is float or bound == math.inf else str(int(bound))
+                     for bound in (self.low, self.high))
+        lowest = f"above {low}" if self.above_low else f"of at least {low}"
+        if self.high == math.inf:
+            described = f"{what} {lowest}"
+        else:
+            described = f"{what} {lowest} and at most {high}" if self.above_low else f"{what} from {low} to {high}"
+        return described if self.none_means is None else f"{described}, or None ({self.none_means})"
+
+
+def _model_limit(name: str) -> NumberRange:
+    """A model size as far as a checkpoint may hold it (checkpoint.CONFIG_LIMITS): a run that trained a larger
+    model could not save it in a form that loads again."""
+    low, high = CONFIG_LIMITS[name]
+    return NumberRange(int, low, high)
+
+
+# What every numeric option accepts; `graphgpt train` checks its arguments against these before anything runs,
+# and train() checks TrainOptions made in Python the same way.
+OPTION_RANGES: dict[str, NumberRange] = {
+    "steps": NumberRange(int, 1), "batch": NumberRange(int, 1), "seq_len": _model_limit("max_seq_len"),
+    "embed": _model_limit("embed_dim"), "layers": _model_limit("num_layers"), "heads": _model_limit("num_heads"),
+    "lr": NumberRange(float, 0, above_low=True), "weight_decay": NumberRange(float, 0),
+    "clip": NumberRange(float, 0, above_low=True, none_means="no clipping"), "seed": NumberRange(int, 0, 2**32 - 1),
+    "eval_every": NumberRange(int, 1), "eval_batches": NumberRange(int, 1), "checkpoint_every": NumberRange(int, 1),
+    "sample_chars": NumberRange(int, 0),
+}
+VOCABULARY_RANGE = _model_limit("vocab_size")
+
+
 @dataclass
 class TrainResult:
     losses: list[float] = field(default_factory=list)  # training loss of each step run in this invocation
@@ -70,15 +128,18 @@ class LossOf(Module):
         return F.cross_entropy(self.model(tokens), targets)
 
 
+def option_flag(name: str) -> str:
+    """The command-line flag of a TrainOptions field: seq_len -> --seq-len."""
+    return "--" + name.replace("_", "-")
+
+
 def _validate(options: TrainOptions) -> None:
-    for name in ("steps", "batch", "seq_len", "embed", "layers", "heads", "eval_every", "eval_batches",
-                 "checkpoint_every"):
-        if getattr(options, name) < 1:
-            raise DataError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(options, name)}")
+    for name, accepted in OPTION_RANGES.items():
+        value = getattr(options, name)
+        if not accepted.accepts(value):
+            raise DataError(f"{option_flag(name)} must be {accepted.describe()}, got {value!r}")
     if options.embed % options.heads:
         raise DataError(f"--embed ({options.embed}) must be divisible by --heads ({options.heads})")
-    if options.lr <= 0:
-        raise DataError(f"--lr must be positive, got {options.lr}")
 
 
 # What a resumed run takes from its checkpoint, whatever the command line says: the model's shape and the
@@ -91,12 +152,32 @@ def _resumed_options(options: TrainOptions, saved: dict, out: TextIO) -> TrainOp
                if name in saved and saved[name] != getattr(options, name)}
     if changed:
         out.write("resuming with the checkpoint's " + ", ".join(
-            f"--{name.replace('_', '-')} {value} (not {getattr(options, name)})" for name, value in changed.items())
+            f"{option_flag(name)} {value} (not {getattr(options, name)})" for name, value in changed.items())
             + "\n")
     return replace(options, **changed)
 
 
-def _sample_prompt(text: str, length: int = 16) -> str:
+def _existing_checkpoint(options: TrainOptions, path: str):
+    """The checkpoint to resume from (validated, and with steps left to run), or None for a fresh run; a fresh
+    run refuses to start over a checkpoint it would overwrite."""
+    if not options.resume:
+        if os.path.lexists(path):
+            raise DataError(f"{path} already holds a checkpoint, which this run would overwrite: --resume "
+                            f"continues it; to start afresh, choose another --checkpoint-dir or delete the file")
+        return None
+    checkpoint = load_checkpoint(path)
+    saved = checkpoint.metadata["options"]
+    if (saved.get("batch"), saved.get("seq_len")) != (options.batch, options.seq_len):
+        raise CheckpointError(f"checkpoint {path} was trained with batch {saved.get('batch')} and seq-len "
+                              f"{saved.get('seq_len')}; resume with the same values")
+    done = checkpoint.metadata["step"]
+    if options.steps <= done:
+        raise DataError(f"--steps {options.steps} does not go beyond the step {done} of checkpoint {path}: "
+                        f"give --steps more than {done} to continue training")
+    return checkpoint
+
+
+def _sample_prompt(text: str, length: int) -> str:
     """A prompt from held-out text that starts at a line (a fresh statement), not mid-word."""
     start = text.find("\n") + 1
     prompt = text[start:start + length]
@@ -104,14 +185,30 @@ def _sample_prompt(text: str, length: int = 16) -> str:
 
 
 def _check_writable(folder: str) -> None:
+    """Fail now, not at the first checkpoint after minutes of training, if `folder` cannot hold files. Leaves
+    nothing behind: folders created to find out are removed again (the first checkpoint creates them)."""
+    missing = []
+    existing = os.path.abspath(folder)
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        missing.append(existing)
+        existing = os.path.dirname(existing)
+    created = []
     try:
-        os.makedirs(folder, exist_ok=True)
-        probe = os.path.join(folder, ".graphgpt-write-test")
+        for path in reversed(missing):
+            os.mkdir(path)
+            created.append(path)
+        probe = os.path.join(folder, f".graphgpt-write-test.{os.getpid()}")
         with open(probe, "w"):
             pass
         os.remove(probe)
     except OSError as error:
         raise DataError(f"cannot write checkpoints to --checkpoint-dir {folder}: {error.strerror}") from None
+    finally:
+        for path in reversed(created):
+            try:
+                os.rmdir(path)
+            except OSError:  # something else put a file there meanwhile: it is not ours to remove
+                pass
 
 
 class Progress:
@@ -142,20 +239,19 @@ class Progress:
 
 
 def train(options: TrainOptions, out: Optional[TextIO] = None) -> TrainResult:
-    """Train as `options` say, writing progress and the report to `out` (standard output by default)."""
+    """Train as `options` say, writing progress and the report to `out` (standard output by default).
+
+    Everything is checked before anything is written: the options, the checkpoint to resume (or that none would
+    be overwritten), the checkpoint folder, the text."""
     out = sys.stdout if out is None else out
     _validate(options)
     path = os.path.join(options.checkpoint_dir, LATEST)
+    checkpoint = _existing_checkpoint(options, path)
     _check_writable(options.checkpoint_dir)  # fail now, not at the first checkpoint after minutes of training
     text = read_text(options.data)
-    checkpoint = load_checkpoint(path) if options.resume else None
     if checkpoint is not None:
         vocabulary = Vocabulary(checkpoint.metadata["vocabulary"])
-        saved = checkpoint.metadata["options"]
-        if (saved.get("batch"), saved.get("seq_len")) != (options.batch, options.seq_len):
-            raise CheckpointError(f"checkpoint {path} was trained with batch {saved.get('batch')} and seq-len "
-                                  f"{saved.get('seq_len')}; resume with the same values")
-        options = _resumed_options(options, saved, out)
+        options = _resumed_options(options, checkpoint.metadata["options"], out)
     else:
         vocabulary = Vocabulary.of(text)
     tokens = vocabulary.encode(text, what=f"--data {options.data}" if options.data else "the corpus")
@@ -198,6 +294,7 @@ def train(options: TrainOptions, out: Optional[TextIO] = None) -> TrainResult:
         save_checkpoint(path, model.state_dict(), optimizer.state_dict()["state"], metadata)
 
     result = TrainResult(first_step=first_step)
+
     result.unigram_loss = unigram_cross_entropy(train_tokens, validation_tokens, len(vocabulary))
     out.write(f"training a {config['num_layers']}-layer GPT ({model.num_parameters():,} parameters, vocabulary "
               f"{len(vocabulary)}) on {len(train_tokens):,} characters; steps {first_step + 1}..{options.steps}\n")
@@ -216,12 +313,46 @@ def train(options: TrainOptions, out: Optional[TextIO] = None) -> TrainResult:
             write_checkpoint(completed)
     progress.finish()
     result.validation_loss = validation_loss()
+    _report(result, model, vocabulary, vocabulary.decode(validation_tokens[:200]), options, out)
+    out.write(f"checkpoint: {path}\n")
+    return result
+
+
+def _report(result: TrainResult, model: GPT, vocabulary: Vocabulary, held_out: str, options: TrainOptions,
+            out: TextIO) -> None:
+    """The end of a run: its final validation loss against the unigram baseline, then two samples continuing
+    a prompt from the held-out text (no longer than the model's context)."""
     out.write(f"final validation loss {result.validation_loss:.4f} nats/char; unigram (character frequency) "
               f"baseline {result.unigram_loss:.4f}\n")
-    prompt = _sample_prompt(vocabulary.decode(validation_tokens[:200]))
+    prompt = _sample_prompt(held_out, min(SAMPLE_PROMPT_CHARACTERS, options.seq_len))
     for seed in range(2 if options.sample_chars else 0):
         result.samples.append(sample(model, vocabulary, prompt, options.sample_chars, temperature=0.8, top_k=10,
                                      seed=seed))
         out.write(f"--- sample {seed + 1} ---\n{result.samples[-1]}\n")
-    out.write(f"checkpoint: {path}\n")
+
+
+def _diverged(completed: int, loss: float, broken: str, compile_step, shards: int, state: TrainingState, inputs,
+              targets, checkpoint_step: Optional[int], path: str) -> TrainingDiverged:
+    """The error for a step that went non-finite, naming the first NaN node found by rerunning it from the
+    state before it (restored, so the model holds the last finite weights)."""
+    found = _first_nan_node(compile_step, shards, state, inputs, targets)
+    if found is None:
+        found = f"no node produced NaN: {broken} overflowed to infinity"
+    kept = (f"checkpoint {path} of step {checkpoint_step} is kept" if checkpoint_step is not None
+            else "no checkpoint was written")
+    what = f"loss {loss}" if broken == "the loss" else f"loss {loss:.4g}, but the update made {broken} non-finite"
+    return TrainingDiverged(f"training diverged at step {completed} ({what}); {found}; {kept}")
+
+
+def _stopped(result: TrainResult, received: str, done: int, write_checkpoint, path: str,
+             out: TextIO) -> TrainResult:
+    """End a run stopped by a signal: save the last completed step unless it is already saved, and say so."""
+    result.stopped_by = received
+    if done > 0 and result.checkpoint_step != done:
+        write_checkpoint(done)
+    if result.checkpoint_step is None:
+        out.write(f"stopped by {received} before the first step completed: nothing to save\n")
+    else:
+        out.write(f"stopped by {received} after step {done}: checkpoint {path} holds step "
+                  f"{result.checkpoint_step}\n")
     return result
