@@ -465,3 +465,27 @@ def test_resume_from_a_poisoned_checkpoint_is_refused_before_training(tmp_path):
     with pytest.raises(CheckpointError, match="weight_decay must be non-negative, got -50"):
         run_quietly(tiny_options(str(data), tmp_path / "run", steps=8, resume=True))
     assert latest.read_bytes() == poisoned
+
+
+def test_a_zip_directory_larger_than_a_checkpoint_needs_is_refused_unparsed(tmp_path, monkeypatch):
+    """zipfile makes an object per directory entry before anything can be checked: millions of tiny entries would
+    exhaust memory, so the directory's size is read from the end record first (limit lowered here)."""
+    good, _, _ = good_checkpoint(tmp_path)
+    with zipfile.ZipFile(good) as archive:
+        size = sum(46 + len(member.filename.encode()) + len(member.extra) for member in archive.infolist())
+    assert load_checkpoint(str(good)).metadata["step"] == 1
+    monkeypatch.setattr(checkpoint_module, "MAX_DIRECTORY_BYTES", size - 1)
+    with pytest.raises(CheckpointError, match=f"its zip directory is {size} bytes, more than the {size - 1}"):
+        load_checkpoint(str(good))
+    # An archive of over 65,535 members (or 4 GiB) has a zip64 end record, whose size zipfile reads instead of
+    # the classic record's: written here for few members, the classic record's size zeroed to tell them apart.
+    monkeypatch.setattr(zipfile, "ZIP_FILECOUNT_LIMIT", 1)
+    zip64 = tmp_path / "zip64.npz"
+    write_members(zip64, members_of(good))
+    data = bytearray(zip64.read_bytes())
+    data[-22 + 12:-22 + 16] = bytes(4)
+    zip64.write_bytes(bytes(data))
+    with zipfile.ZipFile(zip64) as archive:
+        assert len(archive.infolist()) == len(members_of(good))  # zipfile reads the zip64 record's size
+    with pytest.raises(CheckpointError, match=f"its zip directory is {size} bytes"):
+        load_checkpoint(str(zip64))

@@ -37,6 +37,9 @@ METADATA_KEY = "metadata"
 MAX_METADATA_BYTES = 16 * 1024 * 1024
 MAX_CHECKPOINT_BYTES = 8 * 1024 ** 3
 MAX_NPY_HEADER_BYTES = 4096  # np.save writes ~120 bytes for a plain array; numpy itself reads up to 4 GiB
+# zipfile builds an object per entry of the central directory (from 46 bytes each) before anything can be checked.
+# A GPT at CONFIG_LIMITS has 4,102 parameters: with two optimizer slots, 12,308 arrays, about 1.5 MiB of directory.
+MAX_DIRECTORY_BYTES = 8 * 1024 * 1024
 CONFIG_LIMITS = {"vocab_size": (1, 1 << 20), "embed_dim": (1, 1 << 14), "num_layers": (1, 256),
                  "num_heads": (1, 1024), "max_seq_len": (1, 1 << 16)}
 METADATA_FIELDS = ("format", "version", "config", "vocabulary", "step", "optimizer", "sampler_state", "options",
@@ -147,6 +150,31 @@ def _reading(path: str, what: str) -> Iterator[None]:
                               f"{type(error).__name__}: {' '.join(str(error).split())}") from None
 
 
+def _central_directory_bytes(file: BinaryIO) -> int:
+    """The size of the zip's central directory as zipfile will read it: from the end-of-central-directory record
+    found as zipfile finds it (at the very end, else the last one in the final 64 KiB), or from the zip64 record
+    zipfile reads right before the zip64 locator. 0 without an end record (zipfile then refuses the file)."""
+    size = file.seek(0, os.SEEK_END)
+    start = max(size - 22 - 0xFFFF, 0)  # an end record is 22 bytes and may be followed by a comment of 64 KiB
+    file.seek(start)
+    tail = file.read()
+    at_end = tail[-22:-18] == b"PK\x05\x06" and tail[-2:] == b"\0\0"  # no comment
+    end = len(tail) - 22 if at_end else tail.rfind(b"PK\x05\x06")
+    if end < 0 or len(tail) - end < 22:
+        return 0
+    directory = int.from_bytes(tail[end + 12:end + 16], "little")
+    record = start + end  # where the end record is in the file
+    if record >= 20 + 56:
+        file.seek(record - 20)
+        if file.read(4) == b"PK\x06\x07":  # a zip64 locator: the sizes are in the zip64 record before it
+            file.seek(record - 20 - 56)
+            zip64 = file.read(56)
+            if zip64[:4] == b"PK\x06\x06":
+                directory = int.from_bytes(zip64[40:48], "little")
+    file.seek(0)
+    return directory
+
+
 def _read_exactly(stream: BinaryIO, count: int, what: str) -> bytes:
     data = stream.read(count)
     if len(data) != count:
@@ -251,6 +279,9 @@ def load_checkpoint(path: str) -> Checkpoint:
         return CheckpointError(f"checkpoint {path}: {reason} (train first, or check --checkpoint / --checkpoint-dir)")
 
     with open_regular_file(path, MAX_CHECKPOINT_BYTES, refuse) as file:
+        directory = _central_directory_bytes(file)
+        _check(directory <= MAX_DIRECTORY_BYTES, path, f"its zip directory is {directory} bytes, more than the "
+                                                       f"{MAX_DIRECTORY_BYTES} a checkpoint's needs")
         with _reading(path, ""):
             archive = zipfile.ZipFile(file)
         with archive:
