@@ -8,13 +8,17 @@ Every argument is checked before anything runs or is written: a value out of ran
 `--vocab 0`) or a combination that cannot work (`--shards 3 --batch 4`) is refused in one line,
 `graphgpt <command>: error: ...`, with exit status 2, as argparse refuses an unknown option. Errors met while
 running (unreadable data, damaged checkpoints, an unwritable checkpoint folder, a resume that cannot continue)
-print `graphgpt: error: <message>` and exit with status 2, without a traceback.
+print `graphgpt: error: <message>` and exit with status 2, without a traceback; a training run that diverges
+exits with status 1, and one stopped by SIGINT or SIGTERM with 128 + the signal's number, having saved a
+checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import signal
 import sys
 import time
 from typing import Callable, Optional
@@ -149,10 +153,42 @@ def _train_options(args: argparse.Namespace):
                            if name != "progress"}, progress=not args.no_progress)
 
 
-def command_train(args: argparse.Namespace) -> int:
-    from .training.trainer import train
+def resume_command(options) -> str:
+    """The command that continues a run of `options`: `graphgpt train --resume` with every option it was given
+    that a resumed run does not take from its checkpoint (the data, batch shape, steps, folder, ...)."""
+    from .training.trainer import RESUMED_SETTINGS, TrainOptions, option_flag
 
-    result = train(_train_options(args))
+    defaults = TrainOptions()
+    words = ["graphgpt", "train", "--resume"]
+    for name in TrainOptions.__dataclass_fields__:
+        value = getattr(options, name)
+        if name in (*RESUMED_SETTINGS, "resume", "progress") or value == getattr(defaults, name):
+            continue
+        words += [option_flag(name), shlex.quote(str(value))]
+    return " ".join(words)
+
+
+def command_train(args: argparse.Namespace) -> int:
+    from .training.trainer import LATEST, TrainingDiverged, train
+
+    options = _train_options(args)
+    try:
+        result = train(options)
+    except TrainingDiverged as error:
+        print(f"graphgpt: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # before the training loop listens for signals: reading, loading, compiling
+        if os.path.isfile(os.path.join(options.checkpoint_dir, LATEST)):
+            print(f"\ngraphgpt: interrupted; `{resume_command(options)}` continues from the checkpoint in "
+                  f"{options.checkpoint_dir}", file=sys.stderr)
+        else:
+            print("\ngraphgpt: interrupted before training began; nothing was saved", file=sys.stderr)
+        return 128 + signal.SIGINT
+    if result.stopped_by is not None:
+        if result.checkpoint_step is not None and result.checkpoint_step < options.steps:
+            print(f"graphgpt: `{resume_command(options)}` continues from step {result.checkpoint_step}",
+                  file=sys.stderr)
+        return 128 + signal.Signals[result.stopped_by]
     return 0 if np.isfinite(result.validation_loss) else 1
 
 
@@ -289,7 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Train a character-level GPT: each step is one compiled graph "
                                             "(forward, generated backward, AdamW update). Prints progress, "
                                             "validation losses, the final loss next to a unigram baseline, and "
-                                            "samples; writes checkpoints atomically.")
+                                            "samples; writes checkpoints atomically, and one more when stopped "
+                                            "by Ctrl-C (SIGINT) or SIGTERM. A run whose loss goes NaN or "
+                                            "infinite stops at once, naming the first node that made a NaN.")
     _add_train_arguments(train)
     train.set_defaults(handler=command_train)
 
@@ -370,10 +408,9 @@ def main(argv=None) -> int:
         where = f": {error.filename}" if error.filename else ""
         print(f"graphgpt: error: {error.strerror or error}{where}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ngraphgpt: interrupted; `graphgpt train --resume` continues from the last checkpoint",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # `train` says itself whether a checkpoint can be resumed; nothing else saves
+        print("\ngraphgpt: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":

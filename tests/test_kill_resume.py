@@ -1,7 +1,9 @@
 """A training process killed at any moment (during a checkpoint write too) resumes from the last good checkpoint
-with nothing lost or corrupted: killed and resumed runs end with exactly the weights of an uninterrupted run."""
+with nothing lost or corrupted: killed and resumed runs end with exactly the weights of an uninterrupted run. One
+stopped by SIGINT (Ctrl-C) or SIGTERM saves the step it was in, says so, and exits with 128 + the signal."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,10 +21,10 @@ SETTINGS = dict(steps=STEPS, batch=4, seq_len=32, embed=64, layers=2, heads=4, l
                 eval_batches=1, checkpoint_every=1, sample_chars=0)
 
 
-def command(data, folder, resume):
+def command(data, folder, resume, settings=SETTINGS):
     arguments = [sys.executable, "-m", "graphgpt", "train", "--data", data, "--checkpoint-dir", folder,
                  "--no-progress"]
-    for name, value in SETTINGS.items():
+    for name, value in settings.items():
         arguments += ["--" + name.replace("_", "-"), str(value)]
     return arguments + (["--resume"] if resume else [])
 
@@ -61,7 +63,7 @@ def reference(tmp_path_factory):
 
 def assert_same_weights(folder, reference):
     final = load_checkpoint(os.path.join(folder, LATEST))
-    assert final.metadata["step"] == STEPS
+    assert final.metadata["step"] == reference.metadata["step"]
     for name, value in reference.model_state.items():
         np.testing.assert_array_equal(final.model_state[name], value, err_msg=name)
     for name, value in reference.optimizer_state.items():
@@ -106,4 +108,44 @@ def test_killed_during_a_checkpoint_write_loses_nothing(reference, tmp_path):
     assert before.metadata["step"] < STEPS
     run_until_done(data, folder)
     assert not any(name.endswith(".tmp") for name in os.listdir(folder))  # the stale partial file is gone
+    assert_same_weights(folder, expected)
+
+
+# Small and long enough that the signal, sent once step 3 is validated, arrives well before the run would end.
+SIGNALLED = dict(SETTINGS, steps=300, seq_len=16, embed=16, layers=1, heads=2, eval_every=1, checkpoint_every=1000)
+
+
+@pytest.fixture(scope="module")
+def signalled_reference(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("signalled")
+    data = folder / "text.txt"
+    data.write_text(TEXT)
+    train(TrainOptions(data=str(data), checkpoint_dir=str(folder / "run"), progress=False, **SIGNALLED),
+          out=open(os.devnull, "w"))
+    return str(data), load_checkpoint(str(folder / "run" / LATEST))
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signalled_process_saves_its_step_and_resumes_to_the_same_weights(signalled_reference, tmp_path,
+                                                                           number):
+    data, expected = signalled_reference
+    folder = str(tmp_path / "run")
+    process = subprocess.Popen(command(data, folder, resume=False, settings=SIGNALLED), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in process.stdout:
+        if line.startswith("step 3: validation loss"):
+            break
+    process.send_signal(number)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + number, err
+    name = signal.Signals(number).name
+    found = re.search(rf"stopped by {name} after step (\d+): checkpoint \S+ holds step (\d+)", out)
+    step = int(found.group(1))
+    assert 3 <= step < SIGNALLED["steps"] and int(found.group(2)) == step
+    assert load_checkpoint(os.path.join(folder, LATEST)).metadata["step"] == step  # saved, though not a multiple
+    assert re.fullmatch(rf"graphgpt: `graphgpt train --resume .*` continues from step {step}\n", err)
+    resumed = subprocess.run(command(data, folder, resume=True, settings=SIGNALLED), capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from step {step} of " in resumed.stdout
     assert_same_weights(folder, expected)

@@ -5,9 +5,13 @@ and every user error reaching the terminal as `graphgpt: error: ...` with no tra
 
 import io
 import math
+import os
 import re
+import signal
+import warnings
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from graphgpt.cli import main
@@ -209,3 +213,151 @@ def test_samples_at_the_end_fit_a_sequence_shorter_than_the_prompt(data_file, tm
     """The end-of-run prompt was 16 characters whatever --seq-len: a run with --seq-len 8 trained, then failed."""
     result, log = run_quietly(tiny_options(data_file, tmp_path, steps=2, seq_len=8, sample_chars=5))
     assert [len(text) for text in result.samples] == [8 + 5, 8 + 5] and "--- sample 2 ---" in log
+
+
+def diverging_options(data_file, folder, **overrides):
+    """A learning rate of 10^4: weights blow up within a few steps, after the step-2 checkpoint."""
+    return tiny_options(data_file, folder, steps=14, lr=1e4, checkpoint_every=2, **overrides)
+
+
+def test_a_diverging_run_stops_names_the_first_nan_node_and_keeps_the_last_good_checkpoint(data_file, tmp_path):
+    from graphgpt.training.trainer import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged) as diverged:
+        run_quietly(diverging_options(data_file, tmp_path))
+    message = str(diverged.value)
+    step = int(re.match(r"training diverged at step (\d+) \(loss ", message).group(1))
+    assert 2 < step < 14 and "\n" not in message
+    # The node named is one the NaN-checking rerun of that step found: op, module path and source line.
+    assert re.search(r"rerun with NaN checks, node %\d+ \(\w+\) at [\w.]+ \(\S+\.py:\d+\) produced \d+ NaN", message)
+    kept = load_checkpoint(str(tmp_path / LATEST))
+    assert kept.metadata["step"] == (step - 1) // 2 * 2 and f"of step {kept.metadata['step']} is kept" in message
+    assert all(np.isfinite(value).all() for value in (*kept.model_state.values(), *kept.optimizer_state.values()))
+
+
+def test_a_run_diverging_before_its_first_checkpoint_writes_nothing(data_file, tmp_path, capsys):
+    folder = tmp_path / "run"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["train", "--data", data_file, "--steps", "14", *TINY_MODEL[:-2], "--lr", "1e5",
+                     "--checkpoint-every", "100", "--checkpoint-dir", str(folder), "--sample-chars", "0",
+                     "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("graphgpt: error: training diverged at step ")
+    assert err.rstrip().endswith("no checkpoint was written") and not folder.exists()
+    assert [str(warning.message) for warning in caught] == []  # no NumPy overflow warnings before the line
+
+
+def whole_checkpoints_equal(first, second) -> bool:
+    return all(value.tobytes() == second[name].tobytes() for name, value in first.items())
+
+
+class SignalledStep:
+    """A compiled training step that, after running its `at`-th step, receives `signals` as from Ctrl-C or
+    `kill`: the first while that step is still under way, the others (if any) in quick succession."""
+
+    def __init__(self, compiled, at: int, signals):
+        self.compiled, self.at, self.signals, self.runs = compiled, at, signals, 0
+
+    def run(self, *inputs):
+        loss = self.compiled.run(*inputs)
+        self.runs += 1
+        if self.runs == self.at:
+            for number in self.signals:
+                os.kill(os.getpid(), number)
+        return loss
+
+    def __getattr__(self, name):
+        return getattr(self.compiled, name)
+
+
+@pytest.fixture
+def signal_at(monkeypatch):
+    """signal_at(step, [signals]): the training step compiled next receives those signals at that step."""
+    from graphgpt.training import trainer
+
+    def arrange(at: int, signals):
+        compile_step = trainer._compile_step
+
+        def signalled(*arguments, **keywords):
+            return SignalledStep(compile_step(*arguments, **keywords), at, signals)
+
+        monkeypatch.setattr(trainer, "_compile_step", signalled)
+    return arrange
+
+
+@pytest.mark.parametrize("signals,saved", [([signal.SIGINT], 7), ([signal.SIGTERM], 7),
+                                           ([signal.SIGINT, signal.SIGINT], 6)],
+                         ids=["SIGINT finishes the step", "SIGTERM finishes the step",
+                              "a second SIGINT abandons the step"])
+def test_a_signal_saves_a_checkpoint_and_the_resumed_run_loses_nothing(data_file, tmp_path, signal_at, signals,
+                                                                       saved, monkeypatch):
+    """Item 12: Ctrl-C lost everything since the last checkpoint (every 4 steps here). Now the step under way
+    is finished and saved (or, on a second signal, abandoned: the state from before it is saved), and resuming
+    repeats the uninterrupted run exactly."""
+    uninterrupted, _ = run_quietly(tiny_options(data_file, tmp_path / "whole"))
+    signal_at(7, signals)
+    stopped, log = run_quietly(tiny_options(data_file, tmp_path / "run"))
+    monkeypatch.undo()
+    name = signal.Signals(signals[0]).name
+    assert stopped.stopped_by == name and stopped.checkpoint_step == saved
+    assert f"stopped by {name} after step {saved}: checkpoint {tmp_path / 'run' / LATEST} holds step {saved}" in log
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert load_checkpoint(str(tmp_path / "run" / LATEST)).metadata["step"] == saved
+    resumed, log = run_quietly(tiny_options(data_file, tmp_path / "run", resume=True))
+    assert f"resumed from step {saved} of " in log
+    assert stopped.losses[:saved] + resumed.losses == uninterrupted.losses
+    whole, pieces = (load_checkpoint(str(tmp_path / name / LATEST)) for name in ("whole", "run"))
+    assert whole_checkpoints_equal(whole.model_state, pieces.model_state)
+    assert whole_checkpoints_equal(whole.optimizer_state, pieces.optimizer_state)
+
+
+def test_cli_stopped_by_a_signal_says_how_to_resume(data_file, tmp_path, signal_at, capsys):
+    folder = str(tmp_path / "run")
+    arguments = ["train", "--data", data_file, "--steps", "12", *TINY_MODEL, "--checkpoint-dir", folder,
+                 "--sample-chars", "0", "--quiet"]
+    signal_at(5, [signal.SIGTERM])
+    assert main(arguments) == 128 + signal.SIGTERM
+    captured = capsys.readouterr()
+    assert f"stopped by SIGTERM after step 5: checkpoint {folder}/{LATEST} holds step 5" in captured.out
+    assert captured.err == (f"graphgpt: `graphgpt train --resume --data {data_file} --steps 12 --batch 4 "
+                            f"--seq-len 16 --checkpoint-dir {folder} --sample-chars 0` continues from step 5\n")
+
+
+def test_interrupting_anything_but_a_resumable_training_run_gives_no_resume_advice(data_file, tmp_path, capsys,
+                                                                                    monkeypatch):
+    """`graphgpt train --resume` was advised after Ctrl-C in generate or compare, and before any checkpoint."""
+    from graphgpt import cli
+    from graphgpt.training import trainer
+
+    def interrupted(*arguments, **keywords):
+        raise KeyboardInterrupt
+
+    for command in ("command_generate", "command_compare"):
+        monkeypatch.setattr(cli, command, interrupted)
+    assert main(["generate", "--prompt", "x"]) == 130
+    assert main(["compare", "--out", str(tmp_path / "c.html")]) == 130
+    assert capsys.readouterr().err == "\ngraphgpt: interrupted\n" * 2
+
+    folder = tmp_path / "run"
+    arguments = ["train", "--data", data_file, "--steps", "12", *TINY_MODEL, "--checkpoint-dir", str(folder),
+                 "--sample-chars", "0", "--quiet"]
+    with monkeypatch.context() as reading:
+        reading.setattr(trainer, "read_text", interrupted)  # Ctrl-C while reading the text: nothing saved yet
+        assert main(arguments) == 130
+    assert capsys.readouterr().err == "\ngraphgpt: interrupted before training began; nothing was saved\n"
+    assert not folder.exists()
+
+    assert main(arguments[:4] + ["6"] + arguments[5:]) == 0  # a finished run: its last checkpoint is step 6
+    capsys.readouterr()
+    with monkeypatch.context() as reading:
+        reading.setattr(trainer, "read_text", interrupted)
+        assert main(arguments + ["--resume"]) == 130
+    assert "`graphgpt train --resume --data" in capsys.readouterr().err  # now a checkpoint exists
+
+    monkeypatch.setattr(trainer, "sample", lambda *arguments, **keywords: os.kill(os.getpid(), signal.SIGINT))
+    assert main(arguments[:-3] + ["--sample-chars", "3", "--quiet", "--resume"]) == 130  # Ctrl-C while sampling
+    captured = capsys.readouterr()
+    assert f"stopped by SIGINT after step 12: checkpoint {folder}/{LATEST} holds step 12" in captured.out
+    assert captured.err == ""  # all 12 steps are done and saved: nothing to resume

@@ -5,18 +5,23 @@ unigram baseline.
 A resumed run continues with the checkpoint's weights, optimizer state, step and batch sampler state, so it
 draws the same batches and produces the same losses as a run that was never interrupted.
 
-Every option is checked before anything is written (OPTION_RANGES, also what `graphgpt train` accepts), and a
-run that is refused leaves nothing behind: no checkpoint overwritten, no folder created.
+Nothing is lost: SIGINT (Ctrl-C) or SIGTERM ends the step under way and saves a checkpoint of it (a second
+signal abandons that step and saves the state from before it). A step whose loss, weights or optimizer state
+go NaN or infinite stops the run at once: the step is rerun from the state before it with numerics checks, to
+name the first node that produced a NaN, and the last checkpoint, which holds finite weights, is left as it is.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from typing import Optional, TextIO
+from typing import Iterator, Optional, TextIO
 
 import numpy as np
 
@@ -116,6 +121,13 @@ class TrainResult:
     unigram_loss: float = float("nan")
     tokens_per_second: float = 0.0
     samples: list[str] = field(default_factory=list)
+    stopped_by: Optional[str] = None         # 'SIGINT' or 'SIGTERM' if a signal ended the run early
+    checkpoint_step: Optional[int] = None    # the step of the checkpoint on disk when train() returned
+
+
+class TrainingDiverged(RuntimeError):
+    """A step's loss, weights or optimizer state went NaN or infinite; the message names the first node that
+    produced a NaN and says which checkpoint was kept."""
 
 
 class LossOf(Module):
@@ -238,11 +250,107 @@ class Progress:
             self.out.write("\n")
 
 
+class StopSignals:
+    """SIGINT and SIGTERM while training, turned from an abrupt end into a requested stop.
+
+    listening() installs the handlers (in the main thread only: Python delivers signals there) and restores the
+    previous ones after. A signal is recorded in `received`; the loop stops at the next step boundary and saves
+    a checkpoint. Inside interruptible(n), the n-th signal so far raises KeyboardInterrupt there and then: in a
+    step n = 2 (a second Ctrl-C abandons the step, whose state the loop then restores), after the last step n = 1
+    (final validation and samples have nothing left to save). Elsewhere (a checkpoint being written) signals
+    are only recorded, so a write is never cut short."""
+
+    HANDLED = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received: Optional[str] = None
+        self.count = 0
+        self._interrupt_at: Optional[int] = None
+        self._interrupted = False
+
+    def _handle(self, signum, frame) -> None:
+        self.count += 1
+        if self.received is None:
+            self.received = signal.Signals(signum).name
+        if self._interrupt_at is not None and self.count >= self._interrupt_at and not self._interrupted:
+            self._interrupted = True
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def listening(self) -> Iterator["StopSignals"]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {number: signal.signal(number, self._handle) for number in self.HANDLED}
+        try:
+            yield self
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    @contextmanager
+    def interruptible(self, at_signal: int) -> Iterator[None]:
+        self._interrupt_at = at_signal
+        try:
+            yield
+        finally:
+            self._interrupt_at = None
+
+
+class TrainingState:
+    """The arrays a training step updates in place (the model's parameters and the optimizer's state), copied
+    before each step, so that a step can be undone: abandoned by a second signal, or rerun with numerics checks
+    after it diverged. Copying and checking them costs 0.1% of a step of the default GPT, 3% of the medium GPT's
+    (6 layers, 256 wide: 15 ms of 550)."""
+
+    def __init__(self, model: Module, optimizer: AdamW):
+        self.tensors = {**dict(model.named_parameters()),
+                        **{f"optimizer {name}": tensor for name, tensor in optimizer.state.items()}}
+        self.saved = {name: tensor.data.copy() for name, tensor in self.tensors.items()}
+
+    def take(self) -> None:
+        for name, tensor in self.tensors.items():
+            np.copyto(self.saved[name], tensor.data)
+
+    def restore(self) -> None:
+        for name, tensor in self.tensors.items():
+            np.copyto(tensor.data, self.saved[name])
+
+    def first_nonfinite(self) -> Optional[str]:
+        """The name of the first parameter or optimizer state holding NaN or infinity, or None."""
+        return next((name for name, tensor in self.tensors.items() if not np.isfinite(tensor.data).all()), None)
+
+
+def _compile_step(model: GPT, optimizer: AdamW, example: np.ndarray, shards: Optional[int], check_numerics=False):
+    return compile_graph(model, example, example, loss=F.cross_entropy, optimizer=optimizer, shards=shards,
+                         check_numerics=check_numerics)
+
+
+def _first_nan_node(compile_step, shards: int, state: TrainingState, inputs, targets) -> Optional[str]:
+    """Rerun a diverged step from the state before it (`state` holds it) with NaN checks, and say where the
+    first NaN came from. Only NaN is checked for: with infinities checked too, the causal mask's intended -inf
+    would be named first. The state before the step is restored afterwards."""
+    from ..passes.schedule import NumericalError
+
+    checked = compile_step(shards, check_numerics="nan")
+    state.restore()
+    try:
+        with np.errstate(all="ignore"):
+            checked.run(inputs, targets)
+    except NumericalError as error:
+        return f"rerun with NaN checks, {error}"
+    else:
+        return None
+    finally:
+        state.restore()
+
+
 def train(options: TrainOptions, out: Optional[TextIO] = None) -> TrainResult:
     """Train as `options` say, writing progress and the report to `out` (standard output by default).
 
     Everything is checked before anything is written: the options, the checkpoint to resume (or that none would
-    be overwritten), the checkpoint folder, the text."""
+    be overwritten), the checkpoint folder, the text. Raises TrainingDiverged if a step goes NaN or infinite; a
+    SIGINT or SIGTERM ends the run early with a checkpoint saved (result.stopped_by says which)."""
     out = sys.stdout if out is None else out
     _validate(options)
     path = os.path.join(options.checkpoint_dir, LATEST)
@@ -271,7 +379,11 @@ def train(options: TrainOptions, out: Optional[TextIO] = None) -> TrainResult:
     model = GPT(**config)
     optimizer = AdamW(lr=options.lr, weight_decay=options.weight_decay, clip_grad_norm=options.clip)
     example = np.zeros((options.batch, options.seq_len), np.int64)  # compiling needs only shapes and dtypes
-    step = compile_graph(model, example, example, loss=F.cross_entropy, optimizer=optimizer)
+
+    def compile_step(shards: Optional[int], check_numerics=False):
+        return _compile_step(model, optimizer, example, shards, check_numerics)
+
+    step = compile_step(None)
     evaluate = compile_graph(LossOf(model), example, example)
     first_step = 0
     if checkpoint is not None:
@@ -280,40 +392,71 @@ def train(options: TrainOptions, out: Optional[TextIO] = None) -> TrainResult:
                                    "state": checkpoint.optimizer_state})
         sampler.state = checkpoint.metadata["sampler_state"]
         first_step = checkpoint.metadata["step"]
+        out.write(f"resumed from step {first_step} of {path}\n")
 
     validation_sampler = BatchSampler(validation_tokens, options.batch, options.seq_len, seed=12345)
     validation_batches = [validation_sampler.next() for _ in range(options.eval_batches)]
 
     def validation_loss() -> float:
-        return float(np.mean([evaluate.run(x, y) for x, y in validation_batches]))
+        with np.errstate(all="ignore"):
+            return float(np.mean([evaluate.run(x, y) for x, y in validation_batches]))
+
+    result = TrainResult(first_step=first_step, checkpoint_step=first_step if checkpoint is not None else None)
 
     def write_checkpoint(completed: int) -> None:
         metadata = {"config": config, "vocabulary": vocabulary.characters, "step": completed,
                     "optimizer": {"type": type(optimizer).__name__, "hyperparameters": optimizer.hyperparameters},
                     "sampler_state": sampler.state, "options": asdict(options)}
         save_checkpoint(path, model.state_dict(), optimizer.state_dict()["state"], metadata)
-
-    result = TrainResult(first_step=first_step)
+        result.checkpoint_step = completed
 
     result.unigram_loss = unigram_cross_entropy(train_tokens, validation_tokens, len(vocabulary))
     out.write(f"training a {config['num_layers']}-layer GPT ({model.num_parameters():,} parameters, vocabulary "
               f"{len(vocabulary)}) on {len(train_tokens):,} characters; steps {first_step + 1}..{options.steps}\n")
     progress = Progress(options.steps, out, options.progress)
+    state = TrainingState(model, optimizer)
+    stop = StopSignals()
     started = time.perf_counter()
-    for completed in range(first_step + 1, options.steps + 1):
-        inputs, targets = sampler.next()
-        result.losses.append(float(step.run(inputs, targets)))
-        result.tokens_per_second = options.batch * options.seq_len * len(result.losses) / (
-            time.perf_counter() - started)
-        progress.update(completed, result.losses[-1], result.tokens_per_second)
-        if completed % options.eval_every == 0 and completed != options.steps:
-            progress.finish()
-            out.write(f"step {completed}: validation loss {validation_loss():.4f}\n")
-        if completed % options.checkpoint_every == 0 or completed == options.steps:
-            write_checkpoint(completed)
-    progress.finish()
-    result.validation_loss = validation_loss()
-    _report(result, model, vocabulary, vocabulary.decode(validation_tokens[:200]), options, out)
+    done = first_step
+    with stop.listening():
+        for completed in range(first_step + 1, options.steps + 1):
+            state.take()
+            sampler_before = sampler.state
+            inputs, targets = sampler.next()
+            try:
+                with stop.interruptible(at_signal=2), np.errstate(all="ignore"):  # non-finite: checked below
+                    loss = float(step.run(inputs, targets))
+            except KeyboardInterrupt:  # a second signal: abandon this step, keep the state from before it
+                state.restore()
+                sampler.state = sampler_before
+                break
+            broken = None if math.isfinite(loss) else "the loss"
+            broken = broken or state.first_nonfinite()
+            if broken is not None:
+                progress.finish()
+                raise _diverged(completed, loss, broken, compile_step, step.split.shards, state, inputs, targets,
+                                result.checkpoint_step, path)
+            done = completed
+            result.losses.append(loss)
+            result.tokens_per_second = options.batch * options.seq_len * len(result.losses) / (
+                time.perf_counter() - started)
+            progress.update(completed, loss, result.tokens_per_second)
+            if completed % options.eval_every == 0 and completed != options.steps:
+                progress.finish()
+                out.write(f"step {completed}: validation loss {validation_loss():.4f}\n")
+            if completed % options.checkpoint_every == 0 or completed == options.steps:
+                write_checkpoint(completed)
+            if stop.received:
+                break
+        progress.finish()
+        if stop.received:
+            return _stopped(result, stop.received, done, write_checkpoint, path, out)
+        try:
+            with stop.interruptible(at_signal=1):  # every step is saved: a signal now just ends the report
+                result.validation_loss = validation_loss()
+                _report(result, model, vocabulary, vocabulary.decode(validation_tokens[:200]), options, out)
+        except KeyboardInterrupt:
+            return _stopped(result, stop.received, done, write_checkpoint, path, out)
     out.write(f"checkpoint: {path}\n")
     return result
 
