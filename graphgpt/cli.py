@@ -227,9 +227,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-dir", default=defaults.checkpoint_dir, type=non_empty("a folder name"),
                         help=f"where latest.npz is written (default {defaults.checkpoint_dir})")
     parser.add_argument("--resume", action="store_true",
-                        help="continue from the checkpoint in --checkpoint-dir with its model and optimizer "
-                             "settings; give the same --data, --batch and --seq-len, and --steps beyond the "
-                             "checkpoint's step")
+                        help="continue from the checkpoint in --checkpoint-dir with its model, optimizer settings "
+                             "and data-parallel split (so the result is bit for bit an uninterrupted run's); give "
+                             "the same --data, --batch and --seq-len, and --steps beyond the checkpoint's step")
     parser.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",
                         help="no progress bar (validation losses, the final report and samples still print)")
 

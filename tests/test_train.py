@@ -252,6 +252,43 @@ def whole_checkpoints_equal(first, second) -> bool:
     return all(value.tobytes() == second[name].tobytes() for name, value in first.items())
 
 
+def test_resume_on_another_core_count_repeats_the_split_bit_for_bit(data_file, tmp_path, monkeypatch):
+    """Item 13: resumed on 1 core, a run split in two shards on 2 cores used to continue unsplit, summing
+    gradients in another order (weights 2.9e-6 apart). The checkpoint records the split; the resumed run
+    repeats it."""
+    from graphgpt.passes import program
+
+    monkeypatch.setattr(program, "MIN_SPLIT_FLOPS", 0)  # split the tiny step, as a big step is split
+    monkeypatch.setattr(program, "available_cores", lambda: 1)
+    one_core, _ = run_quietly(tiny_options(data_file, tmp_path / "one-core", steps=10))
+    monkeypatch.setattr(program, "available_cores", lambda: 2)
+    two_cores, _ = run_quietly(tiny_options(data_file, tmp_path / "two-cores", steps=10))
+    assert (one_core.shards, two_cores.shards) == (1, 2)
+    assert one_core.losses != two_cores.losses  # the premise: the split changes the last bits
+
+    run_quietly(tiny_options(data_file, tmp_path / "moved", steps=5))
+    assert load_checkpoint(str(tmp_path / "moved" / LATEST)).metadata["shards"] == 2
+    monkeypatch.setattr(program, "available_cores", lambda: 1)  # resumed on a 1-core machine
+    resumed, log = run_quietly(tiny_options(data_file, tmp_path / "moved", steps=10, resume=True))
+    assert "resumed from step 5 of " in log and "last bits" not in log
+    assert resumed.shards == 2 and resumed.losses == two_cores.losses[5:]
+    whole, moved = (load_checkpoint(str(tmp_path / name / LATEST)) for name in ("two-cores", "moved"))
+    assert whole_checkpoints_equal(whole.model_state, moved.model_state)
+    assert whole_checkpoints_equal(whole.optimizer_state, moved.optimizer_state)
+
+
+def test_resuming_a_checkpoint_that_does_not_record_its_split_says_results_may_differ(data_file, tmp_path):
+    from graphgpt.training.checkpoint import save_checkpoint
+
+    run_quietly(tiny_options(data_file, tmp_path, steps=4))
+    older = load_checkpoint(str(tmp_path / LATEST))  # as written before checkpoints recorded the split
+    metadata = {key: value for key, value in older.metadata.items() if key not in ("shards", "format", "version")}
+    save_checkpoint(str(tmp_path / LATEST), older.model_state, older.optimizer_state, metadata)
+    _, log = run_quietly(tiny_options(data_file, tmp_path, steps=6, resume=True))
+    assert "the checkpoint does not record its data-parallel split: if its steps ran another than this " \
+           "machine's, results will differ from an uninterrupted run in the last bits" in log
+
+
 class SignalledStep:
     """A compiled training step that, after running its `at`-th step, receives `signals` as from Ctrl-C or
     `kill`: the first while that step is still under way, the others (if any) in quick succession."""

@@ -2,8 +2,9 @@
 periodic validation through a compiled loss graph, atomic checkpoints, resume, and a final report against the
 unigram baseline.
 
-A resumed run continues with the checkpoint's weights, optimizer state, step and batch sampler state, so it
-draws the same batches and produces the same losses as a run that was never interrupted.
+A resumed run continues with the checkpoint's weights, optimizer state, step, batch sampler state and
+data-parallel split, so it draws the same batches and produces bit for bit the losses and weights of a run that
+was never interrupted (on any number of cores: the split is the checkpoint's, not this machine's default).
 
 Nothing is lost: SIGINT (Ctrl-C) or SIGTERM ends the step under way and saves a checkpoint of it (a second
 signal abandons that step and saves the state from before it). A step whose loss, weights or optimizer state
@@ -123,6 +124,7 @@ class TrainResult:
     samples: list[str] = field(default_factory=list)
     stopped_by: Optional[str] = None         # 'SIGINT' or 'SIGTERM' if a signal ended the run early
     checkpoint_step: Optional[int] = None    # the step of the checkpoint on disk when train() returned
+    shards: int = 1                          # the data-parallel split the steps ran with
 
 
 class TrainingDiverged(RuntimeError):
@@ -326,6 +328,26 @@ def _compile_step(model: GPT, optimizer: AdamW, example: np.ndarray, shards: Opt
                          check_numerics=check_numerics)
 
 
+def _choose_split(checkpoint, compile_step, out: TextIO):
+    """The compiled training step: split as the checkpoint's steps were when resuming (on any machine: k shards
+    run on k threads whatever the cores), since summing the shards' gradients in another order would change the
+    last bits of every later weight; else as compile decides for this machine. Says in one line when a resumed
+    run cannot repeat the checkpoint's split."""
+    recorded = checkpoint.metadata.get("shards") if checkpoint is not None else None
+    if checkpoint is None:
+        return compile_step(None)
+    if recorded is None:
+        out.write("the checkpoint does not record its data-parallel split: if its steps ran another than this "
+                  "machine's, results will differ from an uninterrupted run in the last bits\n")
+        return compile_step(None)
+    try:
+        return compile_step(recorded)
+    except ValueError as error:  # the proof of the split failed: the whole-batch step is the one left
+        out.write(f"cannot split steps into the checkpoint's {recorded} data-parallel shards ({error}); results "
+                  f"will differ from an uninterrupted run in the last bits\n")
+        return compile_step(None)
+
+
 def _first_nan_node(compile_step, shards: int, state: TrainingState, inputs, targets) -> Optional[str]:
     """Rerun a diverged step from the state before it (`state` holds it) with NaN checks, and say where the
     first NaN came from. Only NaN is checked for: with infinities checked too, the causal mask's intended -inf
@@ -383,7 +405,7 @@ def train(options: TrainOptions, out: Optional[TextIO] = None) -> TrainResult:
     def compile_step(shards: Optional[int], check_numerics=False):
         return _compile_step(model, optimizer, example, shards, check_numerics)
 
-    step = compile_step(None)
+    step = _choose_split(checkpoint, compile_step, out)
     evaluate = compile_graph(LossOf(model), example, example)
     first_step = 0
     if checkpoint is not None:
@@ -401,12 +423,13 @@ def train(options: TrainOptions, out: Optional[TextIO] = None) -> TrainResult:
         with np.errstate(all="ignore"):
             return float(np.mean([evaluate.run(x, y) for x, y in validation_batches]))
 
-    result = TrainResult(first_step=first_step, checkpoint_step=first_step if checkpoint is not None else None)
+    result = TrainResult(first_step=first_step, shards=step.split.shards,
+                         checkpoint_step=first_step if checkpoint is not None else None)
 
     def write_checkpoint(completed: int) -> None:
         metadata = {"config": config, "vocabulary": vocabulary.characters, "step": completed,
                     "optimizer": {"type": type(optimizer).__name__, "hyperparameters": optimizer.hyperparameters},
-                    "sampler_state": sampler.state, "options": asdict(options)}
+                    "sampler_state": sampler.state, "options": asdict(options), "shards": step.split.shards}
         save_checkpoint(path, model.state_dict(), optimizer.state_dict()["state"], metadata)
         result.checkpoint_step = completed
 
