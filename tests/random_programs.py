@@ -5,6 +5,9 @@ earlier values with attributes drawn to fit their shapes (broadcasting, axes, pe
 matmul partners). `build(recipe)` turns it into a function over tensors, so the very same program runs eagerly,
 traced and compiled. Values that must be positive (log, sqrt, a divisor) come from exp of another value.
 
+Inputs may have an axis of size 0 (a zero-size tensor, which every instruction must carry through forward and
+backward), and `inputs_for(..., special=True)` sprinkles 0.0, -0.0, infinities and NaN among the values.
+
 Shared by tests/test_random_programs.py (hypothesis draws and shrinks recipes) and tests/fuzz_programs.py (a
 long search with plain random draws).
 """
@@ -59,8 +62,10 @@ def draw_recipe(choose, max_instructions: int = 8) -> Recipe:
     """A random valid recipe. `choose(label, options)` picks one of `options` (hypothesis or a Random)."""
     drawing = _Drawing(choose)
     for _ in range(choose("inputs", [1, 2])):
-        shape = tuple(choose("dim", [1, 2, 3, 4]) for _ in range(choose("rank", [0, 1, 2, 3])))
-        drawing.values.append((drawing.new_input(shape), shape))
+        shape = [choose("dim", [1, 2, 3, 4]) for _ in range(choose("rank", [0, 1, 2, 3]))]
+        if shape and choose("empty", [False, False, False, True]):  # one input in eight or so is zero-size
+            shape[choose("empty_axis", list(range(len(shape))))] = 0
+        drawing.values.append((drawing.new_input(tuple(shape)), tuple(shape)))
     for _ in range(choose("length", list(range(1, max_instructions + 1)))):
         reference, shape = drawing.values[choose("operand", list(range(len(drawing.values))))]
         made = _instruction(drawing, choose("kind", list(KINDS)), reference, shape)
@@ -89,9 +94,14 @@ def _instruction(drawing, kind, x, shape):
         keepdims = choose("keepdims", [False, True])
         result = tuple(1 if a in axes else d for a, d in enumerate(shape)) if keepdims else \
             tuple(d for a, d in enumerate(shape) if a not in axes)
-        return (kind, choose("op", list(REDUCTIONS)), [x], {"axes": axes, "keepdims": keepdims}), result
+        # The max of an empty axis has no value (refused, as in torch); its sum is 0 and its mean NaN.
+        ops = [op for op in REDUCTIONS if op != "max" or all(shape[axis] for axis in axes)]
+        return (kind, choose("op", ops), [x], {"axes": axes, "keepdims": keepdims}), result
     if kind == "reshape" and rank >= 1:
         size = math.prod(shape)
+        if size == 0:  # any shape with a 0 holds no elements
+            target = (choose("factor", [1, 2, 3]), 0) if choose("split", [False, True]) else (0,)
+            return (kind, "reshape", [x], {"shape": target}), target
         first = choose("factor", [f for f in range(1, size + 1) if size % f == 0])
         target = (first, size // first) if choose("split", [False, True]) else (size,)
         return (kind, "reshape", [x], {"shape": target}), target
@@ -104,6 +114,9 @@ def _instruction(drawing, kind, x, shape):
     if kind == "slice" and rank >= 1:
         slices = []
         for d in shape:
+            if d == 0:
+                slices.append((0, 0, 1))
+                continue
             start = choose("start", list(range(d)))
             slices.append((start, choose("stop", list(range(start + 1, d + 1))), choose("step", [1, 2])))
         return (kind, "slice", [x], {"slices": tuple(slices)}), tuple(len(range(*t)) for t in slices)
@@ -125,9 +138,11 @@ def _instruction(drawing, kind, x, shape):
         axis = choose("axis", list(range(rank)))
         return (kind, "concat", [x, x], {"axis": axis}), tuple(2 * d if a == axis else d for a, d in enumerate(shape))
     if kind == "gather" and rank == 2:  # rows of x as an embedding table, at fixed integer positions
-        indices = tuple(choose("row", list(range(shape[0]))) for _ in range(choose("count", [1, 2, 3])))
+        count = choose("count", [1, 2, 3]) if shape[0] else 0  # an empty table: no row to gather
+        indices = tuple(choose("row", list(range(shape[0]))) for _ in range(count))
         return (kind, "embedding", [x], {"indices": indices}), (len(indices), shape[1])
-    if kind == "cross_entropy" and rank >= 1:
+    if kind == "cross_entropy" and rank >= 1 and (shape[-1] or not math.prod(shape[:-1])):
+        # (no classes is no valid target, unless there are no positions either)
         targets = tuple(choose("target", list(range(shape[-1]))) for _ in range(math.prod(shape[:-1])))
         return (kind, "cross_entropy", [x], {"targets": targets}), ()
     return None
@@ -169,12 +184,22 @@ def build(recipe: Recipe):
                 result = x._apply(op, tuple(args), attrs)
             results.append(result)
         last = results[-1] if results else tensors[0]
-        pattern = np.cos(np.arange(max(last.size, 1), dtype=np.float64)).reshape(last.shape)
+        pattern = np.cos(np.arange(last.size, dtype=np.float64)).reshape(last.shape)
         return (last * pattern).sum()
 
     return program
 
 
-def inputs_for(recipe: Recipe, seed: int) -> list[np.ndarray]:
+SPECIAL_VALUES = np.array([0.0, -0.0, np.inf, -np.inf, np.nan])
+
+
+def inputs_for(recipe: Recipe, seed: int, special: bool = False) -> list[np.ndarray]:
+    """Standard normal float64 inputs; with `special`, about one element in four replaced by one of
+    SPECIAL_VALUES (0.0, -0.0, infinities, NaN)."""
     rng = np.random.default_rng(seed)
-    return [np.asarray(rng.normal(size=shape)) for shape in recipe.input_shapes]
+    arrays = [np.asarray(rng.normal(size=shape)) for shape in recipe.input_shapes]
+    if special:
+        for array in arrays:
+            chosen = rng.random(array.shape) < 0.25
+            array[chosen] = rng.choice(SPECIAL_VALUES, size=int(chosen.sum()))
+    return arrays

@@ -121,6 +121,17 @@ def test_mean_over_an_empty_axis_gives_a_nan_per_result_element_without_warnings
                                           [nan, nan])
 
 
+def test_cross_entropy_over_no_positions_is_nan_without_warnings():
+    """torch: the mean over no positions is NaN; np.mean said so with two RuntimeWarnings."""
+    logits, targets = np.zeros((0, 5), np.float32), np.zeros(0, np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(graphgpt.Tensor(logits).cross_entropy(targets).data)
+        for passes in ([], None):
+            assert np.isnan(graphgpt.compile(lambda x, t: x.cross_entropy(t), logits, targets,
+                                             passes=passes).run(logits, targets))
+
+
 def test_embedding_of_zero_width_rows_and_its_gradient():
     table = np.zeros((3, 0), np.float32)
     check_gradients_equal(lambda table: table.embedding(np.array([[0, 2], [1, 1]])).sum(), [table],
@@ -145,6 +156,14 @@ def test_default_passes_flatten_a_batched_matmul_with_an_empty_inner_axis():
     """simplify's (B, T, k) @ (k, n) -> (B*T, k) @ (k, n) took B*T as size // max(k, 1) = 0 when k = 0."""
     a, b = np.zeros((2, 3, 0), np.float32), np.ones((0, 4), np.float32)
     np.testing.assert_array_equal(graphgpt.compile(lambda a, b: a @ b, a, b).run(a, b), np.zeros((2, 3, 4)))
+
+
+@pytest.mark.xfail(strict=True, reason="graphgpt/gradcheck.py's _relative_error divides 0 by 0 for a zero-size "
+                   "parameter and reports NaN, above tolerance; a parameter with nothing to check should pass. Not "
+                   "this change's file: see its report.")
+def test_check_gradients_passes_a_zero_size_input():
+    report = graphgpt.check_gradients(lambda x, y: x.sum() + (y * y).sum(), np.zeros((2, 0)), np.ones(3))
+    assert report.passed, str(report)
 
 
 # ---- every rule at its edges, against torch ---------------------------------------------------------------------

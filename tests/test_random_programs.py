@@ -1,15 +1,23 @@
 """Differential testing on random valid programs (tests/random_programs.py): each runs eagerly, compiled with no
-passes, compiled with the default pipeline and with every optional pass, and its gradients are compared with
-float64 central differences through the generated graph. Hypothesis shrinks a failure to the smallest program
-and the failing test prints its text IR. tests/fuzz_programs.py runs the same checks on thousands of programs."""
+passes, compiled with the default pipeline and with every optional pass, forward and backward, and its gradients
+are compared with float64 central differences through the generated graph. Programs take zero-size inputs too,
+and a second test feeds 0.0, -0.0, infinities and NaN; with PyTorch installed a third compares values and
+gradients with torch's. Hypothesis shrinks a failure to the smallest program and the failing test prints its
+text IR. tests/fuzz_programs.py runs the same checks on thousands of programs."""
+
+import functools
+import warnings
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import graphgpt
 from graphgpt.passes.manager import DEFAULT_PIPELINE, OPTIONAL_PASSES
 from conftest import fuse_elementwise_at_any_size
+from gradient_paths import (assert_agree, assert_agree_with_torch, compiled_value_and_gradients,
+                            eager_value_and_gradients, same_bits, torch_value_and_gradients)
 from random_programs import build, draw_recipe, inputs_for
 
 ALL_PASSES = list(DEFAULT_PIPELINE) + [name for name in OPTIONAL_PASSES if name != "fuse_elementwise"] + \
@@ -21,30 +29,84 @@ def recipes(draw):
     return draw_recipe(lambda label, options: draw(st.sampled_from(options), label=label))
 
 
-def check_program(recipe, seed: int = 0, gradients: bool = True) -> None:
-    """Raise AssertionError (with the program's text IR) if any path disagrees."""
-    function = build(recipe)
-    arrays = inputs_for(recipe, seed)
-    unoptimised = graphgpt.compile(function, *arrays, passes=[])
-    try:
-        eager = function(*[graphgpt.Tensor(array) for array in arrays]).data
-        plain = unoptimised.run(*arrays)
-        np.testing.assert_array_equal(plain, eager, err_msg="compiled without passes differs from eager")
-        for passes in (None, ALL_PASSES):
-            optimised = graphgpt.compile(function, *arrays, passes=passes, verify_each=True)
-            np.testing.assert_allclose(optimised.run(*arrays), plain, rtol=1e-9, atol=1e-12,
-                                       err_msg=f"passes {passes or 'default'} changed the result")
-        if gradients:
-            report = graphgpt.check_gradients(function, *arrays)
+def _bind_empty_inputs(function, arrays):
+    """function of the arrays that hold elements, the zero-size ones bound in as constants: central differences
+    have nothing to perturb in them (and check_gradients reports 0/0 for them), and the paths compare them."""
+    kept = [position for position, array in enumerate(arrays) if array.size]
+
+    def bound(*tensors):
+        given = dict(zip(kept, tensors))
+        return function(*[given.get(position, graphgpt.Tensor(array)) for position, array in enumerate(arrays)])
+
+    return bound, [arrays[position] for position in kept]
+
+
+def _check_paths(function, arrays, gradients: bool, special: bool, against_torch: bool) -> None:
+    eager, eager_gradients = eager_value_and_gradients(function, arrays)
+    plain = graphgpt.compile(function, *arrays, passes=[]).run(*arrays)
+    assert same_bits(plain, eager), f"compiled without passes differs from eager: {plain} vs {eager}"
+    traced, traced_gradients = compiled_value_and_gradients(function, arrays, passes=[])
+    for position, (gradient, expected) in enumerate(zip(traced_gradients, eager_gradients)):
+        assert same_bits(gradient, expected), f"gradient {position}: the compiled graph's differs from eager's"
+    for passes in (None, ALL_PASSES):
+        optimised = graphgpt.compile(function, *arrays, passes=passes, verify_each=True)
+        assert_agree(optimised.run(*arrays), plain, f"passes {passes or 'default'} changed the result",
+                     rtol=1e-9, atol=1e-12)
+        _, optimised_gradients = compiled_value_and_gradients(function, arrays, passes=passes)
+        for position, (gradient, expected) in enumerate(zip(optimised_gradients, eager_gradients)):
+            assert_agree(gradient, expected, f"passes {passes or 'default'} changed gradient {position}",
+                         rtol=1e-9, atol=1e-12)
+    if gradients and not special and np.isfinite(eager):  # (a NaN objective, a mean of nothing: no differences)
+        checked, nonempty = _bind_empty_inputs(function, arrays)
+        if nonempty:
+            report = graphgpt.check_gradients(checked, *nonempty)
             assert report.passed, f"gradients differ from central differences:\n{report}"
+    if against_torch:
+        torch_value, torch_gradients = torch_value_and_gradients(function, arrays)
+        assert_agree_with_torch(eager, torch_value, "the value differs from torch's")
+        for position, (gradient, expected) in enumerate(zip(eager_gradients, torch_gradients)):
+            assert_agree_with_torch(gradient, expected, f"gradient {position} differs from torch's")
+
+
+def check_program(recipe, seed: int = 0, gradients: bool = True, special: bool = False,
+                  against_torch: bool = False) -> None:
+    """Raise AssertionError (with the program's text IR) if any path disagrees: eager and compiled as traced
+    bit for bit, values and gradients; the optimising pipelines within rounding, with NaN and infinities in the
+    same places; `gradients` against central differences (finite inputs only); `special` inputs hold 0.0, -0.0,
+    infinities and NaN; `against_torch`: values and gradients as PyTorch computes them."""
+    function = build(recipe)
+    arrays = inputs_for(recipe, seed, special)
+    try:
+        with warnings.catch_warnings():
+            if special:  # log(0), inf - inf and the like are what these inputs are for
+                warnings.simplefilter("ignore", RuntimeWarning)
+            _check_paths(function, arrays, gradients, special, against_torch)
     except AssertionError as error:
-        raise AssertionError(f"{error}\nthe program, as traced:\n{unoptimised.graph}") from None
+        traced = graphgpt.trace(function, *arrays).graph
+        raise AssertionError(f"{error}\ninputs: {arrays}\nthe program, as traced:\n{traced}") from None
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+EXAMPLES = functools.partial(settings, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+                             derandomize=True)
+
+
+@EXAMPLES(max_examples=250)
 @given(recipes())
 def test_random_programs_agree_everywhere(recipe):
     check_program(recipe)
+
+
+@EXAMPLES(max_examples=60)
+@given(recipes())
+def test_random_programs_agree_on_zeros_infinities_and_nan(recipe):
+    check_program(recipe, seed=1, special=True)
+
+
+@EXAMPLES(max_examples=80)
+@given(recipes(), st.booleans())
+def test_random_programs_match_torch(recipe, special):
+    pytest.importorskip("torch")
+    check_program(recipe, seed=2, gradients=False, special=special, against_torch=True)
 
 
 def test_the_checks_catch_a_broken_pass(monkeypatch):

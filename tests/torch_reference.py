@@ -18,7 +18,9 @@ import numpy as np
 DELIBERATE_DIFFERENCES = {
     "softmax": "a row that is entirely -inf has no distribution: zeros (torch: NaN), so a fully masked attention "
                "row stays finite",
-    "log_softmax": "a row that is entirely -inf gives -inf throughout (torch: NaN), the log of softmax's zeros",
+    "log_softmax": "a row that is entirely -inf gives -inf throughout (torch: NaN), the log of softmax's zeros, "
+                   "and passes its gradient through",
+    "cross_entropy": "a fully masked row of logits gives an infinite loss with gradient -onehot (torch: NaN)",
 }
 
 
@@ -41,13 +43,13 @@ def _reduce(function, x, axes, keepdims):
 
 def _no_masked_rows(function):
     """softmax or log_softmax, with graphgpt's answer for a row that is entirely -inf (see
-    DELIBERATE_DIFFERENCES): such rows are computed as zeros (whose softmax is uniform) and then overwritten."""
+    DELIBERATE_DIFFERENCES), value and gradient: softmax's zeros (gradient 0), log_softmax's -inf, the row
+    itself (gradient g passed through). torch computes the other rows; the masked ones it sees as zeros."""
     def apply(x, axis):
         torch = _torch()
         masked = torch.isneginf(x).all(dim=axis, keepdim=True) & (x.shape[axis] > 0)
         result = function(torch.where(masked, torch.zeros_like(x), x), axis)
-        fill = 0.0 if function is torch.softmax else -np.inf
-        return torch.where(masked, torch.full_like(result, fill), result)
+        return torch.where(masked, torch.zeros_like(x) if function is torch.softmax else x, result)
     return apply
 
 
@@ -66,9 +68,11 @@ def _scatter_add(updates, indices, num_rows):
 
 
 def _cross_entropy(logits, targets):
+    """torch's nll_loss of the log_softmax above, so a fully masked row is graphgpt's: an infinite loss whose
+    gradient is -onehot (softmax's zeros minus the target)."""
     torch = _torch()
-    classes = logits.shape[-1]
-    return torch.nn.functional.cross_entropy(logits.reshape(targets.numel(), classes), targets.reshape(-1).long())
+    rows = logits.reshape(targets.numel(), logits.shape[-1])
+    return torch.nn.functional.nll_loss(TORCH_OPS["log_softmax"](rows, 1), targets.reshape(-1).long())
 
 
 def _vector_jacobian(function):
@@ -108,6 +112,7 @@ def _gelu(x):
 
 def _build_table():
     torch = _torch()
+    torch.set_num_threads(1)  # the reference runs tiny tensors: more threads only contend for the two cores
     functional = torch.nn.functional
     return {
         "neg": torch.neg, "exp": torch.exp, "log": torch.log, "tanh": torch.tanh, "sqrt": torch.sqrt,
