@@ -20,18 +20,26 @@ from graphgpt.passes.optimizer_update import STATE_PREFIX, UpdateRule
 from .tensor import Parameter, Tensor
 from .tracing import no_grad
 
+def hyperparameter(name: str, value, *, positive: bool = False) -> float:
+    """`value` as a float, or ValueError saying what was expected: a finite number (not a bool or a string),
+    non-negative (positive if asked). NaN and infinities are refused here rather than training to NaN."""
+    wanted = "positive" if positive else "non-negative"
+    number = float(value) if isinstance(value, (int, float, np.integer, np.floating)) and \
+        not isinstance(value, bool) else None
+    if number is None or not np.isfinite(number) or (number <= 0 if positive else number < 0):
+        raise ValueError(f"{name} must be {wanted}, got {value!r} (a finite number is expected)")
+    return number
+
+
 class Optimizer:
     """Base class: holds hyperparameters and state; subclasses define `slots` and `update_parameter`."""
 
     slots: tuple[str, ...] = ()  # per-parameter state tensors, e.g. ("exp_avg", "exp_avg_sq")
 
     def __init__(self, params: Union[None, Iterable] = None, *, lr: float, clip_grad_norm: Optional[float] = None):
-        if lr <= 0:
-            raise ValueError(f"learning rate must be positive, got {lr}")
-        if clip_grad_norm is not None and clip_grad_norm <= 0:
-            raise ValueError(f"clip_grad_norm must be positive, got {clip_grad_norm}")
-        self.lr = float(lr)
-        self.clip_grad_norm = clip_grad_norm
+        self.lr = hyperparameter("learning rate", lr, positive=True)
+        self.clip_grad_norm = (None if clip_grad_norm is None
+                               else hyperparameter("clip_grad_norm", clip_grad_norm, positive=True))
         self.named_params: list[tuple[str, Parameter]] = []
         self.state: dict[str, Tensor] = {}
         if params is not None:
@@ -146,9 +154,11 @@ class SGD(Optimizer):
 
     def __init__(self, params=None, *, lr: float, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0, clip_grad_norm: Optional[float] = None):
+        momentum = hyperparameter("momentum", momentum)
         if nesterov and momentum <= 0:
             raise ValueError("Nesterov momentum needs momentum > 0")
-        self.momentum, self.nesterov, self.weight_decay = float(momentum), bool(nesterov), float(weight_decay)
+        self.momentum, self.nesterov = momentum, bool(nesterov)
+        self.weight_decay = hyperparameter("weight_decay", weight_decay)
         self.slots = ("momentum_buffer",) if momentum else ()
         super().__init__(params, lr=lr, clip_grad_norm=clip_grad_norm)
 
@@ -175,9 +185,14 @@ class Adam(Optimizer):
 
     def __init__(self, params=None, *, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, clip_grad_norm: Optional[float] = None):
-        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-            raise ValueError(f"betas must lie in [0, 1), got {betas}")
-        self.betas, self.eps, self.weight_decay = (float(betas[0]), float(betas[1])), float(eps), float(weight_decay)
+        try:
+            self.betas = tuple(hyperparameter("betas", beta) for beta in betas)
+        except (TypeError, ValueError):
+            self.betas = ()
+        if len(self.betas) != 2 or not all(beta < 1.0 for beta in self.betas):
+            raise ValueError(f"betas must lie in [0, 1), got {betas!r}")
+        self.eps = hyperparameter("eps", eps)
+        self.weight_decay = hyperparameter("weight_decay", weight_decay)
         super().__init__(params, lr=lr, clip_grad_norm=clip_grad_norm)
 
     @property

@@ -157,7 +157,7 @@ METADATA_EDITS = {
     "negative seed": (setting("options", "seed", -1), "option seed must be a whole number of at least 0"),
     "weight_decay -50": (both(setting("optimizer", "hyperparameters", "weight_decay", -50.0),
                               setting("options", "weight_decay", -50.0)),
-                         "optimizer weight_decay must be non-negative, got -50"),
+                         "not valid for AdamW: weight_decay must be non-negative, got -50"),
     "negative lr": (both(setting("optimizer", "hyperparameters", "lr", -1.0), setting("options", "lr", -1.0)),
                     "not valid for AdamW: learning rate must be positive"),
     "options disagree with the optimizer": (setting("options", "lr", 0.5),

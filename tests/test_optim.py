@@ -198,3 +198,21 @@ def test_a_parameter_the_loss_never_reads_is_left_alone_as_torch_does(kind, how)
     for name in ("head.weight", "head.bias"):  # the others train as if it were not there
         np.testing.assert_array_equal(dict(model.named_parameters())[name].data,
                                       dict(alone.named_parameters())[name].data, err_msg=name)
+
+
+@pytest.mark.parametrize("kind, options, says", [
+    (SGD, dict(lr=float("nan")), "learning rate must be positive, got nan"),
+    (SGD, dict(lr=float("inf")), "learning rate must be positive, got inf"),
+    (SGD, dict(lr="0.1"), "learning rate must be positive, got '0.1'"),
+    (SGD, dict(lr=True), "learning rate must be positive, got True"),
+    (SGD, dict(lr=0.1, momentum=-0.5), "momentum must be non-negative"),
+    (SGD, dict(lr=0.1, weight_decay=float("nan")), "weight_decay must be non-negative, got nan"),
+    (Adam, dict(weight_decay=-1.0), "weight_decay must be non-negative"),
+    (Adam, dict(eps=float("nan")), "eps must be non-negative"),
+    (Adam, dict(betas=(float("nan"), 0.9)), r"betas must lie in \[0, 1\)"),
+    (Adam, dict(betas=(0.9,)), r"betas must lie in \[0, 1\)"),
+    (AdamW, dict(clip_grad_norm=float("nan")), "clip_grad_norm must be positive, got nan"),
+])
+def test_hyperparameters_that_would_train_to_nan_are_refused(kind, options, says):
+    with pytest.raises(ValueError, match=says):
+        kind(**options)
