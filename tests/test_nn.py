@@ -79,3 +79,15 @@ def test_named_modules_and_shared_parameters():
 def test_to_float64_converts_parameters(small_gpt):
     small_gpt.to("float64")
     assert all(p.dtype == "float64" for p in small_gpt.parameters())
+
+
+@pytest.mark.parametrize("arguments, says", [
+    ((65, 64, 2, 0), "num_heads must be a whole number of at least 1, got 0"),
+    ((0, 64, 2, 4), "vocab_size must be a whole number of at least 1, got 0"),
+    ((65, 64, -1, 4), "num_layers must be a whole number of at least 0, got -1"),
+    ((65, 64, 2, 4.0), "num_heads must be a whole number of at least 1, got 4.0"),
+    ((65, 64, 2, 3), "embed_dim \\(64\\) must be divisible by num_heads \\(3\\)"),
+])
+def test_gpt_sizes_are_checked_with_a_clear_message(arguments, says):
+    with pytest.raises(ValueError, match=says):
+        nn.GPT(*arguments, max_seq_len=8)

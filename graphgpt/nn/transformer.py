@@ -29,8 +29,15 @@ class MLP(Module):
         return self.linear2(F.gelu(self.linear1(x)))
 
 
+def _require_positive_int(name: str, value, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be a whole number of at least {minimum}, got {value!r}")
+
+
 class MultiHeadAttention(Module):
     def __init__(self, embed_dim: int, num_heads: int):
+        _require_positive_int("embed_dim", embed_dim)
+        _require_positive_int("num_heads", num_heads)
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
         self.embed_dim = embed_dim
@@ -84,6 +91,10 @@ class GPT(Module):
     """
 
     def __init__(self, vocab_size: int, embed_dim: int, num_layers: int, num_heads: int, max_seq_len: int = 1024):
+        for name, value in (("vocab_size", vocab_size), ("embed_dim", embed_dim), ("num_heads", num_heads),
+                            ("max_seq_len", max_seq_len)):
+            _require_positive_int(name, value)
+        _require_positive_int("num_layers", num_layers, minimum=0)  # no blocks: a bigram model, still a model
         self.vocab_size = vocab_size
         self.embed_dim = embed_dim
         self.num_layers = num_layers
