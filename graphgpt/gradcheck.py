@@ -74,7 +74,10 @@ GRADIENT_SCALE_FLOOR = 1e-3
 
 
 def _relative_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
-    """||analytic - numeric|| / max(||analytic||, ||numeric||, floor * sqrt(elements))."""
+    """||analytic - numeric|| / max(||analytic||, ||numeric||, floor * sqrt(elements)); 0 for a zero-size
+    gradient, which has nothing that could be wrong (and would otherwise divide 0 by 0)."""
+    if analytic.size == 0:
+        return 0.0
     scale = max(np.linalg.norm(analytic), np.linalg.norm(numeric), GRADIENT_SCALE_FLOOR * np.sqrt(analytic.size))
     return float(np.linalg.norm(analytic - numeric) / scale)
 
