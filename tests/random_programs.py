@@ -26,7 +26,8 @@ BINARY = ("add", "sub", "mul", "maximum")
 REDUCTIONS = ("sum", "mean", "max")
 COMPARISONS = ("less", "less_equal", "greater", "greater_equal", "equal", "not_equal")
 KINDS = ("unary", "positive_unary", "binary", "divide", "reduce", "reshape", "transpose", "broadcast", "slice",
-         "matmul", "softmax", "layer_norm", "power", "where", "cast", "concat", "gather", "cross_entropy")
+         "matmul", "softmax", "layer_norm", "power", "tensor_power", "where", "cast", "concat", "gather",
+         "cross_entropy")
 
 
 @dataclass
@@ -83,11 +84,11 @@ def _instruction(drawing, kind, x, shape):
         return (kind, choose("op", list(UNARY)), [x], {}), shape
     if kind == "positive_unary":
         return (kind, choose("op", list(POSITIVE_UNARY)), [x], {}), shape
-    if kind in ("binary", "divide", "where"):
+    if kind in ("binary", "divide", "where", "tensor_power"):
         partner, partner_shape = drawing.broadcast_partner(shape)
         operands = [x, partner] if kind != "binary" or choose("order", [0, 1]) == 0 else [partner, x]
         op = {"binary": lambda: choose("op", list(BINARY)), "divide": lambda: "div",
-              "where": lambda: choose("op", list(COMPARISONS))}[kind]()
+              "where": lambda: choose("op", list(COMPARISONS)), "tensor_power": lambda: "pow"}[kind]()
         return (kind, op, operands, {}), tuple(np.broadcast_shapes(shape, partner_shape))
     if kind == "reduce" and rank >= 1:
         axes = tuple(sorted({choose("axis", list(range(rank))) for _ in range(choose("count", [1, 2]))}))
@@ -131,7 +132,7 @@ def _instruction(drawing, kind, x, shape):
         gamma, beta = drawing.new_input(shape[-1:]), drawing.new_input(shape[-1:])
         return (kind, "layer_norm", [x, gamma, beta], {"eps": 1e-5}), shape
     if kind == "power":
-        return (kind, "pow", [x], {"exponent": float(choose("exponent", [2, 3]))}), shape
+        return (kind, "pow", [x], {"exponent": float(choose("exponent", [2, 3, 0]))}), shape
     if kind == "cast":  # a gate: x * float(x > 0), the bool cast carrying no gradient
         return (kind, "cast", [x], {}), shape
     if kind == "concat" and rank >= 1:
@@ -167,6 +168,8 @@ def build(recipe: Recipe):
                 result = positive._apply(op, (positive,))
             elif kind == "divide":
                 result = x / args[1].exp()
+            elif kind == "tensor_power":  # exp(x) ** b: a positive base, or 0 where x is -inf
+                result = x.exp() ** args[1]
             elif kind == "power":
                 result = x ** attrs["exponent"]
             elif kind == "where":
