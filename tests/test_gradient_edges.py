@@ -59,7 +59,7 @@ def test_pow_to_the_zeroth_has_zero_gradient_even_at_zero(dtype):
     x = np.array([0.0, -0.0, 2.0, -3.0], dtype)
     weights = np.array([1.0, 2.0, 3.0, 4.0], dtype)
     check_gradients_equal(lambda x, b: (x ** b * weights).sum(), [x, np.array(0.0, dtype)],
-                          [[0.0, 0.0, 0.0, 0.0], 3.0 * math.log(2.0) + nan * 4.0])  # log(-3) is NaN
+                          [[0.0, 0.0, 0.0, 0.0], nan])  # the exponent's takes 4 log(-3), NaN as in torch
     check_gradients_equal(lambda x, b: (x ** b * weights[:3]).sum(), [x[:3], np.array(0.0, dtype)],
                           [[0.0, 0.0, 0.0], 3.0 * math.log(2.0)])
 
