@@ -127,7 +127,11 @@ def test_split_training_with_adam_updates_weights_as_the_whole_step_does():
         np.testing.assert_allclose(losses[1], losses[0], rtol=1e-12)
     whole, split = (dict(model.named_parameters()) for model in models)
     for name, parameter in whole.items():
-        np.testing.assert_allclose(split[name].data, parameter.data, rtol=1e-9, atol=1e-12, err_msg=name)
+        # The key projections' bias has a zero gradient in exact arithmetic (softmax ignores a shift shared by
+        # every key score): its float gradient is rounding noise of order 1e-13, which differs with the order
+        # of the shards' sums and which Adam's normalisation scales up. Only its size is comparable.
+        atol = 1e-10 if name.endswith("k_proj.bias") else 1e-12
+        np.testing.assert_allclose(split[name].data, parameter.data, rtol=1e-9, atol=atol, err_msg=name)
     assert not np.array_equal(whole["lm_head.weight"].data, gpt_batch(dtype="float64")[0].lm_head.weight.data)
 
 
