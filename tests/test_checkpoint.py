@@ -488,3 +488,23 @@ def test_a_zip_directory_larger_than_a_checkpoint_needs_is_refused_unparsed(tmp_
         assert len(archive.infolist()) == len(members_of(good))  # zipfile reads the zip64 record's size
     with pytest.raises(CheckpointError, match=f"its zip directory is {size} bytes"):
         load_checkpoint(str(zip64))
+
+
+def test_resume_from_another_optimizers_checkpoint_is_a_checkpoint_error(tmp_path):
+    """A valid SGD checkpoint cannot be resumed by graphgpt train, which trains with AdamW: refused as a
+    CheckpointError naming both, not a ValueError from deep inside load_state_dict."""
+    data = tmp_path / "text.txt"
+    data.write_text(TEXT, encoding="utf-8")
+    run_quietly(tiny_options(str(data), tmp_path / "run", steps=4))
+    latest = tmp_path / "run" / LATEST
+    arrays = dict(np.load(latest, allow_pickle=False))
+    document = json.loads(arrays["metadata"].tobytes())
+    adamw = document["optimizer"]["hyperparameters"]
+    document["optimizer"] = {"type": "SGD", "hyperparameters": {
+        "lr": adamw["lr"], "clip_grad_norm": adamw["clip_grad_norm"], "momentum": 0.0, "nesterov": False,
+        "weight_decay": adamw["weight_decay"]}}
+    arrays = {name: array for name, array in arrays.items() if not name.startswith("optimizer/exp_avg")}
+    write_archive(latest, {**arrays, "metadata": np.frombuffer(json.dumps(document).encode(), np.uint8)})
+    assert load_checkpoint(str(latest)).metadata["optimizer"]["type"] == "SGD"  # a valid checkpoint
+    with pytest.raises(CheckpointError, match="holds SGD optimizer state; graphgpt train resumes AdamW runs only"):
+        run_quietly(tiny_options(str(data), tmp_path / "run", steps=8, resume=True))

@@ -398,6 +398,10 @@ def train(options: TrainOptions, out: Optional[TextIO] = None) -> TrainResult:
                   num_heads=options.heads, max_seq_len=options.seq_len)
     if checkpoint is not None:
         config = checkpoint.metadata["config"]
+        saved_type = checkpoint.metadata["optimizer"]["type"]
+        if saved_type != AdamW.__name__:  # training always uses AdamW: another optimizer's state does not fit
+            raise CheckpointError(f"checkpoint {path} holds {saved_type} optimizer state; graphgpt train resumes "
+                                  f"AdamW runs only")
     model = GPT(**config)
     optimizer = AdamW(lr=options.lr, weight_decay=options.weight_decay, clip_grad_norm=options.clip)
     example = np.zeros((options.batch, options.seq_len), np.int64)  # compiling needs only shapes and dtypes
