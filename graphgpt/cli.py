@@ -48,7 +48,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def number_in(accepted) -> Callable[[str], object]:
-    """An argparse `type` reading one number that `accepted` (a trainer.NumberRange) allows, or `none` where
+    """An argparse `type` reading one number that `accepted` (a training.options.NumberRange) allows, or `none` where
     the range gives None a meaning (`--clip none`: no clipping)."""
     def parse(text: str):
         if accepted.none_means is not None and text.lower() == "none":
@@ -76,9 +76,9 @@ def non_empty(what: str) -> Callable[[str], str]:
 
 def _ranges() -> dict:
     """The numbers each numeric option of every command accepts, by destination name: train's options as
-    trainer.OPTION_RANGES (which train() also checks), the model's vocabulary as a checkpoint may hold it, and
+    training.options.OPTION_RANGES (which train() also checks), the model's vocabulary as a checkpoint may hold it, and
     the options only the other commands have."""
-    from .training.trainer import OPTION_RANGES, VOCABULARY_RANGE, NumberRange
+    from .training.options import OPTION_RANGES, VOCABULARY_RANGE, NumberRange
 
     at_least_one = NumberRange(int, 1)
     return {**OPTION_RANGES, "vocab": VOCABULARY_RANGE, "shards": at_least_one, "collapse": at_least_one,
@@ -147,7 +147,7 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def _train_options(args: argparse.Namespace):
-    from .training.trainer import TrainOptions
+    from .training.options import TrainOptions
 
     return TrainOptions(**{name: getattr(args, name) for name in TrainOptions.__dataclass_fields__
                            if name != "progress"}, progress=not args.no_progress)
@@ -156,7 +156,8 @@ def _train_options(args: argparse.Namespace):
 def resume_command(options) -> str:
     """The command that continues a run of `options`: `graphgpt train --resume` with every option it was given
     that a resumed run does not take from its checkpoint (the data, batch shape, steps, folder, ...)."""
-    from .training.trainer import RESUMED_SETTINGS, TrainOptions, option_flag
+    from .training.options import TrainOptions, option_flag
+    from .training.trainer import RESUMED_SETTINGS
 
     defaults = TrainOptions()
     words = ["graphgpt", "train", "--resume"]
@@ -217,7 +218,7 @@ TRAIN_HELP = {"steps": "training steps", "batch": "sequences per batch",
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    from .training.trainer import TrainOptions, option_flag
+    from .training.options import TrainOptions, option_flag
 
     defaults = TrainOptions()
     parser.add_argument("--data", default=None, type=non_empty("a file name"),

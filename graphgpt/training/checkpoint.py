@@ -376,9 +376,9 @@ def _validate_optimizer(record: dict, path: str) -> Optimizer:
 
 
 def _validate_options(options: dict, config: dict, hyperparameters: dict, path: str) -> None:
-    """The training options of the run (trainer.TrainOptions as a dict, so its fields come and go with it):
+    """The training options of the run (training.options.TrainOptions as a dict, so its fields come and go with it):
     every value a JSON scalar; those a resumed run takes from here present and consistent. The trainer checks the
-    ranges of what it resumes with (trainer.OPTION_RANGES); fields it does not resume with are never read."""
+    ranges of what it resumes with (options.OPTION_RANGES); fields it does not resume with are never read."""
     for name, value in options.items():
         _check(value is None or isinstance(value, (bool, str)) or _is_number(value), path,
                f"option {name!r:.40} must be a number, text, true/false or null, got {value!r:.40}")
