@@ -350,9 +350,9 @@ ZERO_SIZE_CASES: list[Case] = [
     case("cast", i32(3, 0), dtype="float64", ref=lambda x, dtype: x.astype(dtype)),
     *[case("sum", x, axes=axes, keepdims=keep, ref=lambda x, axes, keepdims: x.sum(axes, keepdims=keepdims))
       for x, axes, keep in [(f32(0, 3), (0,), False), (f64(0, 3), (1,), True), (f32(2, 0, 3), (0, 2), False),
-                            (f64(0), (0,), False)]],
+                            (f64(2, 0), (1,), False)]],
     *[case("mean", x, axes=axes, keepdims=keep, ref=mean64) for x, axes, keep in [
-        (f32(2, 0, 3), (1,), False), (f64(2, 0, 3), (0, 2), True), (f32(0), (0,), False),
+        (f32(2, 0, 3), (1,), False), (f64(2, 0, 3), (0, 2), True), (f32(3, 0), (1,), True),
         (f64(0, 4), (0, 1), True), (f32(0, 4), (1,), False)]],
     case("max", f32(0, 3), axes=(1,), keepdims=False, ref=lambda x, axes, keepdims: x.max(axes, keepdims=keepdims)),
     case("max", f64(2, 0), axes=(0,), keepdims=True, ref=lambda x, axes, keepdims: x.max(axes, keepdims=keepdims)),
