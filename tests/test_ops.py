@@ -2,6 +2,9 @@
 formulas, never the op's own kernel), with its inferred type equal to the type it computes, the executor's
 evaluate_into path equal to evaluate, and eager and compiled runs equal to both. A registered op with no row in
 CASES fails test_every_op_has_a_row. Refusals (bad inputs, attributes, indices) are in test_op_refusals.py.
+
+ZERO_SIZE_CASES adds rows with an axis of size 0 in each position an op allows; these also run forward and
+backward eagerly, compiled as traced and with the default passes, and against PyTorch when it is installed.
 """
 
 from __future__ import annotations
