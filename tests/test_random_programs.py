@@ -22,6 +22,10 @@ from random_programs import build, draw_recipe, inputs_for
 
 ALL_PASSES = list(DEFAULT_PIPELINE) + [name for name in OPTIONAL_PASSES if name != "fuse_elementwise"] + \
     [fuse_elementwise_at_any_size]
+# Every pass with every fast-math rewrite (batched matmuls flattened, matmuls sharing an operand joined, pow by
+# multiplies, ...): results within rounding on finite inputs; with infinities, NaN and -0.0 they may differ, as
+# they are allowed to.
+FAST_MATH_PASSES = ALL_PASSES + ["fuse_horizontal_matmuls"]
 
 
 @st.composite
@@ -36,14 +40,18 @@ def _check_paths(function, arrays, gradients: bool, special: bool, against_torch
     traced, traced_gradients = compiled_value_and_gradients(function, arrays, passes=[])
     for position, (gradient, expected) in enumerate(zip(traced_gradients, eager_gradients)):
         assert same_bits(gradient, expected), f"gradient {position}: the compiled graph's differs from eager's"
-    for passes in (None, ALL_PASSES):
-        optimised = graphgpt.compile(function, *arrays, passes=passes, verify_each=True)
-        assert_agree(optimised.run(*arrays), plain, f"passes {passes or 'default'} changed the result",
-                     rtol=1e-9, atol=1e-12)
-        _, optimised_gradients = compiled_value_and_gradients(function, arrays, passes=passes)
-        for position, (gradient, expected) in enumerate(zip(optimised_gradients, eager_gradients)):
-            assert_agree(gradient, expected, f"passes {passes or 'default'} changed gradient {position}",
-                         rtol=1e-9, atol=1e-12)
+    pipelines = [(None, False), (ALL_PASSES, False)] + ([] if special else [(FAST_MATH_PASSES, True)])
+    for passes, fast_math in pipelines:
+        name = f"passes {passes or 'default'}{' with fast math' if fast_math else ''}"
+        optimised = graphgpt.compile(function, *arrays, passes=passes, verify_each=True, fast_math=fast_math)
+        _, optimised_gradients = compiled_value_and_gradients(function, arrays, passes, fast_math)
+        for what, actual, expected in [("the result", optimised.run(*arrays), plain)] + [
+                (f"gradient {position}", gradient, expected)
+                for position, (gradient, expected) in enumerate(zip(optimised_gradients, eager_gradients))]:
+            if fast_math:
+                assert_agree(actual, expected, f"{name} changed {what}", rtol=1e-9, atol=1e-12)
+            else:  # exact rewrites only: the same bits
+                assert same_bits(actual, expected), f"{name} changed {what}: {actual} vs {expected}"
     if gradients and not special and np.isfinite(eager):  # (a NaN objective, a mean of nothing: no differences)
         report = graphgpt.check_gradients(function, *arrays)
         assert report.passed, f"gradients differ from central differences:\n{report}"
