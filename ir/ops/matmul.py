@@ -39,7 +39,18 @@ def _matmul_vjp(g, out, a, b):
     return (gradient_a, gradient_b)
 
 
+def _matmul_into(out: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+    """out = a @ b. A batch of rows times one matrix ((B, T, k) @ (k, n), as in every Linear) is one GEMM over
+    all B*T rows when `a` and `out` are C-contiguous (the reshapes are then views): ~12% faster here than NumPy's
+    loop of one GEMM per batch entry. One kernel for eager and compiled runs, so both round alike."""
+    if b.ndim == 2 and a.ndim > 2 and a.flags.c_contiguous and out.flags.c_contiguous:
+        rows = math.prod(a.shape[:-1])  # explicit: reshape(-1, 0) of a zero-size array has no single answer
+        np.matmul(a.reshape(rows, a.shape[-1]), b, out=out.reshape(rows, out.shape[-1]))
+    else:
+        np.matmul(a, b, out=out)
+
+
 define_op("matmul", kind=OpKind.MATMUL, arity=2, infer=_infer_matmul, vjp=_matmul_vjp,
-          compute=np.matmul, compute_into=lambda out, a, b: np.matmul(a, b, out=out),
+          compute_into=_matmul_into,
           cost=lambda out, a, b: 2 * out.size * a.shape[-1],  # a multiply and an add per inner-product term
           doc="batched broadcasting matrix product")
