@@ -44,8 +44,9 @@ PASSES: dict[str, Callable[[Graph], PassResult]] = {
 FAST_MATH_FLAGS = {
     "no_signed_zeros": "treat -0.0 as +0.0: x + 0.0 -> x, x - (-0.0) -> x",
     "no_infinities": "assume no value is infinite: with no_signed_zeros, x ** 0.5 -> sqrt(x)",
-    "reassociate": "regroup sums and products, rounding differently: (x * c1) * c2 -> x * (c1 * c2), a batched "
-                   "matmul as one GEMM, matmuls sharing an operand as one (BLAS adds in another order)",
+    "reassociate": "regroup sums and products, rounding differently: (x * c1) * c2 -> x * (c1 * c2), matmuls "
+                   "sharing an operand as one GEMM, a batched matmul of a transposed operand as one (BLAS adds "
+                   "in another order)",
     "approximate_functions": "pow by multiplies, rounding after each: x ** 3 -> x * x * x, x ** 4",
 }
 FastMathOption = Union[bool, None, str, Iterable[str]]

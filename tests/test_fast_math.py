@@ -273,46 +273,65 @@ def _first_shape_that_rounds_differently(candidates, rewritten_equals_original):
     pytest.skip("this BLAS sums every tried shape in the same order either way")
 
 
-def test_matmul_rewrites_need_reassociate_and_change_a_value():
+def batched_matmul_of_a_transposed_operand(shape):
+    """(B1, B2, T, k) @ (k, n) whose left operand is a view of a transposed input, not in C order: the matmul
+    kernel runs NumPy's loop of one GEMM per batch entry, and flattening it would copy and run one GEMM."""
+    batch, rows, inner, columns = shape
+    builder = GraphBuilder()
+    x = builder.add_input("x", TensorType((2 * batch, inner, rows), "float64"))
+    w = builder.add_param("w", TensorType((inner, columns), "float64"))
+    transposed = builder.add_node("transpose", [x], {"perm": (0, 2, 1)})
+    batched = builder.add_node("reshape", [transposed], {"shape": (2, batch, rows, inner)})
+    return builder.finish([builder.add_node("matmul", [batched, w])])
+
+
+def matmuls_sharing_an_operand(shape):
+    _, rows, inner, columns = shape
+    builder = GraphBuilder()
+    x = builder.add_input("x", TensorType((rows, inner), "float64"))
+    weights = [builder.add_param(f"w{i}", TensorType((inner, columns), "float64")) for i in range(2)]
+    return builder.finish([builder.add_node("matmul", [x, weight]) for weight in weights])
+
+
+@pytest.mark.parametrize("make, passes", [(batched_matmul_of_a_transposed_operand, ["simplify"]),
+                                          (matmuls_sharing_an_operand, ["fuse_horizontal_matmuls"])],
+                         ids=["flatten batched matmul", "fuse horizontal matmuls"])
+def test_matmul_rewrites_need_reassociate_and_change_a_value(make, passes):
     """One GEMM for a batch of them, or for matmuls sharing an operand, lets BLAS pick kernels for the new size,
     which add each product in another order: bit-exact for some shapes (the GPT's), not for all."""
     rng = np.random.default_rng(0)
     shapes = [tuple(int(size) for size in rng.integers(1, 30, 4)) for _ in range(200)]
 
-    def flattened(shape):
-        batch, rows, inner, columns = shape
-        builder = GraphBuilder()
-        x = builder.add_input("x", TensorType((batch, rows, inner), "float64"))
-        w = builder.add_param("w", TensorType((inner, columns), "float64"))
-        return builder.finish([builder.add_node("matmul", [x, w])])
-
-    def joined(shape):
-        _, rows, inner, columns = shape
-        builder = GraphBuilder()
-        x = builder.add_input("x", TensorType((rows, inner), "float64"))
-        products = [builder.add_node("matmul", [x, builder.add_param(f"w{i}", TensorType((inner, columns),
-                                                                                         "float64"))])
-                    for i in range(2)]
-        return builder.finish(products)
-
-    for make, passes in ((flattened, ["simplify"]), (joined, ["fuse_horizontal_matmuls"])):
-        def same(shape):
-            graph = make(shape)
-            inputs = [np.random.default_rng(1).standard_normal(graph.inputs[0].shape)]
-            params = [np.random.default_rng(2).standard_normal(value.shape) for value in graph.params]
-            fast, records = run_pipeline(graph, passes, verify_each=True, fast_math={"reassociate"})
-            assert sum(records[-1].summary.values()) > 0  # the rewrite fired
-            return all(identical(a, b) for a, b in zip(run(fast, inputs, params), run(graph, inputs, params)))
-
-        shape = _first_shape_that_rounds_differently(shapes, same)
+    def same(shape):
         graph = make(shape)
-        if passes == ["simplify"]:
-            assert fired(graph, set(FAST_MATH_FLAGS) - {"reassociate"}, "flatten batched matmul") == 0
-        else:
-            with pytest.raises(ValueError, match="fuse_horizontal_matmuls may change results"):
-                run_pipeline(graph, passes)
-            assert "fuse_horizontal_matmuls" not in default_pipeline()
-            assert "fuse_horizontal_matmuls" in default_pipeline(fast_math={"reassociate"})
+        inputs = [np.random.default_rng(1).standard_normal(graph.inputs[0].shape)]
+        params = [np.random.default_rng(2).standard_normal(value.shape) for value in graph.params]
+        fast, records = run_pipeline(graph, passes, verify_each=True, fast_math={"reassociate"})
+        assert sum(records[-1].summary.values()) > 0  # the rewrite fired
+        return all(identical(a, b) for a, b in zip(run(fast, inputs, params), run(graph, inputs, params)))
+
+    graph = make(_first_shape_that_rounds_differently(shapes, same))
+    if passes == ["simplify"]:
+        assert fired(graph, set(FAST_MATH_FLAGS) - {"reassociate"}, "flatten batched matmul") == 0
+    else:
+        with pytest.raises(ValueError, match="fuse_horizontal_matmuls may change results"):
+            run_pipeline(graph, passes)
+        assert "fuse_horizontal_matmuls" not in default_pipeline()
+        assert "fuse_horizontal_matmuls" in default_pipeline(fast_math={"reassociate"})
+
+
+def test_flattening_a_batched_matmul_of_a_c_ordered_operand_is_exact():
+    """The matmul kernel itself runs (B, T, k) @ (k, n) as one GEMM when the operand is C-ordered: the rewrite
+    then shows in the graph what runs anyway, by default."""
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        batch, rows, inner, columns = (int(size) for size in rng.integers(1, 30, 4))
+        graph = single_graph("float64", (batch, rows, inner), lambda b, x: b.add_node(
+            "matmul", [x, b.add_constant(rng.standard_normal((inner, columns)))]))
+        assert fired(graph, set(), "flatten batched matmul") == 1
+        optimised, _ = run_pipeline(graph, verify_each=True)
+        inputs = [rng.standard_normal((batch, rows, inner))]
+        assert_identical(run(optimised, inputs, [])[0], run(graph, inputs, [])[0], f"{(batch, rows, inner, columns)}")
 
 
 # ---- rewrites kept by default where the graph proves them exact --------------------------------------------------
