@@ -28,9 +28,10 @@ def test_comparison_report(tmp_path):
     # Optimised may hold more nodes than traced (flattening batched matmuls adds free reshape views).
     assert base.eager_ops > base.tape_nodes > 0 and base.graph_nodes > 0 and base.optimised_nodes > 0
     assert base.eager_ms > 0 and base.compiled_ms > 0 and base.compiled_peak_bytes > 0
-    assert base.tape_ops["matmul"] > base.graph_forward_ops["matmul"]  # q/k/v joined into one matmul
+    # The default passes are exact: joining q/k/v into one matmul changes rounding and is fast math.
+    assert base.tape_ops["matmul"] == base.graph_forward_ops["matmul"]
     table = report.table()
-    assert "eager tape" in table and "growth with layers: 1:" in table and "matmul" in table
+    assert "eager tape" in table and "growth with layers: 1:" in table and "merged or removed: " in table
     page = open(report.write_html(str(tmp_path / "compare.html"))).read()
     for section in ('id="table"', 'id="verdict"', 'id="agreement"', 'id="ops"', 'id="culprits"'):
         assert section in page
