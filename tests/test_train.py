@@ -140,8 +140,11 @@ def test_cli_user_errors_are_one_line_messages(data_file, tmp_path, capsys):
     folder = str(tmp_path / "run")
     checkpoint = tmp_path / "run" / LATEST
     refused(["train", "--resume", "--checkpoint-dir", folder], capsys, "latest.npz: no such file")
-    refused(["train", "--data", str(tmp_path / "absent.txt")], capsys, "cannot read --data .*absent.txt")
-    refused(["train", "--embed", "10", "--heads", "3"], capsys, r"--embed \(10\) must be divisible by --heads")
+    # Each run names its own folder: the default ./checkpoints may hold the README's training run.
+    refused(["train", "--data", str(tmp_path / "absent.txt"), "--checkpoint-dir", folder], capsys,
+            "cannot read --data .*absent.txt")
+    refused(["train", "--embed", "10", "--heads", "3", "--checkpoint-dir", folder], capsys,
+            r"--embed \(10\) must be divisible by --heads")
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
     refused(["train", "--data", data_file, "--steps", "2", *TINY_MODEL, "--checkpoint-dir", str(blocked / "sub"),
