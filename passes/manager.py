@@ -77,7 +77,10 @@ DEFAULT_PIPELINE = ("simplify", "fold_constants", "eliminate_common_subexpressio
 #   though its fused nodes beat their parts in isolation. Unfused, each ufunc already writes in place into a
 #   buffer hot in cache from the op before it, so memory-bound NumPy chains leave fusion little to save: it is
 #   left out of the default. Ask for it with passes=[..., "fuse_elementwise"].
-# - fuse_horizontal_matmuls: 360 vs 368 and 398 vs 402 ms, a small gain; but not exact (below).
+# - fuse_horizontal_matmuls: 360 vs 368 and 398 vs 402 ms, a small gain; but not exact (below). Measured again
+#   with fast_math=True against the exact default (the joined q/k/v are the only fast-math rewrite the GPT meets),
+#   medians of 15: 310 vs 287 and 269 vs 268 ms split in two shards, 405 vs 399 and 348 vs 346 ms whole: no gain
+#   left to see in the noise.
 OPTIONAL_PASSES = ("fuse_elementwise",)
 # Passes any rewrite of which may change values, and the fast-math flag that allows them; with it, they join the
 # default pipeline. fuse_horizontal_matmuls: one (M, k) @ (k, n1 + n2 + n3) GEMM sums each product in the order

@@ -28,8 +28,9 @@ that may change a value is made only where the graph proves it exact, or when a 
                                                           otherwise)
 
 Float `pow` with a small integer exponent was the reason for the power rules: float32 z**3 is ~60x slower than
-z*z*z here. NumPy's own pow already squares for an exponent of 2 (and takes sqrt for 0.5), so those two cost
-nothing to keep exact.
+z*z*z here. NumPy's pow squares for a scalar exponent of 2 and takes sqrt for 0.5 itself, as fast as the
+rewrites, so leaving x ** 0.5 a pow costs nothing; x ** 3 and x ** 4 stay slow without approximate_functions (the
+GPT has neither: GELU is one op, with z*z*z inside its kernel).
 """
 
 from __future__ import annotations
