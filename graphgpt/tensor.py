@@ -68,7 +68,11 @@ class Tensor(TensorOps):
     def __init__(self, data, requires_grad: bool = False, dtype=None):
         if isinstance(data, Tensor):
             data = data.data
-        array = np.asarray(data, dtype=dtype)
+        # C order, as a compiled run lays out its inputs and buffers: a Fortran-ordered array would make eager
+        # kernels (a reduction, BLAS) add in another order than the compiled graph. C-ordered data is not copied.
+        self._hold(np.asarray(data, dtype=dtype, order="C"), requires_grad)
+
+    def _hold(self, array: np.ndarray, requires_grad: bool) -> None:
         canonical_dtype(array.dtype)  # refuses object, complex and other dtypes the IR does not hold
         self._data: Optional[np.ndarray] = array
         self._type = TensorType(array.shape, array.dtype)
@@ -77,6 +81,14 @@ class Tensor(TensorOps):
         self._creator: Optional[Application] = None  # the tape entry that computed this tensor
         self.requires_grad = requires_grad
         self.grad: Optional[np.ndarray] = None
+
+    @classmethod
+    def _of_result(cls, array: np.ndarray) -> "Tensor":
+        """An eager op's result, kept in the layout the op made it in (a view stays the view the compiled schedule
+        also makes; every other result is already C-ordered, see OpDef.evaluate)."""
+        tensor = cls.__new__(cls)
+        tensor._hold(array, requires_grad=False)
+        return tensor
 
     @classmethod
     def _symbolic(cls, value, trace) -> "Tensor":
@@ -103,7 +115,7 @@ class Tensor(TensorOps):
 
     @data.setter
     def data(self, array) -> None:
-        array = np.asarray(array)
+        array = np.asarray(array, order="C")  # as in __init__
         if self._value_hidden():
             self._refuse("assign .data of")
         self._data = array
@@ -127,7 +139,7 @@ class Tensor(TensorOps):
             op_def.infer_type([tensor._type for tensor in inputs], checked)
         except ShapeError as error:
             raise ShapeError(f"{error}\n  at {current_provenance().describe()}") from None
-        result = Tensor(op_def.evaluate([tensor._data for tensor in inputs], checked))
+        result = Tensor._of_result(op_def.evaluate([tensor._data for tensor in inputs], checked))
         count = _op_count.get()
         if count is not None:
             count.ops += 1

@@ -140,3 +140,21 @@ def test_eager_results_are_laid_out_as_the_schedule_lays_them_out():
     assert np.shares_memory(view, transposed) and view.flags.c_contiguous
     sliced = get_op("slice").evaluate([transposed], {"slices": ((0, 3, 2), (0, 2, 1))})
     assert np.shares_memory(sliced, transposed)
+
+
+def test_a_fortran_ordered_input_gives_eager_the_compiled_bits():
+    """A user's Fortran-ordered array: compiled runs copy inputs into C order, and so does Tensor, so the eager
+    reduction and matmul read the same layout."""
+    rng = np.random.default_rng(5)
+    x = np.asfortranarray(rng.normal(size=(37, 29)))
+    w = rng.normal(size=(29, 11))
+
+    def function(x, w):
+        return (x.exp() @ w).sum(axis=0)
+
+    eager = function(graphgpt.Tensor(x), graphgpt.Tensor(w)).data
+    compiled = graphgpt.compile(function, x, w, passes=[]).run(x, w)
+    assert np.array_equal(eager, compiled)
+    assert graphgpt.Tensor(x).data.flags.c_contiguous
+    same = np.ones((3, 4))
+    assert np.shares_memory(graphgpt.Tensor(same).data, same)  # C-ordered data is not copied
