@@ -448,15 +448,20 @@ def test_resume_from_a_damaged_checkpoint_is_refused_before_training(tmp_path):
     assert latest.read_bytes() == damaged
 
 
-def test_resume_from_a_poisoned_checkpoint_is_refused_before_training(tmp_path):
-    """weight_decay -50 (in the optimizer's record and in the options the trainer resumes with) used to be
-    resumed from, the run training on towards NaN; now nothing trains and the checkpoint is left as it was."""
+def trained_run(tmp_path):
+    """(text file, its run's latest checkpoint, the checkpoint's arrays, its metadata) after 4 training steps."""
     data = tmp_path / "text.txt"
     data.write_text(TEXT, encoding="utf-8")
     run_quietly(tiny_options(str(data), tmp_path / "run", steps=4))
     latest = tmp_path / "run" / LATEST
     arrays = dict(np.load(latest, allow_pickle=False))
-    document = json.loads(arrays["metadata"].tobytes())
+    return data, latest, arrays, json.loads(arrays["metadata"].tobytes())
+
+
+def test_resume_from_a_poisoned_checkpoint_is_refused_before_training(tmp_path):
+    """weight_decay -50 (in the optimizer's record and in the options the trainer resumes with) used to be
+    resumed from, the run training on towards NaN; now nothing trains and the checkpoint is left as it was."""
+    data, latest, arrays, document = trained_run(tmp_path)
     both(setting("optimizer", "hyperparameters", "weight_decay", -50.0),
          setting("options", "weight_decay", -50.0))(document)
     write_archive(latest, {**arrays, "metadata": np.frombuffer(json.dumps(document).encode(), np.uint8)})
@@ -493,12 +498,7 @@ def test_a_zip_directory_larger_than_a_checkpoint_needs_is_refused_unparsed(tmp_
 def test_resume_from_another_optimizers_checkpoint_is_a_checkpoint_error(tmp_path):
     """A valid SGD checkpoint cannot be resumed by graphgpt train, which trains with AdamW: refused as a
     CheckpointError naming both, not a ValueError from deep inside load_state_dict."""
-    data = tmp_path / "text.txt"
-    data.write_text(TEXT, encoding="utf-8")
-    run_quietly(tiny_options(str(data), tmp_path / "run", steps=4))
-    latest = tmp_path / "run" / LATEST
-    arrays = dict(np.load(latest, allow_pickle=False))
-    document = json.loads(arrays["metadata"].tobytes())
+    data, latest, arrays, document = trained_run(tmp_path)
     adamw = document["optimizer"]["hyperparameters"]
     document["optimizer"] = {"type": "SGD", "hyperparameters": {
         "lr": adamw["lr"], "clip_grad_norm": adamw["clip_grad_norm"], "momentum": 0.0, "nesterov": False,
