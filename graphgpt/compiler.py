@@ -170,11 +170,18 @@ class Compiled:
         """The text IR of every graph that runs, each headed by its name."""
         return "\n\n".join(f"# ---- {name} ----\n{graph}" for name, graph in self.graphs.items())
 
-    def _check_inputs(self, inputs) -> list[np.ndarray]:
+    def signature_mismatch(self, inputs) -> Optional[str]:
+        """None when run() takes these inputs as compiled; else why not, in one line: the input count, or which
+        input's type changed from what to what (`input 0 'tokens' changed i64[2,16] -> i64[2,17]`). A cache of
+        compiled signatures asks this to choose an entry and to explain a recompile."""
+        return self._mismatch(inputs)[1]
+
+    def _mismatch(self, inputs) -> tuple[list[np.ndarray], Optional[str]]:
+        """The inputs as C-ordered arrays, and why they do not fit the compiled signature (None if they do)."""
         expected = self.program.inputs
         if len(inputs) != len(expected):
             signature = ", ".join(f"{value.name}: {value.type}" for value in expected)
-            raise InputError(f"compiled graph takes {len(expected)} input(s) ({signature}), got {len(inputs)}")
+            return [], f"compiled graph takes {len(expected)} input(s) ({signature}), got {len(inputs)}"
         arrays = []
         for position, (value, data) in enumerate(zip(expected, inputs)):
             array = np.asarray(_as_example(data), order="C")  # not ascontiguousarray: it makes 0-d arrays 1-d
@@ -183,11 +190,20 @@ class Compiled:
             except ShapeError:
                 got = f"an array of dtype {array.dtype}"
             if got != str(value.type):
-                raise InputError(
-                    f"input {position} ({value.name!r}): expected {value.type}, got {got}. The graph was "
-                    f"compiled for {value.type}; compile again with an example of the new shape or dtype")
+                return arrays, f"input {position} {value.name!r} changed {value.type} -> {got}"
             arrays.append(array)
-        return arrays
+        return arrays, None
+
+    def _check_inputs(self, inputs) -> list[np.ndarray]:
+        arrays, mismatch = self._mismatch(inputs)
+        if mismatch is None:
+            return arrays
+        if len(inputs) != len(self.program.inputs):
+            raise InputError(mismatch)
+        value = self.program.inputs[len(arrays)]
+        got = mismatch.rpartition(" -> ")[2]
+        raise InputError(f"input {len(arrays)} ({value.name!r}): expected {value.type}, got {got}. The graph was "
+                         f"compiled for {value.type}; compile again with an example of the new shape or dtype")
 
     def _param_arrays(self) -> list[np.ndarray]:
         arrays = []
