@@ -19,6 +19,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from .dims import Dim, Size, as_size, decide, exact_quotient, is_one, same_shape, slice_length
 from .errors import ShapeError
 from .types import TensorType
 
@@ -43,7 +44,8 @@ class TensorOps:
 
     # ---- type facts ---------------------------------------------------------------------------------------------
     @property
-    def shape(self) -> tuple[int, ...]:
+    def shape(self) -> tuple[Size, ...]:
+        """Sizes: ints, or symbolic sizes (ir/dims.py) in a graph traced for every batch or length."""
         return self.type.shape
 
     @property
@@ -171,31 +173,44 @@ class TensorOps:
         """Mean cross-entropy of these logits against integer class targets."""
         return self._apply("cross_entropy", (self, self._operand(targets)))
 
+    def reciprocal_of(self, count):
+        """1 / count as an operand for arithmetic with this tensor: a Python float for a number (lifted to our
+        dtype, as any scalar), a `reciprocal_size` node for a symbolic size (ir/dims.py), the same value once the
+        graph is specialised."""
+        if isinstance(count, Dim):
+            return self._apply("reciprocal_size", (), {"size": count, "dtype": self.dtype})
+        return 1.0 / count
+
     def embedding(self, indices):
         """Rows of this (num_embeddings, dim) table gathered by integer `indices`."""
         return self._apply("embedding", (self, self._operand(indices)))
 
     def scatter_add(self, indices, num_rows: int):
         """A (num_rows, dim) table adding each row of self at its index (the gradient of embedding)."""
-        return self._apply("scatter_add", (self, self._operand(indices)), {"num_rows": int(num_rows)})
+        return self._apply("scatter_add", (self, self._operand(indices)), {"num_rows": num_rows})
 
     def one_hot(self, num_classes: int, dtype="float32"):
         """These integer indices as one-hot rows along a new last axis."""
-        return self._apply("one_hot", (self,), {"num_classes": int(num_classes), "dtype": dtype})
+        return self._apply("one_hot", (self,), {"num_classes": num_classes, "dtype": dtype})
 
     # ---- shapes -------------------------------------------------------------------------------------------------
     def reshape(self, *shape):
         """reshape(2, 3) or reshape((2, 3)); one -1 is inferred from the element count."""
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
-        shape = [int(dim) for dim in shape]
-        if shape.count(-1) > 1:
+        shape = [as_size(dim) for dim in shape]
+        inferred = [axis for axis, dim in enumerate(shape) if isinstance(dim, int) and dim == -1]
+        if len(inferred) > 1:
             raise ShapeError(f"reshape to {shape}: at most one dimension may be -1")
-        if -1 in shape:
-            known = int(np.prod([dim for dim in shape if dim != -1], dtype=np.int64))
-            if known == 0 or self.size % known:
-                raise ShapeError(f"cannot reshape shape {list(self.shape)} ({self.size} elements) to {shape}")
-            shape[shape.index(-1)] = self.size // known
+        if inferred:
+            known: Size = 1
+            for axis, dim in enumerate(shape):
+                known = known if axis == inferred[0] else known * dim
+            quotient = None if isinstance(known, int) and known == 0 else exact_quotient(self.size, known)
+            if quotient is None:
+                raise ShapeError(f"cannot reshape shape {list(self.shape)} ({self.size} elements) to "
+                                 f"[{', '.join(map(str, shape))}]")
+            shape[inferred[0]] = quotient
         return self._apply("reshape", (self,), {"shape": tuple(shape)})
 
     def permute(self, *dims):
@@ -217,22 +232,23 @@ class TensorOps:
     def broadcast_to(self, *shape):
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
-        return self._apply("broadcast_to", (self,), {"shape": tuple(int(d) for d in shape)})
+        return self._apply("broadcast_to", (self,), {"shape": tuple(as_size(d) for d in shape)})
 
     def sum_to(self, shape):
         """Sum a broadcast result back down to `shape`: the one un-broadcast every gradient rule shares.
 
         A (2, 3, 4) gradient summed to (3, 1) adds over axis 0 (absent in the target) and axis 2 (size 1 there)."""
         shape = tuple(shape)
-        if self.shape == shape:
+        if same_shape(self.shape, shape):
             return self
         leading = self.ndim - len(shape)
         if leading < 0:
             raise ShapeError(f"cannot sum shape {list(self.shape)} to the larger rank of {list(shape)}")
+        # Only a literal 1 in the target was broadcast: a symbolic size there is the gradient's own.
         axes = tuple(range(leading)) + tuple(
-            leading + axis for axis, size in enumerate(shape) if size == 1 and self.shape[leading + axis] != 1)
+            leading + axis for axis, size in enumerate(shape) if is_one(size) and not is_one(self.shape[leading + axis]))
         summed = self._reduce("sum", axes, keepdims=True) if axes else self
-        return summed if summed.shape == shape else summed.reshape(shape)
+        return summed if same_shape(summed.shape, shape) else summed.reshape(shape)
 
     def unslice(self, slices, shape):
         """Zeros of `shape` with self placed at normalised (start, stop, step) `slices` (the gradient of slicing)."""
@@ -258,16 +274,13 @@ class TensorOps:
                 continue
             size = self.shape[axis]
             if isinstance(item, slice):
-                start, stop, step = item.indices(size)
-                if step < 1:
-                    raise IndexError(f"slice steps must be positive, got {item.step}")
-                stop = max(stop, start)
+                start, stop, step = _slice_bounds(item, size)
                 slices.append((start, stop, step))
-                result_shape.append(len(range(start, stop, step)))
-            elif isinstance(item, (int, np.integer)) and not isinstance(item, bool):
-                if not -size <= item < size:
+                result_shape.append(slice_length(start, stop, step))
+            elif isinstance(item, (int, np.integer, Dim)) and not isinstance(item, bool):
+                if not (decide(-size, "<=", item) and decide(item, "<", size)):
                     raise IndexError(f"index {item} is out of range for axis {axis} of size {size}")
-                position = int(item) % size
+                position = item + size if decide(item, "<", 0) else as_size(item)
                 slices.append((position, position + 1, 1))
             else:
                 raise IndexError(f"unsupported index {item!r}: use integers, slices, None and ...; "
@@ -277,9 +290,9 @@ class TensorOps:
             slices.append((0, size, 1))
             result_shape.append(size)
         result = self
-        if any(triple != (0, size, 1) for triple, size in zip(slices, self.shape)):
+        if not all(same_shape(triple, (0, size, 1)) for triple, size in zip(slices, self.shape)):
             result = self._apply("slice", (self,), {"slices": tuple(slices)})
-        if tuple(result_shape) != result.shape:
+        if not same_shape(result_shape, result.shape):
             result = result._apply("reshape", (result,), {"shape": tuple(result_shape)})
         return result
 
@@ -287,3 +300,29 @@ class TensorOps:
         """self and `others` joined along `axis`."""
         tensors = (self,) + tuple(self._operand(other) for other in others)
         return self._apply("concat", tensors, {"axis": self._one_axis(axis)})
+
+
+def _slice_bounds(item: slice, size: Size) -> tuple[Size, Size, int]:
+    """A Python slice of an axis of `size` as normalised (start, stop, step): 0 <= start <= stop <= size, as
+    slice.indices gives them, for symbolic bounds and sizes too (`mask[:T, :T]` of a (64, 64) mask is (0, T, 1),
+    under the guard T <= 64 a symbolic trace records)."""
+    step = 1 if item.step is None else int(item.step)
+    if step < 1:
+        raise IndexError(f"slice steps must be positive, got {item.step}")
+    if not any(isinstance(bound, Dim) for bound in (item.start, item.stop, size)):
+        start, stop, step = item.indices(size)
+        return start, max(stop, start), step
+
+    def clamp(bound, default: Size) -> Size:
+        if bound is None:
+            return default
+        bound = as_size(bound)
+        if decide(bound, "<", 0):  # counted from the end
+            bound = bound + size
+        if decide(bound, "<", 0):
+            return 0
+        return size if decide(bound, ">", size) else bound
+
+    start, stop = clamp(item.start, 0), clamp(item.stop, size)
+    return start, (start if decide(stop, "<", start) else stop), step
+

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .dims import Dim, Size, parse_size
 from .errors import ShapeError
 
 # The dtypes a graph may hold, with the short names the text IR prints.
@@ -46,13 +47,14 @@ def canonical_dtype(dtype) -> str:
 
 @dataclass(frozen=True)
 class TensorType:
-    """The static type of an SSA value: shape (a tuple of non-negative ints) and dtype name.
+    """The static type of an SSA value: shape (a tuple of non-negative ints, or symbolic sizes: ir/dims.py) and
+    dtype name.
 
     >>> str(TensorType((2, 8), "float32"))
     'f32[2,8]'
     """
 
-    shape: tuple[int, ...]
+    shape: tuple[Size, ...]
     dtype: str
     # Derived once: types are made and asked for their size tens of thousands of times per compile.
     size: int = field(init=False, repr=False, compare=False)
@@ -61,9 +63,11 @@ class TensorType:
     def __post_init__(self):
         shape = tuple(self.shape)
         for dim in shape:
+            if isinstance(dim, Dim):
+                continue
             if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 0:
                 raise ShapeError(f"shape {shape} must hold non-negative integers")
-        object.__setattr__(self, "shape", tuple(int(dim) for dim in shape))
+        object.__setattr__(self, "shape", tuple(dim if isinstance(dim, Dim) else int(dim) for dim in shape))
         object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
         object.__setattr__(self, "size", math.prod(self.shape))
         object.__setattr__(self, "itemsize", ITEMSIZES[self.dtype])
@@ -73,6 +77,10 @@ class TensorType:
         """The type of a NumPy array (or anything np.asarray accepts)."""
         array = np.asarray(array)
         return cls(array.shape, array.dtype)
+
+    @property
+    def is_symbolic(self) -> bool:
+        return any(isinstance(dim, Dim) for dim in self.shape)
 
     @property
     def rank(self) -> int:
@@ -95,10 +103,10 @@ class TensorType:
 
     @classmethod
     def parse(cls, text: str) -> "TensorType":
-        """Inverse of str(): 'f32[2,8]' -> TensorType((2, 8), 'float32')."""
+        """Inverse of str(): 'f32[2,8]' -> TensorType((2, 8), 'float32'); 'f32[B,T,64]' has symbolic sizes."""
         short, _, rest = text.partition("[")
         if not rest.endswith("]") or short not in DTYPE_BY_SHORT_NAME:
             raise ShapeError(f"cannot parse tensor type {text!r}; expected e.g. 'f32[2,8]'")
         dims = rest[:-1]
-        shape = tuple(int(d) for d in dims.split(",")) if dims else ()
+        shape = tuple(parse_size(d) for d in dims.split(",")) if dims else ()
         return cls(shape, DTYPE_BY_SHORT_NAME[short])

@@ -13,6 +13,7 @@ stored in the graph."""
 from __future__ import annotations
 
 from graphgpt.ir import Graph, get_op
+from graphgpt.ir.dims import has_symbols
 
 from .result import PassResult
 from .rewrite import rewrite_nodes
@@ -24,8 +25,9 @@ def fold_constants(graph: Graph) -> PassResult:
     """Evaluate constant subexpressions."""
 
     def evaluate_if_constant(node, inputs, context):
-        if node.op == "constant" or node.output.type.size > MAX_FOLDED_ELEMENTS:
-            return None
+        if (node.op == "constant" or node.output.type.is_symbolic or has_symbols(list(node.attrs.values()))
+                or node.output.type.size > MAX_FOLDED_ELEMENTS):
+            return None  # a symbolic size (ir/dims.py) has no one array to fold into
         views = context.state.setdefault("views of constants", {})  # value id -> the view's array
         arrays = [views[value.id] if value.id in views else context.constant_value(value) for value in inputs]
         if any(array is None for array in arrays):

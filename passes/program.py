@@ -19,7 +19,8 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from graphgpt.ir import Graph, GraphBuilder, TensorType, verify
+from graphgpt.ir import Graph, GraphBuilder, TensorType, Value, verify
+from graphgpt.ir.dims import active_shape_env, is_symbolic, substitute
 
 from .analysis import graph_flops
 from .autodiff import append_backward
@@ -29,6 +30,7 @@ from .memory_plan import MemoryPlan
 from .optimizer_update import UpdateRule, append_update
 from .schedule import Schedule
 from .sharded_run import ShardedRun, available_cores
+from .specialize import describe_sizes, is_symbolic_graph, specialize_graph, specialize_type
 
 # Below this many floating-point operations per step, splitting loses: small arrays make short NumPy calls that
 # keep the GIL (NumPy releases it only for larger loops), so the shards' threads take turns instead of running
@@ -95,12 +97,33 @@ class Program:
         self.inputs = list(signature.inputs)
         self.params = list(signature.params)
         self.result_count = len(signature.outputs) - len(self.gradient_names)
-        if len(graphs) == 1:
+        self._signature_outputs = list(signature.outputs)
+        self.check_numerics = check_numerics
+        # Traced with symbolic sizes (ir/dims.py): no schedule until specialize() gives the sizes.
+        self.symbolic = any(is_symbolic_graph(entry.graph) for entry in graphs)
+        if self.symbolic:
+            self._runner = None
+        elif len(graphs) == 1:
             self._runner = Schedule(graphs[0].graph, graphs[0].plan, check_numerics)
         else:
             shard, combine = graphs
             self._runner = ShardedRun(shard.graph, shard.plan, combine.graph, combine.plan, split.shards,
                                       self.param_names, check_numerics)
+
+    def specialize(self, sizes: dict[str, int]) -> "Program":
+        """This symbolic program at concrete sizes: each graph specialised (passes/specialize.py), then planned and
+        scheduled as a traced one is. The passes are not run again: they ran once, on the symbolic graphs."""
+        def at_sizes(entry: ProgramGraph) -> ProgramGraph:
+            graph = specialize_graph(entry.graph, sizes)
+            return ProgramGraph(entry.name, [StageRecord(f"specialised at {describe_sizes(sizes)}", graph)],
+                                entry.runs)
+
+        graphs = [at_sizes(entry) for entry in self.graphs]
+        signature = Graph(inputs=[Value(v.id, specialize_type(v.type, sizes), v.kind, v.name) for v in self.inputs],
+                          params=[Value(v.id, specialize_type(v.type, sizes), v.kind, v.name) for v in self.params],
+                          outputs=list(self._signature_outputs))
+        return Program(graphs, graphs[0], self.split, signature, self.gradient_names, self.check_numerics,
+                       self.fast_math)
 
     @property
     def whole(self) -> ProgramGraph:
@@ -201,7 +224,12 @@ def build_training_program(forward: Graph, wrt: Sequence[str], rule: Optional[Up
 
     if wanted == 1:
         return unsplit("one core" if shards is None else "shards=1")
-    flops = graph_flops(step)  # as traced: the passes change it little, and need not run on a step that splits
+    if any(is_symbolic(dim) for value in forward.inputs[:1] for dim in value.type.shape[:1]):
+        # The proof and the shard trace need the batch as a number (shard_mismatch compares 1/k of it).
+        return unsplit("the batch size is symbolic (dynamic='batch'); a symbolic sequence length splits")
+    # As traced: the passes change it little, and need not run on a step that splits. At the example's sizes
+    # for a symbolic trace (dynamic='seq').
+    flops = substitute(graph_flops(step), active_shape_env().hints) if active_shape_env() else graph_flops(step)
     if shards is None and flops < MIN_SPLIT_FLOPS:
         return unsplit(f"{flops / 1e9:.2f} GFLOP per step is too little to gain")
     if trace_shard is None:

@@ -36,11 +36,13 @@ GPT has neither: GELU is one op, with z*z*z inside its kernel).
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable, Optional
 
 import numpy as np
 
 from graphgpt.ir import Graph, Value, get_op
+from graphgpt.ir.dims import same_shape
 from graphgpt.ir.ops import ViewLayout
 
 from .result import PassResult
@@ -159,7 +161,7 @@ def merge_reshapes(node, inputs, context, fast_math: FastMath) -> Optional[Value
     source, producer = inputs[0], inputs[0].producer
     if producer is not None and producer.op == "reshape" and _in_c_order(producer.inputs[0]):
         source = producer.inputs[0]
-    if source.shape == node.output.shape:
+    if same_shape(source.shape, node.output.shape):
         return source
     if source is inputs[0]:
         return None
@@ -232,7 +234,7 @@ def flatten_batched_matmul(node, inputs, context) -> Optional[Value]:
     if producer is not None and get_op(producer.op).view is ViewLayout.STRIDED:  # reshaping it to 2-D would copy
         return None
     # The row count from the leading axes, not size // inner: with inner == 0 that is no count at all.
-    leading_rows = int(np.prod(inputs[0].shape[:-1], dtype=np.int64))
+    leading_rows = math.prod(inputs[0].shape[:-1])  # a symbolic size (B*T) stays one
     rows = context.emit("reshape", [inputs[0]], {"shape": (leading_rows, inputs[0].shape[-1])})
     product = context.emit("matmul", [rows, inputs[1]])
     return context.emit("reshape", [product], {"shape": node.output.shape})

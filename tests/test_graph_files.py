@@ -52,7 +52,8 @@ def test_round_trip_is_exact(train_step, tmp_path):
 
 
 def test_causal_mask_survives(tmp_path):
-    graph = graphgpt.compile(make_gpt(), make_tokens(17, 1, 5), passes=[]).graph
+    # The GPT reads its mask as a buffer (a parameter of the graph): a traced causal mask is a constant.
+    graph = graphgpt.compile(lambda x: x + F.causal_mask(5), np.zeros((5, 5), np.float32), passes=[]).graph
     text = json.dumps(graph_to_json(graph), allow_nan=False)  # strict JSON: -inf travels inside base64
     masks = [node.attrs["value"] for node in serialize.graph_from_text(text).nodes
              if node.op == "constant" and node.output.shape == (5, 5)]
@@ -120,9 +121,9 @@ def hostile_cases(data):
         "bool for differentiates": (corrupt(data, ["nodes", matmul, "provenance", "differentiates"], True),
                                     "field 'differentiates' must be int or NoneType"),
         "type not as written": (corrupt(data, ["inputs", 0, "type"], data["inputs"][0]["type"].replace("[", "[ ")),
-                                "expected it written as"),
+                                "expected it written as|cannot read the size"),
         "type with underscores": (corrupt(data, ["inputs", 0, "type"], data["inputs"][0]["type"].replace("2", "0_2")),
-                                  "expected it written as"),
+                                  "expected it written as|cannot read the size"),
         "float attribute of 10**400": (corrupt(data, ["nodes", layer_norm, "attrs", "eps"], 10**400),
                                        "an integer of 401 digits, more than the 64 allowed"),
     }

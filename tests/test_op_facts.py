@@ -109,7 +109,7 @@ def test_reshape_layout_copies_where_numpy_must():
 # scatter_add.num_rows and one_hot.num_classes (sizes of a new axis the op creates, a table's rows or a class
 # count: they come from the model, not from the shapes of the op's inputs, so a smaller batch keeps them).
 SHAPE_CARRYING = {("reshape", "shape"), ("broadcast_to", "shape"), ("unslice", "shape"),
-                  ("slice", "slices"), ("unslice", "slices")}
+                  ("slice", "slices"), ("unslice", "slices"), ("reciprocal_size", "size")}
 
 
 def test_shape_carrying_attributes_are_the_listed_ones():
@@ -144,6 +144,7 @@ def test_shape_attributes_are_shapes_of_the_ops_values(row):
 # the forward graph and the loss only; these never appear there (or take no inputs at all).
 DATA_PARALLEL_REFUSED = {
     "constant": "takes no inputs, so it never reads the batch",
+    "reciprocal_size": "a symbolic mean's scale, made by autodiff only (and takes no inputs)",
     "unslice": "the gradient of slice: made by autodiff, never traced in a forward graph",
     "scatter_add": "the gradient of embedding: made by autodiff, never traced in a forward graph",
     "layer_norm_grad": "a backward kernel, made by autodiff only",

@@ -63,7 +63,8 @@ CASES = {  # op -> list of (inputs, attrs)
     "fused_elementwise": [([normal(2, 3), normal(3)], {"program": (("mul", (0, 1)), ("tanh", (2,)), ("add", (3, 0)))})],
 }
 # Results that carry no gradient: bool comparisons, one-hot of integers, constants.
-NO_GRADIENT = {"less", "less_equal", "greater", "greater_equal", "equal", "not_equal", "one_hot", "constant"}
+NO_GRADIENT = {"less", "less_equal", "greater", "greater_equal", "equal", "not_equal", "one_hot", "constant",
+               "reciprocal_size"}
 # Backward kernels have no rule (no second derivatives); the gelu and layer_norm rows above check them.
 BACKWARD_KERNELS = {"gelu_grad", "layer_norm_grad", "layer_norm_gamma_grad"}
 

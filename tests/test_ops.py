@@ -290,6 +290,8 @@ CASES += [
     *[case("constant", value=value, ref=lambda value: value.copy(), result_dtype=value.dtype.name) for value in [
         np.array([[1.5, -np.inf]], np.float32), np.array(7, np.int64), np.array([True, False]),
         np.arange(3, dtype=np.float64)]],
+    *[case("reciprocal_size", size=size, dtype=dtype, ref=lambda size, dtype: np.asarray(1.0 / size, dtype),
+           result_dtype=dtype) for size, dtype in [(4, "float32"), (3, "float64"), (1, "float32")]],
 
     case("softmax", f32(2, 3, 4), axis=1, ref=lambda x, axis: per_row(softmax_row, x, axis)),
     case("softmax", f64(5), axis=0, ref=lambda x, axis: per_row(softmax_row, x, axis)),

@@ -105,6 +105,11 @@ class GPT(Module):
         self.blocks = [TransformerBlock(embed_dim, num_heads) for _ in range(num_layers)]
         self.ln_f = LayerNorm(embed_dim)
         self.lm_head = Linear(embed_dim, vocab_size, bias=False)
+        # Buffers (tensors, not Parameters: never trained, not saved in checkpoints) for the longest sequence;
+        # a forward takes their first seq_len positions, as nanoGPT's registered `bias` mask. So the graph of
+        # one trace serves every length up to max_seq_len (compile(..., dynamic="seq")).
+        self.position_ids = Tensor(np.arange(max_seq_len).reshape(1, max_seq_len))
+        self.causal_mask = F.causal_mask(max_seq_len)  # (max_seq_len, max_seq_len)
 
     def forward(self, tokens) -> Tensor:
         tokens = as_tensor(tokens)
@@ -113,11 +118,10 @@ class GPT(Module):
         batch, seq_len = tokens.shape
         if seq_len > self.max_seq_len:
             raise ValueError(f"sequence length {seq_len} is longer than max_seq_len {self.max_seq_len}")
-        dtype = self.token_embedding.weight.dtype
         token_emb = self.token_embedding(tokens)  # (B, T, C)
-        pos_emb = self.position_embedding(Tensor(np.arange(seq_len).reshape(1, seq_len)))  # (1, T, C)
+        pos_emb = self.position_embedding(self.position_ids[:, :seq_len])  # (1, T, C)
         x = token_emb + pos_emb
-        mask = F.causal_mask(seq_len, dtype)  # (T, T)
+        mask = self.causal_mask[:seq_len, :seq_len]  # (T, T)
         for block in self.blocks:
             x = block(x, mask)
         x = self.ln_f(x)

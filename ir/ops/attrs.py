@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from ..dims import Dim, parse_size, substitute
 from ..errors import ShapeError
 from ..types import SHORT_DTYPE_NAMES, canonical_dtype
 
@@ -37,6 +38,11 @@ class AttrKind:
 
     def from_json(self, data):
         return self.check(data)
+
+    def substitute(self, value, sizes):
+        """The value with symbolic sizes (ir/dims.py) replaced by the numbers in `sizes` (kinds that carry a
+        shape hold sizes; the rest are the same whatever the sizes)."""
+        return value
 
 
 class IntAttr(AttrKind):
@@ -89,11 +95,46 @@ class IntTupleAttr(AttrKind):
         return list(value)
 
 
-class ShapeAttr(IntTupleAttr):
-    """A tuple of integers that is the shape of a value (checked and stored as any tuple of integers)."""
+class SizeAttr(AttrKind):
+    """One size: an integer, or a symbolic size (ir/dims.py), which JSON holds as its text ('B*T')."""
+
+    name = "size"
+    carries_shape = True
+
+    def check(self, value):
+        return value if isinstance(value, Dim) else INT.check(value)
+
+    def to_json(self, value):
+        return str(value) if isinstance(value, Dim) else value
+
+    def from_json(self, data):
+        return parse_size(data) if isinstance(data, str) else self.check(data)
+
+    def substitute(self, value, sizes):
+        return substitute(value, sizes)
+
+
+class ShapeAttr(AttrKind):
+    """A tuple of sizes that is the shape of a value."""
 
     name = "shape"
     carries_shape = True
+
+    def check(self, value):
+        if not isinstance(value, (tuple, list)):
+            raise ShapeError(f"expected a tuple of sizes, got {value!r}")
+        return tuple(SIZE.check(item) for item in value)
+
+    def to_json(self, value):
+        return [SIZE.to_json(item) for item in value]
+
+    def from_json(self, data):
+        if not isinstance(data, (tuple, list)):
+            raise ShapeError(f"expected a list of sizes, got {data!r:.80}")
+        return tuple(SIZE.from_json(item) for item in data)
+
+    def substitute(self, value, sizes):
+        return tuple(substitute(item, sizes) for item in value)
 
 
 class SlicesAttr(AttrKind):
@@ -110,11 +151,20 @@ class SlicesAttr(AttrKind):
         for item in value:
             if not isinstance(item, (tuple, list)) or len(item) != 3:
                 raise ShapeError(f"expected a (start, stop, step) triple, got {item!r}")
-            triples.append(tuple(IntAttr().check(part) for part in item))
+            start, stop, step = item
+            triples.append((SIZE.check(start), SIZE.check(stop), INT.check(step)))
         return tuple(triples)
 
     def to_json(self, value):
-        return [list(triple) for triple in value]
+        return [[SIZE.to_json(part) for part in triple] for triple in value]
+
+    def from_json(self, data):
+        if not isinstance(data, (tuple, list)) or not all(isinstance(item, (tuple, list)) for item in data):
+            raise ShapeError(f"expected a list of (start, stop, step) triples, got {data!r:.80}")
+        return self.check([[SIZE.from_json(part) for part in item] if len(item) == 3 else item for item in data])
+
+    def substitute(self, value, sizes):
+        return tuple((substitute(start, sizes), substitute(stop, sizes), step) for start, stop, step in value)
 
 
 class DtypeAttr(AttrKind):
@@ -175,6 +225,7 @@ class ArrayAttr(AttrKind):
 
 
 INT = IntAttr()
+SIZE = SizeAttr()
 FLOAT = FloatAttr()
 BOOL = BoolAttr()
 INTS = IntTupleAttr()

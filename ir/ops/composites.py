@@ -132,7 +132,7 @@ def _cross_entropy_vjp(g, out, logits, targets):
         # softmax - onehot: exact and stable, with no log or division by a probability.
         positions = max(targets.size, 1)
         onehot = targets.one_hot(logits.shape[-1], logits.dtype)
-        return (logits.softmax(-1) - onehot) * (g * (1.0 / positions))
+        return (logits.softmax(-1) - onehot) * (g * g.reciprocal_of(positions))
     return (gradient_logits, None)
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
+from ..dims import Size
 from ..errors import ShapeError
 from ..types import TensorType
 from . import attrs as A
@@ -70,16 +72,16 @@ def _sum_vjp(g, out, x, axes, keepdims):
     return (lambda: _kept(g, x, axes, keepdims).broadcast_to(x.shape),)
 
 
-def _reduced_count(x, axes) -> int:
-    """How many elements of x each result element of a reduction over `axes` averages."""
-    return int(np.prod([x.shape[axis] for axis in axes], dtype=np.int64))
+def _reduced_count(x, axes) -> Size:
+    """How many elements of x each result element of a reduction over `axes` averages (symbolic for B or T)."""
+    return math.prod(x.shape[axis] for axis in axes)
 
 
 def _mean_vjp(g, out, x, axes, keepdims):
     # An empty reduced axis leaves x with no elements, so its gradient is empty whatever the scale: 1 keeps the
-    # scale finite there (1 / 0 would raise).
+    # scale finite there (1 / 0 would raise). A symbolic count is at least 1 already.
     count = max(_reduced_count(x, axes), 1)
-    return (lambda: _kept(g, x, axes, keepdims).broadcast_to(x.shape) * (1.0 / count),)
+    return (lambda: _kept(g, x, axes, keepdims).broadcast_to(x.shape) * g.reciprocal_of(count),)
 
 
 def _max_vjp(g, out, x, axes, keepdims):

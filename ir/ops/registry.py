@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from ..dims import as_size
 from ..errors import ShapeError
 from ..types import TensorType
 from .attrs import AttrKind
@@ -82,7 +83,7 @@ class OpDef:
         """Floating-point operations of one application: the declared cost, else one per output element for
         elementwise ops, one per input element for reductions, none for data movement and constants."""
         if self.cost is not None:
-            return int(self.cost(output_type, *input_types, **attrs))
+            return as_size(self.cost(output_type, *input_types, **attrs))
         if self.kind in (OpKind.ELEMENTWISE, OpKind.BROADCAST):
             return output_type.size
         if self.kind == OpKind.REDUCTION:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from ..dims import Size
 from ..errors import ShapeError
 from ..types import FLOAT_DTYPES, TensorType
 
 
-def broadcast_shapes(*shapes: tuple[int, ...]) -> tuple[int, ...]:
+def broadcast_shapes(*shapes: tuple[Size, ...]) -> tuple[Size, ...]:
     """NumPy broadcasting of static shapes, with an error that shows both shapes.
+
+    Only a literal 1 broadcasts: a symbolic size (ir/dims.py) meets a 1 or itself, never another size, since it
+    may be 1 or any other number (a rule for B against 1 gives B, right when B is 1 too).
 
     >>> broadcast_shapes((2, 1, 4), (3, 1))
     (2, 3, 4)
@@ -19,7 +23,7 @@ def broadcast_shapes(*shapes: tuple[int, ...]) -> tuple[int, ...]:
         dims.discard(1)
         if len(dims) > 1:
             raise ShapeError(f"shapes {' and '.join(str(list(s)) for s in shapes)} do not broadcast "
-                             f"(axis {axis - rank} has sizes {sorted(dims)})")
+                             f"(axis {axis - rank} has sizes {sorted(dims, key=str)})")
         result.append(dims.pop() if dims else 1)
     return tuple(result)
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
+from ..dims import Size, decide, same_shape, same_size, slice_length
 from ..errors import ShapeError
 from ..types import INTEGER_DTYPES, TensorType
 from . import attrs as A
@@ -13,7 +16,7 @@ from .rules import broadcast_shapes
 
 def _infer_reshape(x: TensorType, shape) -> TensorType:
     result = TensorType(shape, x.dtype)
-    if result.size != x.size:
+    if not same_shape((result.size,), (x.size,)):
         raise ShapeError(f"cannot reshape {x} ({x.size} elements) to {list(shape)} ({result.size} elements)")
     return result
 
@@ -39,7 +42,7 @@ define_op("transpose", kind=OpKind.INJECTIVE, arity=1, attrs={"perm": A.INTS}, i
 
 def _infer_broadcast_to(x: TensorType, shape) -> TensorType:
     try:
-        fits = len(shape) >= x.rank and broadcast_shapes(x.shape, tuple(shape)) == tuple(shape)
+        fits = len(shape) >= x.rank and same_shape(broadcast_shapes(x.shape, tuple(shape)), tuple(shape))
     except ShapeError:
         fits = False
     if not fits:
@@ -52,15 +55,15 @@ define_op("broadcast_to", kind=OpKind.BROADCAST, arity=1, attrs={"shape": A.SHAP
           vjp=lambda g, out, x, shape: (lambda: g.sum_to(x.shape),), doc="broadcast to a larger shape")
 
 
-def _sliced_shape(shape: tuple[int, ...], slices) -> tuple[int, ...]:
+def _sliced_shape(shape: tuple[Size, ...], slices) -> tuple[Size, ...]:
     if len(slices) != len(shape):
         raise ShapeError(f"needs one (start, stop, step) per axis of shape {list(shape)}, got {len(slices)}")
     result = []
     for axis, ((start, stop, step), dim) in enumerate(zip(slices, shape)):
-        if step < 1 or not 0 <= start <= dim or not 0 <= stop <= dim:
+        if step < 1 or not all(decide(0, "<=", bound) and decide(bound, "<=", dim) for bound in (start, stop)):
             raise ShapeError(f"axis {axis}: slice {start}:{stop}:{step} is not a normalised slice of size {dim} "
                              f"(0 <= start, stop <= size, step >= 1)")
-        result.append(len(range(start, stop, step)))
+        result.append(slice_length(start, stop, step))
     return tuple(result)
 
 
@@ -77,7 +80,7 @@ define_op("slice", kind=OpKind.INJECTIVE, arity=1, attrs={"slices": A.SLICES},
 
 
 def _infer_unslice(x: TensorType, slices, shape) -> TensorType:
-    if _sliced_shape(tuple(shape), slices) != x.shape:
+    if not same_shape(_sliced_shape(tuple(shape), slices), x.shape):
         raise ShapeError(f"{x} does not fill the slices {slices} of shape {list(shape)}")
     return TensorType(shape, x.dtype)
 
@@ -175,13 +178,20 @@ define_op("constant", kind=OpKind.OPAQUE, arity=0, attrs={"value": A.ARRAY},
           doc="a constant array, held in the node's attributes")
 
 
+define_op("reciprocal_size", kind=OpKind.OPAQUE, arity=0, attrs={"size": A.SIZE, "dtype": A.DTYPE},
+          infer=lambda size, dtype: TensorType((), dtype), vjp=lambda g, out, size, dtype: (),
+          compute=lambda size, dtype: np.asarray(1.0 / size, dtype),
+          doc="1 / size as a scalar: a mean's scale where the count is a symbolic size (B*T), a number once the "
+              "graph is specialised")
+
+
 def _infer_concat(*types: TensorType, axis: int) -> TensorType:
     first = types[0]
     if not 0 <= axis < first.rank:
         raise ShapeError(f"axis {axis} is out of range for rank-{first.rank} inputs")
     for other in types[1:]:
-        if other.dtype != first.dtype or other.rank != first.rank or any(
-                a != b for position, (a, b) in enumerate(zip(first.shape, other.shape)) if position != axis):
+        if other.dtype != first.dtype or other.rank != first.rank or not all(
+                same_size(a, b) for position, (a, b) in enumerate(zip(first.shape, other.shape)) if position != axis):
             raise ShapeError(f"inputs must match except along axis {axis}: {first} and {other}")
     shape = list(first.shape)
     shape[axis] = sum(t.shape[axis] for t in types)
@@ -192,8 +202,8 @@ def _concat_vjp(g, out, *inputs, axis):
     def part(start, size):
         return lambda: g[(slice(None),) * axis + (slice(start, start + size),)]
 
-    starts = np.cumsum([0] + [x.shape[axis] for x in inputs])
-    return tuple(part(int(start), x.shape[axis]) for start, x in zip(starts, inputs))
+    starts = itertools.accumulate((x.shape[axis] for x in inputs), initial=0)  # sizes may be symbolic
+    return tuple(part(start, x.shape[axis]) for start, x in zip(starts, inputs))
 
 
 define_op("concat", kind=OpKind.INJECTIVE, arity=VARIADIC, attrs={"axis": A.INT}, infer=_infer_concat,
