@@ -104,6 +104,12 @@ class Dim:
     def __rfloordiv__(self, other) -> Size:
         raise SymbolicShapeError(f"{other} // {self} has no one value for every size of {self}")
 
+    def __truediv__(self, other):
+        raise SymbolicShapeError(f"{self} / {other} is not a size; a function needing a number of a symbolic "
+                                 f"size (np.arange) can be given int(size), the example's, under a guard")
+
+    __rtruediv__ = __truediv__
+
     def __mod__(self, other) -> Size:
         if exact_quotient(self, other) is not None:
             return 0
@@ -171,8 +177,8 @@ class Dim:
             text += sign + "*".join(factors)
         return text
 
-    def __repr__(self) -> str:
-        return f"Dim({self})"
+    def __repr__(self) -> str:  # as printed in a shape: [B, T, 64]
+        return str(self)
 
     def __format__(self, spec: str) -> str:
         """Its text, aligned as a string would be; a number's format (`,`, `.1f`) has no meaning for it."""

@@ -36,6 +36,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from graphgpt.ir import Graph, GraphBuilder, Node, OpKind, Provenance, get_op
+from graphgpt.ir.dims import Dim, Size, exact_quotient, has_symbols, is_one, same_shape, same_size, substitute
 from graphgpt.ir.ops import attrs
 
 from .rewrite import copied_results, copy_leaves
@@ -77,9 +78,9 @@ def _elementwise(node: Node, classes: dict[int, str]) -> str:
     out = node.output.type
     for value in node.inputs:
         if classes[value.id] == PER_EXAMPLE:
-            if value.type.rank != out.rank or value.type.shape[0] != out.shape[0]:
+            if value.type.rank != out.rank or not same_size(value.type.shape[0], out.shape[0]):
                 _refuse(node, f"input {value.label} {value.type} is broadcast against {out}")
-        elif value.type.rank == out.rank and value.type.shape[0] != 1:
+        elif value.type.rank == out.rank and not is_one(value.type.shape[0]):
             _refuse(node, f"input {value.label} {value.type} spans axis 0 without carrying the batch")
     return PER_EXAMPLE
 
@@ -93,7 +94,7 @@ def _matmul(node: Node, classes: dict[int, str]) -> str:
         if classes[operand.id] == PER_EXAMPLE and operand.type.rank != out.rank:
             _refuse(node, f"{operand.label} {operand.type} is broadcast against {out}")
         if (classes[operand.id] != PER_EXAMPLE and operand.type.rank == out.rank and out.rank > 2
-                and operand.type.shape[0] != 1):
+                and not is_one(operand.type.shape[0])):
             _refuse(node, f"{operand.label} {operand.type} spans axis 0 without carrying the batch")
     return PER_EXAMPLE
 
@@ -121,7 +122,7 @@ def _transpose(node: Node, classes: dict[int, str]) -> str:
 
 
 def _whole_axis0_slice(node: Node, classes: dict[int, str]) -> str:
-    if tuple(node.attrs["slices"][0]) != (0, node.inputs[0].type.shape[0], 1):
+    if not same_shape(node.attrs["slices"][0], (0, node.inputs[0].type.shape[0], 1)):
         _refuse(node, "it slices the batch axis")
     return PER_EXAMPLE
 
@@ -204,10 +205,26 @@ def _partial_rule(node: Node, classes: dict[int, str], scaled_operands: set) -> 
                    f"batch's value is not the sum of the shards'")
 
 
+def shard_extent(extent: Size, shards: int) -> Size:
+    """A per-example axis 0 of the whole batch's extent as a shard has it: 1/shards of it. A symbolic batch B is
+    the shard's own in the shard's graph (the whole batch being shards * B), so B*T stays B*T there."""
+    if not isinstance(extent, Dim):
+        return extent // shards
+    return exact_quotient(substitute(extent, {name: shards * Dim.symbol(name) for name in extent.symbols}), shards)
+
+
+def _splits(extent: Size, shards: int) -> bool:
+    """Whether an axis 0 of this extent cuts into `shards` equal non-empty parts (a symbolic one: at every batch
+    that does, which the program checks before running split)."""
+    if isinstance(extent, Dim):
+        return shard_extent(extent, shards) is not None
+    return extent % shards == 0 and extent >= shards
+
+
 def _prove(graph: Graph, shards: int) -> SplitProof:
     classes: dict[int, str] = {}
     for value in graph.inputs:
-        if value.type.rank == 0 or value.type.shape[0] % shards or value.type.shape[0] < shards:
+        if value.type.rank == 0 or not _splits(value.type.shape[0], shards):
             raise _Refusal(f"input {value.name!r} of type {value.type} has no axis 0 divisible into {shards} shards")
         classes[value.id] = PER_EXAMPLE
     extents = {value.type.shape[0] for value in graph.inputs}
@@ -236,7 +253,7 @@ def _prove(graph: Graph, shards: int) -> SplitProof:
                 means, sums = means + mean, sums + (not mean)
                 if mean:
                     scaled_nodes.add(node.output.id)
-            elif node.output.type.rank == 0 or node.output.type.shape[0] % shards:
+            elif node.output.type.rank == 0 or not _splits(node.output.type.shape[0], shards):
                 raise _Refusal(f"{node.describe()}: its axis 0 ({node.output.type}) does not split into "
                                f"{shards} shards")
         else:
@@ -293,8 +310,12 @@ def _shard_attribute(node: Node, name: str, value, proof: SplitProof):
         return value
     if op.attrs[name] is attrs.SLICES:  # the proof admits only whole-axis slices of axis 0
         (start, stop, step), rest = value[0], tuple(value[1:])
-        return ((start, stop // proof.shards, step),) + rest
-    return (value[0] // proof.shards,) + tuple(value[1:])
+        return ((start, shard_extent(stop, proof.shards), step),) + rest
+    return (shard_extent(value[0], proof.shards),) + tuple(value[1:])
+
+
+def _same_type(a, b) -> bool:
+    return a.dtype == b.dtype and same_shape(a.shape, b.shape)
 
 
 def shard_mismatch(whole: Graph, shard: Graph, proof: SplitProof) -> Optional[str]:
@@ -308,8 +329,9 @@ def shard_mismatch(whole: Graph, shard: Graph, proof: SplitProof) -> Optional[st
     for big, small in pairs:
         expected = big.type
         if proof.classes[big.id] == PER_EXAMPLE:
-            expected = type(big.type)((big.type.shape[0] // proof.shards,) + big.type.shape[1:], big.type.dtype)
-        if small.type != expected or big.name != small.name:
+            expected = type(big.type)((shard_extent(big.type.shape[0], proof.shards),) + big.type.shape[1:],
+                                      big.type.dtype)
+        if not _same_type(small.type, expected) or big.name != small.name:
             return f"{big.label} is {small.type} at the shard's batch, expected {expected}"
     for big, small in zip(whole.nodes, shard.nodes):
         if big.op != small.op:
@@ -320,7 +342,12 @@ def shard_mismatch(whole: Graph, shard: Graph, proof: SplitProof) -> Optional[st
         for name, value in big.attrs.items():
             expected = _shard_attribute(big, name, value, proof)
             other = small.attrs[name]
-            same = np.array_equal(expected, other) if isinstance(expected, np.ndarray) else expected == other
+            if isinstance(expected, np.ndarray):
+                same = np.array_equal(expected, other)
+            elif has_symbols(expected) or has_symbols(other):  # as written (repr is canonical): B is not 4
+                same = repr(expected) == repr(other)
+            else:
+                same = expected == other
             if not same:
                 return (f"{big.describe()}: attribute {name} is {other!r} at the shard's batch, expected "
                         f"{expected!r} ({value!r} for the whole batch)")

@@ -26,6 +26,7 @@ from .elementwise_fusion import fuse_elementwise
 from .horizontal_fusion import fuse_horizontal_matmuls
 from .result import PassResult
 from .simplify import simplify
+from .specialize import is_symbolic_graph, specialize_graph
 
 PASSES: dict[str, Callable[[Graph], PassResult]] = {
     "simplify": simplify,
@@ -143,6 +144,13 @@ class StageRecord:
         """What the schedule allocates: the memory plan's buffers and kernel scratch."""
         return self.plan.planned_bytes
 
+    def at(self, sizes: dict[str, int]) -> "StageRecord":
+        """This record with its graph specialised to `sizes` (passes/specialize.py), to measure a symbolic one."""
+        if not sizes or not is_symbolic_graph(self.graph):
+            return self
+        return StageRecord(self.name, specialize_graph(self.graph, sizes), self.summary, self.created,
+                           self.removed, self.seconds)
+
 
 def _node_ids(graph: Graph) -> set[int]:
     return {node.output.id for node in graph.nodes}
@@ -195,12 +203,13 @@ def run_pipeline(graph: Graph, passes: Optional[Sequence[Union[str, Callable]]] 
     return graph, records
 
 
-def format_report(records: Sequence[StageRecord]) -> str:
+def format_report(records: Sequence[StageRecord], sizes: Optional[dict[str, int]] = None) -> str:
     """A per-pass table: node count, FLOPs, memory (every value kept alive; the liveness lower bound; the planned
-    buffers the schedule allocates), the pass's time, and what it changed."""
+    buffers the schedule allocates), the pass's time, and what it changed. Symbolic graphs are measured at
+    `sizes`."""
     lines = [f"{'stage':<34} {'nodes':>6} {'MFLOP':>9} {'keep-all MiB':>12} {'live MiB':>9} {'planned MiB':>11} "
              f"{'ms':>7}  changes"]
-    for record in records:
+    for record in (record.at(sizes) for record in records):
         changes = ", ".join(f"{what} {count}" for what, count in record.summary.items() if count) or "-"
         lines.append(f"{record.name:<34} {record.nodes:>6} {record.flops / 1e6:>9.2f} "
                      f"{record.keep_all_bytes / 2**20:>12.2f} {record.peak_bytes / 2**20:>9.2f} "

@@ -13,6 +13,7 @@ optimizer's update); the whole-batch step graph is kept beside them for study, b
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
@@ -20,11 +21,11 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 
 from graphgpt.ir import Graph, GraphBuilder, TensorType, Value, verify
-from graphgpt.ir.dims import active_shape_env, is_symbolic, substitute
+from graphgpt.ir.dims import Guard, active_shape_env, is_symbolic, shape_env, substitute
 
 from .analysis import graph_flops
 from .autodiff import append_backward
-from .data_parallel import prove_split, scale_shard_graph, shard_mismatch
+from .data_parallel import prove_split, scale_shard_graph, shard_extent, shard_mismatch
 from .manager import FastMathOption, StageRecord, fast_math_flags, format_report, run_pipeline
 from .memory_plan import MemoryPlan
 from .optimizer_update import UpdateRule, append_update
@@ -112,17 +113,34 @@ class Program:
 
     def specialize(self, sizes: dict[str, int]) -> "Program":
         """This symbolic program at concrete sizes: each graph specialised (passes/specialize.py), then planned and
-        scheduled as a traced one is. The passes are not run again: they ran once, on the symbolic graphs."""
-        def at_sizes(entry: ProgramGraph) -> ProgramGraph:
-            graph = specialize_graph(entry.graph, sizes)
-            return ProgramGraph(entry.name, [StageRecord(f"specialised at {describe_sizes(sizes)}", graph)],
+        scheduled as a traced one is. The passes are not run again: they ran once, on the symbolic graphs. A
+        split step's shard graph holds the shard's batch: a batch that does not cut into the shards runs the
+        whole step instead."""
+        def at_sizes(entry: ProgramGraph, entry_sizes: dict[str, int], name: str) -> ProgramGraph:
+            graph = specialize_graph(entry.graph, entry_sizes)
+            return ProgramGraph(name, [StageRecord(f"specialised at {describe_sizes(entry_sizes)}", graph)],
                                 entry.runs)
 
-        graphs = [at_sizes(entry) for entry in self.graphs]
+        split = self.split
+        if split.shards == 1:
+            graphs = [at_sizes(self.graphs[0], sizes, self.graphs[0].name)]
+        else:
+            batch = self.inputs[0].type.shape[0]
+            total = substitute(batch, sizes)
+            shard_sizes = {name: (size // split.shards if name in batch.symbols else size)
+                           for name, size in sizes.items()} if is_symbolic(batch) else sizes
+            if total % split.shards == 0 and total >= split.shards:
+                shard, combine = self.graphs
+                graphs = [at_sizes(shard, shard_sizes, shard_name(total, split.shards)),
+                          at_sizes(combine, sizes, combine.name)]
+            else:
+                graphs = [at_sizes(self.whole, sizes, self.whole.name)]
+                split = Split(1, f"batch {total} does not cut into {split.shards} equal shards: the whole step "
+                                 f"runs at this size")
         signature = Graph(inputs=[Value(v.id, specialize_type(v.type, sizes), v.kind, v.name) for v in self.inputs],
                           params=[Value(v.id, specialize_type(v.type, sizes), v.kind, v.name) for v in self.params],
                           outputs=list(self._signature_outputs))
-        return Program(graphs, graphs[0], self.split, signature, self.gradient_names, self.check_numerics,
+        return Program(graphs, graphs[0], split, signature, self.gradient_names, self.check_numerics,
                        self.fast_math)
 
     @property
@@ -157,13 +175,16 @@ class Program:
         run at a time in)."""
         return self._runner.run(inputs, params)
 
-    def describe(self) -> str:
-        """Each graph that runs, pass by pass (nodes, FLOPs, memory, changes), then how the step is split."""
+    def describe(self, sizes: Optional[dict[str, int]] = None) -> str:
+        """Each graph that runs, pass by pass (nodes, FLOPs, memory, changes), then how the step is split. A
+        symbolic program's graphs are measured at `sizes`."""
         parts = []
+        at = f" (measured at {describe_sizes(sizes)})" if self.symbolic and sizes else ""
         for entry in self.graphs:
-            parts.append(f"== {entry.title} ==\n{format_report(entry.stages)}")
+            parts.append(f"== {entry.title}{at} ==\n{format_report(entry.stages, sizes)}")
         if self.split.shards > 1:
-            parts.append(f"== {self.whole.name} (for study: not run) ==\n{format_report(self.whole.stages)}")
+            parts.append(f"== {self.whole.name} (for study: not run) ==\n"
+                         f"{format_report(self.whole.stages, sizes)}")
         if self.gradient_names:
             parts.append(self.split.describe())
         if self.fast_math:
@@ -211,9 +232,12 @@ def build_training_program(forward: Graph, wrt: Sequence[str], rule: Optional[Up
         raise ValueError(f"shards must be a positive integer or None, got {shards!r}")
     step = training_step(forward, wrt, rule)
 
+    env = active_shape_env()  # a symbolic trace's: the whole step may be optimised later, on first use
+
     def optimise_whole() -> ProgramGraph:
-        whole = ProgramGraph("training step", _optimise(step, passes, verify_each, flags))
-        verify(whole.graph)
+        with shape_env(env) if env is not None else contextlib.nullcontext():
+            whole = ProgramGraph("training step", _optimise(step, passes, verify_each, flags))
+            verify(whole.graph)
         return whole
 
     def unsplit(reason: str) -> Program:
@@ -224,9 +248,6 @@ def build_training_program(forward: Graph, wrt: Sequence[str], rule: Optional[Up
 
     if wanted == 1:
         return unsplit("one core" if shards is None else "shards=1")
-    if any(is_symbolic(dim) for value in forward.inputs[:1] for dim in value.type.shape[:1]):
-        # The proof and the shard trace need the batch as a number (shard_mismatch compares 1/k of it).
-        return unsplit("the batch size is symbolic (dynamic='batch'); a symbolic sequence length splits")
     # As traced: the passes change it little, and need not run on a step that splits. At the example's sizes
     # for a symbolic trace (dynamic='seq').
     flops = substitute(graph_flops(step), active_shape_env().hints) if active_shape_env() else graph_flops(step)
@@ -236,22 +257,45 @@ def build_training_program(forward: Graph, wrt: Sequence[str], rule: Optional[Up
         return unsplit("no way to trace the model at the shard's batch was given")
     proof, problem = prove_split(forward, wanted)
     if problem is None:
+        guards_before = len(env.guards) if env is not None else 0
         shard_forward = trace_shard(wanted)
         problem = shard_mismatch(forward, shard_forward, proof)
+        if problem is None and env is not None and any(  # the shard's B is not the whole batch's
+                guard_mentions(guard, shard_batch_symbols(forward)) for guard in env.guards[guards_before:]):
+            problem = "tracing at the shard's batch added a guard on the batch size"
     if problem is not None:
         return unsplit(problem)
 
     batch = forward.inputs[0].type.shape[0]
     scaled = scale_shard_graph(shard_forward, forward, proof)
     shard_backward = append_backward(scaled, wrt)
-    shard = ProgramGraph(f"shard (batch {batch // wanted} of {batch})",
+    shard = ProgramGraph(shard_name(batch, wanted),
                          _optimise(shard_backward.graph, passes, verify_each, flags), runs=wanted)
     combine = ProgramGraph("combine", _optimise(
         combine_shards(verify(shard.graph), wanted, wrt, rule, shard_backward.unreached), passes, verify_each,
         flags))
     verify(combine.graph)
-    split = Split(wanted, f"batch {batch} as {wanted} x {batch // wanted}, {proof.describe()}")
+    whole_batch = wanted * batch if is_symbolic(batch) else batch  # a symbolic B is the shard's own batch
+    split = Split(wanted, f"batch {whole_batch} as {wanted} x {shard_extent(batch, wanted)}"
+                          f"{' (a batch that does not divide runs whole)' if is_symbolic(batch) else ''}, "
+                          f"{proof.describe()}")
     return Program([shard, combine], optimise_whole, split, step, wrt, check_numerics, flags)
+
+
+def shard_name(batch, shards: int) -> str:
+    """'shard (batch 4 of 8)', or for a symbolic batch (the shard's B, the whole batch's 2*B) 'shard (batch B of
+    2*B)'."""
+    return f"shard (batch {shard_extent(batch, shards)} of {shards * batch if is_symbolic(batch) else batch})"
+
+
+def guard_mentions(guard: Guard, symbols: frozenset[str]) -> bool:
+    return any(is_symbolic(side) and side.symbols & symbols for side in (guard.left, guard.right))
+
+
+def shard_batch_symbols(forward: Graph) -> frozenset[str]:
+    """The symbols of the batch axis (a symbolic trace's B), which mean the shard's batch in its graph."""
+    extent = forward.inputs[0].type.shape[0] if forward.inputs and forward.inputs[0].type.rank else 0
+    return extent.symbols if is_symbolic(extent) else frozenset()
 
 
 def combine_shards(shard: Graph, shards: int, wrt: Sequence[str], rule: Optional[UpdateRule],

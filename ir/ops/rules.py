@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..dims import Size
+from ..dims import Dim, Size, active_shape_env, decide
 from ..errors import ShapeError
 from ..types import FLOAT_DTYPES, TensorType
 
@@ -21,6 +21,11 @@ def broadcast_shapes(*shapes: tuple[Size, ...]) -> tuple[Size, ...]:
     for axis in range(rank):
         dims = {shape[len(shape) - rank + axis] for shape in shapes if len(shape) - rank + axis >= 0}
         dims.discard(1)
+        if len(dims) > 1 and active_shape_env() is not None:
+            # A symbolic size meeting another size: equal under a guard (T == 5) when the example says so.
+            first = min(dims, key=lambda dim: isinstance(dim, Dim))  # a number, if there is one
+            if all(decide(dim, "==", first) for dim in dims):
+                dims = {first}
         if len(dims) > 1:
             raise ShapeError(f"shapes {' and '.join(str(list(s)) for s in shapes)} do not broadcast "
                              f"(axis {axis - rank} has sizes {sorted(dims, key=str)})")
