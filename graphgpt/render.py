@@ -22,6 +22,7 @@ from typing import Callable, Optional, Sequence
 import graphviz
 
 from graphgpt.ir import Graph, Node, Value
+from graphgpt.ir.dims import is_symbolic
 
 FORMATS = ("svg", "png", "pdf")
 # Past this many nodes a full drawing reads as noise (and dot takes long: ~8 s for a 2-layer training graph of
@@ -45,7 +46,9 @@ STYLES = {
 }
 
 
-def _bytes(count: int) -> str:
+def _bytes(count) -> str:
+    if is_symbolic(count):  # 8*T bytes: the size of a symbolic trace's value (ir/dims.py)
+        return f"{count} B"
     for unit in ("B", "KiB", "MiB", "GiB"):
         if count < 1024 or unit == "GiB":
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"

@@ -377,6 +377,17 @@ def active_shape_env() -> Optional[ShapeEnv]:
     return _active_env.get()
 
 
+def example_value(size: Size) -> int:
+    """A size's number at the example sizes, for heuristics that choose only how fast something runs, never what
+    it computes (whether a chain is big enough to fuse): no guard is needed, either choice is right."""
+    if not isinstance(size, Dim):
+        return size
+    env = _active_env.get()
+    if env is None:
+        raise SymbolicShapeError(f"the symbolic size {size} has no example value outside a symbolic compile")
+    return substitute(size, env.hints)
+
+
 def decide(left, op: str, right) -> bool:
     """The answer to `left op right` for every size, or a guarded one (see the module docstring)."""
     left, right = as_size(left), as_size(right)

@@ -10,6 +10,7 @@ be emitted as one node at the position of its last member (its sink), keeping th
 from __future__ import annotations
 
 from graphgpt.ir import Graph, GraphBuilder, get_op
+from graphgpt.ir.dims import example_value
 from graphgpt.ir.ops.fused import BLOCK_ELEMENTS
 
 from .result import PassResult
@@ -29,7 +30,8 @@ def _groups(graph: Graph, min_elements: int) -> dict[int, list]:
     group_of: dict[int, int] = {}  # node id -> group key
     members: dict[int, list] = {}
     for node in graph.nodes:
-        if not get_op(node.op).fusible or not node.output.type.is_float or node.output.type.size < min_elements:
+        if (not get_op(node.op).fusible or not node.output.type.is_float
+                or example_value(node.output.type.size) < min_elements):  # a speed heuristic: at the example size
             continue
         joined = []
         for value in node.inputs:

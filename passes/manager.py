@@ -16,6 +16,7 @@ from functools import cached_property, partial
 from typing import Callable, Iterable, Optional, Sequence, Union
 
 from graphgpt.ir import Graph, verify
+from graphgpt.ir.dims import SymbolicShapeError
 
 from .analysis import graph_flops, keep_all_bytes
 from .memory_plan import MemoryPlan, plan_memory
@@ -192,7 +193,11 @@ def run_pipeline(graph: Graph, passes: Optional[Sequence[Union[str, Callable]]] 
         if function in FLAG_READING_PASSES:
             function = partial(function, fast_math=flags)
         started = time.perf_counter()
-        result = run_to_fixed_point(function, graph)
+        try:
+            result = run_to_fixed_point(function, graph)
+        except SymbolicShapeError as error:
+            raise SymbolicShapeError(f"pass {name} cannot handle this graph's symbolic sizes ({error}); leave it "
+                                     f"out, or compile without dynamic=") from None
         seconds = time.perf_counter() - started
         if verify_each:
             verify(result.graph)
