@@ -26,6 +26,8 @@ _EXPORTS: dict[str, str] = {
     "trace": "compiler",
     "ExecutionError": "passes.schedule",
     "NumericalError": "passes.schedule",
+    "LazyCompiled": "lazy",
+    "explain_recompiles": "recompiles",
     "GradientReport": "gradcheck",
     "ModelChangedError": "guards",
     "check_gradients": "gradcheck",

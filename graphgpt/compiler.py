@@ -289,11 +289,16 @@ class Compiled:
         return f"<graphgpt.Compiled ({signature}) running {running}>"
 
 
-def compile(model: Callable, *example_inputs, loss: Optional[Callable] = None,
+def compile(model: Optional[Callable] = None, *example_inputs, loss: Optional[Callable] = None,
             optimizer: Optional[Optimizer] = None, passes: Optional[Sequence] = None,
             verify_each: bool = False, check_numerics=False, shards: Optional[int] = None,
-            fast_math=False) -> Compiled:
+            fast_math=False, dynamic=None, cache_size_limit: Optional[int] = None):
     """Trace `model` at the example inputs, infer shapes, verify, and build the Program that runs it.
+
+    Without example inputs, `compile(model, **options)` returns at once a LazyCompiled (graphgpt/lazy.py) that
+    does this at its first call's inputs and keeps one Compiled per input signature (at most `cache_size_limit`,
+    8 by default; `dynamic=None` there means automatic); without a model, a decorator doing that
+    (`@graphgpt.compile`, `@graphgpt.compile(dynamic=True)`).
 
     Without `loss`, the graph is the model's forward. With `loss`, the last example input is the target: the
     graph computes loss(model(*inputs), targets), its gradients for every parameter (generated backward nodes),
@@ -322,8 +327,17 @@ def compile(model: Callable, *example_inputs, loss: Optional[Callable] = None,
     ...                         optimizer=graphgpt.optim.Adam(lr=3e-4))      # doctest: +SKIP
     >>> float(step.run(tokens, targets)), step.grads["lm_head.weight"].shape  # doctest: +SKIP
     """
-    if not example_inputs:
-        raise TypeError("graphgpt.compile needs example inputs to trace with, e.g. compile(model, tokens)")
+    if model is None or not example_inputs:  # lazy: trace at the first call's inputs
+        from .lazy import lazy_compile
+
+        options = dict(loss=loss, optimizer=optimizer, passes=passes, verify_each=verify_each,
+                       check_numerics=check_numerics, shards=shards, fast_math=fast_math)
+        if model is None and example_inputs:
+            raise TypeError("graphgpt.compile(None, ...): pass the model or function to compile first")
+        return lazy_compile(model, options, dynamic, cache_size_limit)
+    if cache_size_limit is not None:
+        raise TypeError("cache_size_limit bounds the signatures of a lazy compile, compile(model, "
+                        "cache_size_limit=...) without example inputs; with them, compile traces once")
     if loss is None:
         if optimizer is not None:
             raise TypeError("an optimizer needs a loss: compile(model, inputs, targets, loss=..., optimizer=...)")
