@@ -1,6 +1,7 @@
 """The `graphgpt` command line.
 
     graphgpt run [--layers 2 --embed 64 ...]   compile a GPT, print its IR, run it, and check it against eager
+                                                (--seq-lens 8,16,31: at each length; --explain: the compile cache)
     graphgpt train [--data FILE --steps N ...]  train a character-level GPT with the compiled train step
     graphgpt generate --prompt TEXT             sample from a checkpoint
 
@@ -113,37 +114,69 @@ def _add_model_arguments(parser: argparse.ArgumentParser, names=tuple(MODEL_ARGU
         _add_number(group, "--" + name.replace("_", "-"), name, MODEL_DEFAULTS[name], MODEL_ARGUMENTS[name])
 
 
+def _lengths_wanted() -> str:
+    return _ranges()["seq_len"].describe().replace("a whole number", "whole numbers", 1)  # 'whole numbers from 1 to'
+
+
+def sequence_lengths(text: str) -> tuple[int, ...]:
+    """An argparse `type` reading comma-separated sequence lengths (`8,16,31`), each in --seq-len's range."""
+    words = text.split(",")
+    if all(word.strip().isdigit() and _ranges()["seq_len"].accepts(int(word)) for word in words):
+        return tuple(int(word) for word in words)
+    raise argparse.ArgumentTypeError(f"expected {_lengths_wanted()} separated by commas, got {text!r}")
+
+
 def command_run(args: argparse.Namespace) -> int:
     import graphgpt
 
+    lengths = args.seq_lens or (args.seq_len,)
     graphgpt.manual_seed(args.seed)
-    model = graphgpt.nn.GPT(args.vocab, args.embed, args.layers, args.heads, max_seq_len=args.seq_len)
-    tokens = np.random.default_rng(args.seed).integers(0, args.vocab, size=(args.batch, args.seq_len))
-
-    started = time.perf_counter()
-    fwd = graphgpt.compile(model, tokens)
-    compile_seconds = time.perf_counter() - started
-    if not args.quiet:
-        print(fwd.graph)
-        print()
-
-    started = time.perf_counter()
-    logits = fwd.run(tokens)
-    run_seconds = time.perf_counter() - started
-    eager = model(graphgpt.Tensor(tokens)).data
-    difference = float(np.max(np.abs(logits - eager)))
-
-    counts = fwd.graph.op_counts()
-    print(f"GPT: vocab {args.vocab}, embed {args.embed}, {args.layers} layers, {args.heads} heads, "
-          f"{model.num_parameters():,} parameters")
-    print(f"graph: {len(fwd.graph.nodes)} nodes ({', '.join(f'{op} {n}' for op, n in sorted(counts.items()))})")
-    print(f"compiled in {compile_seconds * 1e3:.1f} ms; ran tokens {list(tokens.shape)} -> logits "
-          f"{list(logits.shape)} {logits.dtype} in {run_seconds * 1e3:.1f} ms")
-    print(f"max |compiled - eager| = {difference:.3g}")
-    if not np.allclose(logits, eager, rtol=1e-5, atol=1e-5):
+    model = graphgpt.nn.GPT(args.vocab, args.embed, args.layers, args.heads, max_seq_len=max(args.seq_len, *lengths))
+    rng = np.random.default_rng(args.seed)
+    previous = graphgpt.explain_recompiles(True) if args.explain else None
+    try:
+        fwd = graphgpt.compile(model)  # traced at the first call's tokens, again for each new signature
+        agree = all([_run_length(args, model, fwd, rng, length, first=index == 0)
+                     for index, length in enumerate(lengths)])
+        if args.explain:
+            print()
+            print(fwd.cache)
+    finally:
+        if args.explain:
+            graphgpt.explain_recompiles(previous)
+    if not agree:
         print("error: the compiled graph disagrees with eager execution", file=sys.stderr)
         return 1
     return 0
+
+
+def _run_length(args: argparse.Namespace, model, fwd, rng, length: int, first: bool) -> bool:
+    """Run the lazily compiled forward at one sequence length and check it against eager; True if they agree."""
+    import graphgpt
+
+    tokens = rng.integers(0, args.vocab, size=(args.batch, length))
+    compiled_before = max((entry.number for entry in fwd.cache), default=0)
+    started = time.perf_counter()
+    logits = fwd.run(tokens)
+    seconds = time.perf_counter() - started
+    compiled_now = [entry.compile_seconds for entry in fwd.cache if entry.number > compiled_before]
+    compile_seconds = sum(compiled_now)
+    eager = model(graphgpt.Tensor(tokens)).data
+    difference = float(np.max(np.abs(logits - eager)))
+
+    if first:
+        if not args.quiet:
+            print(fwd.graph)
+            print()
+        counts = fwd.graph.op_counts()
+        print(f"GPT: vocab {args.vocab}, embed {args.embed}, {args.layers} layers, {args.heads} heads, "
+              f"{model.num_parameters():,} parameters")
+        print(f"graph: {len(fwd.graph.nodes)} nodes ({', '.join(f'{op} {n}' for op, n in sorted(counts.items()))})")
+    compiling = f"compiled in {compile_seconds * 1e3:.1f} ms; ran" if compiled_now else "ran (a compiled entry fits)"
+    print(f"{compiling} tokens {list(tokens.shape)} -> logits {list(logits.shape)} {logits.dtype} in "
+          f"{(seconds - compile_seconds) * 1e3:.1f} ms")
+    print(f"max |compiled - eager| = {difference:.3g}")
+    return bool(np.allclose(logits, eager, rtol=1e-5, atol=1e-5))
 
 
 def _train_options(args: argparse.Namespace):
@@ -319,6 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Compile a GPT, print its text IR, run the graph and check the result "
                                           "against eager (op by op) execution.")
     _add_model_arguments(run)
+    run.add_argument("--seq-lens", type=sequence_lengths, default=None,
+                     help=f"run the forward, compiled on first call, at these sequence lengths: {_lengths_wanted()} "
+                          f"separated by commas, such as 8,16,31 (default: --seq-len alone)")
+    run.add_argument("--explain", action="store_true",
+                     help="print a line for each recompile and, at the end, the cache of compiled signatures")
     run.add_argument("--quiet", action="store_true", help="do not print the IR")
     run.set_defaults(handler=command_run)
 
