@@ -20,9 +20,12 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 import numpy as np
 
 from graphgpt.ir import Graph, ShapeError, TensorType, verify
+from graphgpt.ir.dims import ShapeEnv, active_shape_env, shape_env
 from graphgpt.passes import infer_shapes
 from graphgpt.passes.program import Program, ProgramGraph, build_forward_program, build_training_program
+from graphgpt.passes.specialize import bind_sizes, describe_sizes
 
+from .dynamic import Specializations, dynamic_names, make_shape_env, symbolic_input_types
 from .guards import BindingGuard
 from .nn.module import Module
 from .optim import Optimizer
@@ -61,23 +64,32 @@ class Traced:
 
 
 def trace(function: Callable, *example_inputs, named_parameters: Optional[Iterable[tuple[str, Tensor]]] = None,
-          input_names: Optional[Sequence[str]] = None) -> Traced:
+          input_names: Optional[Sequence[str]] = None, input_types: Optional[Sequence[TensorType]] = None) -> Traced:
     """Trace `function` (a Module, or a callable taking Tensors) at the examples' shapes and dtypes.
 
     A Module's parameters and buffers become named graph parameters, read live at every run; pass
     `named_parameters` to name those of a plain function's closure instead (any other concrete tensor becomes a
-    constant)."""
+    constant). `input_types` overrides the examples' types (symbolic sizes: graphgpt/dynamic.py)."""
     if named_parameters is None:
         named_parameters = module_tensors(function)
     named = list(named_parameters)
     recorder = Trace(named)
     names = list(input_names) if input_names is not None else _input_names(function, len(example_inputs))
     inputs = []
-    for name, example in zip(names, example_inputs):
-        value = recorder.add_input(name, TensorType.of(_as_example(example)))
+    types = input_types or [TensorType.of(_as_example(example)) for example in example_inputs]
+    for name, type in zip(names, types):
+        value = recorder.add_input(name, type)
         inputs.append(Tensor._symbolic(value, recorder))
-    with tracing(recorder):
-        result = function(*inputs)
+    env = active_shape_env()
+    recording = env is not None and env.recording
+    if env is not None:
+        env.recording = True  # a symbolic trace records guards; the passes after it may only read them
+    try:
+        with tracing(recorder):
+            result = function(*inputs)
+    finally:
+        if env is not None:
+            env.recording = recording
     outputs = list(result) if isinstance(result, (tuple, list)) else [result]
     for position, output in enumerate(outputs):
         if not isinstance(output, Tensor):
@@ -86,7 +98,8 @@ def trace(function: Callable, *example_inputs, named_parameters: Optional[Iterab
     return Traced(recorder.finish(outputs), dict(named), isinstance(result, (tuple, list)))
 
 
-def trace_loss(model: Callable, example_inputs: Sequence, loss: Callable) -> Traced:
+def trace_loss(model: Callable, example_inputs: Sequence, loss: Callable,
+               input_types: Optional[Sequence[TensorType]] = None) -> Traced:
     """Trace loss(model(*inputs[:-1]), inputs[-1]): the graph of a training objective, targets last."""
     if len(example_inputs) < 2:
         raise TypeError("with loss=, pass the model's inputs and then the targets: "
@@ -96,7 +109,8 @@ def trace_loss(model: Callable, example_inputs: Sequence, loss: Callable) -> Tra
         return loss(model(*inputs[:-1]), inputs[-1])
 
     names = _input_names(model, len(example_inputs) - 1) + ["targets"]
-    traced = trace(model_and_loss, *example_inputs, named_parameters=module_tensors(model), input_names=names)
+    traced = trace(model_and_loss, *example_inputs, named_parameters=module_tensors(model), input_names=names,
+                   input_types=input_types)
     if traced.returns_tuple:
         raise TraceError("the loss function must return one scalar Tensor, not a tuple")
     return traced
@@ -136,6 +150,10 @@ class Compiled:
         self._num_results = program.result_count
         self.grads: dict[str, np.ndarray] = {}
         self._run_lock = threading.Lock()
+        # Traced with symbolic sizes: the guards the trace recorded (set by compile), and the program made for
+        # each concrete size on first use.
+        self.shape_env: Optional[ShapeEnv] = None
+        self.specializations = Specializations(program) if program.symbolic else None
 
     @property
     def graph(self) -> Graph:
@@ -158,7 +176,10 @@ class Compiled:
 
     @property
     def planned_bytes(self) -> int:
-        """Bytes of the buffers the schedules allocated once and reuse every run (all shards' together)."""
+        """Bytes of the buffers the schedules allocated once and reuse every run (all shards' together); for a
+        symbolic trace, those of the latest run's sizes."""
+        if self.specializations is not None:
+            return self.specializations.get(self._latest_sizes()).planned_bytes
         return self.program.planned_bytes
 
     @property
@@ -171,34 +192,41 @@ class Compiled:
         return "\n\n".join(f"# ---- {name} ----\n{graph}" for name, graph in self.graphs.items())
 
     def signature_mismatch(self, inputs) -> Optional[str]:
-        """None when run() takes these inputs as compiled; else why not, in one line: the input count, or which
-        input's type changed from what to what (`input 0 'tokens' changed i64[2,16] -> i64[2,17]`). A cache of
-        compiled signatures asks this to choose an entry and to explain a recompile."""
-        return self._mismatch(inputs)[1]
+        """None when run() takes these inputs as compiled; else why not, in one line: the input count, which
+        input's type changed from what to what (`input 0 'tokens' changed i64[2,16] -> i64[2,17]`), or which
+        guard of a symbolic trace these sizes fail. A cache of compiled signatures asks this to choose an entry
+        and to explain a recompile."""
+        return self._mismatch(inputs)[2]
 
-    def _mismatch(self, inputs) -> tuple[list[np.ndarray], Optional[str]]:
-        """The inputs as C-ordered arrays, and why they do not fit the compiled signature (None if they do)."""
+    def _mismatch(self, inputs) -> tuple[list[np.ndarray], dict[str, int], Optional[str]]:
+        """The inputs as C-ordered arrays, the sizes of a symbolic trace's symbols, and why the inputs do not fit
+        the compiled signature (None if they do)."""
+        arrays = [np.asarray(_as_example(data), order="C") for data in inputs]  # not ascontiguousarray: it
+        if self.program.symbolic:                                                # makes 0-d arrays 1-d
+            sizes, problem = bind_sizes(self.program.inputs, arrays)
+            failing = self.shape_env.failing_guard(sizes) if problem is None and self.shape_env else None
+            if failing is not None:
+                problem = (f"guard {failing} fails at {describe_sizes(sizes)}: the symbolic trace assumed it "
+                           f"(it held for the example)")
+            return arrays, sizes, problem
         expected = self.program.inputs
         if len(inputs) != len(expected):
             signature = ", ".join(f"{value.name}: {value.type}" for value in expected)
-            return [], f"compiled graph takes {len(expected)} input(s) ({signature}), got {len(inputs)}"
-        arrays = []
-        for position, (value, data) in enumerate(zip(expected, inputs)):
-            array = np.asarray(_as_example(data), order="C")  # not ascontiguousarray: it makes 0-d arrays 1-d
+            return [], {}, f"compiled graph takes {len(expected)} input(s) ({signature}), got {len(inputs)}"
+        for position, (value, array) in enumerate(zip(expected, arrays)):
             try:
                 got = str(TensorType.of(array))
             except ShapeError:
                 got = f"an array of dtype {array.dtype}"
             if got != str(value.type):
-                return arrays, f"input {position} {value.name!r} changed {value.type} -> {got}"
-            arrays.append(array)
-        return arrays, None
+                return arrays[:position], {}, f"input {position} {value.name!r} changed {value.type} -> {got}"
+        return arrays, {}, None
 
-    def _check_inputs(self, inputs) -> list[np.ndarray]:
-        arrays, mismatch = self._mismatch(inputs)
+    def _check_inputs(self, inputs) -> tuple[list[np.ndarray], dict[str, int]]:
+        arrays, sizes, mismatch = self._mismatch(inputs)
         if mismatch is None:
-            return arrays
-        if len(inputs) != len(self.program.inputs):
+            return arrays, sizes
+        if len(inputs) != len(self.program.inputs) or self.program.symbolic:
             raise InputError(mismatch)
         value = self.program.inputs[len(arrays)]
         got = mismatch.rpartition(" -> ")[2]
@@ -224,10 +252,11 @@ class Compiled:
         per-thread buffers: on the medium GPT's forward, two threads sharing one Compiled took 1.6-1.7 s for 6
         runs each, two Compileds (buffers of their own) 2.2-2.7 s (benchmarks/threads.py): BLAS already keeps
         both cores busy inside one run, and two runs at once oversubscribe them."""
-        arrays = self._check_inputs(inputs)
+        arrays, sizes = self._check_inputs(inputs)
         with self._run_lock:
             self._bound = self._guard.current(self._bound)
-            outputs = self.program.run(arrays, self._param_arrays())
+            program = self.specializations.get(sizes) if self.specializations else self.program
+            outputs = program.run(arrays, self._param_arrays())
             # Gradients stay in the schedule's buffers (valid until the next run, as torch's .grad is until the
             # next backward); what run() returns is copied, so a caller may keep it.
             self.grads = dict(zip(self.gradient_names, outputs[self._num_results:]))
@@ -238,8 +267,16 @@ class Compiled:
 
     def report(self) -> str:
         """Per graph that runs, a per-pass table: node count, FLOPs, memory and what each pass changed; then
-        how the step runs (and, for a split step, the whole-batch graph for study)."""
-        return self.program.describe()
+        how the step runs (and, for a split step, the whole-batch graph for study). A symbolic trace is
+        measured at the sizes of the latest run, and lists its guards."""
+        if self.specializations is None:
+            return self.program.describe()
+        guards = "; ".join(str(guard) for guard in self.shape_env.guards) or "none"
+        return (f"symbolic sizes {', '.join(self.shape_env.hints)}: one graph for every size passing the guards "
+                f"({guards})\n{self.program.describe(self._latest_sizes())}")
+
+    def _latest_sizes(self) -> dict[str, int]:
+        return self.specializations.latest_sizes(self.shape_env.hints)
 
     def _entry(self, name: Optional[str]) -> ProgramGraph:
         entries = {entry.name: entry for entry in (*self.program.graphs, self.program.whole)}
@@ -270,9 +307,16 @@ class Compiled:
 
     def memory_timeline(self, graph: Optional[str] = None):
         """Live bytes after each step of a schedule and the values holding the peak (see memory_timeline), for
-        the first graph that runs (a split step's shard graph, once per shard) or the graph named."""
+        the first graph that runs (a split step's shard graph, once per shard) or the graph named; for a
+        symbolic trace, at the sizes of the latest run."""
         from .memory_timeline import memory_timeline
 
+        if self.specializations is not None:
+            program = self.specializations.get(self._latest_sizes())
+            entry = next((entry for entry in program.graphs if graph in (None, entry.name)), None)
+            if entry is None:
+                raise ValueError(f"no graph {graph!r}; graphs: {', '.join(e.name for e in program.graphs)}")
+            return memory_timeline(entry.graph, entry.plan)
         entry = self._entry(graph)
         return memory_timeline(entry.graph, entry.plan)
 
@@ -281,7 +325,10 @@ class Compiled:
         and fused after) and an HTML index of node counts, FLOPs and planned memory; returns the index's path."""
         from .pass_diagrams import render_passes
 
-        return render_passes(self._entry(graph).stages, folder)
+        stages = self._entry(graph).stages
+        if self.specializations is not None:  # measured, and drawn, at the latest run's sizes
+            stages = [record.at(self._latest_sizes()) for record in stages]
+        return render_passes(stages, folder)
 
     def __repr__(self) -> str:
         signature = ", ".join(f"{value.name}: {value.type}" for value in self.program.inputs)
@@ -320,6 +367,11 @@ def compile(model: Optional[Callable] = None, *example_inputs, loss: Optional[Ca
     default splits into as many shards as there are cores when that is proved and the step is big enough to
     gain (MIN_SPLIT_FLOPS); 1 never splits. `compiled.split` says which, and why.
 
+    `dynamic` ("batch", "seq", both as a tuple, or True for both) traces those axes with symbolic sizes B (axis 0
+    of every input) and T (axis 1): one graph (`f32[B,T,64]`) then serves every size that passes the guards the
+    trace recorded (the model's `seq_len <= max_seq_len`), its memory plan and schedule made per size on first
+    use (graphgpt/dynamic.py).
+
     >>> fwd = graphgpt.compile(model, tokens)                                  # doctest: +SKIP
     >>> fwd.run(tokens).shape                                                  # doctest: +SKIP
     (2, 16, 65)
@@ -343,11 +395,32 @@ def compile(model: Optional[Callable] = None, *example_inputs, loss: Optional[Ca
             raise TypeError("an optimizer needs a loss: compile(model, inputs, targets, loss=..., optimizer=...)")
         if shards not in (None, 1):
             raise TypeError("shards splits a training step: compile(model, inputs, targets, loss=..., shards=...)")
-        traced = trace(model, *example_inputs)
+    names = dynamic_names(dynamic)
+    examples = [_as_example(example) for example in example_inputs]
+    if not names:
+        return _build(model, examples, None, loss, optimizer, passes, verify_each, check_numerics, shards, fast_math)
+    input_names = _input_names(model, len(examples) - (loss is not None)) + (["targets"] if loss else [])
+    types, hints = symbolic_input_types(examples, input_names, names)
+    env = make_shape_env(hints)
+    env.recording = False  # on while tracing (see trace)
+    with shape_env(env):
+        compiled = _build(model, examples, (names, types), loss, optimizer, passes, verify_each, check_numerics,
+                          shards, fast_math)
+    compiled.shape_env = env
+    return compiled
+
+
+def _build(model, examples, symbolic, loss, optimizer, passes, verify_each, check_numerics, shards,
+           fast_math) -> Compiled:
+    """compile()'s work once its options are checked; `symbolic`: (dynamic axis names, the inputs' symbolic
+    types), or None for the examples' own types."""
+    types = symbolic[1] if symbolic else None
+    if loss is None:
+        traced = trace(model, *examples, input_types=types)
         program = build_forward_program(infer_shapes(traced.graph), passes, verify_each, check_numerics, fast_math)
         return Compiled(program, traced.bindings, traced.returns_tuple, BindingGuard(model, program.param_names))
 
-    traced = trace_loss(model, example_inputs, loss)
+    traced = trace_loss(model, examples, loss, types)
     trainable = trainable_parameters(model)
     bindings = dict(traced.bindings)
     rule = None
@@ -355,11 +428,14 @@ def compile(model: Optional[Callable] = None, *example_inputs, loss: Optional[Ca
         optimizer.bind(trainable)
         rule = optimizer.update_rule()
         bindings.update(optimizer.state_tensors())
-    examples = [_as_example(example) for example in example_inputs]
 
     def trace_shard(shards: int) -> Graph:
-        pieces = [example[:example.shape[0] // shards] for example in examples]
-        return infer_shapes(trace_loss(model, pieces, loss).graph)
+        # A symbolic trace takes its sizes from the shape env: the pieces give only dtypes and ranks.
+        pieces = [example[:max(example.shape[0] // shards, 1 if symbolic else 0)] for example in examples]
+        piece_types = None
+        if symbolic:
+            piece_types = symbolic_input_types(pieces, [value.name for value in traced.graph.inputs], symbolic[0])[0]
+        return infer_shapes(trace_loss(model, pieces, loss, piece_types).graph)
 
     program = build_training_program(verify(infer_shapes(traced.graph)), [name for name, _ in trainable], rule,
                                      passes=passes, verify_each=verify_each, check_numerics=check_numerics,

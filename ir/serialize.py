@@ -33,7 +33,12 @@ def _provenance_to_json(provenance: Provenance) -> dict[str, Any]:
 
 
 def graph_to_json(graph: Graph) -> dict[str, Any]:
-    """A JSON-ready dict of the graph."""
+    """A JSON-ready dict of the graph. Graph files hold concrete sizes: a symbolic graph (f32[B,T,64]) assumes
+    guards its file would not carry, so it is saved specialised (passes/specialize.py)."""
+    symbolic = next((value for value in graph.values() if value.type.is_symbolic), None)
+    if symbolic is not None:
+        raise SerializationError(f"value {symbolic!r} has symbolic sizes; graph files hold concrete ones: save "
+                                 f"specialize_graph(graph, {{'B': ..., 'T': ...}}) (graphgpt.passes.specialize)")
 
     def declared(value: Value) -> dict[str, Any]:
         return {"id": value.id, "name": value.name, "type": str(value.type)}
@@ -107,6 +112,7 @@ def _type(text: str, where: str) -> TensorType:
         result = TensorType.parse(text)
     except (ShapeError, ValueError) as error:
         raise SerializationError(f"{where}: bad type {text!r:.80}: {error}") from None
+    _expect(not result.is_symbolic, f"{where}: type {text} has symbolic sizes; graph files hold concrete ones")
     # Only the spelling save_graph writes: int() would also take ' 2', '+2' and '1_0'.
     _expect(str(result) == text, f"{where}: bad type {text!r:.80}: expected it written as {result}")
     _expect(result.size <= MAX_VALUE_ELEMENTS, f"{where}: type {text} is absurdly large")

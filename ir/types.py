@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .dims import Dim, Size, parse_size
+from .dims import Dim, Size, parse_size, same_shape
 from .errors import ShapeError
 
 # The dtypes a graph may hold, with the short names the text IR prints.
@@ -77,6 +77,11 @@ class TensorType:
         """The type of a NumPy array (or anything np.asarray accepts)."""
         array = np.asarray(array)
         return cls(array.shape, array.dtype)
+
+    def same_as(self, other: "TensorType") -> bool:
+        """Equal for every size of the symbols (f32[B*T] and f32[T*B] are; f32[B] and f32[4] are not, whatever B
+        is): what the IR's checks ask, where `==` would guard on the example sizes (ir/dims.py)."""
+        return self.dtype == other.dtype and same_shape(self.shape, other.shape)
 
     @property
     def is_symbolic(self) -> bool:

@@ -60,7 +60,7 @@ def verify(graph: Graph) -> Graph:
             try:
                 attrs = op_def.check_attrs(node.attrs)
                 inferred = op_def.infer_type([value.type for value in node.inputs], attrs)
-                if inferred != node.output.type:
+                if not inferred.same_as(node.output.type):
                     problems.append(f"{where}: recorded type {node.output.type} but the {node.op} rule "
                                     f"infers {inferred}")
             except ShapeError as error:
@@ -82,7 +82,7 @@ def verify(graph: Graph) -> Graph:
         updated.add(parameter.id)
         if not is_defined(value):
             problems.append(f"update of {parameter.label}: new value {value.label} is not defined in the graph")
-        elif value.type != parameter.type:
+        elif not value.type.same_as(parameter.type):
             problems.append(f"update of {parameter.label}: new value {value.label} has type {value.type}, "
                             f"the parameter {parameter.type}")
     if problems:

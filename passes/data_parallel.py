@@ -314,10 +314,6 @@ def _shard_attribute(node: Node, name: str, value, proof: SplitProof):
     return (shard_extent(value[0], proof.shards),) + tuple(value[1:])
 
 
-def _same_type(a, b) -> bool:
-    return a.dtype == b.dtype and same_shape(a.shape, b.shape)
-
-
 def shard_mismatch(whole: Graph, shard: Graph, proof: SplitProof) -> Optional[str]:
     """None when `shard` (traced at 1/shards of the batch) is `whole`'s program at that batch size, else how
     they differ."""
@@ -331,7 +327,7 @@ def shard_mismatch(whole: Graph, shard: Graph, proof: SplitProof) -> Optional[st
         if proof.classes[big.id] == PER_EXAMPLE:
             expected = type(big.type)((shard_extent(big.type.shape[0], proof.shards),) + big.type.shape[1:],
                                       big.type.dtype)
-        if not _same_type(small.type, expected) or big.name != small.name:
+        if not small.type.same_as(expected) or big.name != small.name:
             return f"{big.label} is {small.type} at the shard's batch, expected {expected}"
     for big, small in zip(whole.nodes, shard.nodes):
         if big.op != small.op:

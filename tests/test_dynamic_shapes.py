@@ -208,3 +208,40 @@ def test_a_symbolic_batch_splits_where_it_divides_and_runs_whole_where_not(gpt):
         assert step.specializations.get({"B": batch, "T": length}).split.shards == shards
         for (name, mine), (_, theirs) in zip(gpt.named_parameters(), twin.named_parameters()):
             np.testing.assert_array_equal(mine.data, theirs.data, err_msg=name)
+
+
+def test_shape_inference_on_symbols_sums_products_and_reshape():
+    def program(x):  # x: (B, T, 8)
+        joined = x.concat(x, axis=1)                      # (B, 2*T, 8)
+        flat = joined.reshape(-1, 4)                      # (4*B*T, 4)
+        return flat.sum(0) + joined.reshape(x.shape[0], -1).mean(-1, keepdims=True).sum()
+
+    fwd = graphgpt.compile(program, np.ones((2, 3, 8), np.float32), dynamic=True)
+    text = str(fwd.graph)
+    assert "f32[B,2*T,8] = concat" in text and "f32[4*B*T,4] = reshape" in text
+    for batch, length in [(1, 1), (3, 5)]:
+        x = np.random.default_rng(length).standard_normal((batch, length, 8)).astype(np.float32)
+        np.testing.assert_array_equal(fwd(x), program(graphgpt.Tensor(x)).data)
+
+
+def test_the_verifier_checks_symbolic_types():
+    from graphgpt.ir import GraphBuilder, VerificationError, verify
+
+    builder = GraphBuilder()
+    x = builder.add_input("x", TensorType((B, T), "float32"))
+    y = builder.add_node("transpose", [x], {"perm": (1, 0)})
+    graph = builder.finish([y])
+    assert verify(graph) is graph and str(y.type) == "f32[T,B]"
+    y.type = TensorType((B, T), "float32")  # recorded unlike the rule infers
+    with pytest.raises(VerificationError, match=r"infers f32\[T,B\]"):
+        verify(graph)
+
+
+def test_graph_files_hold_concrete_sizes(gpt, tmp_path):
+    from graphgpt.ir import SerializationError, graph_from_json, graph_to_json
+
+    fwd = graphgpt.compile(gpt, tokens(2, 16), dynamic=True)
+    with pytest.raises(SerializationError, match="has symbolic sizes; graph files hold concrete ones"):
+        graph_to_json(fwd.graph)
+    concrete = specialize_graph(fwd.graph, {"B": 2, "T": 5})
+    assert str(graph_from_json(graph_to_json(concrete))) == str(concrete)

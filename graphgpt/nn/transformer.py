@@ -117,7 +117,7 @@ class GPT(Module):
             raise ValueError(f"GPT expects tokens of shape (batch, seq_len), got {list(tokens.shape)}")
         batch, seq_len = tokens.shape
         if seq_len > self.max_seq_len:
-            raise ValueError(f"sequence length {seq_len} is longer than max_seq_len {self.max_seq_len}")
+            raise ValueError(f"sequence length {int(seq_len)} is longer than max_seq_len {self.max_seq_len}")
         token_emb = self.token_embedding(tokens)  # (B, T, C)
         pos_emb = self.position_embedding(self.position_ids[:, :seq_len])  # (1, T, C)
         x = token_emb + pos_emb

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from ..dims import Dim, parse_size, substitute
+from ..dims import Dim, substitute
 from ..errors import ShapeError
 from ..types import SHORT_DTYPE_NAMES, canonical_dtype
 
@@ -96,7 +96,8 @@ class IntTupleAttr(AttrKind):
 
 
 class SizeAttr(AttrKind):
-    """One size: an integer, or a symbolic size (ir/dims.py), which JSON holds as its text ('B*T')."""
+    """One size: an integer, or a symbolic size (ir/dims.py). Graph files hold concrete sizes only (see
+    ir/serialize.py), so JSON holds an integer."""
 
     name = "size"
     carries_shape = True
@@ -104,11 +105,8 @@ class SizeAttr(AttrKind):
     def check(self, value):
         return value if isinstance(value, Dim) else INT.check(value)
 
-    def to_json(self, value):
-        return str(value) if isinstance(value, Dim) else value
-
-    def from_json(self, data):
-        return parse_size(data) if isinstance(data, str) else self.check(data)
+    def from_json(self, data):  # JSON holds no symbolic size: it would read as a string, not an integer
+        return INT.check(data)
 
     def substitute(self, value, sizes):
         return substitute(value, sizes)
@@ -126,12 +124,10 @@ class ShapeAttr(AttrKind):
         return tuple(SIZE.check(item) for item in value)
 
     def to_json(self, value):
-        return [SIZE.to_json(item) for item in value]
+        return list(value)
 
-    def from_json(self, data):
-        if not isinstance(data, (tuple, list)):
-            raise ShapeError(f"expected a list of sizes, got {data!r:.80}")
-        return tuple(SIZE.from_json(item) for item in data)
+    def from_json(self, data):  # a tuple of integers: JSON holds no symbolic size
+        return INTS.check(data)
 
     def substitute(self, value, sizes):
         return tuple(substitute(item, sizes) for item in value)
@@ -156,12 +152,7 @@ class SlicesAttr(AttrKind):
         return tuple(triples)
 
     def to_json(self, value):
-        return [[SIZE.to_json(part) for part in triple] for triple in value]
-
-    def from_json(self, data):
-        if not isinstance(data, (tuple, list)) or not all(isinstance(item, (tuple, list)) for item in data):
-            raise ShapeError(f"expected a list of (start, stop, step) triples, got {data!r:.80}")
-        return self.check([[SIZE.from_json(part) for part in item] if len(item) == 3 else item for item in data])
+        return [list(triple) for triple in value]
 
     def substitute(self, value, sizes):
         return tuple((substitute(start, sizes), substitute(stop, sizes), step) for start, stop, step in value)
