@@ -216,7 +216,7 @@ class LazyCompiled:
         if line is not None:
             explain(line)
         options = dict(self.options)
-        if dims:  # only then: compile() takes dynamic= only once symbolic sizes are implemented
+        if dims:
             options["dynamic"] = dynamic_option(dims)
         started = time.perf_counter()
         compiled = compiler.compile(self.model, *arrays, **options)
