@@ -21,10 +21,11 @@ import os
 import shlex
 import signal
 import sys
-import time
 from typing import Callable, Optional
 
 import numpy as np
+
+from .run_command import command_run
 
 
 class UsageError(SystemExit):
@@ -124,59 +125,6 @@ def sequence_lengths(text: str) -> tuple[int, ...]:
     if all(word.strip().isdigit() and _ranges()["seq_len"].accepts(int(word)) for word in words):
         return tuple(int(word) for word in words)
     raise argparse.ArgumentTypeError(f"expected {_lengths_wanted()} separated by commas, got {text!r}")
-
-
-def command_run(args: argparse.Namespace) -> int:
-    import graphgpt
-
-    lengths = args.seq_lens or (args.seq_len,)
-    graphgpt.manual_seed(args.seed)
-    model = graphgpt.nn.GPT(args.vocab, args.embed, args.layers, args.heads, max_seq_len=max(args.seq_len, *lengths))
-    rng = np.random.default_rng(args.seed)
-    previous = graphgpt.explain_recompiles(True) if args.explain else None
-    try:
-        fwd = graphgpt.compile(model)  # traced at the first call's tokens, again for each new signature
-        agree = all([_run_length(args, model, fwd, rng, length, first=index == 0)
-                     for index, length in enumerate(lengths)])
-        if args.explain:
-            print()
-            print(fwd.cache)
-    finally:
-        if args.explain:
-            graphgpt.explain_recompiles(previous)
-    if not agree:
-        print("error: the compiled graph disagrees with eager execution", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _run_length(args: argparse.Namespace, model, fwd, rng, length: int, first: bool) -> bool:
-    """Run the lazily compiled forward at one sequence length and check it against eager; True if they agree."""
-    import graphgpt
-
-    tokens = rng.integers(0, args.vocab, size=(args.batch, length))
-    compiled_before = max((entry.number for entry in fwd.cache), default=0)
-    started = time.perf_counter()
-    logits = fwd.run(tokens)
-    seconds = time.perf_counter() - started
-    compiled_now = [entry.compile_seconds for entry in fwd.cache if entry.number > compiled_before]
-    compile_seconds = sum(compiled_now)
-    eager = model(graphgpt.Tensor(tokens)).data
-    difference = float(np.max(np.abs(logits - eager)))
-
-    if first:
-        if not args.quiet:
-            print(fwd.graph)
-            print()
-        counts = fwd.graph.op_counts()
-        print(f"GPT: vocab {args.vocab}, embed {args.embed}, {args.layers} layers, {args.heads} heads, "
-              f"{model.num_parameters():,} parameters")
-        print(f"graph: {len(fwd.graph.nodes)} nodes ({', '.join(f'{op} {n}' for op, n in sorted(counts.items()))})")
-    compiling = f"compiled in {compile_seconds * 1e3:.1f} ms; ran" if compiled_now else "ran (a compiled entry fits)"
-    print(f"{compiling} tokens {list(tokens.shape)} -> logits {list(logits.shape)} {logits.dtype} in "
-          f"{(seconds - compile_seconds) * 1e3:.1f} ms")
-    print(f"max |compiled - eager| = {difference:.3g}")
-    return bool(np.allclose(logits, eager, rtol=1e-5, atol=1e-5))
 
 
 def _train_options(args: argparse.Namespace):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import graphgpt
+from graphgpt import compiler
 
 
 def make_gpt(vocab=17, embed=12, layers=2, heads=3, max_seq_len=16, seed=0):
@@ -25,3 +26,32 @@ def fuse_elementwise_at_any_size(graph):
     from graphgpt.passes.manager import PASSES
 
     return PASSES["fuse_elementwise"](graph, min_elements=1)
+
+
+@pytest.fixture
+def traces(monkeypatch):
+    """Counts traces: forward compiles call compiler.trace, training steps compiler.trace_loss (which calls trace)."""
+    counts = {"forward": 0, "training step": 0}
+    trace, trace_loss = compiler.trace, compiler.trace_loss
+
+    def counting_trace(*args, **kwargs):
+        counts["forward"] += 1
+        return trace(*args, **kwargs)
+
+    def counting_trace_loss(*args, **kwargs):
+        counts["training step"] += 1
+        counts["forward"] -= 1  # its inner trace() is not a forward
+        return trace_loss(*args, **kwargs)
+
+    monkeypatch.setattr(compiler, "trace", counting_trace)
+    monkeypatch.setattr(compiler, "trace_loss", counting_trace_loss)
+    return counts
+
+
+@pytest.fixture
+def recompile_explanations(monkeypatch):
+    """graphgpt.explain_recompiles, off for the test (no environment variable either) and put back after it."""
+    monkeypatch.delenv("GRAPHGPT_EXPLAIN_RECOMPILES", raising=False)
+    previous = graphgpt.explain_recompiles(None)
+    yield graphgpt.explain_recompiles
+    graphgpt.explain_recompiles(previous)

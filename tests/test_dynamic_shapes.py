@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 import graphgpt
-import graphgpt.compiler as compiler
 from graphgpt.ir import ShapeError, TensorType
 from graphgpt.ir.dims import (Dim, ShapeEnv, SymbolicShapeError, decide, exact_quotient, parse_size, same_shape,
                               shape_env)
@@ -32,34 +31,21 @@ def gpt():
     return GPT(vocab_size=65, embed_dim=32, num_layers=2, num_heads=4, max_seq_len=64)
 
 
-@pytest.fixture
-def count_traces(monkeypatch):
-    counts = {"traces": 0}
-    real = compiler.trace
-
-    def counted(*args, **kwargs):
-        counts["traces"] += 1
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(compiler, "trace", counted)
-    return counts
-
-
-def test_one_trace_serves_every_batch_and_length_as_eager(gpt, count_traces):
+def test_one_trace_serves_every_batch_and_length_as_eager(gpt, traces):
     fwd = graphgpt.compile(gpt, tokens(2, 16), dynamic=True)
     for batch, length in SIZES:
         example = tokens(batch, length)
         np.testing.assert_array_equal(fwd(example), gpt(graphgpt.Tensor(example)).data)
-    assert count_traces["traces"] == 1
+    assert traces == {"forward": 1, "training step": 0}
     assert "f32[B,T,32]" in str(fwd.graph) and "f32[T,T] = slice" in str(fwd.graph)
     assert [str(guard).split(" (")[0] for guard in fwd.shape_env.guards] == ["T <= 64"]
 
 
-def test_static_compiles_trace_once_per_signature(gpt, count_traces):
+def test_static_compiles_trace_once_per_signature(gpt, traces):
     for batch, length in SIZES:
         example = tokens(batch, length)
         np.testing.assert_array_equal(graphgpt.compile(gpt, example)(example), gpt(graphgpt.Tensor(example)).data)
-    assert count_traces["traces"] == len(SIZES)
+    assert traces == {"forward": len(SIZES), "training step": 0}
 
 
 def test_dynamic_seq_only_keeps_the_batch_fixed(gpt):
@@ -81,7 +67,7 @@ def test_a_size_past_a_guard_is_refused_in_one_line(gpt):
         fwd(tokens(2, 16), tokens(2, 16))
 
 
-def test_dynamic_training_step_equals_a_static_one_at_every_size(gpt, count_traces):
+def test_dynamic_training_step_equals_a_static_one_at_every_size(gpt, traces):
     twin = copy.deepcopy(gpt)
     step = graphgpt.compile(gpt, tokens(2, 16), tokens(2, 16, seed=1), loss=F.cross_entropy,
                             optimizer=graphgpt.optim.Adam(lr=1e-3), dynamic=True)
@@ -92,7 +78,7 @@ def test_dynamic_training_step_equals_a_static_one_at_every_size(gpt, count_trac
         assert float(step(inputs, targets)) == float(static(inputs, targets))
         for (name, mine), (_, theirs) in zip(gpt.named_parameters(), twin.named_parameters()):
             np.testing.assert_array_equal(mine.data, theirs.data, err_msg=name)
-    assert count_traces["traces"] == 1 + 4  # the dynamic step once, the static twin per size
+    assert traces == {"forward": 0, "training step": 1 + 4}  # the dynamic step once, the static twin per size
     assert "reciprocal_size[dtype=float32,size=B*T]" in str(step.graph).replace(" ", "") or \
         "reciprocal_size" in str(step.graph)
 

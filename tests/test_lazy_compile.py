@@ -12,7 +12,6 @@ import pytest
 
 import graphgpt
 from graphgpt import compiler
-from graphgpt.cli import main
 from graphgpt.nn import functional as F
 
 VOCAB = 65
@@ -32,32 +31,8 @@ def eager(model, data):
 
 
 @pytest.fixture(autouse=True)
-def quiet_by_default(monkeypatch):
-    """Each test starts with the explanations off (no environment variable) and leaves the setting as found."""
-    monkeypatch.delenv("GRAPHGPT_EXPLAIN_RECOMPILES", raising=False)
-    previous = graphgpt.explain_recompiles(None)
-    yield
-    graphgpt.explain_recompiles(previous)
-
-
-@pytest.fixture
-def traces(monkeypatch):
-    """Counts traces: forward compiles call compiler.trace, training steps compiler.trace_loss (which calls trace)."""
-    counts = {"forward": 0, "training step": 0}
-    trace, trace_loss = compiler.trace, compiler.trace_loss
-
-    def counting_trace(*args, **kwargs):
-        counts["forward"] += 1
-        return trace(*args, **kwargs)
-
-    def counting_trace_loss(*args, **kwargs):
-        counts["training step"] += 1
-        counts["forward"] -= 1  # its inner trace() is not a forward
-        return trace_loss(*args, **kwargs)
-
-    monkeypatch.setattr(compiler, "trace", counting_trace)
-    monkeypatch.setattr(compiler, "trace_loss", counting_trace_loss)
-    return counts
+def quiet_by_default(recompile_explanations):
+    """Each test starts with the explanations off and leaves the setting as found."""
 
 
 def stderr_lines(capsys) -> list[str]:
@@ -426,32 +401,3 @@ def test_wrong_inputs_give_one_line_errors(traces):
         step(data)
     with pytest.raises(graphgpt.InputError, match=r"cannot take 2 input\(s\) \(the last input of a training step"):
         step(data, data, data)
-
-
-# ---- the command line ---------------------------------------------------------------------------------------------
-
-RUN = ["run", "--quiet", "--layers", "1", "--embed", "16", "--heads", "2", "--seq-len", "8", "--batch", "2"]
-
-
-def test_cli_run_explain_prints_the_cache(capsys):
-    assert main([*RUN, "--seq-lens", "4,8,4", "--explain"]) == 0
-    captured = capsys.readouterr()
-    assert captured.out.count("max |compiled - eager| = 0") == 3
-    assert "compile cache:" in captured.out and "tokens: i64[2,4]" in captured.out
-    assert "graphgpt: recompiling forward: input 0 'tokens' changed i64[2,4] -> i64[2,8]" in captured.err
-    assert graphgpt.explain_recompiles(None) is None  # the command put the setting back
-    assert main(RUN) == 0
-    assert "compile cache:" not in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("value,says", [
-    ("0", "argument --seq-lens: expected whole numbers from 1 to 65536 separated by commas, got '0'"),
-    ("8,x", "argument --seq-lens: expected whole numbers from 1 to 65536 separated by commas, got '8,x'"),
-    ("", "argument --seq-lens: expected whole numbers from 1 to 65536 separated by commas, got ''"),
-])
-def test_cli_run_refuses_bad_sequence_lengths_in_one_line(capsys, value, says):
-    with pytest.raises(SystemExit) as refused:
-        main([*RUN, "--seq-lens", value])
-    assert refused.value.code == 2
-    (line,) = capsys.readouterr().err.splitlines()
-    assert line == f"graphgpt run: error: {says}"

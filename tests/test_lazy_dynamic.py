@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 import graphgpt
-from graphgpt import compiler
 from graphgpt.nn import functional as F
 
 VOCAB = 65
@@ -23,30 +22,8 @@ def tokens(batch, seq_len, seed=0):
 
 
 @pytest.fixture(autouse=True)
-def explained(monkeypatch):
-    monkeypatch.delenv("GRAPHGPT_EXPLAIN_RECOMPILES", raising=False)
-    previous = graphgpt.explain_recompiles(True)
-    yield
-    graphgpt.explain_recompiles(previous)
-
-
-@pytest.fixture
-def traces(monkeypatch):
-    counts = {"forward": 0, "training step": 0}
-    trace, trace_loss = compiler.trace, compiler.trace_loss
-
-    def counting_trace(*args, **kwargs):
-        counts["forward"] += 1
-        return trace(*args, **kwargs)
-
-    def counting_trace_loss(*args, **kwargs):
-        counts["training step"] += 1
-        counts["forward"] -= 1
-        return trace_loss(*args, **kwargs)
-
-    monkeypatch.setattr(compiler, "trace", counting_trace)
-    monkeypatch.setattr(compiler, "trace_loss", counting_trace_loss)
-    return counts
+def explained(recompile_explanations):
+    recompile_explanations(True)
 
 
 def test_dynamic_true_serves_every_batch_and_length_with_one_trace(traces, capsys):
