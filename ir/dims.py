@@ -18,6 +18,8 @@ torch.compile's dynamic shapes do.
 
 from __future__ import annotations
 
+import functools
+import math
 import operator
 import os
 import re
@@ -44,11 +46,12 @@ _NEGATED = {"==": "!=", "!=": "==", "<": ">=", "<=": ">", ">": "<=", ">=": "<"}
 class Dim:
     """An integer polynomial over symbols: `terms` maps each monomial to its non-zero coefficient."""
 
-    __slots__ = ("terms", "_hash")
+    __slots__ = ("terms", "key", "_hash")
 
     def __init__(self, terms: Mapping[Monomial, int]):
         self.terms = dict(sorted(terms.items(), key=lambda item: (-len(item[0]), item[0])))
-        self._hash = hash(tuple(self.terms.items()))
+        self.key = tuple(self.terms.items())  # what it is, as plain tuples: equal keys, equal polynomials
+        self._hash = hash(self.key)
 
     @staticmethod
     def symbol(name: str) -> "Dim":
@@ -206,6 +209,35 @@ def is_symbolic(value) -> bool:
     return isinstance(value, Dim)
 
 
+class _ShapeKey:
+    """A shape compared and hashed by what it is (Dim.key), never by Dim.__eq__, which may ask for a guard."""
+
+    __slots__ = ("shape", "key")
+
+    def __init__(self, shape: tuple):
+        self.shape = shape
+        self.key = tuple(dim.key if isinstance(dim, Dim) else dim for dim in shape)
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other) -> bool:
+        return self.key == other.key
+
+
+@functools.lru_cache(maxsize=4096)
+def _symbolic_product(shape: _ShapeKey) -> Size:
+    return math.prod(shape.shape)
+
+
+def shape_size(shape: tuple) -> Size:
+    """The element count of a shape: a polynomial for a symbolic one, remembered, since a compile makes tens of
+    thousands of types over a few shapes and multiplying polynomials is slow."""
+    if any(isinstance(dim, Dim) for dim in shape):
+        return _symbolic_product(_ShapeKey(shape))
+    return math.prod(shape)
+
+
 def has_symbols(value) -> bool:
     """Whether a size, or a (nested) tuple or list of them such as a slice's bounds, holds a symbolic size."""
     if isinstance(value, (tuple, list)):
@@ -233,8 +265,9 @@ def slice_length(start: Size, stop: Size, step: int) -> Size:
 def same_size(a, b) -> bool:
     """Whether two sizes are equal for every size of their symbols: B*T and T*B are; B and 1 are not, though B
     may be 1. Code of the IR asks this, not `==` (which would guard on the example sizes)."""
-    difference = as_size(a) - as_size(b)
-    return not isinstance(difference, Dim) and difference == 0
+    if isinstance(a, Dim) or isinstance(b, Dim):  # a polynomial always has a symbol: never a number
+        return isinstance(a, Dim) and isinstance(b, Dim) and a.key == b.key
+    return as_size(a) == as_size(b)
 
 
 def same_shape(a, b) -> bool:
@@ -391,6 +424,8 @@ def example_value(size: Size) -> int:
 def decide(left, op: str, right) -> bool:
     """The answer to `left op right` for every size, or a guarded one (see the module docstring)."""
     left, right = as_size(left), as_size(right)
+    if isinstance(left, Dim) and isinstance(right, Dim) and left.key == right.key:
+        return _COMPARISONS[op](0, 0)
     difference = left - right
     if not isinstance(difference, Dim):
         return _COMPARISONS[op](difference, 0)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .dims import Dim, Size, parse_size, same_shape
+from .dims import Dim, Size, parse_size, same_shape, shape_size
 from .errors import ShapeError
 
 # The dtypes a graph may hold, with the short names the text IR prints.
@@ -56,8 +56,6 @@ class TensorType:
 
     shape: tuple[Size, ...]
     dtype: str
-    # Derived once: types are made and asked for their size tens of thousands of times per compile.
-    size: int = field(init=False, repr=False, compare=False)
     itemsize: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -69,8 +67,13 @@ class TensorType:
                 raise ShapeError(f"shape {shape} must hold non-negative integers")
         object.__setattr__(self, "shape", tuple(dim if isinstance(dim, Dim) else int(dim) for dim in shape))
         object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
-        object.__setattr__(self, "size", math.prod(self.shape))
         object.__setattr__(self, "itemsize", ITEMSIZES[self.dtype])
+
+    @functools.cached_property
+    def size(self) -> Size:
+        """The element count: derived once, when first asked (types are made, and asked for their size, tens of
+        thousands of times per compile; a symbolic one's is a product of polynomials)."""
+        return shape_size(self.shape)
 
     @classmethod
     def of(cls, array) -> "TensorType":
