@@ -103,15 +103,22 @@ class Trace:
         self._values_by_tensor_id: dict[int, Value] = {}
         self._keep_alive: list[object] = []  # ids must not be recycled while the trace maps them
         self._parameter_names: dict[int, str] = {}
+        self._tensors_by_param_value: dict[int, object] = {}
         for name, parameter in named_parameters:
             value = self.builder.add_param(name, parameter.type)
             self._remember(parameter, value)
             self._parameter_names[id(parameter)] = name
+            self._tensors_by_param_value[value.id] = parameter
 
     def parameter_name(self, tensor) -> Optional[str]:
         """The graph parameter name of `tensor` if it is one of this trace's parameters, else None. Its value is
         not part of the graph (each run reads the tensor's current value), so Python must not read it here."""
         return self._parameter_names.get(id(tensor))
+
+    def bound_tensor(self, value: Value):
+        """The tensor a graph parameter `value` of this trace stands for (None for any other value): for checks that
+        may look at its current value without freezing it into the graph (an attention mask's convention)."""
+        return self._tensors_by_param_value.get(value.id)
 
     def _remember(self, tensor, value: Value) -> None:
         self._values_by_tensor_id[id(tensor)] = value

@@ -1,10 +1,13 @@
-"""Functions over tensors (torch.nn.functional's role). Each is one op; they accept Tensors or array-likes."""
+"""Functions over tensors (torch.nn.functional's role). Most are one op; they accept Tensors or array-likes."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from ..tensor import Tensor, as_tensor
+from .masks import checked_mask
 
 
 def softmax(x, axis: int = -1) -> Tensor:
@@ -43,6 +46,33 @@ def where(condition, if_true, if_false) -> Tensor:
 
 def causal_mask(seq_len: int, dtype="float32") -> Tensor:
     """(seq_len, seq_len) additive mask: 0 on and below the diagonal, -inf above, so position t attends to
-    positions <= t only (the seed's np.triu(ones * -inf, k=1))."""
+    positions <= t only (the seed's np.triu(ones * -inf, k=1)). The GPT's own convention; for the course's
+    True = may attend one, see create_causal_mask."""
     future = np.triu(np.ones((seq_len, seq_len), dtype=bool), k=1)
     return Tensor(np.where(future, -np.inf, 0.0).astype(dtype))
+
+
+def create_causal_mask(seq_len: int) -> Tensor:
+    """(seq_len, seq_len) bool mask, True on and below the diagonal: True = may attend, the TinyTorch course's
+    convention (its np.tril(np.ones(...)) as bool, which scaled_dot_product_attention tells apart by dtype)."""
+    return Tensor(np.tril(np.ones((seq_len, seq_len), dtype=bool)))
+
+
+def scaled_dot_product_attention(q, k, v, mask=None, return_weights: bool = False):
+    """softmax(q @ k^T / sqrt(head_dim) + mask) @ v over the last two axes, leading axes batched.
+
+    `mask` (broadcast against the (..., T_q, T_k) scores) is either bool, True = may attend (the course's and
+    torch's convention), or float, added to the scores (0 / -inf, or any finite bias: graphgpt's causal_mask). A
+    float mask of only 0s and 1s is refused, as it would mask nothing; graphgpt/nn/masks.py says what is checked
+    eagerly and what while tracing. A query row with every key masked attends to nothing and gives zeros.
+    Returns the output, or (output, attention weights) with return_weights=True (the course's function returns
+    both).
+    """
+    q, k, v = as_tensor(q), as_tensor(k), as_tensor(v)
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+    if mask is not None:
+        mask = checked_mask(mask, scores.dtype)
+        scores = mask.where(scores, -math.inf) if mask.dtype == "bool" else scores + mask
+    weights = softmax(scores, axis=-1)
+    output = weights @ v
+    return (output, weights) if return_weights else output

@@ -4,7 +4,6 @@ carries a module path a TinyTorch student recognises (`blocks.0.attention.q_proj
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import numpy as np
@@ -53,15 +52,18 @@ class MultiHeadAttention(Module):
         return x.reshape(batch, seq_len, self.num_heads, self.head_dim).permute(0, 2, 1, 3)  # (B, H, T, hd)
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        """`mask`: bool (True = may attend) or additive float (0 / -inf), see F.scaled_dot_product_attention;
+        (T, T), or (B, T, T) as the course passes it (given a head axis here), or (B, H, T, T)."""
         batch, seq_len, embed_dim = x.shape
         q = self._split_heads(self.q_proj(x))
         k = self._split_heads(self.k_proj(x))
         v = self._split_heads(self.v_proj(x))
-        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))  # (B, H, T, T)
         if mask is not None:
-            scores = scores + mask  # -inf above the diagonal: no position sees its future
-        weights = F.softmax(scores, axis=-1)
-        out = (weights @ v).permute(0, 2, 1, 3).reshape(batch, seq_len, embed_dim)  # heads back side by side
+            mask = as_tensor(mask)
+            if mask.ndim == 3:  # one mask per sequence, shared by the heads
+                mask = mask.reshape(mask.shape[0], 1, mask.shape[1], mask.shape[2])
+        out = F.scaled_dot_product_attention(q, k, v, mask)  # (B, H, T, hd)
+        out = out.permute(0, 2, 1, 3).reshape(batch, seq_len, embed_dim)  # heads back side by side
         return self.out_proj(out)
 
 
