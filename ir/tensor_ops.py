@@ -125,6 +125,8 @@ class TensorOps:
     def tanh(self): return self._apply("tanh", (self,))
     def sqrt(self): return self._apply("sqrt", (self,))
     def gelu(self): return self._apply("gelu", (self,))
+    def relu(self): return self._apply("relu", (self,))
+    def sigmoid(self): return self._apply("sigmoid", (self,))
 
     def astype(self, dtype):
         return self._apply("cast", (self,), {"dtype": dtype})
@@ -188,6 +190,11 @@ class TensorOps:
     def scatter_add(self, indices, num_rows: int):
         """A (num_rows, dim) table adding each row of self at its index (the gradient of embedding)."""
         return self._apply("scatter_add", (self, self._operand(indices)), {"num_rows": num_rows})
+
+    def dropout_mask(self, shape, p: float, dtype="float32"):
+        """With self an int64 scalar key: a `shape` mask of 0 (probability p) and 1 / (1 - p), seeded by the key."""
+        return self._apply("dropout_mask", (self,), {"shape": tuple(as_size(d) for d in shape), "p": float(p),
+                                                     "dtype": dtype})
 
     def one_hot(self, num_classes: int, dtype="float32"):
         """These integer indices as one-hot rows along a new last axis."""

@@ -104,12 +104,13 @@ def test_reshape_layout_copies_where_numpy_must():
 
 # Every (op, attribute) restating a shape or per-axis extents of the op's values. Why these and no others:
 #   reshape.shape, broadcast_to.shape, unslice.shape   the output's shape;
-#   slice.slices, unslice.slices                       per-axis bounds: their extents are a value's shape.
+#   slice.slices, unslice.slices                       per-axis bounds: their extents are a value's shape;
+#   dropout_mask.shape                                 the output's shape (the mask of an activation).
 # Not shape-carrying, on purpose: transpose.perm and reductions' axes (axis numbers, the same at any size);
 # scatter_add.num_rows and one_hot.num_classes (sizes of a new axis the op creates, a table's rows or a class
 # count: they come from the model, not from the shapes of the op's inputs, so a smaller batch keeps them).
 SHAPE_CARRYING = {("reshape", "shape"), ("broadcast_to", "shape"), ("unslice", "shape"),
-                  ("slice", "slices"), ("unslice", "slices"), ("reciprocal_size", "size")}
+                  ("slice", "slices"), ("unslice", "slices"), ("reciprocal_size", "size"), ("dropout_mask", "shape")}
 
 
 def test_shape_carrying_attributes_are_the_listed_ones():
@@ -149,6 +150,8 @@ DATA_PARALLEL_REFUSED = {
     "scatter_add": "the gradient of embedding: made by autodiff, never traced in a forward graph",
     "layer_norm_grad": "a backward kernel, made by autodiff only",
     "layer_norm_gamma_grad": "a backward kernel, made by autodiff only",
+    "dropout_mask": "draws the whole batch's mask from one key: a shard's draw at its own shape is not the whole "
+                    "batch's rows (and Dropout advances the key by a graph update, which a split step refuses)",
 }
 
 

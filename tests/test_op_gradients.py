@@ -34,6 +34,8 @@ CASES = {  # op -> list of (inputs, attrs)
     "tanh": [([normal(2, 3)], {})],
     "sqrt": [([positive(2, 3)], {})],
     "gelu": [([normal(3, 4) * 2], {})],
+    "relu": [([distinct(2, 3) - 0.25], {})],  # no 0: relu has no derivative there
+    "sigmoid": [([normal(2, 3) * 4], {})],
     "add": [([normal(2, 3), normal(3)], {}), ([normal(2, 1, 3), normal(4, 1)], {})],
     "sub": [([normal(2, 3), normal(2, 1)], {})],
     "mul": [([normal(2, 3), normal(1, 3)], {}), ([normal(2, 3), normal()], {})],
@@ -62,9 +64,9 @@ CASES = {  # op -> list of (inputs, attrs)
     # tanh(x * b) + x, with x read twice and b broadcast
     "fused_elementwise": [([normal(2, 3), normal(3)], {"program": (("mul", (0, 1)), ("tanh", (2,)), ("add", (3, 0)))})],
 }
-# Results that carry no gradient: bool comparisons, one-hot of integers, constants.
+# Results that carry no gradient: bool comparisons, one-hot of integers, constants, a random mask of a key.
 NO_GRADIENT = {"less", "less_equal", "greater", "greater_equal", "equal", "not_equal", "one_hot", "constant",
-               "reciprocal_size"}
+               "reciprocal_size", "dropout_mask"}
 # Backward kernels have no rule (no second derivatives); the gelu and layer_norm rows above check them.
 BACKWARD_KERNELS = {"gelu_grad", "layer_norm_grad", "layer_norm_gamma_grad"}
 

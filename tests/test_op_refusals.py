@@ -101,9 +101,14 @@ BAD_INPUTS = [  # op, input types, (valid) attrs, what the message must say
     ("fused_elementwise", "f32[2] f32[3]", {"program": (("add", (0, 1)),)},
      r"add: shapes \[2\] and \[3\] do not broadcast"),
     ("fused_elementwise", "i64[2]", {"program": (("exp", (0,)),)}, r"exp: expected a floating-point input"),
+    ("dropout_mask", "i64[2]", {"shape": (2,), "p": 0.5, "dtype": "float32"}, r"key must be an int64 scalar"),
+    ("dropout_mask", "i32[]", {"shape": (2,), "p": 0.5, "dtype": "float32"}, r"key must be an int64 scalar"),
+    ("dropout_mask", "i64[]", {"shape": (2,), "p": 1.0, "dtype": "float32"}, r"p must be at least 0 and below 1"),
+    ("dropout_mask", "i64[]", {"shape": (2,), "p": -0.1, "dtype": "float32"}, r"p must be at least 0 and below 1"),
+    ("dropout_mask", "i64[]", {"shape": (2,), "p": 0.5, "dtype": "int64"}, r"expected a floating-point"),
 ]
 BAD_INPUTS += [(op, "i64[2]", {}, r"expected a floating-point input, got i64\[2\]")
-               for op in ("exp", "log", "tanh", "sqrt", "gelu")]
+               for op in ("exp", "log", "tanh", "sqrt", "gelu", "relu", "sigmoid")]
 
 
 @pytest.mark.parametrize("op,inputs,attrs,message", BAD_INPUTS,

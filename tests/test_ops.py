@@ -209,6 +209,10 @@ for _op, _ref, _inputs in [
     ("tanh", np.tanh, [f32(2, 3), f64(4)]),
     ("sqrt", np.sqrt, [f32(3, 4, **POSITIVE), f64(**POSITIVE)]),
     ("gelu", gelu64, [f32(3, 5, low=-4, high=4), f64(4, low=-4, high=4), f32()]),
+    ("relu", lambda x: np.where(x > 0, x, 0.0), [f32(2, 3), f64(4), f32()]),
+    # tanh form of the logistic function: exact and without overflow, unlike the kernel's select of exp(-|x|)
+    ("sigmoid", lambda x: 0.5 * (1.0 + np.tanh(0.5 * x)), [f32(3, 5, low=-100, high=100), f64(4, low=-800, high=800),
+                                                          f64(2, 3)]),
 ]:
     CASES += [case(_op, x, ref=_ref) for x in _inputs]
 
@@ -318,6 +322,13 @@ CASES += [
     case("cross_entropy", f32(2, 3, 6, low=-20, high=20), i64(2, 3, low=0, high=6), ref=cross_entropy64),
     case("cross_entropy", f64(4, 5), i32(4, low=0, high=5), ref=cross_entropy64),
     case("cross_entropy", f32(5), i64(low=0, high=5), ref=cross_entropy64),
+
+    # The keep mask is a uniform draw from the key's generator at or above p, scaled by 1 / (1 - p).
+    *[case("dropout_mask", i64(low=0, high=1 << 40), shape=shape, p=p, dtype=dtype,
+           ref=lambda key, shape, p, dtype: np.where(np.random.default_rng(int(key)).random(shape) < p, 0.0,
+                                                     1.0 / (1.0 - p)))
+      for shape, p, dtype in [((3, 4), 0.25, "float32"), ((2, 3, 5), 0.5, "float64"), ((), 0.0, "float32"),
+                              ((4, 0), 0.5, "float32")]],
 
     case("concat", f32(2, 3), f32(2, 1), f32(2, 2), axis=1, ref=concat64),
     case("concat", i64(1, 3), i64(2, 3), axis=0, ref=concat64),

@@ -1,5 +1,6 @@
 """Composite ops of the GPT: softmax, log_softmax, layer_norm and cross_entropy, each one node with a
-numerically stable NumPy implementation (a decomposition into primitives can be a pass)."""
+numerically stable NumPy implementation (a decomposition into primitives can be a pass); and dropout_mask, the
+seeded random mask of Dropout."""
 
 from __future__ import annotations
 
@@ -139,3 +140,26 @@ def _cross_entropy_vjp(g, out, logits, targets):
 define_op("cross_entropy", kind=OpKind.OPAQUE, arity=2, infer=_infer_cross_entropy,
           compute_into=_cross_entropy_into, vjp=_cross_entropy_vjp, cost=lambda out, logits, targets: 5 * logits.size,
           doc="cross_entropy(logits, targets): mean negative log-likelihood over all positions")
+
+
+def _infer_dropout_mask(key: TensorType, shape, p: float, dtype: str) -> TensorType:
+    if key.shape != () or key.dtype != "int64":
+        raise ShapeError(f"the key must be an int64 scalar, got {key}")
+    if not 0.0 <= p < 1.0:
+        raise ShapeError(f"p must be at least 0 and below 1, got {p}")
+    result = TensorType(shape, dtype)
+    require_float(result)
+    return result
+
+
+def _dropout_mask(key: np.ndarray, shape, p: float, dtype: str) -> np.ndarray:
+    """0 where an element is dropped (probability p), 1 / (1 - p) where it is kept, drawn from
+    np.random.default_rng(key): the same key and shape give the same mask, eagerly and in any compiled run."""
+    keep = np.random.default_rng(int(key)).random(shape) >= p
+    return np.where(keep, 1.0 / (1.0 - p), 0.0).astype(dtype)
+
+
+define_op("dropout_mask", kind=OpKind.OPAQUE, arity=1, attrs={"shape": A.SHAPE, "p": A.FLOAT, "dtype": A.DTYPE},
+          infer=_infer_dropout_mask, compute=_dropout_mask, vjp=lambda g, out, key, shape, p, dtype: (None,),
+          cost=lambda out, key, shape, p, dtype: 2 * out.size,  # draw, select
+          doc="dropout_mask(key): 0 with probability p, else 1 / (1 - p), drawn from a generator seeded by key")

@@ -173,3 +173,27 @@ define_op("gelu", kind=OpKind.ELEMENTWISE, arity=1, infer=_float_unary, compute_
           vjp=lambda g, out, x: (lambda: g.gelu_grad(x),),
           cost=lambda out, x: 9 * out.size,  # three multiplies for the cube, tanh, and five more around it
           doc="GELU, tanh approximation (as in the TinyTorch seed)")
+
+
+def _relu_into(out: np.ndarray, x: np.ndarray) -> None:
+    np.maximum(x, 0, out=out)  # NaN stays NaN, as torch's relu keeps it
+
+
+# Gradient 0 at x == 0, as torch's (maximum(x, 0) would split a tie into halves).
+define_op("relu", kind=OpKind.ELEMENTWISE, arity=1, infer=_float_unary,
+          compute=lambda x: np.maximum(x, x.dtype.type(0)), compute_into=_relu_into, inplace=True,
+          vjp=lambda g, out, x: (lambda: (x > 0.0).where(g, 0.0),),
+          doc="max(x, 0), with gradient 0 at 0")
+
+
+def _sigmoid_into(out: np.ndarray, x: np.ndarray) -> None:
+    """1 / (1 + exp(-x)) without overflow: with e = exp(-|x|) in (0, 1], 1 / (1 + e) for x >= 0 and e / (1 + e)
+    below, so exp never sees a large positive argument (out must not be x: x is read after e is made)."""
+    e = np.exp(-np.abs(x))
+    np.divide(np.where(x >= 0, 1, e), e + 1, out=out)
+
+
+define_op("sigmoid", kind=OpKind.ELEMENTWISE, arity=1, infer=_float_unary, compute_into=_sigmoid_into,
+          vjp=lambda g, out, x: (lambda: g * (out * (1.0 - out)),),
+          cost=lambda out, x: 5 * out.size,  # abs, exp, select, add, divide
+          doc="logistic sigmoid 1 / (1 + exp(-x)), computed without overflow")
