@@ -20,7 +20,8 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 import numpy as np
 
 from graphgpt.ir import Graph, ShapeError, TensorType, verify
-from graphgpt.ir.dims import ShapeEnv, active_shape_env, shape_env
+from graphgpt.ir.dims import active_shape_env
+from graphgpt.ir.shape_env import ShapeEnv, shape_env
 from graphgpt.passes import infer_shapes
 from graphgpt.passes.program import Program, ProgramGraph, build_forward_program, build_training_program
 from graphgpt.passes.specialize import bind_sizes, describe_sizes

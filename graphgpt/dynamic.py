@@ -16,7 +16,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from graphgpt.ir import TensorType
-from graphgpt.ir.dims import Dim, ShapeEnv
+from graphgpt.ir.dims import Dim
+from graphgpt.ir.shape_env import ShapeEnv
 from graphgpt.passes.program import Program
 
 from .tracing import _is_internal, user_source_location

@@ -6,13 +6,13 @@ A `Dim` never stands for a plain number: arithmetic whose result has no symbol l
 symbol is a size of at least 1. A question about sizes (`T <= 64`, `B == 1`) is answered without guessing:
 
   - when it holds for every size (`0 <= T`, `B*T == T*B`) or for none, that is the answer;
-  - otherwise, while a `ShapeEnv` is active (a symbolic trace and the passes over its graph), the answer is the
-    one the example sizes give, recorded as a *guard* (`T <= 64`, at the user's source line): the graph is only
-    ever used for sizes that pass every guard, and other sizes get a graph of their own;
+  - otherwise, while a `ShapeEnv` (ir/shape_env.py) is active (a symbolic trace and the passes over its graph),
+    the answer is the one the example sizes give, recorded as a *guard* (`T <= 64`, at the user's source line):
+    the graph is only ever used for sizes that pass every guard, and other sizes get a graph of their own;
   - outside a ShapeEnv, it is refused with a SymbolicShapeError naming the question.
 
 Code of the IR and of the passes must not need a number for a symbol: `int(T)` there is refused. In the user's
-model code (`np.arange(T)`), `int(T)` specialises: it returns the example size and guards `T == 16`, as
+model code (`np.arange(int(T))`), `int(T)` specialises: it returns the example size and guards `T == 16`, as
 torch.compile's dynamic shapes do.
 """
 
@@ -25,7 +25,7 @@ import os
 import re
 import sys
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Callable, Mapping, Optional, Union
 
 from .errors import ShapeError
@@ -38,9 +38,9 @@ class SymbolicShapeError(ShapeError):
     """A question about symbolic sizes that has no one answer for every size, asked where none may be guessed."""
 
 
-_COMPARISONS: dict[str, Callable[[int, int], bool]] = {
-    "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
-_NEGATED = {"==": "!=", "!=": "==", "<": ">=", "<=": ">", ">": "<=", ">=": "<"}
+COMPARISONS: Mapping[str, Callable[[int, int], bool]] = MappingProxyType({
+    "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge})
+NEGATED: Mapping[str, str] = MappingProxyType({"==": "!=", "!=": "==", "<": ">=", "<=": ">", ">": "<=", ">=": "<"})
 
 
 class Dim:
@@ -332,82 +332,16 @@ def parse_size(text: str) -> Size:
     return total
 
 
-# ---- guards ---------------------------------------------------------------------------------------------------
+# ---- the active shape env (ir/shape_env.py): who answers the questions asked in this thread -----------------
+
+# A ShapeEnv, or None outside a symbolic compile. Set by ir/shape_env.py's `shape_env`; read here, duck-typed
+# (hints, answer, allows_specialising), so that this module does not import the one that imports it.
+ACTIVE_SHAPE_ENV: ContextVar = ContextVar("graphgpt_shape_env", default=None)
 
 
-@dataclass(frozen=True)
-class Guard:
-    """An answer taken from the example sizes: `left op right` held there, and the graph assumes it."""
-
-    left: Size
-    op: str
-    right: Size
-    where: str = ""
-
-    def holds(self, sizes: Mapping[str, int]) -> bool:
-        return _COMPARISONS[self.op](substitute(self.left, sizes), substitute(self.right, sizes))
-
-    def __str__(self) -> str:
-        return f"{self.left} {self.op} {self.right}" + (f" ({self.where})" if self.where else "")
-
-
-@dataclass
-class ShapeEnv:
-    """The symbols of one symbolic trace, the example sizes that answer its questions, and the guards recorded.
-
-    `locate()` says where the question was asked (the user's source line); `allows_specialising(filename)` says
-    whether code in that file may turn a symbol into its example number (model code may; the IR and passes must
-    not)."""
-
-    hints: dict[str, int]
-    locate: Callable[[], str] = lambda: ""
-    allows_specialising: Callable[[str], bool] = lambda filename: True
-    guards: list[Guard] = field(default_factory=list)
-
-    recording: bool = True  # False once traced: the passes may use the guards, not add to them
-
-    def answer(self, left: Size, op: str, right: Size) -> bool:
-        known = self._known(left, op, right)
-        if known is not None:
-            return known
-        if not self.recording:
-            raise SymbolicShapeError(f"cannot decide {left} {op} {right}: it holds for some sizes and not for "
-                                     f"others, and only the trace may add a guard (this code must not ask)")
-        outcome = _COMPARISONS[op](substitute(left, self.hints), substitute(right, self.hints))
-        self.guards.append(Guard(left, op if outcome else _NEGATED[op], right, self.locate()))
-        return outcome
-
-    def _known(self, left: Size, op: str, right: Size) -> Optional[bool]:
-        """The answer a guard already gives to this very question (or to its negation), if any."""
-        question = (str(left), str(right))
-        for guard in self.guards:
-            if (str(guard.left), str(guard.right)) == question and guard.op in (op, _NEGATED[op]):
-                return guard.op == op
-        return None
-
-    def failing_guard(self, sizes: Mapping[str, int]) -> Optional[Guard]:
-        return next((guard for guard in self.guards if not guard.holds(sizes)), None)
-
-
-_active_env: ContextVar[Optional[ShapeEnv]] = ContextVar("graphgpt_shape_env", default=None)
-
-
-class shape_env:
-    """`with shape_env(env):` makes `env` answer the size questions asked in this thread (or task)."""
-
-    def __init__(self, env: ShapeEnv):
-        self.env = env
-
-    def __enter__(self) -> ShapeEnv:
-        self._token = _active_env.set(self.env)
-        return self.env
-
-    def __exit__(self, *exc) -> None:
-        _active_env.reset(self._token)
-
-
-def active_shape_env() -> Optional[ShapeEnv]:
-    return _active_env.get()
+def active_shape_env():
+    """The ShapeEnv answering this thread's size questions (ir/shape_env.py), or None."""
+    return ACTIVE_SHAPE_ENV.get()
 
 
 def example_value(size: Size) -> int:
@@ -415,7 +349,7 @@ def example_value(size: Size) -> int:
     it computes (whether a chain is big enough to fuse): no guard is needed, either choice is right."""
     if not isinstance(size, Dim):
         return size
-    env = _active_env.get()
+    env = ACTIVE_SHAPE_ENV.get()
     if env is None:
         raise SymbolicShapeError(f"the symbolic size {size} has no example value outside a symbolic compile")
     return substitute(size, env.hints)
@@ -425,14 +359,14 @@ def decide(left, op: str, right) -> bool:
     """The answer to `left op right` for every size, or a guarded one (see the module docstring)."""
     left, right = as_size(left), as_size(right)
     if isinstance(left, Dim) and isinstance(right, Dim) and left.key == right.key:
-        return _COMPARISONS[op](0, 0)
+        return COMPARISONS[op](0, 0)
     difference = left - right
     if not isinstance(difference, Dim):
-        return _COMPARISONS[op](difference, 0)
+        return COMPARISONS[op](difference, 0)
     low, high = difference.bounds()
     for answer_for_all in _answers_from_bounds(op, low, high):
         return answer_for_all
-    env = _active_env.get()
+    env = ACTIVE_SHAPE_ENV.get()
     if env is None:
         raise SymbolicShapeError(f"cannot decide {left} {op} {right}: it holds for some sizes of "
                                  f"{', '.join(sorted(difference.symbols))} and not for others")
@@ -471,7 +405,7 @@ def _asking_frame():
 
 def _specialise(dim: Dim) -> int:
     """int(dim): in model code, the example size under a guard; in the IR and passes, refused."""
-    env = _active_env.get()
+    env = ACTIVE_SHAPE_ENV.get()
     frame = _asking_frame()
     caller = os.path.abspath(frame.f_code.co_filename) if frame is not None else ""
     if env is None or caller.startswith(_LIBRARY_DIRS) or not env.allows_specialising(caller):

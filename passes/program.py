@@ -21,7 +21,8 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 
 from graphgpt.ir import Graph, GraphBuilder, TensorType, Value, verify
-from graphgpt.ir.dims import Guard, active_shape_env, is_symbolic, shape_env, substitute
+from graphgpt.ir.dims import active_shape_env, is_symbolic, substitute
+from graphgpt.ir.shape_env import Guard, shape_env
 
 from .analysis import graph_flops
 from .autodiff import append_backward

@@ -11,8 +11,8 @@ import pytest
 
 import graphgpt
 from graphgpt.ir import ShapeError, TensorType
-from graphgpt.ir.dims import (Dim, ShapeEnv, SymbolicShapeError, decide, exact_quotient, parse_size, same_shape,
-                              shape_env)
+from graphgpt.ir.dims import Dim, SymbolicShapeError, decide, exact_quotient, parse_size, same_shape
+from graphgpt.ir.shape_env import ShapeEnv, shape_env
 from graphgpt.nn import GPT
 from graphgpt.nn import functional as F
 from graphgpt.passes.specialize import specialize_graph
