@@ -37,7 +37,7 @@ def dynamic_names(dynamic) -> tuple[str, ...]:
     names = (dynamic,) if isinstance(dynamic, str) else tuple(dynamic)
     unknown = [name for name in names if name not in DYNAMIC_AXES]
     if unknown or not names:
-        raise ValueError(f"dynamic= takes True, False, None or names from {list(DYNAMIC_AXES)} "
+        raise ValueError(f"dynamic= takes None (automatic), False, True or names from {list(DYNAMIC_AXES)} "
                          f"(batch: axis 0 of every input, seq: axis 1), got {dynamic!r}")
     return tuple(dict.fromkeys(names))
 

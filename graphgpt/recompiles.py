@@ -29,9 +29,11 @@ import threading
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from .dynamic import DYNAMIC_AXES, dynamic_names
+
 ENVIRONMENT_VARIABLE = "GRAPHGPT_EXPLAIN_RECOMPILES"
 DEFAULT_CACHE_SIZE_LIMIT = 8  # entries per lazily compiled model, as torch.compile's cache_size_limit
-AXES = ("batch", "seq")  # the names `dynamic=` takes: axis 0 and axis 1 of every input
+AXES = tuple(DYNAMIC_AXES)  # the names `dynamic=` takes: axis 0 and axis 1 of every input
 
 
 class _ExplainSetting:
@@ -140,17 +142,10 @@ def symbolic_axes(compiled) -> tuple[str, ...]:
 
 def normalize_dynamic(dynamic) -> Optional[tuple[str, ...]]:
     """`dynamic=` as the axis names every compile marks: None stays None (automatic: static first, then dynamic in
-    the axes that changed), False is (), True both names; a name or a sequence of names, in AXES' order."""
+    the axes that changed); otherwise as compile reads it (graphgpt/dynamic.py), in AXES' order."""
     if dynamic is None:
         return None
-    if dynamic is False:
-        return ()
-    if dynamic is True:
-        return AXES
-    names = (dynamic,) if isinstance(dynamic, str) else tuple(dynamic) if isinstance(dynamic, (tuple, list)) else ()
-    if not names or any(name not in AXES for name in names):
-        raise ValueError(f"dynamic= takes None (automatic), False, True, \"batch\", \"seq\" or (\"batch\", \"seq\"), "
-                         f"got {dynamic!r}")
+    names = dynamic_names(dynamic)
     return tuple(name for name in AXES if name in names)
 
 

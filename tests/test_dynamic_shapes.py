@@ -111,7 +111,7 @@ def test_threads_running_several_sizes_get_their_own_answers(gpt):
 
 
 def test_bad_dynamic_options_are_refused(gpt):
-    with pytest.raises(ValueError, match="dynamic= takes True, False, None or names from"):
+    with pytest.raises(ValueError, match=r"dynamic= takes None \(automatic\), False, True or names from"):
         graphgpt.compile(gpt, tokens(2, 16), dynamic="time")
     with pytest.raises(ValueError, match="no input has that axis"):
         graphgpt.compile(lambda x: x * 2.0, np.ones(3, np.float32), dynamic="seq")
