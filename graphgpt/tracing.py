@@ -104,6 +104,7 @@ class Trace:
         self._keep_alive: list[object] = []  # ids must not be recycled while the trace maps them
         self._parameter_names: dict[int, str] = {}
         self._tensors_by_param_value: dict[int, object] = {}
+        self._updates: dict[int, tuple[Value, Value]] = {}  # id(tensor) -> (its parameter, its value after a run)
         for name, parameter in named_parameters:
             value = self.builder.add_param(name, parameter.type)
             self._remember(parameter, value)
@@ -119,6 +120,21 @@ class Trace:
         """The tensor a graph parameter `value` of this trace stands for (None for any other value): for checks that
         may look at its current value without freezing it into the graph (an attention mask's convention)."""
         return self._tensors_by_param_value.get(value.id)
+
+    def record_update(self, tensor, new_tensor) -> None:
+        """Write `new_tensor`'s value into `tensor`, one of this trace's parameters or buffers, after every run of
+        the graph (a graph update, as an optimizer step writes its weights): state a module advances per call,
+        such as Dropout's random key. Later reads in this trace see the new value (latest_value)."""
+        name = self.parameter_name(tensor)
+        if name is None:
+            raise TraceError("a compiled graph can advance only the parameters and buffers of the model it "
+                             "compiles; this tensor is neither (compile the Module that holds it)")
+        self._updates[id(tensor)] = (self._values_by_tensor_id[id(tensor)], self.value_of(new_tensor))
+
+    def latest_value(self, tensor) -> Optional[Value]:
+        """The value record_update last gave `tensor` in this trace, or None if it was not updated."""
+        update = self._updates.get(id(tensor))
+        return None if update is None else update[1]
 
     def _remember(self, tensor, value: Value) -> None:
         self._values_by_tensor_id[id(tensor)] = value
@@ -145,7 +161,7 @@ class Trace:
         return self.builder.add_node(op, values, attrs, current_provenance())
 
     def finish(self, outputs: list) -> ir.Graph:
-        return self.builder.finish([self.value_of(tensor) for tensor in outputs])
+        return self.builder.finish([self.value_of(tensor) for tensor in outputs], list(self._updates.values()))
 
 
 # The innermost active trace of this thread or task; leaving it resets the variable to the one it was entered in.

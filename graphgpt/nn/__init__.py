@@ -1,11 +1,17 @@
-"""graphgpt.nn: Module and the layers of a GPT, written like TinyTorch's (and run eagerly or traced)."""
+"""graphgpt.nn: Module and the layers of a GPT, written like TinyTorch's (and run eagerly or traced); the
+activations, losses, Dropout, PositionalEncoding and CharTokenizer the course's code reaches for."""
 
 from . import functional
+from .activations import GELU, BCELoss, CrossEntropyLoss, MSELoss, ReLU, Sigmoid, Softmax
+from .dropout import Dropout
 from .functional import create_causal_mask, scaled_dot_product_attention
-from .layers import Embedding, LayerNorm, Linear
+from .layers import Embedding, LayerNorm, Linear, PositionalEncoding
 from .module import Module
+from .tokenizer import CharTokenizer
 from .transformer import GPT, MLP, MultiHeadAttention, TransformerBlock
 from ..tensor import Parameter
 
-__all__ = ["GPT", "MLP", "Embedding", "LayerNorm", "Linear", "Module", "MultiHeadAttention", "Parameter",
-           "TransformerBlock", "create_causal_mask", "functional", "scaled_dot_product_attention"]
+__all__ = ["BCELoss", "CharTokenizer", "CrossEntropyLoss", "Dropout", "Embedding", "GELU", "GPT", "LayerNorm",
+           "Linear", "MLP", "MSELoss", "Module", "MultiHeadAttention", "Parameter", "PositionalEncoding", "ReLU",
+           "Sigmoid", "Softmax", "TransformerBlock", "create_causal_mask", "functional",
+           "scaled_dot_product_attention"]

@@ -23,6 +23,31 @@ def gelu(x) -> Tensor:
     return as_tensor(x).gelu()
 
 
+def relu(x) -> Tensor:
+    """max(x, 0); its gradient is 0 at 0, as torch's."""
+    return as_tensor(x).relu()
+
+
+def sigmoid(x) -> Tensor:
+    """1 / (1 + exp(-x)), computed without overflow for large |x|."""
+    return as_tensor(x).sigmoid()
+
+
+def mse_loss(prediction, target) -> Tensor:
+    """Mean over all elements of (prediction - target)^2 (torch's reduction='mean')."""
+    difference = as_tensor(prediction) - target
+    return (difference * difference).mean()
+
+
+def binary_cross_entropy(probability, target) -> Tensor:
+    """Mean of -(t log p + (1 - t) log(1 - p)) for probabilities p in [0, 1]; each log is clamped at -100, as
+    torch's, so a p of exactly 0 or 1 gives a finite loss."""
+    probability, target = as_tensor(probability), as_tensor(target)
+    log_p = probability.log().maximum(-100.0)
+    log_not_p = (1.0 - probability).log().maximum(-100.0)
+    return -(log_p * target + log_not_p * (1.0 - target)).mean()
+
+
 def layer_norm(x, gamma, beta, eps: float = 1e-5) -> Tensor:
     return as_tensor(x).layer_norm(gamma, beta, eps)
 

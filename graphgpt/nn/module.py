@@ -17,6 +17,10 @@ from ..tracing import module_scope
 class Module:
     """Subclass it, set Parameters and sub-Modules as attributes in __init__, and write forward()."""
 
+    # torch's flag: True in training mode (Dropout drops), False in evaluation mode (train(False) / eval()). A class
+    # attribute, so subclasses need not call Module.__init__; train() sets it per module only where it changes.
+    training = True
+
     def __call__(self, *args, **kwargs):
         with module_scope(self):
             return self.forward(*args, **kwargs)
@@ -61,6 +65,20 @@ class Module:
 
     def parameters(self) -> list[Parameter]:
         return [parameter for _, parameter in self.named_parameters()]
+
+    def train(self, mode: bool = True) -> "Module":
+        """Set training mode on this module and every sub-module (torch's Module.train); returns self.
+
+        A model compiled in one mode refuses to run after the mode changes (ModelChangedError: the graph was traced
+        with or without Dropout's masks); compile it again."""
+        for _, module in self.named_modules():
+            if module.training != mode:  # unchanged modes leave the module's attributes, so its guards, as they are
+                module.training = bool(mode)
+        return self
+
+    def eval(self) -> "Module":
+        """Evaluation mode (train(False)): Dropout passes its input through unchanged."""
+        return self.train(False)
 
     def zero_grad(self) -> None:
         """Forget the gradients eager backward() accumulated in every parameter's .grad."""

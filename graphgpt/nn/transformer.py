@@ -128,3 +128,32 @@ class GPT(Module):
             x = block(x, mask)
         x = self.ln_f(x)
         return self.lm_head(x)  # (B, T, vocab_size)
+
+    def generate(self, prompt_tokens, max_new_tokens: int = 50, temperature: float = 1.0,
+                 top_k: Optional[int] = None, seed: Optional[int] = None) -> Tensor:
+        """The course's signature: `prompt_tokens` (batch, T) (or one sequence (T,)) followed by max_new_tokens
+        sampled tokens each, as an int64 Tensor of the same rank. Each step divides the last logits by
+        `temperature`, keeps the `top_k` largest (None: all), and draws from the softmax; `seed` fixes the draws
+        (None: drawn from graphgpt's generator, so graphgpt.manual_seed fixes them too). Runs eagerly through
+        graphgpt.training.sampling.sample, one sequence at a time."""
+        from .. import random
+        from ..training.corpus import Vocabulary
+        from ..training.sampling import sample
+
+        prompt = np.asarray(prompt_tokens.data if isinstance(prompt_tokens, Tensor) else prompt_tokens)
+        rows = prompt.reshape(1, -1) if prompt.ndim == 1 else prompt
+        if rows.ndim != 2 or rows.dtype.kind not in "iu":
+            raise ValueError(f"generate expects integer prompt tokens of shape (batch, T) or (T,), got "
+                             f"{prompt.dtype} {list(prompt.shape)}")
+        if rows.size and (rows.min() < 0 or rows.max() >= self.vocab_size):
+            raise ValueError(f"prompt tokens must lie in 0..{self.vocab_size - 1}, got values from {rows.min()} "
+                             f"to {rows.max()}")
+        if seed is None:
+            seed = int(random._generator().integers(0, 1 << 62))
+        # The sampler works on text: each token id stands as the character of that code point.
+        characters = Vocabulary([chr(token) for token in range(self.vocab_size)])
+        generated = [[ord(character) for character in sample(
+            self, characters, characters.decode(row), max_new_tokens, temperature, top_k or 0, seed + index)]
+            for index, row in enumerate(rows)]
+        result = np.array(generated, dtype=np.int64)
+        return Tensor(result.reshape(-1) if prompt.ndim == 1 else result)
