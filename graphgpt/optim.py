@@ -5,6 +5,10 @@ SGD (momentum, Nesterov, L2 weight decay), Adam and AdamW follow torch.optim's s
 correction, L2 (Adam) or decoupled (AdamW) weight decay. Optional global-norm gradient clipping, as
 torch.nn.utils.clip_grad_norm_, runs before the update.
 
+A learning-rate schedule (warmup, cosine decay) sets `optimizer.lr_scale` before each step: the rate used is
+lr * lr_scale. The scale is a state tensor ('optimizer.lr_scale') that a compiled step reads at every run, so it
+changes per step without recompiling, while lr, a constant of the compiled update, stays the run's peak rate.
+
     opt = graphgpt.optim.Adam(model.named_parameters(), lr=3e-4)
     loss.backward(); opt.step(); opt.zero_grad()
 """
@@ -35,13 +39,16 @@ class Optimizer:
     """Base class: holds hyperparameters and state; subclasses define `slots` and `update_parameter`."""
 
     slots: tuple[str, ...] = ()  # per-parameter state tensors, e.g. ("exp_avg", "exp_avg_sq")
+    # State a schedule sets before each step rather than state the update carries forward: state_dict() leaves
+    # it out (the schedule is a function of the saved step), so checkpoints hold what they always held.
+    scheduled = ("lr_scale",)
 
     def __init__(self, params: Union[None, Iterable] = None, *, lr: float, clip_grad_norm: Optional[float] = None):
         self.lr = hyperparameter("learning rate", lr, positive=True)
         self.clip_grad_norm = (None if clip_grad_norm is None
                                else hyperparameter("clip_grad_norm", clip_grad_norm, positive=True))
         self.named_params: list[tuple[str, Parameter]] = []
-        self.state: dict[str, Tensor] = {}
+        self.state: dict[str, Tensor] = {"lr_scale": Tensor(np.ones((), np.float32))}
         if params is not None:
             self.bind(params)
 
@@ -55,6 +62,8 @@ class Optimizer:
             raise ValueError("the optimizer was given no parameters")
         self.named_params = named
         dtype = named[0][1].dtype
+        if self.state["lr_scale"].dtype != dtype:  # a float64 model: its update reads a float64 scale
+            self.state["lr_scale"] = Tensor(self.state["lr_scale"].data.astype(dtype))
         self.state.setdefault("step", Tensor(np.zeros((), dtype)))
         for name, parameter in named:
             for slot in self.slots:
@@ -65,9 +74,20 @@ class Optimizer:
     def hyperparameters(self) -> dict:
         return {"lr": self.lr, "clip_grad_norm": self.clip_grad_norm}
 
+    @property
+    def lr_scale(self) -> float:
+        """The factor of lr the next step uses (1.0 unless a schedule set it)."""
+        return float(self.state["lr_scale"].data)
+
+    @lr_scale.setter
+    def lr_scale(self, value: float) -> None:
+        # Written in place: a compiled step holds this very tensor and reads it at its next run.
+        self.state["lr_scale"].data[...] = hyperparameter("lr_scale", value)
+
     # ---- the math, written once -----------------------------------------------------------------------------
-    def update_parameter(self, parameter, gradient, state: dict, step):
-        """New value of one parameter and of its state slots, given its gradient and the new step count."""
+    def update_parameter(self, parameter, gradient, state: dict, step, lr):
+        """New value of one parameter and of its state slots, given its gradient, the new step count and the
+        learning rate of this step (lr * lr_scale, a handle)."""
         raise NotImplementedError
 
     def update(self, names: Sequence[str], parameters: Sequence, gradients: Sequence,
@@ -82,11 +102,12 @@ class Optimizer:
             scale = (coefficient < 1.0).where(coefficient, 1.0)
             gradients = [g * scale for g in gradients]
         step = state["step"] + 1.0
+        lr = state["lr_scale"] * self.lr
         new_state = {"step": step}
         new_parameters = []
         for name, parameter, gradient in zip(names, parameters, gradients):
             slots = {slot: state[f"{slot}.{name}"] for slot in self.slots}
-            new_parameter, new_slots = self.update_parameter(parameter, gradient, slots, step)
+            new_parameter, new_slots = self.update_parameter(parameter, gradient, slots, step, lr)
             new_parameters.append(new_parameter)
             new_state.update({f"{slot}.{name}": value for slot, value in new_slots.items()})
         return new_parameters, new_state
@@ -127,9 +148,11 @@ class Optimizer:
 
     # ---- saving and restoring ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """{'type', 'hyperparameters', 'state': name -> array}; arrays are copies."""
+        """{'type', 'hyperparameters', 'state': name -> array}; arrays are copies. The scheduled lr_scale is
+        left out: whoever schedules sets it again before the next step."""
         return {"type": type(self).__name__, "hyperparameters": dict(self.hyperparameters),
-                "state": {name: tensor.data.copy() for name, tensor in self.state.items()}}
+                "state": {name: tensor.data.copy() for name, tensor in self.state.items()
+                          if name not in self.scheduled}}
 
     def load_state_dict(self, saved: dict) -> None:
         """Restore state saved by state_dict(); refuses (changing nothing) a different optimizer type or
@@ -137,7 +160,7 @@ class Optimizer:
         if saved.get("type") != type(self).__name__:
             raise ValueError(f"cannot load {saved.get('type')!r} optimizer state into {type(self).__name__}")
         state = saved.get("state", {})
-        missing = sorted(set(self.state) - set(state))
+        missing = sorted(set(self.state) - set(state) - set(self.scheduled))
         unexpected = sorted(set(state) - set(self.state))
         mismatched = [f"{name}: expected {list(self.state[name].shape)}, got {list(np.shape(state[name]))}"
                       for name in self.state if name in state and np.shape(state[name]) != self.state[name].shape]
@@ -145,7 +168,8 @@ class Optimizer:
             raise ValueError(f"cannot load optimizer state: missing {missing}, unexpected {unexpected}, "
                              f"mismatched {mismatched}")
         for name, tensor in self.state.items():
-            tensor.data[...] = np.asarray(state[name], dtype=tensor.dtype)
+            if name in state:
+                tensor.data[...] = np.asarray(state[name], dtype=tensor.dtype)
 
 
 class SGD(Optimizer):
@@ -167,14 +191,14 @@ class SGD(Optimizer):
         return {**super().hyperparameters, "momentum": self.momentum, "nesterov": self.nesterov,
                 "weight_decay": self.weight_decay}
 
-    def update_parameter(self, parameter, gradient, state, step):
+    def update_parameter(self, parameter, gradient, state, step, lr):
         direction = gradient + parameter * self.weight_decay if self.weight_decay else gradient
         if not self.momentum:
-            return parameter - direction * self.lr, {}
+            return parameter - direction * lr, {}
         # A zero-initialised buffer makes the first step's buffer equal the gradient, as torch's does.
         buffer = state["momentum_buffer"] * self.momentum + direction
         direction = direction + buffer * self.momentum if self.nesterov else buffer
-        return parameter - direction * self.lr, {"momentum_buffer": buffer}
+        return parameter - direction * lr, {"momentum_buffer": buffer}
 
 
 class Adam(Optimizer):
@@ -200,10 +224,10 @@ class Adam(Optimizer):
         return {**super().hyperparameters, "betas": list(self.betas), "eps": self.eps,
                 "weight_decay": self.weight_decay}
 
-    def update_parameter(self, parameter, gradient, state, step):
+    def update_parameter(self, parameter, gradient, state, step, lr):
         beta1, beta2 = self.betas
         if self.weight_decay and self.decoupled_weight_decay:
-            parameter = parameter * (1.0 - self.lr * self.weight_decay)
+            parameter = parameter * (1.0 - lr * self.weight_decay)
         elif self.weight_decay:
             gradient = gradient + parameter * self.weight_decay
         exp_avg = state["exp_avg"] * beta1 + gradient * (1.0 - beta1)
@@ -211,7 +235,7 @@ class Adam(Optimizer):
         bias_correction1 = 1.0 - beta1 ** step
         bias_correction2 = 1.0 - beta2 ** step
         denominator = exp_avg_sq.sqrt() / bias_correction2.sqrt() + self.eps
-        new_parameter = parameter - exp_avg / denominator * (self.lr / bias_correction1)
+        new_parameter = parameter - exp_avg / denominator * (lr / bias_correction1)
         return new_parameter, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
 
 
