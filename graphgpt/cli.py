@@ -5,6 +5,9 @@
     graphgpt train [--data FILE --steps N ...]  train a character-level GPT with the compiled train step
     graphgpt generate --prompt TEXT             sample from a checkpoint
 
+`train` and `generate` also read their options from `--config FILE` (TOML, training/config_file.py); flags given
+on the command line override the file's values.
+
 Every argument is checked before anything runs or is written: a value out of range (`--lr nan`, `--length -5`,
 `--vocab 0`) or a combination that cannot work (`--shards 3 --batch 4`) is refused in one line,
 `graphgpt <command>: error: ...`, with exit status 2, as argparse refuses an unknown option. Errors met while
@@ -63,6 +66,7 @@ def number_in(accepted) -> Callable[[str], object]:
             raise argparse.ArgumentTypeError(f"expected {accepted.describe()}, got {text!r}")
         return value
 
+    parse.accepted = accepted  # a config file's values are checked against the same range (config_file.py)
     return parse
 
 
@@ -88,11 +92,12 @@ def _ranges() -> dict:
             "top_k": NumberRange(int, 0)}
 
 
-def _add_number(parser, flag: str, name: str, default, help_text: str, default_text: str = "%(default)s") -> None:
+def _add_number(parser, flag: str, name: str, default, help_text: str, default_text: str = "%(default)s",
+                aliases: tuple[str, ...] = ()) -> None:
     """An option taking one number in the range of `name`; its help says the range and the default (the value,
     or `default_text` when the default is to decide later)."""
     accepted = _ranges()[name]
-    parser.add_argument(flag, dest=name, type=number_in(accepted), default=default,
+    parser.add_argument(flag, *aliases, dest=name, type=number_in(accepted), default=default,
                         help=f"{help_text}, {accepted.describe()} (default {default_text})")
 
 
@@ -134,6 +139,42 @@ def _train_options(args: argparse.Namespace):
                            if name != "progress"}, progress=not args.no_progress)
 
 
+def _check_train_arguments(args: argparse.Namespace) -> Optional[str]:
+    """What the options together do not allow (--lr-min above --lr, --embed not divisible by --heads, ...)."""
+    from .training.corpus import DataError
+    from .training.options import validate_options
+
+    try:
+        validate_options(_train_options(args))
+    except DataError as error:
+        return str(error)
+    return None
+
+
+def _add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, type=non_empty("a file name"), metavar="FILE",
+                        help="a TOML file setting any of these options by its long name with underscores "
+                             "(seq_len = 128, clip_grad_norm = 0.5, best = true); options given on the command "
+                             "line override it (default: none)")
+
+
+def _parse(argv) -> argparse.Namespace:
+    """The arguments of `argv`, over the values of the --config file if one is given (checked in full first:
+    a bad key or value is refused as a bad argument is)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None) is None:
+        return args
+    from .training.config_file import ConfigError, read_config
+
+    try:
+        values = read_config(args.config, args.command_parser)
+    except ConfigError as error:
+        args.refuse(str(error))
+    args.command_parser.set_defaults(**values)
+    return parser.parse_args(argv)
+
+
 def resume_command(options) -> str:
     """The command that continues a run of `options`: `graphgpt train --resume` with every option it was given
     that a resumed run does not take from its checkpoint (the data, batch shape, steps, folder, ...)."""
@@ -146,7 +187,7 @@ def resume_command(options) -> str:
         value = getattr(options, name)
         if name in (*RESUMED_SETTINGS, "resume", "progress") or value == getattr(defaults, name):
             continue
-        words += [option_flag(name), shlex.quote(str(value))]
+        words += [option_flag(name)] if value is True else [option_flag(name), shlex.quote(str(value))]
     return " ".join(words)
 
 
@@ -178,14 +219,25 @@ def command_generate(args: argparse.Namespace) -> int:
     from .nn import GPT
     from .training.checkpoint import load_checkpoint
     from .training.corpus import Vocabulary
-    from .training.sampling import sample
+    from .training.sampling import checked_prompts, sample, sample_header
 
     checkpoint = load_checkpoint(args.checkpoint)
     model = GPT(**checkpoint.metadata["config"])
     model.load_state_dict(checkpoint.model_state)
     vocabulary = Vocabulary(checkpoint.metadata["vocabulary"])
-    print(sample(model, vocabulary, args.prompt, args.length, args.temperature, args.top_k, args.seed))
+    prompts = checked_prompts(args.prompt, args.prompt_file, vocabulary, model.max_seq_len)
+    count = len(prompts) if args.num_samples is None else args.num_samples
+    for index in range(count):  # the prompts in turn, each sample with its own seed
+        prompt = prompts[index % len(prompts)]
+        print(sample_header(index + 1, count, prompt))
+        print(sample(model, vocabulary, prompt, args.length, args.temperature, args.top_k, args.seed + index))
     return 0
+
+
+def _check_generate_arguments(args: argparse.Namespace) -> Optional[str]:
+    if (args.prompt is None) == (args.prompt_file is None):
+        return "give the text to continue: --prompt TEXT or --prompt-file FILE (one prompt per line), not both"
+    return None
 
 
 TRAIN_HELP = {"steps": "training steps", "batch": "sequences per batch",
@@ -194,8 +246,13 @@ TRAIN_HELP = {"steps": "training steps", "batch": "sequences per batch",
               "eval_every": "steps between validation losses", "eval_batches": "held-out batches per validation",
               "checkpoint_every": "steps between checkpoints",
               "sample_chars": "characters per sample printed at the end (0: no samples)",
-              "lr": "AdamW learning rate", "weight_decay": "AdamW weight decay",
-              "clip": "global gradient-norm clip"}
+              "num_samples": "samples printed at the end, taking the prompts in turn",
+              "lr": "AdamW peak learning rate, reached after --warmup",
+              "warmup": "steps of linear learning-rate warmup",
+              "lr_min": "learning rate the cosine decay reaches at the last step",
+              "weight_decay": "AdamW weight decay",
+              "clip": "global gradient-norm clip, as nanoGPT's grad_clip (0: no clipping)"}
+DEFAULT_TEXTS = {"lr_min": "a tenth of --lr"}  # defaults decided when the run starts
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -205,15 +262,29 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None, type=non_empty("a file name"),
                         help="a UTF-8 text file (default: Python standard-library source)")
     for name, help_text in TRAIN_HELP.items():
-        _add_number(parser, option_flag(name), name, getattr(defaults, name), help_text)
+        _add_number(parser, option_flag(name), name, getattr(defaults, name), help_text,
+                    DEFAULT_TEXTS.get(name, "%(default)s"), aliases=("--clip",) if name == "clip" else ())
     parser.add_argument("--checkpoint-dir", default=defaults.checkpoint_dir, type=non_empty("a folder name"),
-                        help=f"where latest.npz is written (default {defaults.checkpoint_dir})")
+                        help=f"where latest.npz, the loss log loss.csv and its curve loss.svg are written "
+                             f"(default {defaults.checkpoint_dir})")
+    parser.add_argument("--best", action="store_true",
+                        help="also keep best.npz, the checkpoint of the lowest validation loss so far")
+    _add_prompt_arguments(parser, "a line of the held-out text")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the checkpoint in --checkpoint-dir with its model, optimizer settings "
                              "and data-parallel split (so the result is bit for bit an uninterrupted run's); give "
                              "the same --data, --batch and --seq-len, and --steps beyond the checkpoint's step")
     parser.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",
                         help="no progress bar (validation losses, the final report and samples still print)")
+    _add_config_argument(parser)
+
+
+def _add_prompt_arguments(parser: argparse.ArgumentParser, default_prompt: str) -> None:
+    parser.add_argument("--prompt", default=None, type=non_empty("at least one character"),
+                        help=f"text the samples continue, at most the model's max_seq_len characters (default: "
+                             f"{default_prompt})")
+    parser.add_argument("--prompt-file", default=None, type=non_empty("a file name"), metavar="FILE",
+                        help="a UTF-8 file of prompts, one per non-empty line, instead of --prompt (default: none)")
 
 
 STAGES = ("forward", "train", "optimised")
@@ -310,13 +381,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a character-level GPT with the compiled train step",
                                 description="Train a character-level GPT: each step is one compiled graph "
-                                            "(forward, generated backward, AdamW update). Prints progress, "
-                                            "validation losses, the final loss next to a unigram baseline, and "
-                                            "samples; writes checkpoints atomically, and one more when stopped "
-                                            "by Ctrl-C (SIGINT) or SIGTERM. A run whose loss goes NaN or "
-                                            "infinite stops at once, naming the first node that made a NaN.")
+                                            "(forward, generated backward, AdamW update with gradient clipping) "
+                                            "at a learning rate warmed up, then decayed along a cosine, as "
+                                            "nanoGPT's. Prints a progress bar (ETA, ms/step, smoothed loss, "
+                                            "tokens/s, GFLOP/s and their share of the matmul peak measured at "
+                                            "start), training and validation losses, the final loss next to a "
+                                            "unigram baseline, and samples; writes a loss log (loss.csv) and "
+                                            "curve (loss.svg) beside the checkpoints, which are written "
+                                            "atomically, and once more when stopped by Ctrl-C (SIGINT) or "
+                                            "SIGTERM. A run whose loss goes NaN or infinite stops at once, naming "
+                                            "the first node that made a NaN.")
     _add_train_arguments(train)
-    train.set_defaults(handler=command_train)
+    train.set_defaults(handler=command_train, check=_check_train_arguments)
 
     render = commands.add_parser("render", help="draw a GPT's graph at some stage with graphviz",
                                  description="Draw the graph of a GPT: the forward as traced, the training step "
@@ -358,23 +434,26 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Continue a prompt with characters sampled from a trained GPT.")
     generate.add_argument("--checkpoint", default="checkpoints/latest.npz", type=non_empty("a file name"),
                           help="checkpoint file (default checkpoints/latest.npz)")
-    generate.add_argument("--prompt", required=True, type=non_empty("at least one character"),
-                          help="text to continue (at most max_seq_len characters)")
+    _add_prompt_arguments(generate, "none: give --prompt or --prompt-file")
+    _add_number(generate, "--num-samples", "num_samples", None, "samples, taking the prompts in turn",
+                "one per prompt")
     _add_number(generate, "--length", "length", 200, "characters to sample")
     _add_number(generate, "--temperature", "temperature", 0.8, "softmax temperature")
     _add_number(generate, "--top-k", "top_k", 10, "keep the k likeliest characters, 0 for all")
-    _add_number(generate, "--seed", "seed", 0, "sampling seed")
-    generate.set_defaults(handler=command_generate)
+    _add_number(generate, "--seed", "seed", 0, "sampling seed of the first sample; the next ones take the "
+                "following seeds")
+    _add_config_argument(generate)
+    generate.set_defaults(handler=command_generate, check=_check_generate_arguments)
 
     for command in (run, train, render, ir_command, compare, generate):
-        command.set_defaults(refuse=command.error)
+        command.set_defaults(refuse=command.error, command_parser=command)
     return parser
 
 
 def main(argv=None) -> int:
     """Run the command line `argv` (sys.argv[1:] by default) and return its exit status. A refused argument
     raises UsageError (SystemExit with status 2), as argparse does, after printing one line."""
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     check = getattr(args, "check", None)
     problem = check(args) if check is not None else None
     if problem is not None:

@@ -24,7 +24,19 @@ REFUSED = [
     (TINY_TRAIN + ["--lr", "1e999"], "argument --lr: expected a finite number above 0"),
     (TINY_TRAIN + ["--weight-decay", "-0.5"], "argument --weight-decay: expected a finite number of at least 0"),
     (TINY_TRAIN + ["--weight-decay", "nan"], "argument --weight-decay: expected a finite number of at least 0"),
-    (TINY_TRAIN + ["--clip", "0"], "argument --clip: expected a finite number above 0, or None"),
+    (TINY_TRAIN + ["--clip-grad-norm", "-1"], "argument --clip-grad-norm/--clip: expected a finite number of at "
+                                               "least 0, or None"),
+    (TINY_TRAIN + ["--clip", "nan"], "argument --clip-grad-norm/--clip: expected a finite number of at least 0"),
+    (TINY_TRAIN + ["--warmup", "-1"], "argument --warmup: expected a whole number of at least 0, got '-1'"),
+    (TINY_TRAIN + ["--lr-min", "-0.5"], "argument --lr-min: expected a finite number of at least 0"),
+    (TINY_TRAIN + ["--embed", "10", "--heads", "3"], r"--embed \(10\) must be divisible by --heads \(3\)"),
+    (TINY_TRAIN + ["--lr", "1e-3", "--lr-min", "2e-3"], r"--lr-min \(0.002\) must not exceed --lr \(0.001\)"),
+    (TINY_TRAIN + ["--num-samples", "-2"], "argument --num-samples: expected a whole number of at least 0"),
+    (TINY_TRAIN + ["--prompt", ""], "argument --prompt: expected at least one character, got an empty string"),
+    (TINY_TRAIN + ["--prompt-file", ""], "argument --prompt-file: expected a file name, got an empty string"),
+    (TINY_TRAIN + ["--prompt", "a", "--prompt-file", "p.txt"], "--prompt and --prompt-file both give"),
+    (TINY_TRAIN + ["--config", ""], "argument --config: expected a file name, got an empty string"),
+    (TINY_TRAIN + ["--config", "absent.toml"], "--config absent.toml: no such file"),
     (TINY_TRAIN + ["--steps", "0"], "argument --steps: expected a whole number of at least 1, got '0'"),
     (TINY_TRAIN + ["--steps", "ten"], "argument --steps: expected a whole number of at least 1, got 'ten'"),
     (TINY_TRAIN + ["--batch", "0"], "argument --batch: expected a whole number of at least 1"),
@@ -56,6 +68,11 @@ REFUSED = [
      "argument --seed: expected a whole number from 0"),
     (["generate", "--checkpoint", "absent.npz", "--prompt", ""], "argument --prompt: expected at least one"),
     (["generate", "--checkpoint", "", "--prompt", "s"], "argument --checkpoint: expected a file name"),
+    (["generate", "--checkpoint", "absent.npz"], "give the text to continue: --prompt TEXT or --prompt-file FILE"),
+    (["generate", "--checkpoint", "absent.npz", "--prompt", "s", "--prompt-file", "p.txt"],
+     "give the text to continue: --prompt TEXT or --prompt-file FILE"),
+    (["generate", "--checkpoint", "absent.npz", "--prompt", "s", "--num-samples", "-1"],
+     "argument --num-samples: expected a whole number of at least 0"),
     # run
     (["run", "--quiet", "--vocab", "0"], "argument --vocab: expected a whole number from 1 to 1048576, got '0'"),
     (["run", "--quiet", "--seq-len", "0"], "argument --seq-len: expected a whole number from 1 to 65536"),
@@ -133,6 +150,7 @@ def test_help_states_each_numbers_range_and_the_real_default(command, capsys):
         if not action.option_strings or action.nargs == 0 or action.help is None:
             continue
         shown = parser._get_formatter()._expand_help(action)
+        assert "(default" in shown, f"{command} {action.option_strings[0]} does not say its default: {shown}"
         if action.default is not None:
             assert f"(default {action.default})" in shown, f"{command} {action.option_strings[0]}: {shown}"
         if isinstance(action.default, (int, float)) or getattr(action.type, "__qualname__", "").startswith("number"):

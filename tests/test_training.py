@@ -15,6 +15,7 @@ from graphgpt.nn import GPT
 from graphgpt.training import checkpoint as checkpoint_module
 from graphgpt.training.checkpoint import CheckpointError, load_checkpoint
 from graphgpt.training.corpus import DataError, Vocabulary, default_corpus, unigram_cross_entropy
+from graphgpt.training.loss_log import LOSS_CURVE, LOSS_LOG
 from graphgpt.training.sampling import sample
 from graphgpt.training.trainer import LATEST, TrainOptions, train
 
@@ -76,7 +77,8 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(data_file, tmp_pat
     with pytest.raises(OSError, match="disk full"):
         quiet(tiny(data_file, tmp_path, resume=True, steps=10))
     assert (tmp_path / LATEST).read_bytes() == before
-    assert os.listdir(tmp_path) == [LATEST]  # no temporary file left behind
+    # No temporary file left behind; the loss log and curve are the first run's.
+    assert sorted(os.listdir(tmp_path)) == sorted([LATEST, LOSS_LOG, LOSS_CURVE])
     assert load_checkpoint(str(tmp_path / LATEST)).metadata["step"] == 5
 
 
@@ -194,10 +196,10 @@ def test_cli_trains_and_generates(data_file, tmp_path, capsys):
                  "--eval-every", "10", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "final validation loss" in out and "unigram (character frequency) baseline" in out
-    assert "step 10: validation loss" in out and "--- sample 1 ---" in out
+    assert "step 10: validation loss" in out and "--- sample 1 of 2, prompt " in out
     assert main(["generate", "--checkpoint", os.path.join(folder, LATEST), "--prompt", "the ", "--length",
                  "10"]) == 0
-    assert capsys.readouterr().out.startswith("the ")
+    assert capsys.readouterr().out.startswith("--- sample 1 of 1, prompt 'the ' ---\nthe ")
     assert main(["generate", "--checkpoint", str(tmp_path / "none.npz"), "--prompt", "x"]) == 2
     assert "no such file" in capsys.readouterr().err
 
@@ -228,7 +230,9 @@ def test_text_too_short_for_validation_windows_says_which_part(tmp_path):
     ("lr", float("nan"), "--lr must be a finite number above 0, got nan"),
     ("lr", float("inf"), "--lr must be a finite number above 0, got inf"),
     ("weight_decay", -1.0, "--weight-decay must be a finite number of at least 0, got -1.0"),
-    ("clip", 0.0, "--clip must be a finite number above 0, or None \\(no clipping\\), got 0.0"),
+    ("clip", -1.0, "--clip-grad-norm must be a finite number of at least 0, or None \\(no clipping\\), got -1.0"),
+    ("warmup", -1, "--warmup must be a whole number of at least 0, got -1"),
+    ("lr_min", 1.0, "--lr-min \\(1.0\\) must not exceed --lr \\(0.01\\)"),
     ("seed", -1, "--seed must be a whole number from 0 to 4294967295, got -1"),
     ("sample_chars", -3, "--sample-chars must be a whole number of at least 0, got -3"),
     ("steps", True, "--steps must be a whole number of at least 1, got True"),

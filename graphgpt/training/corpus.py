@@ -34,7 +34,7 @@ def default_corpus() -> str:
     parts = []
     for relative in DEFAULT_MODULES:
         try:
-            parts.append(_read_utf8(os.path.join(library, relative), "standard-library source"))
+            parts.append(read_utf8(os.path.join(library, relative), "standard-library source"))
         except DataError:  # missing or odd on this Python: skipped, as the list says
             continue
     text = "\n".join(parts)[:DEFAULT_CORPUS_CHARACTERS]
@@ -48,10 +48,10 @@ def read_text(path: Optional[str]) -> str:
     """The file's text (UTF-8), or the default corpus when `path` is None."""
     if path is None:
         return default_corpus()
-    return _read_utf8(path, "--data")
+    return read_utf8(path, "--data")
 
 
-def _read_utf8(path: str, what: str) -> str:
+def read_utf8(path: str, what: str) -> str:
     """A regular file of at most MAX_TEXT_BYTES as UTF-8 text, with newlines as open() in text mode gives them
     (CRLF and CR become LF), so a vocabulary does not depend on how the file was read."""
     raw = read_regular_file(path, MAX_TEXT_BYTES, lambda reason: DataError(f"cannot read {what} {path}: {reason}"))

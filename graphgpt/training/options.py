@@ -20,9 +20,11 @@ class TrainOptions:
     embed: int = 64
     layers: int = 2
     heads: int = 4
-    lr: float = 3e-3
+    lr: float = 3e-3             # the peak learning rate, reached after the warmup
+    warmup: int = 100            # steps of linear warmup (nanoGPT's warmup_iters)
+    lr_min: Optional[float] = None  # the cosine decay's end at the last step; None: a tenth of lr
     weight_decay: float = 0.01
-    clip: float = 1.0
+    clip: Optional[float] = 1.0  # global gradient-norm clip (nanoGPT's grad_clip); None or 0: no clipping
     seed: int = 0
     eval_every: int = 500
     eval_batches: int = 8
@@ -30,6 +32,10 @@ class TrainOptions:
     checkpoint_every: int = 500
     resume: bool = False
     sample_chars: int = 200
+    num_samples: int = 2
+    prompt: Optional[str] = None       # None: a line of the held-out text
+    prompt_file: Optional[str] = None  # one prompt per non-empty line
+    best: bool = False                 # also keep best.npz, the checkpoint of the lowest validation loss
     progress: bool = True
 
 
@@ -78,24 +84,37 @@ def _model_limit(name: str) -> NumberRange:
 OPTION_RANGES: dict[str, NumberRange] = {
     "steps": NumberRange(int, 1), "batch": NumberRange(int, 1), "seq_len": _model_limit("max_seq_len"),
     "embed": _model_limit("embed_dim"), "layers": _model_limit("num_layers"), "heads": _model_limit("num_heads"),
-    "lr": NumberRange(float, 0, above_low=True), "weight_decay": NumberRange(float, 0),
-    "clip": NumberRange(float, 0, above_low=True, none_means="no clipping"), "seed": NumberRange(int, 0, 2**32 - 1),
+    "lr": NumberRange(float, 0, above_low=True), "warmup": NumberRange(int, 0),
+    "lr_min": NumberRange(float, 0, none_means="a tenth of --lr"), "weight_decay": NumberRange(float, 0),
+    "clip": NumberRange(float, 0, none_means="no clipping"), "seed": NumberRange(int, 0, 2**32 - 1),
     "eval_every": NumberRange(int, 1), "eval_batches": NumberRange(int, 1), "checkpoint_every": NumberRange(int, 1),
-    "sample_chars": NumberRange(int, 0),
+    "sample_chars": NumberRange(int, 0), "num_samples": NumberRange(int, 0),
 }
+# Flags whose name is not the field's: --clip-grad-norm sets `clip` (the name checkpoints record).
+FLAGS = {"clip": "--clip-grad-norm"}
 VOCABULARY_RANGE = _model_limit("vocab_size")
 
 
 def option_flag(name: str) -> str:
-    """The command-line flag of a TrainOptions field: seq_len -> --seq-len."""
-    return "--" + name.replace("_", "-")
+    """The command-line flag of a TrainOptions field: seq_len -> --seq-len, clip -> --clip-grad-norm."""
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
 def validate_options(options: TrainOptions) -> None:
-    """DataError naming the first option out of its range (or --embed not divisible by --heads)."""
+    """DataError naming the first option out of its range (or --embed not divisible by --heads, or a decay that
+    would end above the peak)."""
     for name, accepted in OPTION_RANGES.items():
         value = getattr(options, name)
         if not accepted.accepts(value):
             raise DataError(f"{option_flag(name)} must be {accepted.describe()}, got {value!r}")
     if options.embed % options.heads:
         raise DataError(f"--embed ({options.embed}) must be divisible by --heads ({options.heads})")
+    if options.lr_min is not None and options.lr_min > options.lr:
+        raise DataError(f"--lr-min ({options.lr_min}) must not exceed --lr ({options.lr}): the cosine decays from "
+                        f"--lr down to --lr-min")
+    for name in ("prompt", "prompt_file"):
+        if getattr(options, name) is not None and not (isinstance(getattr(options, name), str) and
+                                                       getattr(options, name)):
+            raise DataError(f"{option_flag(name)} must be non-empty text, got {getattr(options, name)!r:.40}")
+    if options.prompt is not None and options.prompt_file is not None:
+        raise DataError("--prompt and --prompt-file both give the samples' prompts: give one of them")

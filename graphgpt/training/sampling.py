@@ -1,4 +1,6 @@
-"""Sampling text from a trained GPT: temperature and top-k, autoregressively, the context cut to max_seq_len."""
+"""Sampling text from a trained GPT: temperature and top-k, autoregressively, the context cut to max_seq_len; the
+prompts of `graphgpt train` and `graphgpt generate` (one given, or one per line of a file), checked against the
+model before anything runs, and each sample shown under a header naming its prompt."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import numpy as np
 from ..nn import GPT
 from ..tensor import Tensor
 from ..tracing import no_grad
-from .corpus import DataError, Vocabulary
+from .corpus import DataError, Vocabulary, read_utf8
 
 
 def _is_whole(value) -> bool:
@@ -35,12 +37,7 @@ def sample(model: GPT, vocabulary: Vocabulary, prompt: str, length: int, tempera
         raise DataError(f"top-k must be 0 (all) or a positive whole number, got {top_k!r}")
     if not (_is_whole(seed) and seed >= 0):
         raise DataError(f"the sampling seed must be a whole number, 0 or more, got {seed!r}")
-    if not prompt:
-        raise DataError("the prompt is empty: give at least one character to continue")
-    if len(prompt) > model.max_seq_len:
-        raise DataError(f"the prompt has {len(prompt)} characters, more than the model's max_seq_len "
-                        f"{model.max_seq_len}")
-    tokens = list(vocabulary.encode(prompt, what="the prompt"))
+    tokens = list(check_prompt(prompt, vocabulary, model.max_seq_len))
     generator = np.random.default_rng(seed)
     with no_grad():
         for _ in range(length):
@@ -53,3 +50,37 @@ def sample(model: GPT, vocabulary: Vocabulary, prompt: str, length: int, tempera
             probabilities /= probabilities.sum()
             tokens.append(int(generator.choice(len(probabilities), p=probabilities)))
     return vocabulary.decode(tokens)
+
+
+def check_prompt(prompt: str, vocabulary: Vocabulary, max_seq_len: int, what: str = "the prompt") -> np.ndarray:
+    """The tokens of `prompt`, or DataError if it is empty, longer than the model's context or holds a character
+    outside the vocabulary."""
+    if not prompt:
+        raise DataError(f"{what} is empty: give at least one character to continue")
+    if len(prompt) > max_seq_len:
+        raise DataError(f"{what} has {len(prompt)} characters, more than the model's max_seq_len {max_seq_len}")
+    return vocabulary.encode(prompt, what=what)
+
+
+def read_prompts(path: str) -> list[str]:
+    """The prompts of a --prompt-file: one per line, blank lines skipped (a line's leading spaces are kept:
+    indentation is part of a prompt of code)."""
+    prompts = [line for line in read_utf8(path, "--prompt-file").split("\n") if line.strip()]
+    if not prompts:
+        raise DataError(f"--prompt-file {path} holds no prompt: give one prompt per non-empty line")
+    return prompts
+
+
+def checked_prompts(prompt, prompt_file, vocabulary: Vocabulary, max_seq_len: int) -> list[str]:
+    """The prompts given by --prompt or --prompt-file (an empty list if neither), each checked by check_prompt,
+    so a bad one is refused before a run rather than after it."""
+    prompts = [prompt] if prompt is not None else read_prompts(prompt_file) if prompt_file is not None else []
+    for number, text in enumerate(prompts, start=1):
+        check_prompt(text, vocabulary, max_seq_len,
+                     what="--prompt" if prompt is not None else f"prompt {number} of --prompt-file {prompt_file}")
+    return prompts
+
+
+def sample_header(number: int, count: int, prompt: str) -> str:
+    """'--- sample 1 of 2, prompt 'def ' ---': the prompt as a Python literal, so spaces and newlines show."""
+    return f"--- sample {number} of {count}, prompt {prompt!r} ---"

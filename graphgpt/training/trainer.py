@@ -1,6 +1,8 @@
-"""The training loop of `graphgpt train`: one compiled graph per step (forward, generated backward, AdamW update),
-periodic validation through a compiled loss graph, atomic checkpoints, resume, and a final report against the
-unigram baseline.
+"""The training loop of `graphgpt train`: one compiled graph per step (forward, generated backward, AdamW update
+with global-norm gradient clipping) at a learning rate warmed up and then decayed along a cosine (schedule.py),
+periodic training and validation losses through a compiled loss graph, atomic checkpoints (and, with --best, the
+one of the lowest validation loss), resume, a loss log and curve (loss_log.py), a progress bar (progress.py), and
+a final report against the unigram baseline with samples.
 
 A resumed run continues with the checkpoint's weights, optimizer state, step, batch sampler state and
 data-parallel split, so it draws the same batches and produces bit for bit the losses and weights of a run that
@@ -16,13 +18,10 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import sys
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from typing import Iterator, Optional, TextIO
+from typing import Optional, TextIO
 
 import numpy as np
 
@@ -33,10 +32,15 @@ from ..nn import functional as F
 from ..optim import AdamW
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .corpus import BatchSampler, DataError, Vocabulary, read_text, split, unigram_cross_entropy
+from .interruptions import StopSignals, TrainingState
+from .loss_log import LOSS_CURVE, LOSS_LOG, LossLog, write_loss_curve
 from .options import TrainOptions, option_flag, validate_options
-from .sampling import sample
+from .progress import Progress, measure_matmul_peak, step_flops, throughput
+from .sampling import checked_prompts, sample, sample_header
+from .schedule import default_lr_min, learning_rate
 
 LATEST = "latest.npz"
+BEST = "best.npz"
 SAMPLE_PROMPT_CHARACTERS = 16
 
 
@@ -48,6 +52,9 @@ class TrainResult:
     unigram_loss: float = float("nan")
     tokens_per_second: float = 0.0
     samples: list[str] = field(default_factory=list)
+    learning_rates: list[float] = field(default_factory=list)  # the rate of each step run in this invocation
+    best_step: Optional[int] = None          # with --best: the step of best.npz, if this invocation wrote it
+    loss_curve: Optional[str] = None         # the SVG drawn from the loss log at the end
     stopped_by: Optional[str] = None         # 'SIGINT' or 'SIGTERM' if a signal ended the run early
     checkpoint_step: Optional[int] = None    # the step of the checkpoint on disk when train() returned
     shards: int = 1                          # the data-parallel split the steps ran with
@@ -69,18 +76,24 @@ class LossOf(Module):
 
 
 # What a resumed run takes from its checkpoint, whatever the command line says: the model's shape and the
-# optimizer's settings (changing them mid-run would silently make a different run).
-RESUMED_SETTINGS = ("embed", "layers", "heads", "lr", "weight_decay", "clip", "seed")
+# optimizer's settings and schedule (changing them mid-run would silently make a different run). A checkpoint
+# older than a setting does not hold it: the command line's value is taken.
+RESUMED_SETTINGS = ("embed", "layers", "heads", "lr", "warmup", "lr_min", "weight_decay", "clip", "seed")
 
 
-def _resumed_options(options: TrainOptions, saved: dict, out: TextIO) -> TrainOptions:
+def _resumed_options(options: TrainOptions, saved: dict, out: TextIO, path: str) -> TrainOptions:
     changed = {name: saved[name] for name in RESUMED_SETTINGS
                if name in saved and saved[name] != getattr(options, name)}
     if changed:
         out.write("resuming with the checkpoint's " + ", ".join(
             f"{option_flag(name)} {value} (not {getattr(options, name)})" for name, value in changed.items())
             + "\n")
-    return replace(options, **changed)
+    resumed = replace(options, **changed)
+    try:  # the checkpoint's own validation checked lr, weight decay and clip; the schedule's settings here
+        validate_options(resumed)
+    except DataError as error:
+        raise CheckpointError(f"checkpoint {path} holds options this run cannot take: {error}") from None
+    return resumed
 
 
 def _existing_checkpoint(options: TrainOptions, path: str):
@@ -137,104 +150,6 @@ def _check_writable(folder: str) -> None:
                 pass
 
 
-class Progress:
-    """One line rewritten in place on a terminal; a line every tenth of the run otherwise (logs, CI)."""
-
-    def __init__(self, total: int, out: TextIO, enabled: bool):
-        self.total, self.out, self.enabled = total, out, enabled
-        self.live = enabled and out.isatty()
-        self.started = time.perf_counter()
-
-    def update(self, step: int, loss: float, tokens_per_second: float) -> None:
-        if not self.enabled:
-            return
-        done = step / self.total
-        bar = "#" * int(24 * done) + "." * (24 - int(24 * done))
-        elapsed = time.perf_counter() - self.started
-        line = (f"[{bar}] step {step}/{self.total}  loss {loss:.3f}  {tokens_per_second / 1000:.1f}k tok/s  "
-                f"{elapsed:.0f}s")
-        if self.live:
-            self.out.write("\r" + line)
-            self.out.flush()
-        elif step == self.total or step % max(1, self.total // 10) == 0:
-            self.out.write(line + "\n")
-
-    def finish(self) -> None:
-        if self.live:
-            self.out.write("\n")
-
-
-class StopSignals:
-    """SIGINT and SIGTERM while training, turned from an abrupt end into a requested stop.
-
-    listening() installs the handlers (in the main thread only: Python delivers signals there) and restores the
-    previous ones after. A signal is recorded in `received`; the loop stops at the next step boundary and saves
-    a checkpoint. Inside interruptible(n), the n-th signal so far raises KeyboardInterrupt there and then: in a
-    step n = 2 (a second Ctrl-C abandons the step, whose state the loop then restores), after the last step n = 1
-    (final validation and samples have nothing left to save). Elsewhere (a checkpoint being written) signals
-    are only recorded, so a write is never cut short."""
-
-    HANDLED = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.received: Optional[str] = None
-        self.count = 0
-        self._interrupt_at: Optional[int] = None
-        self._interrupted = False
-
-    def _handle(self, signum, frame) -> None:
-        self.count += 1
-        if self.received is None:
-            self.received = signal.Signals(signum).name
-        if self._interrupt_at is not None and self.count >= self._interrupt_at and not self._interrupted:
-            self._interrupted = True
-            raise KeyboardInterrupt
-
-    @contextmanager
-    def listening(self) -> Iterator["StopSignals"]:
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        previous = {number: signal.signal(number, self._handle) for number in self.HANDLED}
-        try:
-            yield self
-        finally:
-            for number, handler in previous.items():
-                signal.signal(number, handler)
-
-    @contextmanager
-    def interruptible(self, at_signal: int) -> Iterator[None]:
-        self._interrupt_at = at_signal
-        try:
-            yield
-        finally:
-            self._interrupt_at = None
-
-
-class TrainingState:
-    """The arrays a training step updates in place (the model's parameters and the optimizer's state), copied
-    before each step, so that a step can be undone: abandoned by a second signal, or rerun with numerics checks
-    after it diverged. Copying and checking them costs 0.1% of a step of the default GPT, 3% of the medium GPT's
-    (6 layers, 256 wide: 15 ms of 550)."""
-
-    def __init__(self, model: Module, optimizer: AdamW):
-        self.tensors = {**dict(model.named_parameters()),
-                        **{f"optimizer {name}": tensor for name, tensor in optimizer.state.items()}}
-        self.saved = {name: tensor.data.copy() for name, tensor in self.tensors.items()}
-
-    def take(self) -> None:
-        for name, tensor in self.tensors.items():
-            np.copyto(self.saved[name], tensor.data)
-
-    def restore(self) -> None:
-        for name, tensor in self.tensors.items():
-            np.copyto(tensor.data, self.saved[name])
-
-    def first_nonfinite(self) -> Optional[str]:
-        """The name of the first parameter or optimizer state holding NaN or infinity, or None."""
-        return next((name for name, tensor in self.tensors.items() if not np.isfinite(tensor.data).all()), None)
-
-
 def _compile_step(model: GPT, optimizer: AdamW, example: np.ndarray, shards: Optional[int], check_numerics=False):
     return compile_graph(model, example, example, loss=F.cross_entropy, optimizer=optimizer, shards=shards,
                          check_numerics=check_numerics)
@@ -283,17 +198,18 @@ def train(options: TrainOptions, out: Optional[TextIO] = None) -> TrainResult:
     """Train as `options` say, writing progress and the report to `out` (standard output by default).
 
     Everything is checked before anything is written: the options, the checkpoint to resume (or that none would
-    be overwritten), the checkpoint folder, the text. Raises TrainingDiverged if a step goes NaN or infinite; a
-    SIGINT or SIGTERM ends the run early with a checkpoint saved (result.stopped_by says which)."""
+    be overwritten), the checkpoint folder, the text, the prompts. Raises TrainingDiverged if a step goes NaN or
+    infinite; a SIGINT or SIGTERM ends the run early with a checkpoint saved (result.stopped_by says which)."""
     out = sys.stdout if out is None else out
     validate_options(options)
+    options = replace(options, clip=options.clip or None)  # --clip-grad-norm 0 turns clipping off, as None does
     path = os.path.join(options.checkpoint_dir, LATEST)
     checkpoint = _existing_checkpoint(options, path)
     _check_writable(options.checkpoint_dir)  # fail now, not at the first checkpoint after minutes of training
     text = read_text(options.data)
     if checkpoint is not None:
         vocabulary = Vocabulary(checkpoint.metadata["vocabulary"])
-        options = _resumed_options(options, checkpoint.metadata["options"], out)
+        options = _resumed_options(options, checkpoint.metadata["options"], out, path)
     else:
         vocabulary = Vocabulary.of(text)
     tokens = vocabulary.encode(text, what=f"--data {options.data}" if options.data else "the corpus")
@@ -314,6 +230,8 @@ def train(options: TrainOptions, out: Optional[TextIO] = None) -> TrainResult:
         if saved_type != AdamW.__name__:  # training always uses AdamW: another optimizer's state does not fit
             raise CheckpointError(f"checkpoint {path} holds {saved_type} optimizer state; graphgpt train resumes "
                                   f"AdamW runs only")
+    prompts = checked_prompts(options.prompt, options.prompt_file, vocabulary, config["max_seq_len"]) or [
+        _sample_prompt(vocabulary.decode(validation_tokens[:200]), min(SAMPLE_PROMPT_CHARACTERS, options.seq_len))]
     model = GPT(**config)
     optimizer = AdamW(lr=options.lr, weight_decay=options.weight_decay, clip_grad_norm=options.clip)
     example = np.zeros((options.batch, options.seq_len), np.int64)  # compiling needs only shapes and dtypes
@@ -332,35 +250,51 @@ def train(options: TrainOptions, out: Optional[TextIO] = None) -> TrainResult:
         first_step = checkpoint.metadata["step"]
         out.write(f"resumed from step {first_step} of {path}\n")
 
-    validation_sampler = BatchSampler(validation_tokens, options.batch, options.seq_len, seed=12345)
-    validation_batches = [validation_sampler.next() for _ in range(options.eval_batches)]
+    # Fixed batches, drawn by their own generators (the training sampler's draws stay the run's): every
+    # evaluation measures the same windows of each part of the text.
+    evaluation_batches = {part: [part_sampler.next() for _ in range(options.eval_batches)] for part, part_sampler in (
+        ("train", BatchSampler(train_tokens, options.batch, options.seq_len, seed=54321)),
+        ("validation", BatchSampler(validation_tokens, options.batch, options.seq_len, seed=12345)))}
 
-    def validation_loss() -> float:
+    def mean_loss(part: str) -> float:
         with np.errstate(all="ignore"):
-            return float(np.mean([evaluate.run(x, y) for x, y in validation_batches]))
+            return float(np.mean([evaluate.run(x, y) for x, y in evaluation_batches[part]]))
 
     result = TrainResult(first_step=first_step, shards=step.split.shards,
                          checkpoint_step=first_step if checkpoint is not None else None)
 
-    def write_checkpoint(completed: int) -> None:
+    def write_checkpoint(completed: int, file_name: str = LATEST) -> None:
         metadata = {"config": config, "vocabulary": vocabulary.characters, "step": completed,
                     "optimizer": {"type": type(optimizer).__name__, "hyperparameters": optimizer.hyperparameters},
                     "sampler_state": sampler.state, "options": asdict(options), "shards": step.split.shards}
-        save_checkpoint(path, model.state_dict(), optimizer.state_dict()["state"], metadata)
-        result.checkpoint_step = completed
+        save_checkpoint(os.path.join(options.checkpoint_dir, file_name), model.state_dict(),
+                        optimizer.state_dict()["state"], metadata)
+        if file_name == LATEST:
+            result.checkpoint_step = completed
+            log.flush()  # the log on disk holds the steps of the checkpoint beside it
 
     result.unigram_loss = unigram_cross_entropy(train_tokens, validation_tokens, len(vocabulary))
+    log = LossLog(os.path.join(options.checkpoint_dir, LOSS_LOG), first_step if checkpoint else None, out)
+    best_loss = log.best_validation_loss()  # so far: a resumed run keeps best.npz unless it does better
+    tokens_per_step, flops = options.batch * options.seq_len, step_flops(step)
+    peak = measure_matmul_peak() if options.progress else None  # only the progress bar shows the share of it
+    lr_min = default_lr_min(options.lr) if options.lr_min is None else options.lr_min
     out.write(f"training a {config['num_layers']}-layer GPT ({model.num_parameters():,} parameters, vocabulary "
-              f"{len(vocabulary)}) on {len(train_tokens):,} characters; steps {first_step + 1}..{options.steps}\n")
-    progress = Progress(options.steps, out, options.progress)
+              f"{len(vocabulary)}) on {len(train_tokens):,} characters; steps {first_step + 1}..{options.steps}; "
+              f"{flops / 1e9:.3g} GFLOP per step" + (f", float32 matmul peak {peak / 1e9:.1f} GFLOP/s" if peak
+                                                      else "") + "\n")
+    progress = Progress(options.steps, out, options.progress, first_step, tokens_per_step, flops, peak)
     state = TrainingState(model, optimizer)
     stop = StopSignals()
     started = time.perf_counter()
     done = first_step
     with stop.listening():
         for completed in range(first_step + 1, options.steps + 1):
+            rate = learning_rate(completed - 1, options.lr, options.warmup, lr_min, options.steps)
             state.take()
             sampler_before = sampler.state
+            optimizer.lr_scale = rate / options.lr  # read by the compiled step at this run
+            step_started = time.perf_counter()
             inputs, targets = sampler.next()
             try:
                 with stop.interruptible(at_signal=2), np.errstate(all="ignore"):  # non-finite: checked below
@@ -369,6 +303,7 @@ def train(options: TrainOptions, out: Optional[TextIO] = None) -> TrainResult:
                 state.restore()
                 sampler.state = sampler_before
                 break
+            seconds = time.perf_counter() - step_started
             broken = None if math.isfinite(loss) else "the loss"
             broken = broken or state.first_nonfinite()
             if broken is not None:
@@ -377,40 +312,55 @@ def train(options: TrainOptions, out: Optional[TextIO] = None) -> TrainResult:
                                 result.checkpoint_step, path)
             done = completed
             result.losses.append(loss)
-            result.tokens_per_second = options.batch * options.seq_len * len(result.losses) / (
-                time.perf_counter() - started)
-            progress.update(completed, loss, result.tokens_per_second)
-            if completed % options.eval_every == 0 and completed != options.steps:
-                progress.finish()
-                out.write(f"step {completed}: validation loss {validation_loss():.4f}\n")
+            result.learning_rates.append(rate)
+            result.tokens_per_second = tokens_per_step * len(result.losses) / (time.perf_counter() - started)
+            progress.update(completed, loss, seconds)
+            validation = None
+            if completed % options.eval_every == 0 or completed == options.steps:
+                validation, training = mean_loss("validation"), mean_loss("train")
+                progress.write(f"step {completed}: validation loss {validation:.4f}, train loss {training:.4f}")
+                result.validation_loss = validation
+                if options.best and validation < best_loss:
+                    best_loss, result.best_step = validation, completed
+                    write_checkpoint(completed, BEST)
+            log.add(completed, loss, validation, rate, seconds, tokens_per_step)
             if completed % options.checkpoint_every == 0 or completed == options.steps:
                 write_checkpoint(completed)
             if stop.received:
                 break
         progress.finish()
+        log.flush()
+        result.loss_curve = write_loss_curve(log.path, os.path.join(options.checkpoint_dir, LOSS_CURVE),
+                                             title=f"loss of {config['num_layers']}-layer GPT, {options.steps} "
+                                                   f"steps")
         if stop.received:
             return _stopped(result, stop.received, done, write_checkpoint, path, out)
         try:
             with stop.interruptible(at_signal=1):  # every step is saved: a signal now just ends the report
-                result.validation_loss = validation_loss()
-                _report(result, model, vocabulary, vocabulary.decode(validation_tokens[:200]), options, out)
+                _report(result, model, vocabulary, prompts, options, out)
         except KeyboardInterrupt:
             return _stopped(result, stop.received, done, write_checkpoint, path, out)
-    out.write(f"checkpoint: {path}\n")
+    if result.losses:
+        out.write(f"steps {first_step + 1}..{done}: " + throughput(
+            tokens_per_step, flops, tokens_per_step / result.tokens_per_second, peak) + " on average\n")
+    out.write(f"checkpoint: {path}" + (f"; lowest validation loss {best_loss:.4f}: "
+                                       f"{os.path.join(options.checkpoint_dir, BEST)}" if options.best else "")
+              + f"\nloss log: {log.path}" + (f"; curve: {result.loss_curve}" if result.loss_curve else "") + "\n")
     return result
 
 
-def _report(result: TrainResult, model: GPT, vocabulary: Vocabulary, held_out: str, options: TrainOptions,
+def _report(result: TrainResult, model: GPT, vocabulary: Vocabulary, prompts: list[str], options: TrainOptions,
             out: TextIO) -> None:
-    """The end of a run: its final validation loss against the unigram baseline, then two samples continuing
-    a prompt from the held-out text (no longer than the model's context)."""
+    """The end of a run: its final validation loss against the unigram baseline, then --num-samples samples,
+    each under a header naming its prompt (the prompts taken in turn)."""
     out.write(f"final validation loss {result.validation_loss:.4f} nats/char; unigram (character frequency) "
               f"baseline {result.unigram_loss:.4f}\n")
-    prompt = _sample_prompt(held_out, min(SAMPLE_PROMPT_CHARACTERS, options.seq_len))
-    for seed in range(2 if options.sample_chars else 0):
+    count = options.num_samples if options.sample_chars else 0
+    for seed in range(count):
+        prompt = prompts[seed % len(prompts)]
         result.samples.append(sample(model, vocabulary, prompt, options.sample_chars, temperature=0.8, top_k=10,
                                      seed=seed))
-        out.write(f"--- sample {seed + 1} ---\n{result.samples[-1]}\n")
+        out.write(f"{sample_header(seed + 1, count, prompt)}\n{result.samples[-1]}\n")
 
 
 def _diverged(completed: int, loss: float, broken: str, compile_step, shards: int, state: TrainingState, inputs,
