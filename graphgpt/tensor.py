@@ -1,8 +1,9 @@
 """graphgpt.Tensor: one class for both worlds. Outside tracing it holds a NumPy array and computes each op at once
 (eager, define-by-run); inside `graphgpt.compile`'s trace the very same methods append graph nodes instead.
 
-Eagerly, an op whose inputs need gradients is recorded on a tape (the result's `_creator`); `loss.backward()` walks
-that tape with the same chain rule and gradient rules the autodiff pass uses to emit the backward graph.
+Eagerly, an op whose inputs need gradients is recorded on a tape (the result's `_creator`, shown to users as
+torch's `grad_fn`); `loss.backward()` walks that tape with the same chain rule and gradient rules the autodiff pass
+uses to emit the backward graph.
 
 Every operator and op method comes from ir.TensorOps (defined once, in the class hierarchy, never patched in);
 this file only says how to run an op eagerly and what a traced tensor refuses to do.
@@ -58,6 +59,10 @@ def counting_eager_ops() -> Iterator[OpCount]:
 class Tensor(TensorOps):
     """A tensor: eager NumPy data, or (during tracing) a symbolic value of the graph being built.
 
+    `Tensor(data, dtype=...)` takes NumPy dtypes and the IR's names ("float64", "f64"); without `dtype=`, the data
+    keeps its own, and a Tensor given to Tensor() keeps its dtype. An op mixing float32 and float64 is refused
+    (the IR never promotes) with a message saying how to make both one dtype.
+
     >>> x = Tensor(np.ones((2, 3), np.float32))
     >>> (x * 2 + 1).sum().data
     array(18., dtype=float32)
@@ -68,9 +73,11 @@ class Tensor(TensorOps):
     def __init__(self, data, requires_grad: bool = False, dtype=None):
         if isinstance(data, Tensor):
             data = data.data
+            dtype = data.dtype if dtype is None else dtype
         # C order, as a compiled run lays out its inputs and buffers: a Fortran-ordered array would make eager
         # kernels (a reduction, BLAS) add in another order than the compiled graph. C-ordered data is not copied.
-        self._hold(np.asarray(data, dtype=dtype, order="C"), requires_grad)
+        self._hold(np.asarray(data, dtype=None if dtype is None else canonical_dtype(dtype), order="C"),
+                   requires_grad)
 
     def _hold(self, array: np.ndarray, requires_grad: bool) -> None:
         canonical_dtype(array.dtype)  # refuses object, complex and other dtypes the IR does not hold
@@ -150,26 +157,54 @@ class Tensor(TensorOps):
         return result
 
     def _lift(self, array: np.ndarray) -> "Tensor":
-        return Tensor(array)
+        # An operand array keeps its dtype (TensorOps._operand), as graph constants do when traced.
+        return Tensor(array, dtype=array.dtype)
 
     # ---- eager backward ------------------------------------------------------------------------------------------
-    def backward(self) -> None:
+    def backward(self, gradient=None) -> None:
         """Fill `.grad` of every leaf tensor that requires grad (the model's Parameters) with d self / d leaf,
-        adding to what is there (call zero_grad between steps). `self` must be a float scalar."""
+        adding to what is there (call zero_grad between steps; the tape is kept, so a second backward adds again).
+
+        As torch's: without `gradient`, self must have exactly one element (shape (), (1,), (1, 1)...) and its
+        gradient is 1; with it (an array or Tensor of self's shape, cast to self's dtype), the vector-Jacobian
+        product gradient . d self / d leaf is what lands in `.grad`."""
         if self._value_hidden():
-            self._refuse("call .backward() on")
-        if self._type.shape != () or not self._type.is_float:
-            raise ShapeError(f"backward() needs a float scalar loss, got {self._type}; reduce it first")
+            self._refuse("call .backward() on", advice=(
+                "graphgpt.compile generates the backward pass itself: return the loss from the traced function "
+                "and compile a training step (graphgpt.compile(model, x, targets, loss=..., optimizer=...)), or "
+                "call .backward() in eager code, outside compile"))
+        if not self._type.is_float:
+            raise ShapeError(f"backward() needs a float tensor, got {self._type}")
+        seed = self._backward_seed(gradient)
         if not self.requires_grad:
             raise RuntimeError("backward(): the loss does not depend on any tensor that requires grad")
         tape, leaves = self._tape()
         with no_grad():
-            seed = Tensor(np.ones((), self._data.dtype))
             gradients = backpropagate(tape, self, seed, leaves, key=id)
         for leaf in leaves:
             gradient = gradients.get(id(leaf))
             if gradient is not None:
                 leaf.grad = gradient._data.copy() if leaf.grad is None else leaf.grad + gradient._data
+
+    def _backward_seed(self, gradient) -> "Tensor":
+        """d self / d self for backward(): ones for a one-element tensor, else the caller's `gradient`."""
+        shape, dtype = self._type.shape, self._type.dtype
+        if gradient is None:
+            if self._type.size != 1:
+                raise ShapeError(f"backward() of a non-scalar {self._type} needs gradient= of shape {shape} "
+                                 f"(d loss / d this tensor), or reduce it to one element first (.sum(), .mean())")
+            return Tensor(np.ones(shape, dtype), dtype=dtype)
+        seed = np.asarray(gradient.data if isinstance(gradient, Tensor) else gradient, dtype=dtype)
+        if seed.shape != shape:
+            raise ShapeError(f"backward(gradient): gradient has shape {seed.shape}, but the tensor {self._type} has "
+                             f"shape {shape}; they must be equal")
+        return Tensor(seed, dtype=dtype)
+
+    @property
+    def grad_fn(self) -> Optional["GradFn"]:
+        """What made this tensor on the tape, as torch's grad_fn: None for a leaf (a Tensor you made, a Parameter)
+        and for a result no tensor requiring grad flowed into; else a GradFn, printed like <MatmulBackward>."""
+        return None if self._creator is None else GradFn(self._creator)
 
     def _tape(self) -> tuple[list[Application], list["Tensor"]]:
         """The tape entries self depends on, in the order they ran, and the leaves that require grad.
@@ -205,7 +240,8 @@ class Tensor(TensorOps):
         trace = current_trace()
         return trace is not None and trace.parameter_name(self) is not None
 
-    def _refuse(self, what: str):
+    def _refuse(self, what: str, advice: Optional[str] = None):
+        """Raise TraceError for `what` (an action on a hidden value); `advice` replaces the default hint."""
         provenance = current_provenance()
         where = f"{provenance.filename}:{provenance.lineno}" if provenance.filename else "your code"
         if self._traced is None:  # a parameter of the model being traced
@@ -213,13 +249,14 @@ class Tensor(TensorOps):
             raise TraceError(
                 f"cannot {what} parameter {name!r} ({self._type}) at {where} while graphgpt.compile traces the "
                 f"model: the compiled graph reads its value at every run, so a value read now would be frozen "
-                f"into the graph and go stale when the parameter changes (training, load_state_dict). Use tensor "
-                f"ops on it instead (self.w.tanh(), (self.w.sum() > 0).where(a, b)), or run the model eagerly.")
+                f"into the graph and go stale when the parameter changes (training, load_state_dict). "
+                + (advice or "Use tensor ops on it instead (self.w.tanh(), (self.w.sum() > 0).where(a, b)), or "
+                             "run the model eagerly") + ".")
         raise TraceError(
             f"cannot {what} a traced tensor ({self._traced.label}: {self._type}) at {where}: its value is not "
-            f"known while graphgpt.compile traces the model. A static graph cannot depend on data through Python "
-            f"control flow; use tensor ops instead (for example mask.where(a, b) for an if/else), or run the "
-            f"model eagerly.")
+            f"known while graphgpt.compile traces the model. "
+            + (advice or "A static graph cannot depend on data through Python control flow; use tensor ops "
+                         "instead (for example mask.where(a, b) for an if/else), or run the model eagerly") + ".")
 
     def __bool__(self) -> bool:
         if self._value_hidden():
@@ -254,12 +291,65 @@ class Tensor(TensorOps):
     def __iter__(self):
         if self._value_hidden():
             self._refuse("iterate over")
-        return (Tensor(row) for row in self._data)
+        return (Tensor(row, dtype=self._type.dtype) for row in self._data)
 
     def __repr__(self) -> str:
         if self._traced is not None:
             return f"Tensor(traced {self._traced.label}: {self._type})"
         return f"Tensor({np.array2string(self._data, threshold=20)}, dtype={self._type.dtype})"
+
+
+class GradFn:
+    """The tape entry that made a tensor, shown as torch shows a grad_fn: `name()` ('MatmulBackward'), the `op`,
+    and `next_functions`, one (grad_fn, 0) pair per input as in torch: the input's GradFn, an AccumulateGrad for
+    a leaf that requires grad, None for an input without gradient. A view of Tensor._creator, not a second tape."""
+
+    __slots__ = ("_application",)
+
+    def __init__(self, application: Application):
+        self._application = application
+
+    @property
+    def op(self) -> str:
+        return self._application.op
+
+    def name(self) -> str:
+        return "".join(part.capitalize() for part in self.op.split("_")) + "Backward"
+
+    @property
+    def next_functions(self) -> tuple:
+        return tuple((_grad_fn_of(tensor), 0) for tensor in self._application.inputs)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, GradFn) and other._application is self._application
+
+    def __hash__(self) -> int:
+        return id(self._application)
+
+    def __repr__(self) -> str:
+        return f"<{self.name()}>"
+
+
+class AccumulateGrad:
+    """Where a gradient ends: a leaf tensor that requires grad (`variable`), as torch's next_functions show it."""
+
+    __slots__ = ("variable",)
+    next_functions = ()
+
+    def __init__(self, variable: Tensor):
+        self.variable = variable
+
+    def name(self) -> str:
+        return "AccumulateGrad"
+
+    def __repr__(self) -> str:
+        return "<AccumulateGrad>"
+
+
+def _grad_fn_of(tensor: Tensor):
+    if tensor.grad_fn is not None:
+        return tensor.grad_fn
+    return AccumulateGrad(tensor) if tensor.requires_grad else None
 
 
 class Parameter(Tensor):

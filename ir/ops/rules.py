@@ -34,11 +34,13 @@ def broadcast_shapes(*shapes: tuple[Size, ...]) -> tuple[Size, ...]:
 
 
 def same_dtype(*types: TensorType) -> str:
-    """The common dtype of the inputs; the IR never promotes silently (cast explicitly with astype)."""
+    """The common dtype of the inputs; the IR never promotes silently (cast explicitly with astype). The refusal
+    says how to fix it, suggesting float32 (the parameters' dtype) when it is one of the two."""
     dtypes = {t.dtype for t in types}
     if len(dtypes) != 1:
-        raise ShapeError(f"inputs must share one dtype, got {', '.join(str(t) for t in types)}; "
-                         f"cast one with .astype(...)")
+        target = "float32" if "float32" in dtypes else types[0].dtype
+        raise ShapeError(f"inputs must share one dtype, got {', '.join(str(t) for t in types)} (graphgpt never "
+                         f"promotes); make them one dtype: x.astype('{target}'), or Tensor(data, dtype='{target}')")
     return dtypes.pop()
 
 
