@@ -115,7 +115,7 @@ def check_gradients(model: Callable, *inputs, loss: Optional[Callable] = None, e
     model = copy.deepcopy(model).to("float64") if isinstance(model, Module) else model
     arrays = [np.asarray(x.data if isinstance(x, Tensor) else x) for x in inputs]
     arrays = [x.astype(np.float64) if x.dtype.kind == "f" else x for x in arrays]
-    input_tensors = [Tensor(array) for array in arrays]  # share the arrays: perturbing one is seen by all
+    input_tensors = [Tensor(array, dtype=array.dtype) for array in arrays]  # shared: a perturbation is seen by all
 
     if loss is not None:
         traced = trace_loss(model, arrays, loss)

@@ -28,7 +28,8 @@ def eager_value_and_gradients(function: Callable, arrays: Sequence[np.ndarray]
                               ) -> tuple[np.ndarray, list[np.ndarray]]:
     """function run op by op on Tensors, and loss.backward()'s gradients (zeros for an input it never reads)."""
     wanted = float_positions(arrays)
-    tensors = [graphgpt.Tensor(array, requires_grad=position in wanted) for position, array in enumerate(arrays)]
+    tensors = [graphgpt.Tensor(array, requires_grad=position in wanted, dtype=np.asarray(array).dtype)
+               for position, array in enumerate(arrays)]  # float64 arrays stay float64, as in the compiled run
     result = function(*tensors)
     if result.requires_grad:
         result.backward()

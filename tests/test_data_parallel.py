@@ -190,9 +190,9 @@ class TwoBiases(graphgpt.nn.Module):
 
     def __init__(self):
         self.gpt = make_gpt().to("float64")
-        self.a = graphgpt.tensor.Parameter(np.zeros(17))
-        self.b = graphgpt.tensor.Parameter(np.zeros(17))
-        self.unused = graphgpt.tensor.Parameter(np.zeros(3))
+        self.a = graphgpt.tensor.Parameter(np.zeros(17), dtype="float64")
+        self.b = graphgpt.tensor.Parameter(np.zeros(17), dtype="float64")
+        self.unused = graphgpt.tensor.Parameter(np.zeros(3), dtype="float64")
 
     def forward(self, tokens):
         return self.gpt(tokens) + self.a + self.b

@@ -38,7 +38,7 @@ LEAVES = {
     "sum": (LINEAR, lambda logits, targets, model: (logits * logits).sum() * 0.01),
     "row-mean": (LINEAR, lambda logits, targets, model: logits.mean(axis=0).sum()),
     "weight": (INDEPENDENT, lambda logits, targets, model: (model.head.weight * model.head.weight).sum() + 1.0),
-    "const": (INDEPENDENT, lambda logits, targets, model: graphgpt.Tensor(np.array(3.0))),
+    "const": (INDEPENDENT, lambda logits, targets, model: graphgpt.Tensor(3.0, dtype="float64")),
 }
 
 

@@ -112,7 +112,7 @@ def test_eager_equals_compiled_without_passes_bit_for_bit(program, seed):
         return run_steps(x, weights, steps)
 
     with np.errstate(all="ignore"):  # exp of exp may overflow: both paths must agree on that too
-        eager = function(Tensor(x), *[Tensor(w) for w in weights]).data
+        eager = function(Tensor(x, dtype=dtype), *[Tensor(w, dtype=dtype) for w in weights]).data
         compiled = graphgpt.compile(function, x, *weights, passes=[]).run(x, *weights)
     assert_same_bits(compiled, eager, f"{dtype} {shape} {steps}")
 
@@ -128,7 +128,7 @@ def test_the_reported_case_exp_of_a_transpose_then_matmul():
         def function(x, w):
             return x.transpose().exp() @ w
 
-        eager = function(Tensor(x), Tensor(w)).data
+        eager = function(Tensor(x, dtype=dtype), Tensor(w, dtype=dtype)).data
         assert_same_bits(graphgpt.compile(function, x, w, passes=[]).run(x, w), eager, f"{dtype} {(k, m, n)}")
 
 
@@ -152,9 +152,9 @@ def test_a_fortran_ordered_input_gives_eager_the_compiled_bits():
     def function(x, w):
         return (x.exp() @ w).sum(axis=0)
 
-    eager = function(graphgpt.Tensor(x), graphgpt.Tensor(w)).data
+    eager = function(graphgpt.Tensor(x, dtype=x.dtype), graphgpt.Tensor(w, dtype=w.dtype)).data
     compiled = graphgpt.compile(function, x, w, passes=[]).run(x, w)
     assert np.array_equal(eager, compiled)
-    assert graphgpt.Tensor(x).data.flags.c_contiguous
-    same = np.ones((3, 4))
+    assert graphgpt.Tensor(x, dtype=x.dtype).data.flags.c_contiguous
+    same = np.ones((3, 4), np.float32)
     assert np.shares_memory(graphgpt.Tensor(same).data, same)  # C-ordered data is not copied

@@ -50,7 +50,7 @@ def test_layer_norm_uses_biased_variance_and_eps():
     x = np.array([[1.0, 2.0, 3.0, 6.0]], np.float64)
     ln.to("float64")
     expected = (x - 3.0) / np.sqrt(np.var(x, ddof=0) + 1e-5)
-    np.testing.assert_allclose(ln(graphgpt.Tensor(x)).data, expected, rtol=1e-12)
+    np.testing.assert_allclose(ln(graphgpt.Tensor(x, dtype="float64")).data, expected, rtol=1e-12)
 
 
 def test_embedding_gathers_rows():

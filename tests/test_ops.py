@@ -472,7 +472,7 @@ def test_eager_and_compiled_run_the_op_alike(row: Case):
     def function(*tensors):
         return tensors[0]._apply(row.op, tensors, attrs)
 
-    np.testing.assert_array_equal(function(*[graphgpt.Tensor(x) for x in arrays]).data, expected)
+    np.testing.assert_array_equal(function(*[graphgpt.Tensor(x, dtype=x.dtype) for x in arrays]).data, expected)
     np.testing.assert_array_equal(graphgpt.compile(function, *arrays, passes=[]).run(*arrays), expected)
 
 
@@ -500,7 +500,7 @@ def test_zero_size_rows_forward_and_backward_on_every_path(row: Case):
     def function(*tensors):
         return tensors[0]._apply(row.op, tensors, attrs)
 
-    assert same_bits(function(*[graphgpt.Tensor(x) for x in arrays]).data, expected)
+    assert same_bits(function(*[graphgpt.Tensor(x, dtype=x.dtype) for x in arrays]).data, expected)
     assert same_bits(graphgpt.compile(function, *arrays, passes=[]).run(*arrays), expected)
     assert same_bits(graphgpt.compile(function, *arrays).run(*arrays), expected)
     assert_agree(graphgpt.compile(function, *arrays, fast_math=True).run(*arrays), expected, "fast math")
