@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import signal
 import sys
 from typing import Callable, Optional
@@ -29,6 +28,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from .run_command import command_run
+from .training.commands import (add_generate_arguments, add_train_arguments, check_generate_arguments,
+                                check_train_arguments, command_generate, command_train)
 
 
 class UsageError(SystemExit):
@@ -132,32 +133,6 @@ def sequence_lengths(text: str) -> tuple[int, ...]:
     raise argparse.ArgumentTypeError(f"expected {_lengths_wanted()} separated by commas, got {text!r}")
 
 
-def _train_options(args: argparse.Namespace):
-    from .training.options import TrainOptions
-
-    return TrainOptions(**{name: getattr(args, name) for name in TrainOptions.__dataclass_fields__
-                           if name != "progress"}, progress=not args.no_progress)
-
-
-def _check_train_arguments(args: argparse.Namespace) -> Optional[str]:
-    """What the options together do not allow (--lr-min above --lr, --embed not divisible by --heads, ...)."""
-    from .training.corpus import DataError
-    from .training.options import validate_options
-
-    try:
-        validate_options(_train_options(args))
-    except DataError as error:
-        return str(error)
-    return None
-
-
-def _add_config_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, type=non_empty("a file name"), metavar="FILE",
-                        help="a TOML file setting any of these options by its long name with underscores "
-                             "(seq_len = 128, clip_grad_norm = 0.5, best = true); options given on the command "
-                             "line override it (default: none)")
-
-
 def _parse(argv) -> argparse.Namespace:
     """The arguments of `argv`, over the values of the --config file if one is given (checked in full first:
     a bad key or value is refused as a bad argument is)."""
@@ -173,118 +148,6 @@ def _parse(argv) -> argparse.Namespace:
         args.refuse(str(error))
     args.command_parser.set_defaults(**values)
     return parser.parse_args(argv)
-
-
-def resume_command(options) -> str:
-    """The command that continues a run of `options`: `graphgpt train --resume` with every option it was given
-    that a resumed run does not take from its checkpoint (the data, batch shape, steps, folder, ...)."""
-    from .training.options import TrainOptions, option_flag
-    from .training.trainer import RESUMED_SETTINGS
-
-    defaults = TrainOptions()
-    words = ["graphgpt", "train", "--resume"]
-    for name in TrainOptions.__dataclass_fields__:
-        value = getattr(options, name)
-        if name in (*RESUMED_SETTINGS, "resume", "progress") or value == getattr(defaults, name):
-            continue
-        words += [option_flag(name)] if value is True else [option_flag(name), shlex.quote(str(value))]
-    return " ".join(words)
-
-
-def command_train(args: argparse.Namespace) -> int:
-    from .training.trainer import LATEST, TrainingDiverged, train
-
-    options = _train_options(args)
-    try:
-        result = train(options)
-    except TrainingDiverged as error:
-        print(f"graphgpt: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # before the training loop listens for signals: reading, loading, compiling
-        if os.path.isfile(os.path.join(options.checkpoint_dir, LATEST)):
-            print(f"\ngraphgpt: interrupted; `{resume_command(options)}` continues from the checkpoint in "
-                  f"{options.checkpoint_dir}", file=sys.stderr)
-        else:
-            print("\ngraphgpt: interrupted before training began; nothing was saved", file=sys.stderr)
-        return 128 + signal.SIGINT
-    if result.stopped_by is not None:
-        if result.checkpoint_step is not None and result.checkpoint_step < options.steps:
-            print(f"graphgpt: `{resume_command(options)}` continues from step {result.checkpoint_step}",
-                  file=sys.stderr)
-        return 128 + signal.Signals[result.stopped_by]
-    return 0 if np.isfinite(result.validation_loss) else 1
-
-
-def command_generate(args: argparse.Namespace) -> int:
-    from .nn import GPT
-    from .training.checkpoint import load_checkpoint
-    from .training.corpus import Vocabulary
-    from .training.sampling import checked_prompts, sample, sample_header
-
-    checkpoint = load_checkpoint(args.checkpoint)
-    model = GPT(**checkpoint.metadata["config"])
-    model.load_state_dict(checkpoint.model_state)
-    vocabulary = Vocabulary(checkpoint.metadata["vocabulary"])
-    prompts = checked_prompts(args.prompt, args.prompt_file, vocabulary, model.max_seq_len)
-    count = len(prompts) if args.num_samples is None else args.num_samples
-    for index in range(count):  # the prompts in turn, each sample with its own seed
-        prompt = prompts[index % len(prompts)]
-        print(sample_header(index + 1, count, prompt))
-        print(sample(model, vocabulary, prompt, args.length, args.temperature, args.top_k, args.seed + index))
-    return 0
-
-
-def _check_generate_arguments(args: argparse.Namespace) -> Optional[str]:
-    if (args.prompt is None) == (args.prompt_file is None):
-        return "give the text to continue: --prompt TEXT or --prompt-file FILE (one prompt per line), not both"
-    return None
-
-
-TRAIN_HELP = {"steps": "training steps", "batch": "sequences per batch",
-              "seq_len": "characters per sequence (also max_seq_len)", "embed": "embedding width",
-              "layers": "transformer blocks", "heads": "attention heads (dividing --embed)", "seed": "random seed",
-              "eval_every": "steps between validation losses", "eval_batches": "held-out batches per validation",
-              "checkpoint_every": "steps between checkpoints",
-              "sample_chars": "characters per sample printed at the end (0: no samples)",
-              "num_samples": "samples printed at the end, taking the prompts in turn",
-              "lr": "AdamW peak learning rate, reached after --warmup",
-              "warmup": "steps of linear learning-rate warmup",
-              "lr_min": "learning rate the cosine decay reaches at the last step",
-              "weight_decay": "AdamW weight decay",
-              "clip": "global gradient-norm clip, as nanoGPT's grad_clip (0: no clipping)"}
-DEFAULT_TEXTS = {"lr_min": "a tenth of --lr"}  # defaults decided when the run starts
-
-
-def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    from .training.options import TrainOptions, option_flag
-
-    defaults = TrainOptions()
-    parser.add_argument("--data", default=None, type=non_empty("a file name"),
-                        help="a UTF-8 text file (default: Python standard-library source)")
-    for name, help_text in TRAIN_HELP.items():
-        _add_number(parser, option_flag(name), name, getattr(defaults, name), help_text,
-                    DEFAULT_TEXTS.get(name, "%(default)s"), aliases=("--clip",) if name == "clip" else ())
-    parser.add_argument("--checkpoint-dir", default=defaults.checkpoint_dir, type=non_empty("a folder name"),
-                        help=f"where latest.npz, the loss log loss.csv and its curve loss.svg are written "
-                             f"(default {defaults.checkpoint_dir})")
-    parser.add_argument("--best", action="store_true",
-                        help="also keep best.npz, the checkpoint of the lowest validation loss so far")
-    _add_prompt_arguments(parser, "a line of the held-out text")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the checkpoint in --checkpoint-dir with its model, optimizer settings "
-                             "and data-parallel split (so the result is bit for bit an uninterrupted run's); give "
-                             "the same --data, --batch and --seq-len, and --steps beyond the checkpoint's step")
-    parser.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",
-                        help="no progress bar (validation losses, the final report and samples still print)")
-    _add_config_argument(parser)
-
-
-def _add_prompt_arguments(parser: argparse.ArgumentParser, default_prompt: str) -> None:
-    parser.add_argument("--prompt", default=None, type=non_empty("at least one character"),
-                        help=f"text the samples continue, at most the model's max_seq_len characters (default: "
-                             f"{default_prompt})")
-    parser.add_argument("--prompt-file", default=None, type=non_empty("a file name"), metavar="FILE",
-                        help="a UTF-8 file of prompts, one per non-empty line, instead of --prompt (default: none)")
 
 
 STAGES = ("forward", "train", "optimised")
@@ -391,8 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "atomically, and once more when stopped by Ctrl-C (SIGINT) or "
                                             "SIGTERM. A run whose loss goes NaN or infinite stops at once, naming "
                                             "the first node that made a NaN.")
-    _add_train_arguments(train)
-    train.set_defaults(handler=command_train, check=_check_train_arguments)
+    add_train_arguments(train)
+    train.set_defaults(handler=command_train, check=check_train_arguments)
 
     render = commands.add_parser("render", help="draw a GPT's graph at some stage with graphviz",
                                  description="Draw the graph of a GPT: the forward as traced, the training step "
@@ -432,18 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser("generate", help="sample text from a checkpoint",
                                    description="Continue a prompt with characters sampled from a trained GPT.")
-    generate.add_argument("--checkpoint", default="checkpoints/latest.npz", type=non_empty("a file name"),
-                          help="checkpoint file (default checkpoints/latest.npz)")
-    _add_prompt_arguments(generate, "none: give --prompt or --prompt-file")
-    _add_number(generate, "--num-samples", "num_samples", None, "samples, taking the prompts in turn",
-                "one per prompt")
-    _add_number(generate, "--length", "length", 200, "characters to sample")
-    _add_number(generate, "--temperature", "temperature", 0.8, "softmax temperature")
-    _add_number(generate, "--top-k", "top_k", 10, "keep the k likeliest characters, 0 for all")
-    _add_number(generate, "--seed", "seed", 0, "sampling seed of the first sample; the next ones take the "
-                "following seeds")
-    _add_config_argument(generate)
-    generate.set_defaults(handler=command_generate, check=_check_generate_arguments)
+    add_generate_arguments(generate)
+    generate.set_defaults(handler=command_generate, check=check_generate_arguments)
 
     for command in (run, train, render, ir_command, compare, generate):
         command.set_defaults(refuse=command.error, command_parser=command)

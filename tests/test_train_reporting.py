@@ -17,13 +17,16 @@ from graphgpt.cli import main
 from graphgpt.nn import functional as F
 from graphgpt.optim import SGD
 from graphgpt.training.checkpoint import load_checkpoint
+from graphgpt.training.commands import train_options
 from graphgpt.training.loss_log import COLUMNS, LOSS_CURVE, LOSS_LOG, read_loss_log
 from graphgpt.training.progress import Progress, step_flops
 from graphgpt.training.schedule import learning_rate
 from graphgpt.training.trainer import BEST, LATEST, TrainOptions
 from conftest import make_gpt, make_tokens
 import test_train
-from test_train import data_file, run_quietly  # noqa: F401 (data_file: the fixture writing test_train's text)
+from test_train import run_quietly
+
+data_file = test_train.data_file  # the fixture writing test_train's text to a file
 
 
 def tiny_options(data_file, folder, **overrides) -> TrainOptions:
@@ -239,7 +242,7 @@ def test_a_config_file_sets_every_option_and_flags_override_it(data_file, tmp_pa
     import graphgpt.cli as cli
 
     taken = []
-    monkeypatch.setattr(cli, "command_train", lambda args: taken.append(cli._train_options(args)) or 0)
+    monkeypatch.setattr(cli, "command_train", lambda args: taken.append(train_options(args)) or 0)
     config = tmp_path / "run.toml"
     config.write_text(f'data = "{data_file}"\nsteps = 7\nlr = 1\nlr_min = 0.5\nwarmup = 0\nclip_grad_norm = 0\n'
                       f'best = true\nno_progress = true\nprompt = "static "\ncheckpoint_dir = "elsewhere"\n')

@@ -7,6 +7,7 @@ On a terminal the bar is rewritten in place; elsewhere (a log, CI) the same line
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Optional, TextIO
 
@@ -66,6 +67,13 @@ def throughput(tokens_per_step: int, flops_per_step: int, seconds_per_step: floa
     return shown + (f" ({100 * rate / peak_flops:.1f}% of peak)" if peak_flops else "")
 
 
+def _terminal_columns(out: TextIO) -> int:
+    try:
+        return os.get_terminal_size(out.fileno()).columns
+    except (AttributeError, OSError, ValueError):  # not a file descriptor (a test's stand-in), or not a terminal
+        return 0
+
+
 class Progress:
     """The bar of a run of steps first_step+1..total; update() after each step with its loss and seconds."""
 
@@ -77,8 +85,12 @@ class Progress:
         self.loss, self.seconds = MovingAverage(), MovingAverage()
         self.first_step = first_step
         self.started = time.perf_counter()
-        self.bar = tqdm(total=total, initial=first_step, file=out, bar_format=BAR_FORMAT, dynamic_ncols=True,
-                        leave=True, disable=not self.live) if self.live else None
+        # Follow the terminal's size as it changes; one that reports none (0 x 0, as some pseudo-terminals do)
+        # would get an empty bar, or none at all (tqdm hides bars below the last row): assume 120 x 24 there.
+        sized = _terminal_columns(out) > 0 if self.live else False
+        self.bar = tqdm(total=total, initial=first_step, file=out, bar_format=BAR_FORMAT, leave=True,
+                        dynamic_ncols=sized, ncols=None if sized else 120,
+                        nrows=None if sized else 24) if self.live else None
 
     def postfix(self) -> str:
         return f"loss {self.loss.value:.3f}, " + throughput(self.tokens_per_step, self.flops_per_step,
