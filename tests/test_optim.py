@@ -56,7 +56,7 @@ OPTIMIZERS = {
 def test_eager_step_matches_reference_algorithm(name):
     make_optimizer, options = OPTIMIZERS[name]
     rng = np.random.default_rng(0)
-    params = [graphgpt.Parameter(rng.normal(size=shape)) for shape in [(3, 2), (4,)]]
+    params = [graphgpt.Parameter(rng.normal(size=shape), dtype="float64") for shape in [(3, 2), (4,)]]
     initial = [p.data.copy() for p in params]
     grads_per_step = [[rng.normal(size=p.shape) for p in params] for _ in range(6)]
     optimizer = make_optimizer(params)
@@ -121,7 +121,7 @@ def test_optimizer_state_saves_and_restores_mid_training():
 
 
 def test_optimizer_refusals():
-    params = [graphgpt.Parameter(np.zeros(2))]
+    params = [graphgpt.Parameter(np.zeros(2), dtype="float64")]
     with pytest.raises(ValueError, match="learning rate must be positive"):
         Adam(params, lr=0)
     with pytest.raises(ValueError, match="betas"):
@@ -179,7 +179,7 @@ def train_three_steps(model, kind, how):
     for _ in range(3):
         if how == "eager":
             model.zero_grad()
-            F.cross_entropy(model(graphgpt.Tensor(x)), graphgpt.Tensor(targets)).backward()
+            F.cross_entropy(model(graphgpt.Tensor(x, dtype="float64")), graphgpt.Tensor(targets)).backward()
             optimizer.step()
         else:
             step.run(x, targets)
