@@ -63,11 +63,11 @@ class Optimizer:
         self.named_params = named
         dtype = named[0][1].dtype
         if self.state["lr_scale"].dtype != dtype:  # a float64 model: its update reads a float64 scale
-            self.state["lr_scale"] = Tensor(self.state["lr_scale"].data.astype(dtype))
-        self.state.setdefault("step", Tensor(np.zeros((), dtype)))
+            self.state["lr_scale"] = Tensor(self.state["lr_scale"].data, dtype=dtype)
+        self.state.setdefault("step", Tensor(np.zeros(()), dtype=dtype))
         for name, parameter in named:
             for slot in self.slots:
-                self.state.setdefault(f"{slot}.{name}", Tensor(np.zeros(parameter.shape, parameter.dtype)))
+                self.state.setdefault(f"{slot}.{name}", Tensor(np.zeros(parameter.shape), dtype=parameter.dtype))
         return self
 
     @property
@@ -121,8 +121,8 @@ class Optimizer:
         if not reached:
             raise RuntimeError("optimizer.step(): no parameter has a gradient; call loss.backward() first")
         with no_grad():
-            parameters = [Tensor(parameter.data) for _, parameter in reached]
-            gradients = [Tensor(parameter.grad) for _, parameter in reached]
+            parameters = [Tensor(parameter.data, dtype=parameter.dtype) for _, parameter in reached]
+            gradients = [Tensor(parameter.grad, dtype=parameter.dtype) for _, parameter in reached]
             new_parameters, new_state = self.update([name for name, _ in reached], parameters, gradients,
                                                     self.state)
             for (_, parameter), new in zip(reached, new_parameters):

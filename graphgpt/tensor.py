@@ -59,11 +59,16 @@ def counting_eager_ops() -> Iterator[OpCount]:
 class Tensor(TensorOps):
     """A tensor: eager NumPy data, or (during tracing) a symbolic value of the graph being built.
 
-    `Tensor(data, dtype=...)` takes NumPy dtypes and the IR's names ("float64", "f64"); without `dtype=`, the data
-    keeps its own, and a Tensor given to Tensor() keeps its dtype. An op mixing float32 and float64 is refused
-    (the IR never promotes) with a message saying how to make both one dtype.
+    The dtype rule is TinyTorch's: `Tensor(data)` with float data and no `dtype=` holds float32, whether the data
+    is a Python float, a list of floats or a float64 NumPy array (`Tensor(np.random.randn(3, 4))` is f32[3,4]).
+    `Tensor(data, dtype="float64")` (np.float64 and "f64" too) keeps float64, for gradient checks; integer and bool
+    data keep their dtype, and so does a Tensor given to Tensor(); assigning `.data` keeps the array's dtype
+    (Module.to converts parameters that way). Why: graphgpt's parameters are float32 and its users come from the
+    TinyTorch course, whose Tensor makes float data float32; torch's rule (keep float64, promote a mixed op) would
+    need the IR to promote silently, which it never does. An op mixing float32 and float64 is refused with a
+    message saying how to make both one dtype (`x.astype(...)`, `Tensor(data, dtype=...)`).
 
-    >>> x = Tensor(np.ones((2, 3), np.float32))
+    >>> x = Tensor(np.ones((2, 3)))
     >>> (x * 2 + 1).sum().data
     array(18., dtype=float32)
     """
@@ -76,8 +81,10 @@ class Tensor(TensorOps):
             dtype = data.dtype if dtype is None else dtype
         # C order, as a compiled run lays out its inputs and buffers: a Fortran-ordered array would make eager
         # kernels (a reduction, BLAS) add in another order than the compiled graph. C-ordered data is not copied.
-        self._hold(np.asarray(data, dtype=None if dtype is None else canonical_dtype(dtype), order="C"),
-                   requires_grad)
+        array = np.asarray(data, dtype=None if dtype is None else canonical_dtype(dtype), order="C")
+        if dtype is None and array.dtype.kind == "f" and array.dtype != np.float32:
+            array = array.astype(np.float32)  # the dtype rule in the class docstring
+        self._hold(array, requires_grad)
 
     def _hold(self, array: np.ndarray, requires_grad: bool) -> None:
         canonical_dtype(array.dtype)  # refuses object, complex and other dtypes the IR does not hold
@@ -113,6 +120,11 @@ class Tensor(TensorOps):
     @property
     def type(self) -> TensorType:
         return self._type
+
+    @property
+    def dtype(self) -> np.dtype:
+        """A NumPy dtype, as an ndarray's (and TinyTorch's) is: it equals np.float32 and "float32" alike."""
+        return np.dtype(self._type.dtype)
 
     @property
     def data(self) -> np.ndarray:

@@ -166,6 +166,16 @@ def test_grad_fn_names_follow_torchs_for_the_same_op():
 
 # ---- dtypes --------------------------------------------------------------------------------------------------------
 
+def test_float_data_without_a_dtype_is_float32_as_in_tinytorch():
+    assert Tensor(np.random.default_rng(0).normal(size=(3, 4))).dtype == "float32"
+    assert Tensor(1.5).dtype == "float32" and Tensor([[1.0, 2.0]]).dtype == "float32"
+    assert graphgpt.Parameter(A).dtype == "float32"
+    np.testing.assert_array_equal(Tensor(A).data, A.astype(np.float32))
+    weights = Tensor(np.ones((4, 2), np.float32), requires_grad=True)
+    (Tensor(A) @ weights).sum().backward()  # the course's habit, float64 NumPy data against float32 weights
+    assert weights.grad.dtype == np.float32
+
+
 def test_an_explicit_dtype_is_kept():
     assert Tensor(A, dtype="float64").dtype == "float64"
     assert Tensor(A, dtype=np.float64).dtype == "float64"

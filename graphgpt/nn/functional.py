@@ -74,7 +74,7 @@ def causal_mask(seq_len: int, dtype="float32") -> Tensor:
     positions <= t only (the seed's np.triu(ones * -inf, k=1)). The GPT's own convention; for the course's
     True = may attend one, see create_causal_mask."""
     future = np.triu(np.ones((seq_len, seq_len), dtype=bool), k=1)
-    return Tensor(np.where(future, -np.inf, 0.0).astype(dtype))
+    return Tensor(np.where(future, -np.inf, 0.0), dtype=dtype)
 
 
 def create_causal_mask(seq_len: int) -> Tensor:
