@@ -38,6 +38,7 @@ _EXPORTS: dict[str, str] = {
     "Parameter": "tensor",
     "Tensor": "tensor",
     "TraceError": "tracing",
+    "enable_autograd": "tracing",
     "no_grad": "tracing",
     "ir": "ir",
     "nn": "nn",

@@ -12,6 +12,7 @@ this file only says how to run an op eagerly and what a traced tensor refuses to
 from __future__ import annotations
 
 import contextvars
+import functools
 import itertools
 from contextlib import contextmanager
 from typing import Iterator, Optional
@@ -215,8 +216,11 @@ class Tensor(TensorOps):
     @property
     def grad_fn(self) -> Optional["GradFn"]:
         """What made this tensor on the tape, as torch's grad_fn: None for a leaf (a Tensor you made, a Parameter)
-        and for a result no tensor requiring grad flowed into; else a GradFn, printed like <MatmulBackward>."""
-        return None if self._creator is None else GradFn(self._creator)
+        and for a result no tensor requiring grad flowed into; else a GradFn of the op's own class, printed like
+        <MatmulBackward>. `_grad_fn` is the same, under the TinyTorch course's name."""
+        return None if self._creator is None else grad_fn_class(self._creator.op)(self._creator)
+
+    _grad_fn = grad_fn
 
     def _tape(self) -> tuple[list[Application], list["Tensor"]]:
         """The tape entries self depends on, in the order they ran, and the leaves that require grad.
@@ -326,7 +330,7 @@ class GradFn:
         return self._application.op
 
     def name(self) -> str:
-        return "".join(part.capitalize() for part in self.op.split("_")) + "Backward"
+        return type(self).__name__
 
     @property
     def next_functions(self) -> tuple:
@@ -356,6 +360,14 @@ class AccumulateGrad:
 
     def __repr__(self) -> str:
         return "<AccumulateGrad>"
+
+
+@functools.lru_cache(maxsize=None)  # one class per op name: made once, shared by every thread
+def grad_fn_class(op: str) -> type:
+    """The GradFn subclass for op `op`, named as torch and the course name theirs: 'embedding' -> EmbeddingBackward
+    (so `type(t.grad_fn).__name__` reads as it does there)."""
+    name = "".join(part.capitalize() for part in op.split("_")) + "Backward"
+    return type(name, (GradFn,), {"__slots__": (), "__doc__": f"The gradient function of {op!r}."})
 
 
 def _grad_fn_of(tensor: Tensor):

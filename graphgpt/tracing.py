@@ -192,6 +192,12 @@ def grad_enabled() -> bool:
     return _grad_recording.get()
 
 
+def enable_autograd() -> None:
+    """The TinyTorch course's switch that patches gradients onto its Tensor. graphgpt's Tensor records them from
+    the start (whenever an input requires grad, outside no_grad()), one rule per op, so there is nothing to turn
+    on: this does nothing, and course code that calls it runs unchanged."""
+
+
 @contextmanager
 def no_grad():
     """Eager ops inside this block record nothing on the tape (as during backward() and optimizer steps); other

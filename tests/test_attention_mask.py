@@ -35,7 +35,7 @@ MASKS = {"bool": F.create_causal_mask(T), "additive": F.causal_mask(T),
 
 @pytest.mark.parametrize("kind", sorted(MASKS))
 def test_bool_and_additive_masks_give_the_causal_result(kind):
-    out = F.scaled_dot_product_attention(Q, K, V, MASKS[kind]).data
+    out = F.scaled_dot_product_attention(Q, K, V, MASKS[kind])[0].data
     np.testing.assert_allclose(out, causal_reference(Q, K, V), rtol=1e-5, atol=1e-6)
 
 
@@ -44,7 +44,7 @@ def test_masks_match_torch_is_causal():
     expected = torch.nn.functional.scaled_dot_product_attention(
         *(torch.from_numpy(a) for a in (Q, K, V)), is_causal=True).numpy()
     for kind, mask in MASKS.items():
-        np.testing.assert_allclose(F.scaled_dot_product_attention(Q, K, V, mask).data, expected, rtol=1e-5,
+        np.testing.assert_allclose(F.scaled_dot_product_attention(Q, K, V, mask)[0].data, expected, rtol=1e-5,
                                    atol=1e-6, err_msg=kind)
 
 
@@ -61,16 +61,16 @@ def test_an_integer_mask_is_refused_naming_both_conventions():
 
 
 def test_an_all_zero_float_mask_is_additive_and_masks_nothing():
-    unmasked = F.scaled_dot_product_attention(Q, K, V).data
-    np.testing.assert_array_equal(F.scaled_dot_product_attention(Q, K, V, np.zeros((T, T), np.float32)).data,
+    unmasked = F.scaled_dot_product_attention(Q, K, V)[0].data
+    np.testing.assert_array_equal(F.scaled_dot_product_attention(Q, K, V, np.zeros((T, T), np.float32))[0].data,
                                   unmasked)
 
 
-def test_return_weights_gives_the_course_pair():
-    out, weights = F.scaled_dot_product_attention(Q, K, V, MASKS["bool"], return_weights=True)
+def test_it_returns_the_course_pair_of_output_and_weights():
+    out, weights = F.scaled_dot_product_attention(Q, K, V, MASKS["bool"])
     np.testing.assert_allclose(weights.data.sum(-1), 1.0, rtol=1e-6)
     assert np.all(weights.data[..., np.triu_indices(T, 1)[0], np.triu_indices(T, 1)[1]] == 0)
-    np.testing.assert_array_equal(out.data, F.scaled_dot_product_attention(Q, K, V, MASKS["bool"]).data)
+    np.testing.assert_array_equal(out.data, (weights @ V).data)
 
 
 def gpt_attention_and_input():

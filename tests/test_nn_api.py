@@ -110,6 +110,7 @@ def test_activation_modules_are_their_functions():
     np.testing.assert_array_equal(nn.Softmax(dim=0)(x).data, nn.Softmax()(x, dim=0).data)
     np.testing.assert_allclose(nn.Sigmoid()(x).data, 1 / (1 + np.exp(-X.astype(np.float64))), rtol=1e-6)
     np.testing.assert_array_equal(nn.ReLU()(x).data, np.where(X > 0, X, 0))
+    np.testing.assert_array_equal(nn.Tanh()(x).data, np.tanh(X))
 
 
 def test_sigmoid_and_relu_values_and_gradients_match_torch():
@@ -209,5 +210,18 @@ def test_every_public_name_is_exported():
     for name in nn.__all__:
         assert getattr(nn, name) is not None
     for name in ["relu", "sigmoid", "mse_loss", "binary_cross_entropy", "scaled_dot_product_attention",
-                 "create_causal_mask", "causal_mask", "softmax", "gelu", "cross_entropy"]:
+                 "create_causal_mask", "causal_mask", "softmax", "gelu", "tanh", "cross_entropy"]:
         assert callable(getattr(F, name)), name
+
+
+def test_the_course_switch_for_autograd_is_there_and_changes_nothing():
+    assert graphgpt.enable_autograd() is None
+    x = graphgpt.Tensor(X, requires_grad=True)
+    (x * 2.0).sum().backward()
+    np.testing.assert_array_equal(x.grad, np.full_like(X, 2.0))
+
+
+def test_integer_matmul_multiplies_as_torch_does():
+    product = graphgpt.Tensor([[1, 2], [3, 4]]) @ graphgpt.Tensor([[5, 6], [7, 8]])
+    assert product.dtype == np.int64
+    np.testing.assert_array_equal(product.data, [[19, 22], [43, 50]])

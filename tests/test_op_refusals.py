@@ -23,7 +23,7 @@ BAD_INPUTS = [  # op, input types, (valid) attrs, what the message must say
     ("matmul", "f32[2,3] f32[4,5]", {}, r"inner dimensions differ: f32\[2,3\] @ f32\[4,5\] \(3 != 4\)"),
     ("matmul", "f32[3] f32[3,2]", {}, r"at least 2 dimensions"),
     ("matmul", "f32[2,3,4] f32[5,4,2]", {}, r"shapes \[2\] and \[5\] do not broadcast"),
-    ("matmul", "i64[2,2] i64[2,2]", {}, r"expected a floating-point input, got i64\[2,2\]"),
+    ("matmul", "bool[2,2] bool[2,2]", {}, r"expected numeric inputs, got bool\[2,2\] @ bool\[2,2\]"),
     ("matmul", "f32[2,2] f64[2,2]", {}, r"must share one dtype"),
     ("add", "f32[2,3] f32[4]", {}, r"shapes \[2, 3\] and \[4\] do not broadcast \(axis -1 has sizes \[3, 4\]\)"),
     ("add", "f32[2] f64[2]", {}, r"inputs must share one dtype, got f32\[2\], f64\[2\]"),

@@ -266,6 +266,8 @@ CASES += [
     case("matmul", f64(3, 4), f64(4, 2), ref=matmul64),
     case("matmul", f64(4, 2, 3), f64(3, 5), ref=matmul64),
     case("matmul", f32(2, 3, 0), f32(0, 4), ref=matmul64),  # empty inner axis: zeros
+    case("matmul", i64(2, 3), i64(3, 2), ref=matmul64),  # integers, as torch's CPU matmul takes them
+    case("matmul", i32(2, 2, 3), i32(3, 4), ref=matmul64),
 
     *[case("reshape", x, shape=shape, ref=lambda x, shape: x.ravel().reshape(shape)) for x, shape in [
         (f32(2, 3, 4), (4, 6)), (i64(6), (2, 1, 3)), (i32(), (1, 1)), (f64(2, 3), (6,)), (f32(1, 1), ())]],

@@ -154,6 +154,20 @@ def test_grad_fn_names_the_op_and_links_to_its_inputs():
     assert accumulate[0].variable is x and accumulate[1].variable is w
 
 
+def test_each_op_has_its_own_grad_fn_class_also_under_the_course_name():
+    embedded = graphgpt.nn.Embedding(5, 3)(Tensor(np.array([1, 2])))
+    assert type(embedded._grad_fn).__name__ == "EmbeddingBackward" and embedded._grad_fn == embedded.grad_fn
+    x = Tensor(A, requires_grad=True)
+    assert type((x * 2.0).grad_fn) is type((x * 3.0).grad_fn) is not type(x.exp().grad_fn)
+    assert Tensor(A)._grad_fn is None
+
+
+def test_dtype_is_a_numpy_dtype_equal_to_the_type_and_the_name():
+    x = Tensor(np.ones(3))
+    assert x.dtype == np.float32 and x.dtype == "float32" and isinstance(x.dtype, np.dtype)
+    assert Tensor(np.arange(3)).dtype == np.int64
+
+
 def test_grad_fn_names_follow_torchs_for_the_same_op():
     torch = pytest.importorskip("torch")
     ours = Tensor(A, requires_grad=True)

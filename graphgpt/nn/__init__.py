@@ -2,7 +2,7 @@
 activations, losses, Dropout, PositionalEncoding and CharTokenizer the course's code reaches for."""
 
 from . import functional
-from .activations import GELU, BCELoss, CrossEntropyLoss, MSELoss, ReLU, Sigmoid, Softmax
+from .activations import GELU, BCELoss, CrossEntropyLoss, MSELoss, ReLU, Sigmoid, Softmax, Tanh
 from .dropout import Dropout
 from .functional import create_causal_mask, scaled_dot_product_attention
 from .layers import Embedding, LayerNorm, Linear, PositionalEncoding
@@ -13,5 +13,5 @@ from ..tensor import Parameter
 
 __all__ = ["BCELoss", "CharTokenizer", "CrossEntropyLoss", "Dropout", "Embedding", "GELU", "GPT", "LayerNorm",
            "Linear", "MLP", "MSELoss", "Module", "MultiHeadAttention", "Parameter", "PositionalEncoding", "ReLU",
-           "Sigmoid", "Softmax", "TransformerBlock", "create_causal_mask", "functional",
+           "Sigmoid", "Softmax", "Tanh", "TransformerBlock", "create_causal_mask", "functional",
            "scaled_dot_product_attention"]

@@ -20,6 +20,11 @@ class Sigmoid(Module):
         return F.sigmoid(x)
 
 
+class Tanh(Module):
+    def forward(self, x) -> Tensor:
+        return F.tanh(x)
+
+
 class GELU(Module):
     """GELU, tanh approximation (graphgpt's only GELU; torch's GELU(approximate='tanh'))."""
 

@@ -18,6 +18,10 @@ def log_softmax(x, axis: int = -1) -> Tensor:
     return as_tensor(x).log_softmax(axis)
 
 
+def tanh(x) -> Tensor:
+    return as_tensor(x).tanh()
+
+
 def gelu(x) -> Tensor:
     """GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
     return as_tensor(x).gelu()
@@ -83,15 +87,15 @@ def create_causal_mask(seq_len: int) -> Tensor:
     return Tensor(np.tril(np.ones((seq_len, seq_len), dtype=bool)))
 
 
-def scaled_dot_product_attention(q, k, v, mask=None, return_weights: bool = False):
+def scaled_dot_product_attention(q, k, v, mask=None) -> tuple[Tensor, Tensor]:
     """softmax(q @ k^T / sqrt(head_dim) + mask) @ v over the last two axes, leading axes batched.
 
     `mask` (broadcast against the (..., T_q, T_k) scores) is either bool, True = may attend (the course's and
     torch's convention), or float, added to the scores (0 / -inf, or any finite bias: graphgpt's causal_mask). A
     float mask of only 0s and 1s is refused, as it would mask nothing; graphgpt/nn/masks.py says what is checked
     eagerly and what while tracing. A query row with every key masked attends to nothing and gives zeros.
-    Returns the output, or (output, attention weights) with return_weights=True (the course's function returns
-    both).
+    Returns (output, attention weights), as the TinyTorch course's function does (torch's returns the output
+    only: `out, _ = scaled_dot_product_attention(q, k, v)`); unused weights cost nothing in a compiled graph.
     """
     q, k, v = as_tensor(q), as_tensor(k), as_tensor(v)
     scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
@@ -100,4 +104,4 @@ def scaled_dot_product_attention(q, k, v, mask=None, return_weights: bool = Fals
         scores = mask.where(scores, -math.inf) if mask.dtype == "bool" else scores + mask
     weights = softmax(scores, axis=-1)
     output = weights @ v
-    return (output, weights) if return_weights else output
+    return output, weights

@@ -62,7 +62,7 @@ class MultiHeadAttention(Module):
             mask = as_tensor(mask)
             if mask.ndim == 3:  # one mask per sequence, shared by the heads
                 mask = mask.reshape(mask.shape[0], 1, mask.shape[1], mask.shape[2])
-        out = F.scaled_dot_product_attention(q, k, v, mask)  # (B, H, T, hd)
+        out, _ = F.scaled_dot_product_attention(q, k, v, mask)  # (B, H, T, hd)
         out = out.permute(0, 2, 1, 3).reshape(batch, seq_len, embed_dim)  # heads back side by side
         return self.out_proj(out)
 

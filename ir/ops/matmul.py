@@ -9,14 +9,15 @@ import numpy as np
 from ..errors import ShapeError
 from ..types import TensorType
 from .registry import OpKind, define_op
-from .rules import broadcast_shapes, require_float, same_dtype
+from .rules import broadcast_shapes, same_dtype
 
 
 def _infer_matmul(a: TensorType, b: TensorType) -> TensorType:
     if a.rank < 2 or b.rank < 2:
         raise ShapeError(f"inputs need at least 2 dimensions, got {a} @ {b}; reshape vectors to matrices")
     dtype = same_dtype(a, b)
-    require_float(a)
+    if dtype == "bool":  # integers multiply as torch's CPU matmul does (no BLAS; no gradient flows into them)
+        raise ShapeError(f"expected numeric inputs, got {a} @ {b}; cast them with .astype(...)")
     if a.shape[-1] != b.shape[-2]:
         raise ShapeError(f"inner dimensions differ: {a} @ {b} ({a.shape[-1]} != {b.shape[-2]})")
     batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
