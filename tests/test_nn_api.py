@@ -225,3 +225,20 @@ def test_integer_matmul_multiplies_as_torch_does():
     product = graphgpt.Tensor([[1, 2], [3, 4]]) @ graphgpt.Tensor([[5, 6], [7, 8]])
     assert product.dtype == np.int64
     np.testing.assert_array_equal(product.data, [[19, 22], [43, 50]])
+
+
+def test_transformer_block_dropout_is_the_course_option_and_off_in_eval():
+    graphgpt.manual_seed(5)
+    block = nn.TransformerBlock(6, 2, dropout_prob=0.5)
+    x = graphgpt.Tensor(RNG.normal(size=(2, 3, 6)))
+    without_dropout = x + block.attention(block.ln1(x))
+    without_dropout = without_dropout + block.mlp(block.ln2(without_dropout))
+    assert not np.array_equal(block(x).data, without_dropout.data)  # half of each branch dropped
+    np.testing.assert_array_equal(block.eval()(x).data, without_dropout.data)
+    assert not hasattr(nn.TransformerBlock(6, 2), "attention_dropout")  # graphgpt's GPT: no dropout modules
+
+
+def test_softmax_takes_dim_as_torch_and_the_course_name_the_axis():
+    x = graphgpt.Tensor(X)
+    np.testing.assert_array_equal(F.softmax(x, dim=0).data, F.softmax(x, 0).data)
+    np.testing.assert_array_equal(F.log_softmax(x, dim=-1).data, F.log_softmax(x, -1).data)

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import math
 
+from typing import Optional
+
 import numpy as np
 
 from ..tensor import Tensor, as_tensor
 from .masks import checked_mask
 
 
-def softmax(x, axis: int = -1) -> Tensor:
-    return as_tensor(x).softmax(axis)
+def softmax(x, axis: int = -1, *, dim: Optional[int] = None) -> Tensor:
+    """Softmax along `axis` (`dim=`, torch's and the course's name for it, says the same)."""
+    return as_tensor(x).softmax(axis if dim is None else dim)
 
 
-def log_softmax(x, axis: int = -1) -> Tensor:
-    return as_tensor(x).log_softmax(axis)
+def log_softmax(x, axis: int = -1, *, dim: Optional[int] = None) -> Tensor:
+    """Log of softmax along `axis` (or `dim=`, as softmax)."""
+    return as_tensor(x).log_softmax(axis if dim is None else dim)
 
 
 def tanh(x) -> Tensor:

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..tensor import Tensor, as_tensor
 from . import functional as F
+from .dropout import Dropout
 from .layers import Embedding, LayerNorm, Linear
 from .module import Module
 
@@ -68,19 +69,27 @@ class MultiHeadAttention(Module):
 
 
 class TransformerBlock(Module):
-    """Pre-norm block: x + attention(ln1(x)), then x + mlp(ln2(x))."""
+    """Pre-norm block: x + attention(ln1(x)), then x + mlp(ln2(x)). With dropout_prob > 0 (the course's option;
+    graphgpt's GPT uses none), each branch's output passes a Dropout before it joins the residual stream."""
 
-    def __init__(self, embed_dim: int, num_heads: int, mlp_ratio: int = 4):
+    def __init__(self, embed_dim: int, num_heads: int, mlp_ratio: int = 4, dropout_prob: float = 0.0):
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.attention = MultiHeadAttention(embed_dim, num_heads)
         self.ln1 = LayerNorm(embed_dim)
         self.ln2 = LayerNorm(embed_dim)
         self.mlp = MLP(embed_dim, int(embed_dim * mlp_ratio))
+        if dropout_prob:
+            self.attention_dropout = Dropout(dropout_prob)
+            self.mlp_dropout = Dropout(dropout_prob)
+
+    def _dropped(self, name: str, x: Tensor) -> Tensor:
+        dropout = getattr(self, name, None)
+        return x if dropout is None else dropout(x)
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        x = x + self.attention(self.ln1(x), mask)
-        x = x + self.mlp(self.ln2(x))
+        x = x + self._dropped("attention_dropout", self.attention(self.ln1(x), mask))
+        x = x + self._dropped("mlp_dropout", self.mlp(self.ln2(x)))
         return x
 
 
