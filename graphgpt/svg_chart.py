@@ -8,18 +8,25 @@ a plotting library: axes with a few ticks, one polyline per series, a legend, ev
 from __future__ import annotations
 
 import html
+import math
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 WIDTH, HEIGHT, MARGIN = 560, 320, 56
+MARKED_POINTS = 30  # series with at most this many points get a dot at each
 
 
 def _ticks(low: float, high: float, count: int = 5, whole: bool = False) -> list[float]:
-    """Evenly spaced ticks; whole numbers only when the axis counts things (layers, steps)."""
+    """Ticks a reader can read: multiples of 1, 2 or 5 times a power of ten, about `count` of them from `low` up to
+    `high`; whole numbers only when the axis counts things (layers, steps)."""
     if high <= low:
         return [low]
-    step = (high - low) / (count - 1)
-    ticks = [low + step * index for index in range(count)]
-    return sorted({round(tick) for tick in ticks}) if whole else ticks
+    raw = (high - low) / (count - 1)
+    power = 10.0 ** math.floor(math.log10(raw))
+    step = next(multiple * power for multiple in (1, 2, 5, 10) if multiple * power >= raw)
+    if whole:
+        step = max(1.0, round(step))
+    first = math.ceil(low / step) * step
+    return [first + step * index for index in range(int((high - first) / step + 1e-9) + 1)]
 
 
 def line_chart(series: dict[str, list[tuple[float, float]]], title: str, x_label: str, y_label: str,
@@ -58,6 +65,8 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str, x_label
         coordinates = " ".join(f"{x_of(x):.1f},{y_of(y):.1f}" for x, y in sorted(values))
         parts.append(f'<polyline class="series" data-name="{html.escape(name)}" fill="none" stroke="{color}" '
                      f'stroke-width="2" points="{coordinates}"/>')
+        if len(values) <= MARKED_POINTS:  # a sparse series (a few evaluations, one) shows its points
+            parts += [f'<circle cx="{x_of(x):.1f}" cy="{y_of(y):.1f}" r="3" fill="{color}"/>' for x, y in values]
         parts.append(f'<text x="{WIDTH - MARGIN + 4}" y="{MARGIN + 14 * index}" fill="{color}">'
                      f'{html.escape(name)}</text>')
     parts.append("</svg>")

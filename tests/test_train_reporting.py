@@ -283,3 +283,14 @@ def test_a_config_file_is_refused_in_one_line_naming_the_key_and_the_file(tmp_pa
     if "--lr-min" not in message:
         assert "--config run.toml: " in lines[0]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run.toml"]  # nothing ran
+
+
+def test_chart_ticks_are_round_and_a_lone_point_is_drawn():
+    from graphgpt.svg_chart import _ticks, line_chart
+
+    assert _ticks(0.0, 5.13) == [0.0, 2.0, 4.0]
+    assert _ticks(1, 300, whole=True) == [100.0, 200.0, 300.0]
+    assert _ticks(0.0, 0.37) == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    svg = line_chart({"train": [(step, 5.0 - step / 100) for step in range(1, 301)], "val": [(300, 2.3)]},
+                     title="loss", x_label="step", y_label="nats")
+    assert svg.count("<circle") == 1  # the one validation point, not the 300 training ones
