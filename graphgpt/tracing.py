@@ -35,7 +35,8 @@ _GRAPHGPT_DIR = os.path.dirname(os.path.abspath(__file__))
 _INTERNAL_DIRS = (os.path.dirname(os.path.abspath(ir.__file__)) + os.sep,)
 _INTERNAL_FILES = frozenset(os.path.join(_GRAPHGPT_DIR, name) for name in
                             ("tensor.py", "tracing.py", "compiler.py", "dynamic.py",
-                             os.path.join("nn", "module.py"), os.path.join("nn", "functional.py")))
+                             os.path.join("nn", "module.py"), os.path.join("nn", "functional.py"),
+                             os.path.join("nn", "masks.py")))
 
 
 @lru_cache(maxsize=None)  # called for every frame of every op's provenance; lru_cache is safe across threads
