@@ -28,6 +28,7 @@ from graphgpt.passes.specialize import bind_sizes, describe_sizes
 
 from .dynamic import Specializations, dynamic_names, make_shape_env, symbolic_input_types
 from .guards import BindingGuard
+from .recompiles import explain
 from .nn.module import Module
 from .optim import Optimizer
 from .tensor import Tensor
@@ -154,7 +155,7 @@ class Compiled:
         # Traced with symbolic sizes: the guards the trace recorded (set by compile), and the program made for
         # each concrete size on first use.
         self.shape_env: Optional[ShapeEnv] = None
-        self.specializations = Specializations(program) if program.symbolic else None
+        self.specializations = Specializations(program, on_drop=explain) if program.symbolic else None
 
     @property
     def graph(self) -> Graph:

@@ -19,6 +19,7 @@ from graphgpt.ir import TensorType
 from graphgpt.ir.dims import Dim
 from graphgpt.ir.shape_env import ShapeEnv
 from graphgpt.passes.program import Program
+from graphgpt.passes.specialize import describe_sizes
 
 from .tracing import _is_internal, user_source_location
 
@@ -102,7 +103,8 @@ class Specializations:
             self._programs[key] = program
             if len(self._programs) > self.limit:
                 dropped, _ = self._programs.popitem(last=False)
-                self._on_drop(f"dropping the plan for {dict(dropped)} (least recently used; {self.limit} kept)")
+                self._on_drop(f"dropping the plan for sizes {describe_sizes(dict(dropped))} of a symbolic compile "
+                              f"(least recently used; {self.limit} kept)")
             return program
 
     def latest_sizes(self, default: dict[str, int]) -> dict[str, int]:

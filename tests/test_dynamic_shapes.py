@@ -231,3 +231,14 @@ def test_graph_files_hold_concrete_sizes(gpt, tmp_path):
         graph_to_json(fwd.graph)
     concrete = specialize_graph(fwd.graph, {"B": 2, "T": 5})
     assert str(graph_from_json(graph_to_json(concrete))) == str(concrete)
+
+
+def test_plans_past_the_limit_are_dropped_least_recently_used_and_said_so(gpt, recompile_explanations, capsys):
+    recompile_explanations(True)
+    fwd = graphgpt.compile(gpt, tokens(1, 4), dynamic=True)
+    for length in range(1, 11):  # ten sizes, eight kept
+        fwd(tokens(1, length))
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"graphgpt: dropping the plan for sizes B=1, T={length} of a symbolic compile (least recently "
+                     f"used; 8 kept)" for length in (1, 2)]
+    np.testing.assert_array_equal(fwd(tokens(1, 1)), gpt(graphgpt.Tensor(tokens(1, 1))).data)  # planned again
