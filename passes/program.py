@@ -251,7 +251,7 @@ def build_training_program(forward: Graph, wrt: Sequence[str], rule: Optional[Up
         return unsplit("one core" if shards is None else "shards=1")
     # As traced: the passes change it little, and need not run on a step that splits. At the example's sizes
     # for a symbolic trace (dynamic='seq').
-    flops = substitute(graph_flops(step), active_shape_env().hints) if active_shape_env() else graph_flops(step)
+    flops = substitute(graph_flops(step), env.hints) if env is not None else graph_flops(step)
     if shards is None and flops < MIN_SPLIT_FLOPS:
         return unsplit(f"{flops / 1e9:.2f} GFLOP per step is too little to gain")
     if trace_shard is None:
