@@ -49,6 +49,11 @@ from .recompiles import (AXES, DEFAULT_CACHE_SIZE_LIMIT, CacheEntry, CacheTable,
                          symbolic_axes)
 
 NOTHING_COMPILED = "nothing compiled yet: call it with inputs first"
+
+
+def shape_text(array: np.ndarray) -> str:
+    """`i64[2,8]`: an input array's type as the text IR writes it."""
+    return str(TensorType.of(array))
 _type_of = attrgetter("type")
 
 
@@ -219,7 +224,12 @@ class LazyCompiled:
         if dims:
             options["dynamic"] = dynamic_option(dims)
         started = time.perf_counter()
-        compiled = compiler.compile(self.model, *arrays, **options)
+        try:
+            compiled = compiler.compile(self.model, *arrays, **options)
+        except (ShapeError, ValueError) as error:  # the model cannot take these inputs (a TraceError is no input's)
+            types = ", ".join(f"{shape_text(array)}" for array in arrays)
+            reason = " ".join(str(error).split())  # one line: the IR's "\n  at <source line>" joins it
+            raise InputError(f"cannot compile the {self.kind} for inputs ({types}): {reason}") from None
         entry = _Entry(compiled, signature, dims, time.perf_counter() - started)
         with self._lock:
             self._compiles += 1

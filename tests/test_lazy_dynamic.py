@@ -81,8 +81,9 @@ def test_a_dynamic_training_step_matches_static_steps(traces):
 def test_a_length_past_the_guard_recompiles_and_the_model_refuses_it(traces, capsys):
     fast = graphgpt.compile(make_model(), dynamic="seq")
     fast(tokens(2, 8))
-    with pytest.raises(ValueError, match="^sequence length .* is longer than max_seq_len 64$"):
-        fast(tokens(2, 65))  # compiled again (dynamic in seq, as asked) at 65: the model's own one-line refusal
+    with pytest.raises(graphgpt.InputError, match=r"^cannot compile the forward for inputs \(i64\[2,65\]\): "
+                                                  r"sequence length 65 is longer than max_seq_len 64$"):
+        fast(tokens(2, 65))  # compiled again (dynamic in seq, as asked) at 65: the model's own refusal, one line
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("graphgpt: recompiling forward: ") and "65" in line
     assert len(fast.cache) == 1 and traces["forward"] == 2
