@@ -28,13 +28,13 @@ import argparse  # noqa: E402
 import math  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import graphgpt  # noqa: E402
+from graphgpt.timing import interleaved_times  # noqa: E402
 from baseline_numpy import EPS, GELU_C, GELU_K, _layer_norm as _layer_norm_with_cache  # noqa: E402
 
 CONFIGS = {
@@ -214,13 +214,7 @@ def run_config(name: str, config: dict, repeats: int) -> None:
     timed = dict(runs, **{"numpy-kv prefill": prefill})
     for run in timed.values():
         run()  # warm-up
-    times = {contender: [] for contender in timed}
-    shuffler = np.random.default_rng(0)
-    for _ in range(repeats):
-        for contender in shuffler.permutation(list(timed)):
-            started = time.perf_counter()
-            timed[contender]()
-            times[contender].append(time.perf_counter() - started)
+    times = interleaved_times(timed, repeats)
     medians = {contender: statistics.median(values) for contender, values in times.items()}
     print(f"{'contender':<18} {'per generation':>34} {'tokens/s':>9}" + "".join(f" {'/ ' + c:>11}" for c in runs))
     for contender in runs:

@@ -39,6 +39,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import graphgpt  # noqa: E402
+from graphgpt.timing import interleaved_times  # noqa: E402
 from graphgpt.nn import functional as F  # noqa: E402
 from graphgpt.passes.analysis import graph_flops  # noqa: E402
 from baseline_numpy import forward_backward  # noqa: E402
@@ -175,19 +176,11 @@ def main() -> None:
     for run in steps.values():  # warm-up: first-run allocations, caches
         run()
 
-    times = {name: [] for name in steps}
-    names = list(steps)
-    shuffler = np.random.default_rng(0)
-    for _ in range(args.repeats):
-        # A fresh random order each repetition: rotating a fixed cycle would always run the same contender right
-        # after PyTorch, whose OpenMP workers keep spinning for a while after a step and take the cores from
-        # whatever runs next. Each contender runs one untimed step first (it absorbs the previous contender's
-        # spinning threads and leaves its own warm), then the timed one: back to back, as in a training loop.
-        for name in shuffler.permutation(names):
-            steps[name]()
-            started = time.perf_counter()
-            steps[name]()
-            times[name].append(time.perf_counter() - started)
+    # A fresh random order each repetition: a fixed cycle would always run the same contender right after
+    # PyTorch, whose OpenMP workers keep spinning for a while after a step and take the cores from whatever runs
+    # next. Each contender runs one untimed step first (it absorbs the previous contender's spinning threads and
+    # leaves its own warm), then the timed one: back to back, as in a training loop.
+    times = interleaved_times(steps, args.repeats, warm_each=True)
     medians = {name: statistics.median(values) for name, values in times.items()}
 
     flops = graph_flops(compiled.graph)
@@ -200,7 +193,7 @@ def main() -> None:
     reference_names = [name for name in ("torch", "numpy", "eager") if name in medians]
     header += "".join(f" {'/ ' + name:>10}" for name in reference_names)
     print(header)
-    for name in names:
+    for name in steps:
         row = f"{name:<16} {medians[name] * 1e3:>10.1f} {flops / medians[name] / 1e9:>8.1f} "
         row += f"{memory.get(name, float('nan')):>18.1f}"
         row += "".join(f" {medians[name] / medians[ref]:>10.2f}" for ref in reference_names)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html
 import statistics
-import time
 import tracemalloc
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from . import manual_seed
 from .memory_timeline import MemoryTimeline
 from .nn import GPT
 from .nn import functional as F
+from .timing import interleaved_times
 from .svg_chart import line_chart
 from .tensor import Tensor, counting_eager_ops
 
@@ -93,13 +93,7 @@ def measure(embed: int, layers: int, heads: int, seq_len: int, batch: int, repea
     result.worst_gradient = max(differences.items(), key=lambda item: item[1])
 
     runs = {"eager": eager_step, "compiled": lambda: step.run(tokens, targets)}
-    times = {name: [] for name in runs}
-    shuffler = np.random.default_rng(0)
-    for _ in range(repeats):
-        for name in shuffler.permutation(list(runs)):
-            started = time.perf_counter()
-            runs[name]()
-            times[name].append(time.perf_counter() - started)
+    times = interleaved_times(runs, repeats)
     result.eager_ms = statistics.median(times["eager"]) * 1e3
     result.compiled_ms = statistics.median(times["compiled"]) * 1e3
     result.eager_peak_bytes = _peak_bytes(eager_step)

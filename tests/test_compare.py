@@ -69,3 +69,16 @@ def test_cli_compare(tmp_path, capsys):
                  "--repeats", "1", "--out", out]) == 0
     assert "eager tape vs compiled graph" in capsys.readouterr().out
     assert len(charts_in(open(out).read())) == 5
+
+
+def test_interleaved_times_run_every_contender_each_repetition_warm_when_asked():
+    from graphgpt.timing import interleaved_times
+
+    calls = []
+    runs = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times = interleaved_times(runs, repeats=4)
+    assert {name: len(values) for name, values in times.items()} == {"a": 4, "b": 4, "c": 4}
+    assert all(sorted(calls[index:index + 3]) == ["a", "b", "c"] for index in range(0, 12, 3))
+    calls.clear()
+    interleaved_times(runs, repeats=2, warm_each=True)
+    assert len(calls) == 12 and all(calls[index] == calls[index + 1] for index in range(0, 12, 2))
