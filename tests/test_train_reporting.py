@@ -294,3 +294,19 @@ def test_chart_ticks_are_round_and_a_lone_point_is_drawn():
     svg = line_chart({"train": [(step, 5.0 - step / 100) for step in range(1, 301)], "val": [(300, 2.3)]},
                      title="loss", x_label="step", y_label="nats")
     assert svg.count("<circle") == 1  # the one validation point, not the 300 training ones
+
+
+def test_atomic_files_replace_whole_and_clear_a_killed_writers_leftovers(tmp_path):
+    from graphgpt.training.atomic_file import atomic_file
+
+    target = tmp_path / "loss.csv"
+    stale = tmp_path / ".loss.csv.999999.tmp"  # a writer killed mid-write left this
+    stale.write_text("half a row")
+    with atomic_file(str(target), "w") as file:
+        file.write("step\n")
+    assert target.read_text() == "step\n" and not stale.exists()
+    with pytest.raises(RuntimeError):
+        with atomic_file(str(target), "w") as file:
+            file.write("torn")
+            raise RuntimeError("the writer fails half way")
+    assert target.read_text() == "step\n" and [path.name for path in tmp_path.iterdir()] == ["loss.csv"]

@@ -14,7 +14,6 @@ hyperparameters through the optimizer's own constructor. Anything wrong is one C
 
 from __future__ import annotations
 
-import glob
 import io
 import json
 import math
@@ -30,6 +29,7 @@ import numpy as np
 
 from ..ir.untrusted import open_regular_file, parse_json
 from ..optim import SGD, Adam, AdamW, Optimizer
+from .atomic_file import atomic_file
 
 FORMAT_NAME = "graphgpt-checkpoint"
 FORMAT_VERSION = 1
@@ -96,26 +96,8 @@ def save_checkpoint(path: str, model_state: dict, optimizer_state: dict, metadat
     except ValueError as error:
         raise CheckpointError(f"checkpoint {path}: refusing to write metadata holding {error}") from None
     arrays[METADATA_KEY] = np.frombuffer(document.encode("utf-8"), dtype=np.uint8)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temporary = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    for stale in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(os.path.basename(path))}.*.tmp")):
-        if stale != temporary:  # left by a writer that was killed mid-write: never renamed, never read
-            os.remove(stale)
-    try:
-        with open(temporary, "wb") as file:
-            np.savez(file, **arrays)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    directory = os.open(folder, os.O_RDONLY)  # make the rename itself durable
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    with atomic_file(path, "wb") as file:
+        np.savez(file, **arrays)
 
 
 def _check(condition: bool, path: str, message: str) -> None:

@@ -16,6 +16,7 @@ import os
 from typing import Optional, TextIO
 
 from ..svg_chart import line_chart
+from .atomic_file import atomic_file
 
 LOSS_LOG = "loss.csv"
 LOSS_CURVE = "loss.svg"
@@ -90,13 +91,10 @@ class LossLog:
             with open(self.path, "a", newline="", encoding="utf-8") as file:
                 csv.writer(file).writerows(self._fields(row) for row in self.pending)
         else:
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            temporary = f"{self.path}.{os.getpid()}.tmp"
-            with open(temporary, "w", newline="", encoding="utf-8") as file:
+            with atomic_file(self.path, "w", newline="", encoding="utf-8") as file:
                 writer = csv.writer(file)
                 writer.writerow(COLUMNS)
                 writer.writerows(self._fields(row) for row in self.kept + self.pending)
-            os.replace(temporary, self.path)
             self.written = True
         self.pending = []
 
@@ -111,6 +109,6 @@ def write_loss_curve(log_path: str, svg_path: str, title: str) -> Optional[str]:
     validation = [(row["step"], row["validation_loss"]) for row in rows if row["validation_loss"] is not None]
     if validation:  # 'val', as nanoGPT prints it: the chart's legend clips names much longer than 'train'
         series["val"] = validation
-    with open(svg_path, "w", encoding="utf-8") as file:
+    with atomic_file(svg_path, "w", encoding="utf-8") as file:
         file.write(line_chart(series, title=title, x_label="step", y_label="cross-entropy (nats per character)"))
     return svg_path
