@@ -32,6 +32,7 @@ _EXPORTS: dict[str, str] = {
     "export_onnx": "onnx_export",
     "GradientReport": "gradcheck",
     "ModelChangedError": "guards",
+    "MemoryBudgetError": "passes.rematerialize",
     "check_gradients": "gradcheck",
     "GraphError": "ir",
     "ShapeError": "ir",

@@ -1,5 +1,6 @@
 """The memory timeline of a compiled graph: bytes of live intermediate values after each step of the schedule,
-and at the peak, the values holding most of it (with their op, module path and source line).
+and at the peak, the values holding most of it (with their op, module path and source line). A rematerialised
+graph's timeline carries the plan without rematerialisation beside it (`without_remat`), drawn as a second line.
 
     timeline = memory_timeline(compiled.graph)
     print(timeline.describe()); open("memory.svg", "w").write(timeline.svg())
@@ -12,6 +13,7 @@ from typing import Optional
 
 from graphgpt.ir import Graph
 from graphgpt.passes.memory_plan import MemoryPlan, plan_memory
+from graphgpt.passes.program import REMATERIALIZE, ProgramGraph
 
 from .svg_chart import line_chart
 
@@ -21,6 +23,7 @@ class MemoryTimeline:
     live_bytes: list[int]        # after each node of the schedule
     peak_index: int
     culprits: list[tuple[str, int]]  # (description, bytes) of the largest values alive at the peak
+    without_remat: Optional[list[int]] = None  # live bytes after each step of the graph before rematerialisation
 
     @property
     def peak_bytes(self) -> int:
@@ -30,10 +33,15 @@ class MemoryTimeline:
         lines = [f"peak {self.peak_bytes / 2**20:.2f} MiB live after step {self.peak_index} of "
                  f"{len(self.live_bytes)}; largest then:"]
         lines += [f"  {size / 2**20:8.2f} MiB  {what}" for what, size in self.culprits]
+        if self.without_remat:
+            lines.append(f"without rematerialisation: peak {max(self.without_remat) / 2**20:.2f} MiB live")
         return "\n".join(lines)
 
     def svg(self, title: str = "live intermediate values over the schedule") -> str:
         series = {"live MiB": [(index, size / 2**20) for index, size in enumerate(self.live_bytes)]}
+        if self.without_remat:
+            series = {"live MiB, rematerialised": series["live MiB"],
+                      "live MiB, without": [(index, size / 2**20) for index, size in enumerate(self.without_remat)]}
         return line_chart(series, title, "step of the schedule", "MiB",
                           marker=(self.peak_index, f"peak {self.peak_bytes / 2**20:.1f} MiB"))
 
@@ -46,3 +54,13 @@ def memory_timeline(graph: Graph, plan: Optional[MemoryPlan] = None, culprits: i
     described = [(f"{node.output.label} {node.op} {node.output.type} at {node.provenance.describe()}",
                   node.output.type.nbytes) for node in largest]
     return MemoryTimeline(timeline.live_bytes, timeline.peak_index, described)
+
+
+def program_graph_timeline(entry: ProgramGraph) -> MemoryTimeline:
+    """The timeline of one graph of a program, from the plan its schedule runs over; after rematerialisation,
+    with the live bytes of the plan before it."""
+    timeline = memory_timeline(entry.graph, entry.plan)
+    if entry.stages[-1].name == REMATERIALIZE and len(entry.stages) > 1:
+        before = entry.stages[-2]
+        timeline.without_remat = before.plan.timeline(before.graph).live_bytes
+    return timeline

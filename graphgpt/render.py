@@ -1,7 +1,8 @@
 """Diagrams of graphs with graphviz: nodes labelled with op, shape and dtype, clustered by module path
 (`blocks.0` > `attention` / `mlp`), collapsible to one box per module, inputs, parameters, constants, forward and
-backward nodes styled apart, backward nodes linked to the forward node they differentiate, saved activations
-marked with their bytes, fused groups listed inside their node.
+backward nodes styled apart, backward nodes linked to the forward node they differentiate, forward ops the
+backward pass recomputes (rematerialisation) dashed in amber, saved activations marked with their bytes, fused
+groups listed inside their node.
 
     path = render_graph(compiled.graph, "gpt.svg")              # SVG by default; .png and .pdf by extension
     render_graph(graph, "overview.svg", collapse=1)             # one box per top-level module
@@ -23,6 +24,7 @@ import graphviz
 
 from graphgpt.ir import Graph, Node, Value
 from graphgpt.ir.dims import is_symbolic
+from graphgpt.passes.saved_activations import saved_values
 
 FORMATS = ("svg", "png", "pdf")
 # Past this many nodes a full drawing reads as noise (and dot takes long: ~8 s for a 2-layer training graph of
@@ -41,6 +43,9 @@ STYLES = {
     "backward": dict(shape="box", style="rounded,filled", fillcolor="#f4cccc"),
     "optimizer": dict(shape="box", style="rounded,filled", fillcolor="#d9ead3"),
     "combine": dict(shape="box", style="rounded,filled", fillcolor="#fce5cd"),
+    # A forward op the backward pass repeats (rematerialisation): the forward's colour, a dashed amber border.
+    "recompute": dict(shape="box", style="rounded,filled,dashed", fillcolor="#fff2cc", color="#e69138",
+                      penwidth="2"),
     "fused": dict(shape="box", style="rounded,filled,bold", fillcolor="#d9d2e9"),
     "module": dict(shape="box3d", style="filled", fillcolor="#eeeeee"),
 }
@@ -78,10 +83,9 @@ def _module_of(node: Node, depth: Optional[int]) -> str:
 
 
 def saved_activations(graph: Graph) -> set[int]:
-    """Forward values that backward nodes read: what training must keep alive from forward to backward."""
-    forward = {node.output.id for node in graph.nodes if _kind(node) == "forward"}
-    return {value.id for node in graph.nodes if _kind(node) == "backward" for value in node.inputs
-            if value.id in forward}
+    """Forward values that backward nodes (or recomputed ones) read: what training keeps alive from forward to
+    backward."""
+    return saved_values(graph)
 
 
 def to_dot(graph: Graph, collapse: Optional[int] = None, highlight: Optional[dict[int, str]] = None,
@@ -125,6 +129,9 @@ def to_dot(graph: Graph, collapse: Optional[int] = None, highlight: Optional[dic
             attributes.update(color=highlight[node.output.id], penwidth="3")
         tooltip = node.provenance.describe() + (f" (grad of %{node.provenance.differentiates})"
                                                 if node.provenance.differentiates is not None else "")
+        if kind == "recompute":
+            lines.append("recomputed")
+            tooltip += " (a forward op recomputed in the backward pass)"
         dot.node(f"{id_prefix}v{node.output.id}", _label(*lines), tooltip=html.escape(tooltip), **attributes)
         clusters.setdefault(_module_of(node, None), []).append(f"{id_prefix}v{node.output.id}")
         for value in node.inputs:
@@ -186,14 +193,16 @@ def _collapsed(dot: graphviz.Digraph, graph: Graph, depth: int, id_prefix: str) 
         counts.setdefault(group_of[value.id], [0, 0])[1] += value.type.nbytes
     for node in graph.nodes:
         module = _module_of(node, depth) or "(top level)"
-        backward = node.provenance.role == "backward"
-        group = f"{module} [backward]" if backward else module
+        role = node.provenance.role
+        backward = role == "backward"
+        group = f"{module} [backward]" if backward else f"{module} [recompute]" if role == "recompute" else module
         group_of[node.output.id] = group
         entry = counts.setdefault(group, [0, 0])
         entry[0] += 1
         entry[1] += node.output.type.nbytes
     for group, (nodes, size) in counts.items():
         style = STYLES["input"] if group.startswith("input ") else STYLES["backward"] if "[backward]" in group \
+            else STYLES["recompute"] if "[recompute]" in group \
             else STYLES[group[1:-1]] if group in ("(optimizer)", "(combine)") else STYLES["module"]
         dot.node(_safe_id(id_prefix + group), _label(group, f"{nodes} nodes, {_bytes(size)}"), **style)
     edges = set()

@@ -16,8 +16,9 @@ from .types import TensorType
 
 
 # What part of a program a node belongs to: the model and loss as traced, the generated backward pass, the
-# optimizer's update, or the data-parallel combination of shards.
-ROLES = ("forward", "backward", "optimizer", "combine")
+# optimizer's update, the data-parallel combination of shards, or a forward op the backward pass repeats
+# (rematerialisation, passes/rematerialize.py).
+ROLES = ("forward", "backward", "optimizer", "combine", "recompute")
 
 
 @dataclass(frozen=True)

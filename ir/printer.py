@@ -52,6 +52,8 @@ def format_node(node: Node, show_source: bool = True) -> str:
     provenance = node.provenance
     if provenance.differentiates is not None:
         where.append(f"grad of %{provenance.differentiates}")
+    if provenance.role == "recompute":  # a forward op the backward pass repeats (rematerialisation)
+        where.append("recomputed")
     if provenance.module_path:
         where.append(provenance.module_path)
     if show_source and provenance.source:

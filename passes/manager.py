@@ -201,11 +201,16 @@ def run_pipeline(graph: Graph, passes: Optional[Sequence[Union[str, Callable]]] 
         seconds = time.perf_counter() - started
         if verify_each:
             verify(result.graph)
-        before, after = _node_ids(graph), _node_ids(result.graph)
-        records.append(StageRecord(name, result.graph, result.summary, created=after - before,
-                                   removed=before - after, seconds=seconds))
+        records.append(record_stage(name, graph, result, seconds))
         graph = result.graph
     return graph, records
+
+
+def record_stage(name: str, before: Graph, result: PassResult, seconds: float) -> StageRecord:
+    """The record of pass `name` having turned `before` into `result` in `seconds`."""
+    before_ids, after_ids = _node_ids(before), _node_ids(result.graph)
+    return StageRecord(name, result.graph, result.summary, created=after_ids - before_ids,
+                       removed=before_ids - after_ids, seconds=seconds)
 
 
 def format_report(records: Sequence[StageRecord], sizes: Optional[dict[str, int]] = None) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
@@ -27,9 +28,11 @@ from graphgpt.ir.shape_env import Guard, shape_env
 from .analysis import graph_flops
 from .autodiff import append_backward
 from .data_parallel import prove_split, scale_shard_graph, shard_extent, shard_mismatch
-from .manager import FastMathOption, StageRecord, fast_math_flags, format_report, run_pipeline
+from .manager import FastMathOption, StageRecord, fast_math_flags, format_report, record_stage, run_pipeline
 from .memory_plan import MemoryPlan
 from .optimizer_update import UpdateRule, append_update
+from .rematerialize import MemoryBudgetError, RematOptions, rematerialize
+from .saved_activations import describe_rematerialization
 from .schedule import Schedule
 from .sharded_run import ShardedRun, available_cores
 from .specialize import describe_sizes, is_symbolic_graph, specialize_graph, specialize_type
@@ -89,9 +92,10 @@ class Program:
 
     def __init__(self, graphs: list[ProgramGraph], whole: Union[ProgramGraph, Callable[[], ProgramGraph]],
                  split: Split, signature: Graph, gradient_names: Sequence[str] = (), check_numerics=False,
-                 fast_math: frozenset[str] = frozenset()):
+                 fast_math: frozenset[str] = frozenset(), remat: RematOptions = RematOptions()):
         self.graphs = graphs
         self.fast_math = fast_math  # the fast-math flags its passes were allowed (passes/manager.py)
+        self.remat = remat  # rematerialisation: made per concrete size for a symbolic program (specialize)
         self._whole = whole
         self._whole_lock = threading.Lock()  # optimised once, whichever thread asks first
         self.split = split
@@ -119,8 +123,8 @@ class Program:
         whole step instead."""
         def at_sizes(entry: ProgramGraph, entry_sizes: dict[str, int], name: str) -> ProgramGraph:
             graph = specialize_graph(entry.graph, entry_sizes)
-            return ProgramGraph(name, [StageRecord(f"specialised at {describe_sizes(entry_sizes)}", graph)],
-                                entry.runs)
+            stages = [StageRecord(f"specialised at {describe_sizes(entry_sizes)}", graph)]
+            return ProgramGraph(name, _rematerialized(stages, self.remat, False, name), entry.runs)
 
         split = self.split
         if split.shards == 1:
@@ -142,7 +146,7 @@ class Program:
                           params=[Value(v.id, specialize_type(v.type, sizes), v.kind, v.name) for v in self.params],
                           outputs=list(self._signature_outputs))
         return Program(graphs, graphs[0], split, signature, self.gradient_names, self.check_numerics,
-                       self.fast_math)
+                       self.fast_math, self.remat)
 
     @property
     def whole(self) -> ProgramGraph:
@@ -183,6 +187,9 @@ class Program:
         at = f" (measured at {describe_sizes(sizes)})" if self.symbolic and sizes else ""
         for entry in self.graphs:
             parts.append(f"== {entry.title}{at} ==\n{format_report(entry.stages, sizes)}")
+            if entry.stages[-1].name == REMATERIALIZE and len(entry.stages) > 1:
+                before, after = entry.stages[-2], entry.stages[-1]
+                parts.append(describe_rematerialization(before.graph, before.plan, after.graph, after.plan))
         if self.split.shards > 1:
             parts.append(f"== {self.whole.name} (for study: not run) ==\n"
                          f"{format_report(self.whole.stages, sizes)}")
@@ -193,8 +200,34 @@ class Program:
         return "\n".join(parts)
 
 
-def _optimise(graph: Graph, passes: Passes, verify_each: bool, fast_math: frozenset[str]) -> list[StageRecord]:
-    return run_pipeline(verify(graph), passes, verify_each, fast_math)[1]
+def _optimise(graph: Graph, passes: Passes, verify_each: bool, fast_math: frozenset[str],
+              remat: RematOptions = RematOptions(), name: str = "") -> list[StageRecord]:
+    """The pipeline's records, then rematerialisation's (a training graph of concrete sizes: a symbolic one is
+    rematerialised per size, by Program.specialize)."""
+    return _rematerialized(run_pipeline(verify(graph), passes, verify_each, fast_math)[1], remat, verify_each, name)
+
+
+REMATERIALIZE = "rematerialize"
+
+
+def _rematerialized(records: list[StageRecord], remat: RematOptions, verify_each: bool,
+                    name: str) -> list[StageRecord]:
+    """`records` and, when the options ask for it and the last graph has a backward pass to shorten, the record of
+    the rematerialisation pass (last: the common-subexpression pass would merge its copies back). A budget that
+    cannot be met raises MemoryBudgetError naming the graph."""
+    last = records[-1]
+    if not remat.active or is_symbolic_graph(last.graph):
+        return records
+    started = time.perf_counter()
+    try:
+        result = rematerialize(last.graph, remat.policy, remat.memory_budget, plan=last.plan)
+    except MemoryBudgetError as error:
+        raise MemoryBudgetError(f"{name or 'graph'}: {error}") from None
+    if result.graph is last.graph:  # no backward pass, or nothing recomputed within the budget
+        return records
+    if verify_each:
+        verify(result.graph)
+    return records + [record_stage(REMATERIALIZE, last.graph, result, time.perf_counter() - started)]
 
 
 def build_forward_program(graph: Graph, passes: Passes = None, verify_each=False, check_numerics=False,
@@ -219,14 +252,16 @@ def training_step(forward: Graph, wrt: Sequence[str], rule: Optional[UpdateRule]
 def build_training_program(forward: Graph, wrt: Sequence[str], rule: Optional[UpdateRule] = None, *,
                            passes: Passes = None, verify_each=False, check_numerics=False,
                            shards: Optional[int] = None, trace_shard: Optional[Callable[[int], Graph]] = None,
-                           fast_math: FastMathOption = False) -> Program:
+                           fast_math: FastMathOption = False, remat: RematOptions = RematOptions()) -> Program:
     """A training step: loss, gradients of `wrt` and the update of `rule` (optional) from the forward-and-loss
     graph `forward`, split into data-parallel shards when proved exact (see passes/data_parallel.py).
 
     `shards`: None splits into as many shards as there are cores when the proof holds and the step is big enough
     to gain (MIN_SPLIT_FLOPS); 1 never splits; k > 1 asks for k shards and raises ValueError with the reason if
     the proof fails. `trace_shard(k)` traces the same model and loss at 1/k of the batch (shapes inferred).
-    `fast_math`: the value-changing rewrites the passes may make (passes/manager.py FAST_MATH_FLAGS)."""
+    `fast_math`: the value-changing rewrites the passes may make (passes/manager.py FAST_MATH_FLAGS).
+    `remat`: rematerialisation (passes/rematerialize.py), run after the passes on each graph with a backward pass
+    (the whole step, or the shard graph: its budget is per shard, and the shards run at once)."""
     flags = fast_math_flags(fast_math)
     wanted = available_cores() if shards is None else shards
     if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted < 1:
@@ -237,7 +272,8 @@ def build_training_program(forward: Graph, wrt: Sequence[str], rule: Optional[Up
 
     def optimise_whole() -> ProgramGraph:
         with shape_env(env) if env is not None else contextlib.nullcontext():
-            whole = ProgramGraph("training step", _optimise(step, passes, verify_each, flags))
+            stages = _optimise(step, passes, verify_each, flags, remat, "training step")
+            whole = ProgramGraph("training step", stages)
             verify(whole.graph)
         return whole
 
@@ -245,7 +281,7 @@ def build_training_program(forward: Graph, wrt: Sequence[str], rule: Optional[Up
         if shards is not None and shards > 1:
             raise ValueError(f"cannot split this training step into {wanted} data-parallel shards: {reason}")
         whole = optimise_whole()
-        return Program([whole], whole, Split(1, reason), step, wrt, check_numerics, flags)
+        return Program([whole], whole, Split(1, reason), step, wrt, check_numerics, flags, remat)
 
     if wanted == 1:
         return unsplit("one core" if shards is None else "shards=1")
@@ -270,8 +306,8 @@ def build_training_program(forward: Graph, wrt: Sequence[str], rule: Optional[Up
     batch = forward.inputs[0].type.shape[0]
     scaled = scale_shard_graph(shard_forward, forward, proof)
     shard_backward = append_backward(scaled, wrt)
-    shard = ProgramGraph(shard_name(batch, wanted),
-                         _optimise(shard_backward.graph, passes, verify_each, flags), runs=wanted)
+    name = shard_name(batch, wanted)
+    shard = ProgramGraph(name, _optimise(shard_backward.graph, passes, verify_each, flags, remat, name), runs=wanted)
     combine = ProgramGraph("combine", _optimise(
         combine_shards(verify(shard.graph), wanted, wrt, rule, shard_backward.unreached), passes, verify_each,
         flags))
@@ -280,7 +316,7 @@ def build_training_program(forward: Graph, wrt: Sequence[str], rule: Optional[Up
     split = Split(wanted, f"batch {whole_batch} as {wanted} x {shard_extent(batch, wanted)}"
                           f"{' (a batch that does not divide runs whole)' if is_symbolic(batch) else ''}, "
                           f"{proof.describe()}")
-    return Program([shard, combine], optimise_whole, split, step, wrt, check_numerics, flags)
+    return Program([shard, combine], optimise_whole, split, step, wrt, check_numerics, flags, remat)
 
 
 def shard_name(batch, shards: int) -> str:
