@@ -24,6 +24,7 @@ from graphgpt.ir.dims import active_shape_env
 from graphgpt.ir.shape_env import ShapeEnv, shape_env
 from graphgpt.passes import infer_shapes
 from graphgpt.passes.program import Program, ProgramGraph, build_forward_program, build_training_program
+from graphgpt.passes.rematerialize import RematOptions
 from graphgpt.passes.specialize import bind_sizes, describe_sizes
 
 from .dynamic import Specializations, dynamic_names, make_shape_env, symbolic_input_types
@@ -311,16 +312,15 @@ class Compiled:
         """Live bytes after each step of a schedule and the values holding the peak (see memory_timeline), for
         the first graph that runs (a split step's shard graph, once per shard) or the graph named; for a
         symbolic trace, at the sizes of the latest run."""
-        from .memory_timeline import memory_timeline
+        from .memory_timeline import program_graph_timeline
 
         if self.specializations is not None:
             program = self.specializations.get(self._latest_sizes())
             entry = next((entry for entry in program.graphs if graph in (None, entry.name)), None)
             if entry is None:
                 raise ValueError(f"no graph {graph!r}; graphs: {', '.join(e.name for e in program.graphs)}")
-            return memory_timeline(entry.graph, entry.plan)
-        entry = self._entry(graph)
-        return memory_timeline(entry.graph, entry.plan)
+            return program_graph_timeline(entry)
+        return program_graph_timeline(self._entry(graph))
 
     def render_passes(self, folder: str = "passes", graph: Optional[str] = None) -> str:
         """A diagram per pass over the first graph that runs (or `graph`) (removed nodes marked before, created
@@ -341,7 +341,8 @@ class Compiled:
 def compile(model: Optional[Callable] = None, *example_inputs, loss: Optional[Callable] = None,
             optimizer: Optional[Optimizer] = None, passes: Optional[Sequence] = None,
             verify_each: bool = False, check_numerics=False, shards: Optional[int] = None,
-            fast_math=False, dynamic=None, cache_size_limit: Optional[int] = None):
+            fast_math=False, dynamic=None, cache_size_limit: Optional[int] = None,
+            remat_policy: Optional[str] = None, memory_budget=None):
     """Trace `model` at the example inputs, infer shapes, verify, and build the Program that runs it.
 
     Without example inputs, `compile(model, **options)` returns at once a LazyCompiled (graphgpt/lazy.py) that
@@ -374,6 +375,15 @@ def compile(model: Optional[Callable] = None, *example_inputs, loss: Optional[Ca
     trace recorded (the model's `seq_len <= max_seq_len`), its memory plan and schedule made per size on first
     use (graphgpt/dynamic.py).
 
+    `remat_policy` and `memory_budget` (training steps only) trade compute for memory (passes/rematerialize.py):
+    "mincut" recomputes cheap forward ops (views, elementwise, layer norm; never matmuls) in the backward pass
+    where a minimum cut says keeping their values costs more, "checkpoint_blocks" each transformer block
+    (`blocks.N`) whole, "none" nothing (the default without a budget). `memory_budget`, bytes or a percentage
+    of the plan without rematerialisation ("60%"), bounds the planned bytes of each graph with a backward pass
+    (the whole step, or each data-parallel shard, which run at once); "mincut" then recomputes more, matmuls
+    included, until the plan fits, and compile raises graphgpt.MemoryBudgetError saying the smallest plan it
+    reached and what fills it if none does. Gradients stay bit-identical.
+
     >>> fwd = graphgpt.compile(model, tokens)                                  # doctest: +SKIP
     >>> fwd.run(tokens).shape                                                  # doctest: +SKIP
     (2, 16, 65)
@@ -385,7 +395,8 @@ def compile(model: Optional[Callable] = None, *example_inputs, loss: Optional[Ca
         from .lazy import lazy_compile
 
         options = dict(loss=loss, optimizer=optimizer, passes=passes, verify_each=verify_each,
-                       check_numerics=check_numerics, shards=shards, fast_math=fast_math)
+                       check_numerics=check_numerics, shards=shards, fast_math=fast_math,
+                       remat_policy=remat_policy, memory_budget=memory_budget)
         if model is None and example_inputs:
             raise TypeError("graphgpt.compile(None, ...): pass the model or function to compile first")
         return lazy_compile(model, options, dynamic, cache_size_limit)
@@ -397,23 +408,28 @@ def compile(model: Optional[Callable] = None, *example_inputs, loss: Optional[Ca
             raise TypeError("an optimizer needs a loss: compile(model, inputs, targets, loss=..., optimizer=...)")
         if shards not in (None, 1):
             raise TypeError("shards splits a training step: compile(model, inputs, targets, loss=..., shards=...)")
+        if remat_policy not in (None, "none") or memory_budget is not None:
+            raise TypeError("remat_policy and memory_budget shorten a training step's saved activations: "
+                            "compile(model, inputs, targets, loss=..., memory_budget=...)")
+    remat = RematOptions.of(remat_policy, memory_budget)
     names = dynamic_names(dynamic)
     examples = [_as_example(example) for example in example_inputs]
     if not names:
-        return _build(model, examples, None, loss, optimizer, passes, verify_each, check_numerics, shards, fast_math)
+        return _build(model, examples, None, loss, optimizer, passes, verify_each, check_numerics, shards, fast_math,
+                      remat)
     input_names = _input_names(model, len(examples) - (loss is not None)) + (["targets"] if loss else [])
     types, hints = symbolic_input_types(examples, input_names, names)
     env = make_shape_env(hints)
     env.recording = False  # on while tracing (see trace)
     with shape_env(env):
         compiled = _build(model, examples, (names, types), loss, optimizer, passes, verify_each, check_numerics,
-                          shards, fast_math)
+                          shards, fast_math, remat)
     compiled.shape_env = env
     return compiled
 
 
 def _build(model, examples, symbolic, loss, optimizer, passes, verify_each, check_numerics, shards,
-           fast_math) -> Compiled:
+           fast_math, remat: RematOptions = RematOptions()) -> Compiled:
     """compile()'s work once its options are checked; `symbolic`: (dynamic axis names, the inputs' symbolic
     types), or None for the examples' own types."""
     types = symbolic[1] if symbolic else None
@@ -441,6 +457,6 @@ def _build(model, examples, symbolic, loss, optimizer, passes, verify_each, chec
 
     program = build_training_program(verify(infer_shapes(traced.graph)), [name for name, _ in trainable], rule,
                                      passes=passes, verify_each=verify_each, check_numerics=check_numerics,
-                                     shards=shards, trace_shard=trace_shard, fast_math=fast_math)
+                                     shards=shards, trace_shard=trace_shard, fast_math=fast_math, remat=remat)
     return Compiled(program, bindings, returns_tuple=False,
                     guard=BindingGuard(model, program.param_names, optimizer))
