@@ -273,6 +273,53 @@ def recompute_at_step(graph: Graph, step: RecomputableStep, plan: Optional[Memor
     return _recompute_into(graph, end, _needed_closure(graph, end, recompute), f"rematerialize (mincut: {step.name})")
 
 
+def _mincut_attempts(graph: Graph, plan: MemoryPlan, end: int, limit: Optional[int], header: str) -> list:
+    """(graph, plan, what it recomputes) for each cut tried, the last the one to keep: without a budget, the first
+    step's; with one, step after step until one fits. Between a step and the next, the next step's choices are
+    taken block by block (blocks.0 first, whose values are kept longest; nodes outside blocks last), for the
+    fewest blocks that fit, found by bisection: each block recomputing more costs FLOPs the others need not."""
+    forward = graph.nodes[:end]
+    block = {node.output.id: _block_of(node) for node in forward}
+    groups = sorted({block[node.output.id] for node in forward}, key=lambda name: (not name, _block_number(name)))
+    attempts = []
+
+    def attempt(recompute: set[int], what: str) -> tuple:
+        attempts.append((*_attempt(graph, end, recompute, f"{header}{what})"), what))
+        return attempts[-1]
+
+    def fits(entry: tuple) -> bool:
+        return limit is None or entry[1].planned_bytes <= limit
+
+    previous = None
+    for step in RECOMPUTABLE_STEPS if limit is not None else RECOMPUTABLE_STEPS[:1]:
+        current = _min_cut_recompute(graph, plan, end, step)
+        if previous is not None:
+            earlier, earlier_name = previous
+            changed = [group for group in groups if {v for v in current if block[v] == group}
+                       != {v for v in earlier if block[v] == group}]
+            best, low, high = None, 1, len(changed) - 1  # block counts strictly between the two steps
+            while low <= high:
+                middle = (low + high) // 2
+                chosen = set(changed[:middle])
+                mixed = {v for v in current if block[v] in chosen} | {v for v in earlier if block[v] not in chosen}
+                entry = attempt(mixed, f"{step.name} in {middle} of {len(changed)} blocks, {earlier_name} elsewhere")
+                if fits(entry):
+                    best, high = entry, middle - 1
+                else:
+                    low = middle + 1
+            if best is not None:
+                attempts.append(best)  # the one to keep, last
+                return attempts
+        if fits(attempt(current, step.name)):
+            return attempts
+        previous = current, step.name
+    return attempts
+
+
+def _block_number(name: str) -> int:
+    return int(name.rpartition(".")[2]) if name else 0
+
+
 def rematerialize(graph: Graph, policy: str = "mincut", memory_budget: MemoryBudget = None,
                   plan: Optional[MemoryPlan] = None) -> PassResult:
     """`graph` (a training graph of concrete sizes) with the forward values `policy` chooses recomputed in the
@@ -294,12 +341,7 @@ def rematerialize(graph: Graph, policy: str = "mincut", memory_budget: MemoryBud
         recompute = _checkpoint_blocks_recompute(graph, end)
         attempts.append((*_attempt(graph, end, recompute, header), "each block whole"))
     else:
-        for step in RECOMPUTABLE_STEPS if limit is not None else RECOMPUTABLE_STEPS[:1]:
-            header = f"rematerialize (mincut{within}: {step.name})"
-            recompute = _min_cut_recompute(graph, plan, end, step)
-            attempts.append((*_attempt(graph, end, recompute, header), step.name))
-            if limit is None or attempts[-1][1].planned_bytes <= limit:
-                break
+        attempts = _mincut_attempts(graph, plan, end, limit, f"rematerialize (mincut{within}: ")
     new, new_plan, _ = attempts[-1]
     if options.policy == "mincut" and new_plan.planned_bytes > plan.planned_bytes:
         new, new_plan = graph, plan  # recomputing made the plan no smaller (buffers it could not share)
