@@ -86,11 +86,14 @@ def main() -> None:
     args = parser.parse_args()
     config = LONG if args.long else CONFIGS["medium"]
     model, tokens, targets = build(config)
-    compiled, seconds = {}, {}
+    compiled, seconds, refused = {}, {}, {}
     for name, options in POLICIES.items():
         started = time.perf_counter()
-        compiled[name] = graphgpt.compile(model, tokens, targets, loss=F.cross_entropy, shards=args.shards,
-                                          **options)
+        try:
+            compiled[name] = graphgpt.compile(model, tokens, targets, loss=F.cross_entropy, shards=args.shards,
+                                              **options)
+        except graphgpt.MemoryBudgetError as error:
+            refused[name] = str(error)
         seconds[name] = time.perf_counter() - started
     baseline = compiled["none"]
     print(f"GPT {config}; {baseline.split.describe()}")
@@ -100,6 +103,8 @@ def main() -> None:
           f"{'s':>7}")
     for name, step in compiled.items():
         print(describe(name, step, baseline, seconds[name]))
+    for name, refusal in refused.items():
+        print(f"{name:<18} refused: {refusal}")
     print("planned / live / saved: the backward graph's planned buffers, peak of live values, saved activations; "
           "all MiB: every graph that runs")
     if not args.no_check:

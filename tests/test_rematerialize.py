@@ -153,6 +153,14 @@ def test_symbolic_sizes_are_rematerialised_per_size():
         assert recomputed_nodes(steps[1].specializations.get({"T": seq}).graphs[0].graph)
 
 
+def test_a_lazily_compiled_step_takes_the_options():
+    model = make_gpt(vocab=VOCAB, embed=16, layers=2, heads=4)
+    tokens, targets = make_tokens(VOCAB, BATCH, SEQ, seed=1), make_tokens(VOCAB, BATCH, SEQ, seed=2)
+    lazy = graphgpt.compile(model, loss=F.cross_entropy, shards=1, remat_policy="checkpoint_blocks")
+    lazy(tokens, targets)
+    assert recomputed_nodes(lazy.graph)
+
+
 def test_a_budget_out_of_reach_is_refused_in_one_line():
     with pytest.raises(MemoryBudgetError) as refusal:
         training_step(memory_budget=4096)
