@@ -270,9 +270,15 @@ def build_training_program(forward: Graph, wrt: Sequence[str], rule: Optional[Up
 
     env = active_shape_env()  # a symbolic trace's: the whole step may be optimised later, on first use
 
-    def optimise_whole() -> ProgramGraph:
+    def optimise_whole(runs: bool = True) -> ProgramGraph:
         with shape_env(env) if env is not None else contextlib.nullcontext():
-            stages = _optimise(step, passes, verify_each, flags, remat, "training step")
+            try:
+                stages = _optimise(step, passes, verify_each, flags, remat, "training step")
+            except MemoryBudgetError:
+                if runs:
+                    raise
+                # Only for study beside a split step (whose shards met the budget): the policy, without it.
+                stages = _optimise(step, passes, verify_each, flags, RematOptions.of(remat.policy), "training step")
             whole = ProgramGraph("training step", stages)
             verify(whole.graph)
         return whole
@@ -316,7 +322,8 @@ def build_training_program(forward: Graph, wrt: Sequence[str], rule: Optional[Up
     split = Split(wanted, f"batch {whole_batch} as {wanted} x {shard_extent(batch, wanted)}"
                           f"{' (a batch that does not divide runs whole)' if is_symbolic(batch) else ''}, "
                           f"{proof.describe()}")
-    return Program([shard, combine], optimise_whole, split, step, wrt, check_numerics, flags, remat)
+    return Program([shard, combine], lambda: optimise_whole(runs=False), split, step, wrt, check_numerics, flags,
+                   remat)
 
 
 def shard_name(batch, shards: int) -> str:

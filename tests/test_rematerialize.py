@@ -139,6 +139,16 @@ def test_data_parallel_shards_are_rematerialised_each():
     assert shard.plan.planned_bytes < plain.program.graphs[0].plan.planned_bytes
 
 
+def test_a_budget_in_bytes_applies_to_each_shard_and_the_whole_step_for_study_never_refuses():
+    plain, _, _ = training_step(shards=2)
+    budget = int(plain.program.graphs[0].plan.planned_bytes * 0.9)
+    step, _, _ = training_step(shards=2, memory_budget=budget)
+    assert step.program.graphs[0].plan.planned_bytes <= budget
+    # The whole step (not run) cannot meet a shard's budget: it is rematerialised by the policy alone.
+    assert step.program.whole.plan.planned_bytes > budget
+    assert "budget" not in step.program.whole.graph.header and recomputed_nodes(step.graph)
+
+
 def test_symbolic_sizes_are_rematerialised_per_size():
     model = make_gpt(vocab=VOCAB, embed=16, layers=2, heads=4)
     tokens, targets = make_tokens(VOCAB, BATCH, SEQ, seed=1), make_tokens(VOCAB, BATCH, SEQ, seed=2)
