@@ -193,6 +193,8 @@ class Program:
         if self.split.shards > 1:
             parts.append(f"== {self.whole.name} (for study: not run) ==\n"
                          f"{format_report(self.whole.stages, sizes)}")
+        if self.symbolic and self.remat.active:
+            parts.append(f"rematerialisation ({self.remat.describe()}): made for each concrete size on first use")
         if self.gradient_names:
             parts.append(self.split.describe())
         if self.fast_math:

@@ -135,6 +135,10 @@ class RematOptions:
         """Whether the pass has anything to do: recompute, or check a budget."""
         return self.policy != "none" or self.memory_budget is not None
 
+    def describe(self) -> str:
+        """'mincut, memory budget 60%'."""
+        return self.policy + ("" if self.memory_budget is None else f", memory budget {self.memory_budget}")
+
     def budget_bytes(self, planned_without: int) -> Optional[int]:
         """The budget in bytes, given the planned bytes without rematerialisation."""
         if isinstance(self.memory_budget, str):

@@ -161,6 +161,7 @@ def test_symbolic_sizes_are_rematerialised_per_size():
         assert same_bits(loss, remat_loss)
         assert all(np.array_equal(gradients[name], remat_gradients[name]) for name in gradients)
         assert recomputed_nodes(steps[1].specializations.get({"T": seq}).graphs[0].graph)
+    assert "rematerialisation (mincut): made for each concrete size" in steps[1].report()
 
 
 def test_a_lazily_compiled_step_takes_the_options():
