@@ -2,8 +2,8 @@
 walks the list. The last step of compiling, and what a Program runs.
 
 Buffers come from the memory plan (passes/memory_plan.py): allocated once per schedule and reused by every
-run, each op writing into its planned buffer with `out=`; views (reshape, transpose, slice, broadcast) are made
-afresh each run and cost nothing. A failure inside a step is reported with the node, its module path and
+run, each op writing into its planned buffer with `out=`. Views (reshape, transpose, slice, broadcast) of planned
+buffers are made once, with the buffers; views of inputs and parameters afresh each run. A failure inside a step is reported with the node, its module path and
 source line.
 
 Arrays returned by run() live in the schedule's buffers: the next run overwrites them (graphgpt.Compiled copies
@@ -12,7 +12,6 @@ what it hands to users).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -20,6 +19,8 @@ import numpy as np
 from graphgpt.ir import Graph, Node, get_op
 from graphgpt.ir.scratch import scratch_arena
 from .memory_plan import MemoryPlan, plan_memory
+from .python_code import StraightLineCode
+from .steps import INTO_BUFFER, INTO_PARAM, VIEW, Step, writer
 
 
 class ExecutionError(RuntimeError):
@@ -47,22 +48,6 @@ def _check_values(step: "Step", value: np.ndarray, mode: str) -> None:
         inputs = ", ".join(f"{v.label}" for v in step.node.inputs)
         raise NumericalError(f"{step.node.describe()} produced {nan} NaN and {inf} infinite value(s) of "
                              f"{value.size} from inputs {inputs or '(none)'}: the first node of this run to do so")
-
-
-# How a step produces its value.
-VIEW, INTO_BUFFER, INTO_PARAM = "view", "into_buffer", "into_param"
-
-
-@dataclass(frozen=True)
-class Step:
-    mode: str
-    function: Callable[..., Any]  # compute (VIEW) or compute_into (the others)
-    input_slots: tuple[int, ...]
-    attrs: dict
-    output_slot: int
-    out: Optional[np.ndarray]  # the planned buffer (INTO_BUFFER)
-    param_position: int  # which parameter array to write (INTO_PARAM)
-    node: Node
 
 
 def _typed_view(raw: np.ndarray, node: Node) -> np.ndarray:
@@ -98,7 +83,7 @@ class Schedule:
         if self.check_numerics not in (None, *NUMERICS_MODES):
             raise ValueError(f"check_numerics must be False, True, 'nan' or 'nonfinite', got {check_numerics!r}")
         self.plan = plan if plan is not None else plan_memory(graph)
-        slot_of = {value.id: slot for slot, value in enumerate(graph.values())}
+        slot_of = self.slot_of = {value.id: slot for slot, value in enumerate(graph.values())}
         self.num_slots = len(slot_of)
         self.input_slots = [slot_of[value.id] for value in graph.inputs]
         self.param_slots = [slot_of[value.id] for value in graph.params]
@@ -111,24 +96,34 @@ class Schedule:
         # (data-parallel shards) never share it.
         *self.buffers, self.scratch = _carve_buffers([*self.plan.buffer_bytes, self.plan.scratch_bytes])
         self.constants = []  # (slot, array): set once per run, before the schedule
+        # Views of planned buffers, made once here: a buffer's address never changes, so neither does a view of
+        # it (nor a view of such a view). Only views of inputs and parameters are made afresh each run.
+        self.fixed_views: list[tuple[int, np.ndarray, Node]] = []
+        fixed: dict[int, np.ndarray] = {}  # slot -> its array, for values whose memory is planned here
         self.steps = []
         for node in graph.nodes:
             op = get_op(node.op)
             storage = self.plan.storage[node.output.id]
             slot = slot_of[node.output.id]
             if storage.kind == "constant":
-                self.constants.append((slot, node.attrs["value"]))
+                fixed[slot] = node.attrs["value"]
+                self.constants.append((slot, fixed[slot]))
                 continue
             inputs = tuple(slot_of[value.id] for value in node.inputs)
             if storage.kind == "view":
+                if all(input_slot in fixed for input_slot in inputs):
+                    fixed[slot] = op.compute(*(fixed[input_slot] for input_slot in inputs), **node.attrs)
+                    self.fixed_views.append((slot, fixed[slot], node))
+                    continue
                 step = Step(VIEW, op.compute, inputs, node.attrs, slot, None, -1, node)
             elif storage.kind == "into_param":
-                step = Step(INTO_PARAM, op.evaluate_into, inputs, node.attrs, slot, None,
+                step = Step(INTO_PARAM, writer(op), inputs, node.attrs, slot, None,
                             param_position[storage.source], node)
             else:
-                out = _typed_view(self.buffers[storage.buffer], node)
-                step = Step(INTO_BUFFER, op.evaluate_into, inputs, node.attrs, slot, out, -1, node)
+                out = fixed[slot] = _typed_view(self.buffers[storage.buffer], node)
+                step = Step(INTO_BUFFER, writer(op), inputs, node.attrs, slot, out, -1, node)
             self.steps.append(step)
+        self.code = StraightLineCode(self)  # what run() calls (the loop below runs with check_numerics)
 
     @property
     def planned_bytes(self) -> int:
@@ -143,6 +138,8 @@ class Schedule:
             slots[slot] = array
         for slot, array in self.constants:
             slots[slot] = array
+        for slot, array, _ in self.fixed_views:
+            slots[slot] = array
         return slots
 
     def run(self, inputs: Sequence[np.ndarray], params: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -151,6 +148,18 @@ class Schedule:
             return self._run_steps(inputs, params)
 
     def _run_steps(self, inputs: Sequence[np.ndarray], params: Sequence[np.ndarray]) -> list[np.ndarray]:
+        if self.check_numerics:
+            return self._interpret(inputs, params)
+        try:
+            return self.code.run(inputs, params)
+        except Exception as error:  # any NumPy failure: say which node of whose code it was
+            node = self.code.failing_node(error.__traceback__)
+            if node is None:
+                raise
+            raise ExecutionError(f"{node.describe()} failed: {type(error).__name__}: {error}") from error
+
+    def _interpret(self, inputs: Sequence[np.ndarray], params: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The steps one at a time from a list of slots, checking each value (check_numerics)."""
         slots = self.initial_slots(inputs, params)
         checking = self.check_numerics
         if checking:  # inputs and parameters first: a NaN fed in is not the graph's fault
@@ -161,13 +170,13 @@ class Schedule:
             arrays = [slots[slot] for slot in step.input_slots]
             try:
                 if step.mode == INTO_BUFFER:
-                    step.function(step.out, arrays, step.attrs)
+                    step.function(step.out, *arrays, **step.attrs)
                     slots[step.output_slot] = step.out
                 elif step.mode == VIEW:
                     slots[step.output_slot] = step.function(*arrays, **step.attrs)
                 else:
                     target = params[step.param_position]
-                    step.function(target, arrays, step.attrs)
+                    step.function(target, *arrays, **step.attrs)
                     slots[step.output_slot] = target
             except Exception as error:  # any NumPy failure: say which node of whose code it was
                 raise ExecutionError(f"{step.node.describe()} failed: {type(error).__name__}: {error}") from error

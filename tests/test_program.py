@@ -65,7 +65,8 @@ def test_the_nodes_rendered_are_the_nodes_executed(tmp_path):
     drawn = drawn_nodes(open(path).read())
     shard_schedule, combine_schedule = step.program.schedules[0], step.program.schedules[-1]
     for number, schedule in enumerate((shard_schedule, combine_schedule)):
-        executed = {step_.node.output.id for step_ in schedule.steps}
+        executed = {step_.node.output.id for step_ in schedule.steps} | {
+            node.output.id for _, _, node in schedule.fixed_views}
         constants = {node.output.id for node in schedule.graph.nodes if node.op == "constant"}
         leaves = {value.id for value in (*schedule.graph.inputs, *schedule.graph.params)}
         assert drawn[number] == executed | constants | leaves, number

@@ -1,0 +1,91 @@
+"""A schedule lowered to one straight-line Python function: a line per step, as torch.fx's GraphModule generates
+its `forward`. The interpreter loop (Schedule's with check_numerics) looks up each step's slots, mode and
+attributes at every run; here those lookups happen once, when the source is written, and a run is just the
+calls. On a decode step of the 2-layer GPT that is ~2 us less per node.
+
+    def run(inputs, params):
+        tokens, positions = inputs
+        p0, p1, p2, ... = params
+        v12 = f12(p1, positions)             # a view of an input or parameter, made at each run
+        f13(b13, p0, tokens)                 # into its planned buffer b13
+        f68(p40, p40, v64, positions)        # an update computed into its parameter
+        return [b126]
+
+Names: `f<n>` the op's function for the node making value n, `b<n>` the planned buffer (or a view of one, made
+once) holding value n, `a<n>` the node's attributes, `p<i>` parameter i, `v<n>` a view made during the run.
+`source` is printable; a failure inside a step is traced back to its node by the line it raised on.
+"""
+
+from __future__ import annotations
+
+import itertools
+from types import TracebackType
+from typing import Callable, Optional
+
+import numpy as np
+
+from graphgpt.ir import Node
+from .steps import INTO_BUFFER, INTO_PARAM, VIEW
+
+_counter = itertools.count()  # a distinct file name per generated function, so tracebacks find their own
+
+
+class StraightLineCode:
+    """The generated `run(inputs, params) -> outputs` of a schedule, its source, and the node of each line."""
+
+    def __init__(self, schedule):
+        graph = schedule.graph
+        namespace: dict[str, object] = {"copyto": np.copyto}
+        names: dict[int, str] = {}  # slot -> the expression naming its array in the function
+        inputs = [f"i{index}" for index in range(len(graph.inputs))]
+        params = [f"p{index}" for index in range(len(graph.params))]
+        names.update(zip(schedule.input_slots, inputs))
+        names.update(zip(schedule.param_slots, params))
+        for slot, array in schedule.constants:
+            names[slot] = f"c{slot}"
+            namespace[names[slot]] = array
+        for slot, array, _ in schedule.fixed_views:
+            names[slot] = f"b{slot}"
+            namespace[names[slot]] = array
+        lines = ["def run(inputs, params):"]
+        if inputs:
+            lines.append(f"    {', '.join(inputs)}, = inputs")
+        if params:
+            lines.append(f"    {', '.join(params)}, = params")
+        self.nodes_by_line: dict[int, Node] = {}
+        for step in schedule.steps:
+            slot = step.output_slot
+            function = f"f{slot}"
+            namespace[function] = step.function
+            arguments = [names[input_slot] for input_slot in step.input_slots]
+            if step.attrs:
+                namespace[f"a{slot}"] = step.attrs
+                arguments.append(f"**a{slot}")
+            if step.mode == VIEW:
+                names[slot] = f"v{slot}"
+                line = f"    v{slot} = {function}({', '.join(arguments)})"
+            elif step.mode == INTO_BUFFER:
+                names[slot] = f"b{slot}"
+                namespace[names[slot]] = step.out
+                line = f"    {function}({', '.join([names[slot], *arguments])})"
+            else:
+                assert step.mode == INTO_PARAM
+                names[slot] = params[step.param_position]
+                line = f"    {function}({', '.join([names[slot], *arguments])})"
+            self.nodes_by_line[len(lines) + 1] = step.node
+            lines.append(line)
+        for position, slot in schedule.update_copies:
+            lines.append(f"    copyto(p{position}, {names[slot]})")
+        lines.append(f"    return [{', '.join(names[slot] for slot in schedule.output_slots)}]")
+        self.source = "\n".join(lines) + "\n"
+        self.filename = f"<graphgpt schedule {next(_counter)}>"
+        exec(compile(self.source, self.filename, "exec"), namespace)
+        self.run: Callable = namespace["run"]
+
+    def failing_node(self, traceback: Optional[TracebackType]) -> Optional[Node]:
+        """The node whose line of this function raised, from the exception's traceback (None if none did)."""
+        while traceback is not None:
+            if traceback.tb_frame.f_code.co_filename == self.filename:
+                return self.nodes_by_line.get(traceback.tb_lineno)
+            traceback = traceback.tb_next
+        return None
