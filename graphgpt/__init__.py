@@ -28,6 +28,8 @@ _EXPORTS: dict[str, str] = {
     "NumericalError": "passes.schedule",
     "LazyCompiled": "lazy",
     "explain_recompiles": "recompiles",
+    "CompiledGeneration": "generation",
+    "compile_generation": "generation",
     "ExportError": "onnx_export",
     "export_onnx": "onnx_export",
     "GradientReport": "gradcheck",

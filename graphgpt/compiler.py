@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import inspect
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, Sequence, Union
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -267,6 +268,19 @@ class Compiled:
         return tuple(results) if self._returns_tuple else results[0]
 
     __call__ = run
+
+    @contextmanager
+    def runs(self) -> Iterator[Callable[..., list[np.ndarray]]]:
+        """For many runs in a row whose inputs the caller builds itself, of the compiled types (a decode loop):
+        takes the run lock and binds the parameters once, and yields `run(*arrays)`, which returns the
+        schedule's own output arrays (valid until its next run; not copied) and skips run()'s input checks.
+        Not for a symbolic trace, nor for a training step (its gradients are not kept)."""
+        if self.specializations is not None or self.gradient_names:
+            raise TypeError("Compiled.runs() serves forward graphs of concrete sizes; use run()")
+        with self._run_lock:
+            self._bound = self._guard.current(self._bound)
+            params, program = self._param_arrays(), self.program
+            yield lambda *arrays: program.run(arrays, params)
 
     def report(self) -> str:
         """Per graph that runs, a per-pass table: node count, FLOPs, memory and what each pass changed; then

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from operator import getitem, is_
-from typing import Optional, Sequence, Union
+from typing import Collection, Optional, Sequence, Union
 
 import numpy as np
 
@@ -179,7 +179,9 @@ class AttributeWatch:
 class BindingGuard:
     """Finds the tensors a compiled graph binds (by graph parameter name) and checks what it baked in."""
 
-    def __init__(self, model: object, names: Sequence[str], optimizer: Optional[Optimizer] = None):
+    def __init__(self, model: object, names: Sequence[str], optimizer: Optional[Optimizer] = None,
+                 own_state: Collection[str] = ()):
+        """`own_state`: names of tensors the compiled object holds itself (a KV cache), not the model."""
         self._model = model if isinstance(model, Module) else None
         self._optimizer = optimizer
         self._hyperparameters = dict(optimizer.hyperparameters) if optimizer is not None else None
@@ -190,7 +192,7 @@ class BindingGuard:
         self._trained: dict[str, bool] = {}
         if self._model is not None:
             for name in self._names:
-                if not name.startswith(STATE_PREFIX) or self._optimizer is None:
+                if name not in own_state and (not name.startswith(STATE_PREFIX) or self._optimizer is None):
                     self._paths[name] = self._walk(name)
                     self._trained[name] = bool(getattr(self._paths[name][-1][1], "requires_grad", False))
         self._snapshot(self._current_bindings_at_compile())
@@ -220,7 +222,7 @@ class BindingGuard:
                     expected = tensor if depth == len(path) - 1 else then  # the tensor bound now, if rebound
                     links[(id(holder), key)] = (holder, key, expected)
                     container = then
-            elif tensor is not None:
+            elif tensor is not None and self._optimizer is not None and name.startswith(STATE_PREFIX):
                 links[(id(self._optimizer.state), name)] = (self._optimizer.state, name[len(STATE_PREFIX):], tensor)
         self._links = [link for link in links.values() if not isinstance(link[1], int)]
         self._list_links = [link for link in links.values() if isinstance(link[1], int)]

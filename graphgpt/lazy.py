@@ -179,7 +179,8 @@ class LazyCompiled:
                 parameters.bind(*range(count))
             except TypeError:
                 name = getattr(target, "__qualname__", type(target).__name__)
-                listed = ", ".join(str(parameter) for parameter in parameters.parameters.values())
+                listed = ", ".join(str(parameter.replace(annotation=inspect.Parameter.empty))
+                                   for parameter in parameters.parameters.values())
                 raise InputError(f"{name}({listed}) cannot take {count} input(s)"
                                  + (" (the last input of a training step is the targets)" if loss else "")) from None
         names = compiler._input_names(self.model, count) + (["targets"] if loss is not None else [])

@@ -36,7 +36,8 @@ _INTERNAL_DIRS = (os.path.dirname(os.path.abspath(ir.__file__)) + os.sep,)
 _INTERNAL_FILES = frozenset(os.path.join(_GRAPHGPT_DIR, name) for name in
                             ("tensor.py", "tracing.py", "compiler.py", "dynamic.py",
                              os.path.join("nn", "module.py"), os.path.join("nn", "functional.py"),
-                             os.path.join("nn", "masks.py")))
+                             os.path.join("nn", "masks.py"), os.path.join("nn", "kv_cache.py"),
+                             os.path.join("nn", "state.py")))
 
 
 @lru_cache(maxsize=None)  # called for every frame of every op's provenance; lru_cache is safe across threads

@@ -196,6 +196,11 @@ class TensorOps:
         return self._apply("dropout_mask", (self,), {"shape": tuple(as_size(d) for d in shape), "p": float(p),
                                                      "dtype": dtype})
 
+    def cache_write(self, new, positions):
+        """This (batch, heads, length, dim) cache with `new` (batch, heads, n, dim) written at each sequence's
+        position (`positions`: one integer per sequence) onwards."""
+        return self._apply("cache_write", (self, self._operand(new), self._operand(positions)))
+
     def one_hot(self, num_classes: int, dtype="float32"):
         """These integer indices as one-hot rows along a new last axis."""
         return self._apply("one_hot", (self,), {"num_classes": num_classes, "dtype": dtype})

@@ -10,9 +10,10 @@ writing into one already touched: first-touch page faults).
   outputs and update values live to the end.
 - Buffer reuse: each value that needs storage takes the smallest free buffer that fits (within 4x), else a new
   one; a buffer is free again after its value's last use.
-- In place: a single-ufunc op may write into the buffer of an input of the same type that dies at that node;
-  an update (new weights, optimizer state) is computed straight into its parameter when nothing reads the old
-  value later, so no copy is needed after the run.
+- In place: a single-ufunc op may write into the buffer of an input of the same type that dies at that node (a
+  state update such as a KV cache write, into its first input's); an update (new weights, optimizer state, a KV
+  cache) is computed straight into its parameter when nothing reads the old value later, so no copy is needed
+  after the run.
 """
 
 from __future__ import annotations
@@ -124,9 +125,10 @@ def _place_updates(graph: Graph, plan: MemoryPlan) -> None:
         reads_old = any(root[value.id] == parameter.id for value in node.inputs)
         if last_use.get(parameter.id, -1) > index:  # the old value is still read later (or is an output)
             continue
-        # Reading the old value at this very node is fine only for a single ufunc reading it in the same layout.
-        if reads_old and not (get_op(node.op).inplace and any(
-                value.id == parameter.id and value.type == new.type for value in node.inputs)):
+        # Reading the old value at this very node is fine only for a single ufunc reading it in the same layout,
+        # or for a state update given it as its first input (it then writes only what changes).
+        if reads_old and not any(value.id == parameter.id and value.type == new.type
+                                 for value in _inputs_out_may_be(node)):
             continue
         plan.storage[new.id] = Storage("into_param", source=parameter.id)  # a result: live to the end already
         plan.updates_in_place += 1
@@ -163,12 +165,16 @@ def _assign_buffers(graph: Graph, plan: MemoryPlan) -> None:
 
 
 def _dying_input_buffer(node, index, storage, root, last_use, graph):
-    """The buffer of an input this single-ufunc node may overwrite: same type, not a view, last read here."""
-    if not get_op(node.op).inplace:
-        return None
-    for value in node.inputs:
+    """The buffer of an input this node may overwrite: same type, not a view, last read here."""
+    for value in _inputs_out_may_be(node):
         owner = storage.get(value.id)
         if (owner is not None and owner.kind == "buffer" and root[value.id] == value.id
                 and value.type == node.output.type and last_use.get(value.id) == index):
             return owner.buffer
     return None
+
+
+def _inputs_out_may_be(node) -> tuple:
+    """The inputs whose memory the node's output may take: any of a single ufunc's, a state update's first."""
+    op = get_op(node.op)
+    return tuple(node.inputs) if op.inplace else tuple(node.inputs[:1]) if op.updates_first_input else ()

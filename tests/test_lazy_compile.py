@@ -381,7 +381,11 @@ def test_wrong_inputs_give_one_line_errors(traces):
     fast = graphgpt.compile(model)
     data = tokens(2, 8)
     fast(data)
-    with pytest.raises(graphgpt.InputError, match=r"^GPT.forward\(tokens\) cannot take 2 input\(s\)$"):
+    with pytest.raises(graphgpt.InputError, match=r"^GPT.forward\(tokens, positions=None, cache=None\) cannot take "
+                                                  r"4 input\(s\)$"):
+        fast(data, data, data, data)
+    with pytest.raises(graphgpt.InputError, match=r"^cannot compile the forward for inputs \(i64\[2,8\], i64\[2,8\]\): "
+                                                  r"give positions and cache together \(a cached step\), or neither$"):
         fast(data, data)
     with pytest.raises(graphgpt.InputError, match=r"^input 0 \('tokens'\) cannot be a graph input: dtype complex64 "
                                                   r"is not supported"):
@@ -396,11 +400,11 @@ def test_wrong_inputs_give_one_line_errors(traces):
                                                   r"token_embedding \(\S*layers\.py:\d+\)$") as caught:
         fast(data.astype(np.float32))
     assert "\n" not in str(caught.value) and caught.value.__cause__ is None
-    assert [entry.signature for entry in fast.cache] == ["tokens: i64[2,8]"] and traces["forward"] == 3
+    assert [entry.signature for entry in fast.cache] == ["tokens: i64[2,8]"] and traces["forward"] == 4
 
     step = graphgpt.compile(model, loss=F.cross_entropy)
     with pytest.raises(graphgpt.InputError, match="^a training step takes the model's inputs and then the targets, "
                                                   r"got 1 input\(s\)"):
         step(data)
-    with pytest.raises(graphgpt.InputError, match=r"cannot take 2 input\(s\) \(the last input of a training step"):
-        step(data, data, data)
+    with pytest.raises(graphgpt.InputError, match=r"cannot take 4 input\(s\) \(the last input of a training step"):
+        step(data, data, data, data, data)

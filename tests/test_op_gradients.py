@@ -64,9 +64,10 @@ CASES = {  # op -> list of (inputs, attrs)
     # tanh(x * b) + x, with x read twice and b broadcast
     "fused_elementwise": [([normal(2, 3), normal(3)], {"program": (("mul", (0, 1)), ("tanh", (2,)), ("add", (3, 0)))})],
 }
-# Results that carry no gradient: bool comparisons, one-hot of integers, constants, a random mask of a key.
+# Results that carry no gradient: bool comparisons, one-hot of integers, constants, a random mask of a key; and
+# the KV cache's write, which only decoding (without gradients) uses.
 NO_GRADIENT = {"less", "less_equal", "greater", "greater_equal", "equal", "not_equal", "one_hot", "constant",
-               "reciprocal_size", "dropout_mask"}
+               "reciprocal_size", "dropout_mask", "cache_write"}
 # Backward kernels have no rule (no second derivatives); the gelu and layer_norm rows above check them.
 BACKWARD_KERNELS = {"gelu_grad", "layer_norm_grad", "layer_norm_gamma_grad"}
 

@@ -59,6 +59,9 @@ BAD_INPUTS = [  # op, input types, (valid) attrs, what the message must say
     ("slice", "f32[4]", {"slices": ((0, 4, 0),)}, r"axis 0: slice 0:4:0 is not a normalised slice"),
     ("slice", "f32[4]", {"slices": ((-1, 4, 1),)}, r"slice -1:4:1 is not a normalised slice"),
     ("unslice", "f32[2]", {"slices": ((0, 3, 1),), "shape": (4,)}, r"f32\[2\] does not fill the slices"),
+    ("cache_write", "f32[2,3,4,5] f32[2,3,1,5] f32[2]", {}, r"positions must be integers, one per sequence"),
+    ("cache_write", "f32[2,3,4,5] f32[2,2,1,5] i64[2]", {}, r"must match the cache f32\[2,3,4,5\] in batch, heads"),
+    ("cache_write", "f32[2,3,4,5] f64[2,3,1,5] i64[2]", {}, r"of one dtype, got f32\[2,3,4,5\] and f64"),
     ("embedding", "f32[5,3] f32[2]", {}, r"indices must be integers, got f32\[2\]"),
     ("embedding", "f32[5,3] bool[2]", {}, r"indices must be integers, got bool\[2\]"),
     ("embedding", "f32[5,3,2] i64[2]", {}, r"weight must be a \(num_embeddings, dim\) matrix, got f32\[5,3,2\]"),
@@ -193,8 +196,12 @@ def test_check_attrs_canonicalises():
      r"targets must lie in 0\.\.3, got values from -2 to 3"),
     ("scatter_add", [np.zeros((2, 3)), np.array([0, 3])], {"num_rows": 3}, r"scatter_add index 3 is out of range"),
     ("one_hot", [np.array([-1])], {"num_classes": 3, "dtype": "float32"}, r"one_hot index -1 is out of range"),
+    ("cache_write", [np.zeros((2, 1, 4, 3)), np.ones((2, 1, 2, 3)), np.array([0, 3])], {},
+     r"cache_write at position 3 of 2 entries does not fit a cache of length 4 \(valid start: 0\.\.2\)"),
+    ("cache_write", [np.zeros((1, 1, 4, 3)), np.ones((1, 1, 1, 3)), np.array([-1])], {},
+     r"cache_write at position -1 of 1 entries"),
 ], ids=["embedding-high", "embedding-negative", "cross_entropy-high", "cross_entropy-negative", "scatter_add",
-        "one_hot"])
+        "one_hot", "cache_write-past-the-end", "cache_write-negative"])
 def test_out_of_range_indices_raise(op, inputs, attrs, message):
     with pytest.raises(IndexError, match=message):
         OPS[op].evaluate(inputs, attrs)

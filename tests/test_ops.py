@@ -149,6 +149,14 @@ def scatter_add64(updates, indices, num_rows):
     return table
 
 
+def cache_write64(cache, new, positions):
+    out = cache.copy()
+    for row, start in enumerate(positions):
+        for step in range(new.shape[2]):
+            out[row, :, start + step] = new[row, :, step]
+    return out
+
+
 def index_grid(slices):
     return np.ix_(*[np.arange(start, stop, step) for start, stop, step in slices])
 
@@ -286,6 +294,9 @@ CASES += [
     case("embedding", f64(4, 2), i32(low=0, high=4), ref=gather_rows),
     case("embedding", i32(6, 2), i64(4, low=0, high=6), ref=gather_rows),
     case("embedding", f32(3, 2), i64(0, low=0, high=3), ref=gather_rows),
+    case("cache_write", f32(2, 3, 6, 4), f32(2, 3, 2, 4), i64(2, low=0, high=5), ref=cache_write64),
+    case("cache_write", f64(1, 2, 5, 3), f64(1, 2, 1, 3), i32(1, low=0, high=5), ref=cache_write64),
+    case("cache_write", f32(3, 1, 4, 2), f32(3, 1, 4, 2), i64(3, low=0, high=1), ref=cache_write64),  # n = length
     case("scatter_add", f32(2, 3, 4), i64(2, 3, low=0, high=4), num_rows=6, ref=scatter_add64),  # repeated rows
     case("scatter_add", f64(4, 2), i32(4, low=0, high=3), num_rows=3, ref=scatter_add64),
     case("scatter_add", f64(3), i64(low=0, high=2), num_rows=2, ref=scatter_add64),

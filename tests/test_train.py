@@ -99,13 +99,30 @@ def test_cli_generate_is_repeatable_with_a_seed(data_file, tmp_path, capsys):
                  "--sample-chars", "0", "--quiet"]) == 0
     capsys.readouterr()
     outputs = []
-    for seed in ("5", "5"):
+    for cache in ([], [], ["--no-cache"]):  # the compiled KV-cache decoder twice, then the eager path
         assert main(["generate", "--checkpoint", str(tmp_path / LATEST), "--prompt", "static ", "--length", "40",
-                     "--top-k", "0", "--temperature", "1.5", "--seed", seed]) == 0
+                     "--top-k", "0", "--temperature", "1.5", "--seed", "5", *cache]) == 0
         outputs.append(capsys.readouterr().out)
     header = "--- sample 1 of 1, prompt 'static ' ---\n"
-    assert outputs[0] == outputs[1] and outputs[0].startswith(header + "static ")
+    assert outputs[0] == outputs[1] == outputs[2] and outputs[0].startswith(header + "static ")
     assert len(outputs[0]) == len(header + "static ") + 41
+
+
+def test_cli_generate_past_the_context_slides_the_window_with_notes(data_file, tmp_path, capsys):
+    """A prompt longer than max_seq_len (16 here) is continued from its last 16 characters, and generating past
+    it recomputes the window each token: both said on stderr, and the text equals the eager path's."""
+    assert main(["train", "--data", data_file, "--steps", "4", *TINY_MODEL, "--checkpoint-dir", str(tmp_path),
+                 "--sample-chars", "0", "--quiet"]) == 0
+    capsys.readouterr()
+    captured = []
+    for cache in ([], ["--no-cache"]):
+        assert main(["generate", "--checkpoint", str(tmp_path / LATEST), "--prompt", "static " * 3, "--length",
+                     "12", "--seed", "2", *cache]) == 0
+        captured.append(capsys.readouterr())
+    assert captured[0].out == captured[1].out and ("static " * 3) in captured[0].out
+    assert "has 21 tokens, more than the model's max_seq_len 16: generation conditions on its last 16" in \
+        captured[0].err
+    assert "each further token recomputes the window of the last 16 tokens" in captured[0].err
 
 
 def refused(argv, capsys, message):
@@ -135,8 +152,6 @@ def test_cli_user_errors_are_one_line_messages(data_file, tmp_path, capsys):
     refused(["train", "--data", str(foreign), "--resume", "--steps", "6", *TINY_MODEL, "--checkpoint-dir", folder],
             capsys, r"3 character\(s\) outside the vocabulary of 33: 'Q', 'Z', '€'")
     assert checkpoint.read_bytes() == before
-    refused(["generate", "--checkpoint", str(checkpoint), "--prompt", "s" * 17], capsys,
-            "17 characters, more than the model's max_seq_len 16")
     refused(["generate", "--checkpoint", str(checkpoint), "--prompt", "static @#"], capsys,
             r"prompt has 2 character\(s\) outside the vocabulary.*'#', '@'")
     refused(["generate", "--checkpoint", data_file, "--prompt", "s"], capsys, "unreadable")
@@ -373,7 +388,7 @@ def test_interrupting_anything_but_a_resumable_training_run_gives_no_resume_advi
         assert main(arguments + ["--resume"]) == 130
     assert "`graphgpt train --resume --data" in capsys.readouterr().err  # now a checkpoint exists
 
-    monkeypatch.setattr(trainer, "sample", lambda *arguments, **keywords: os.kill(os.getpid(), signal.SIGINT))
+    monkeypatch.setattr(trainer, "sample_text", lambda *arguments, **keywords: os.kill(os.getpid(), signal.SIGINT))
     assert main(arguments[:-3] + ["--sample-chars", "3", "--quiet", "--resume"]) == 130  # Ctrl-C while sampling
     captured = capsys.readouterr()
     assert f"stopped by SIGINT after step 12: checkpoint {folder}/{LATEST} holds step 12" in captured.out

@@ -16,24 +16,8 @@ import numpy as np
 
 from .. import random
 from ..tensor import Tensor, as_tensor
-from ..tracing import current_trace
 from .module import Module
-
-
-def _current(state: Tensor) -> Tensor:
-    """A buffer as the code running now sees it: its value, or inside a trace its latest traced update."""
-    trace = current_trace()
-    latest = None if trace is None else trace.latest_value(state)
-    return state if latest is None else Tensor._symbolic(latest, trace)
-
-
-def _advance(state: Tensor, new: Tensor) -> None:
-    """Give a buffer its next value: now (eagerly, in place) or after every run of the graph being traced."""
-    trace = current_trace()
-    if trace is None:
-        state.data[...] = new.data
-    else:
-        trace.record_update(state, new)
+from .state import advance, current
 
 
 class Dropout(Module):
@@ -52,9 +36,9 @@ class Dropout(Module):
             return x
         if self.p == 1.0:  # drop everything (the mask's 1 / (1 - p) has no value here)
             return x * 0.0
-        key = _current(self.key)
+        key = current(self.key)
         output = x * key.dropout_mask(x.shape, self.p, x.dtype)
-        _advance(self.key, key + 1)
+        advance(self.key, key + 1)
         return output
 
     def __repr__(self) -> str:

@@ -87,18 +87,33 @@ def command_generate(args: argparse.Namespace) -> int:
     from ..nn import GPT
     from .checkpoint import load_checkpoint
     from .corpus import Vocabulary
-    from .sampling import checked_prompts, sample, sample_header
+    from ..generation import compile_generation, sample_text
+    from .sampling import check_sampling, checked_prompts, context_note, sample, sample_header
 
     checkpoint = load_checkpoint(args.checkpoint)
     model = GPT(**checkpoint.metadata["config"])
     model.load_state_dict(checkpoint.model_state)
     vocabulary = Vocabulary(checkpoint.metadata["vocabulary"])
-    prompts = checked_prompts(args.prompt, args.prompt_file, vocabulary, model.max_seq_len)
+    prompts = checked_prompts(args.prompt, args.prompt_file, vocabulary)
+    check_sampling(args.length, args.temperature, args.top_k, args.seed)
     count = len(prompts) if args.num_samples is None else args.num_samples
+    generation = None
+    if not args.no_cache:  # one compiled prefill and decode graph for every sample (graphgpt/generation.py)
+        generation = compile_generation(model)
+
+    def note(text: str) -> None:
+        print(f"graphgpt: note: {text}", file=sys.stderr)
+
     for index in range(count):  # the prompts in turn, each sample with its own seed
         prompt = prompts[index % len(prompts)]
         print(sample_header(index + 1, count, prompt))
-        print(sample(model, vocabulary, prompt, args.length, args.temperature, args.top_k, args.seed + index))
+        if (message := context_note(len(prompt), model.max_seq_len)) is not None:
+            note(message)
+        seed = args.seed + index
+        if generation is None:
+            print(sample(model, vocabulary, prompt, args.length, args.temperature, args.top_k, seed))
+        else:
+            print(sample_text(generation, vocabulary, prompt, args.length, args.temperature, args.top_k, seed, note))
     return 0
 
 
@@ -154,8 +169,8 @@ def add_prompt_arguments(parser: argparse.ArgumentParser, default_prompt: str) -
     from ..cli import non_empty
 
     parser.add_argument("--prompt", default=None, type=non_empty("at least one character"),
-                        help=f"text the samples continue, at most the model's max_seq_len characters (default: "
-                             f"{default_prompt})")
+                        help=f"text the samples continue; past the model's max_seq_len characters, they continue "
+                             f"its last max_seq_len (default: {default_prompt})")
     parser.add_argument("--prompt-file", default=None, type=non_empty("a file name"), metavar="FILE",
                         help="a UTF-8 file of prompts, one per non-empty line, instead of --prompt (default: none)")
 
@@ -173,4 +188,7 @@ def add_generate_arguments(generate: argparse.ArgumentParser) -> None:
     _add_number(generate, "--top-k", "top_k", 10, "keep the k likeliest characters, 0 for all")
     _add_number(generate, "--seed", "seed", 0, "sampling seed of the first sample; the next ones take the "
                 "following seeds")
+    generate.add_argument("--no-cache", action="store_true",
+                          help="run the model eagerly on the whole context for every new token (no KV cache, not "
+                               "compiled), for comparison; the same seed gives the same text either way")
     add_config_argument(generate)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Optional
 
 import numpy as np
 
@@ -24,12 +25,24 @@ def sample(model: GPT, vocabulary: Vocabulary, prompt: str, length: int, tempera
            top_k: int = 0, seed: int = 0) -> str:
     """`prompt` followed by `length` sampled characters.
 
-    Each step runs the model eagerly on the last max_seq_len tokens, divides the last position's logits by
-    `temperature`, keeps the `top_k` largest (0 keeps all), and draws from the softmax. A prompt longer than
-    max_seq_len or with characters outside the vocabulary is refused, as are a negative length, a temperature that
-    is not a finite positive number, a negative top_k or seed."""
+    Each step runs the model eagerly on the last max_seq_len tokens (no cache: the whole context every time),
+    then draws the next token with next_token. A prompt with characters outside the vocabulary is refused, as are
+    a negative length, a temperature that is not a finite positive number, a negative top_k or seed."""
+    check_sampling(length, temperature, top_k, seed)
+    tokens = list(check_prompt(prompt, vocabulary))
+    generator = np.random.default_rng(seed)
+    with no_grad():
+        for _ in range(length):
+            context = np.array([tokens[-model.max_seq_len:]], dtype=np.int64)
+            tokens.append(next_token(model(Tensor(context)).data[0, -1], temperature, top_k, generator))
+    return vocabulary.decode(tokens)
+
+
+def check_sampling(length: int, temperature: float, top_k: int, seed: int) -> None:
+    """DataError unless `length` is a whole number >= 0, temperature a finite number > 0, top_k and seed whole
+    numbers >= 0."""
     if not (_is_whole(length) and length >= 0):
-        raise DataError(f"length must be a whole number of characters, 0 or more, got {length!r}")
+        raise DataError(f"length must be a whole number of tokens, 0 or more, got {length!r}")
     if not (isinstance(temperature, numbers.Real) and not isinstance(temperature, bool)
             and math.isfinite(temperature) and temperature > 0):
         raise DataError(f"temperature must be a finite number above 0, got {temperature!r}")
@@ -37,29 +50,48 @@ def sample(model: GPT, vocabulary: Vocabulary, prompt: str, length: int, tempera
         raise DataError(f"top-k must be 0 (all) or a positive whole number, got {top_k!r}")
     if not (_is_whole(seed) and seed >= 0):
         raise DataError(f"the sampling seed must be a whole number, 0 or more, got {seed!r}")
-    tokens = list(check_prompt(prompt, vocabulary, model.max_seq_len))
-    generator = np.random.default_rng(seed)
-    with no_grad():
-        for _ in range(length):
-            context = np.array([tokens[-model.max_seq_len:]], dtype=np.int64)
-            logits = model(Tensor(context)).data[0, -1].astype(np.float64) / temperature
-            if 0 < top_k < len(logits):
-                cutoff = np.partition(logits, -top_k)[-top_k]
-                logits = np.where(logits >= cutoff, logits, -np.inf)
-            probabilities = np.exp(logits - logits.max())
-            probabilities /= probabilities.sum()
-            tokens.append(int(generator.choice(len(probabilities), p=probabilities)))
-    return vocabulary.decode(tokens)
 
 
-def check_prompt(prompt: str, vocabulary: Vocabulary, max_seq_len: int, what: str = "the prompt") -> np.ndarray:
-    """The tokens of `prompt`, or DataError if it is empty, longer than the model's context or holds a character
-    outside the vocabulary."""
+def next_token(logits: np.ndarray, temperature: float, top_k: int, generator: np.random.Generator) -> int:
+    """One token drawn from the last position's `logits` (vocab_size,): divided by `temperature` (in float64),
+    cut to the `top_k` largest (0 keeps all), softmaxed; top_k=1 is greedy decoding, the argmax (the first of
+    tied maxima), drawing nothing. Every decoder (eager, compiled, cached) draws through here, so the same logits
+    and seed give the same tokens."""
+    if top_k == 1:
+        return int(np.argmax(logits))
+    scaled = logits.astype(np.float64)
+    scaled /= temperature
+    if 0 < top_k < len(scaled):
+        cutoff = np.partition(scaled, -top_k)[-top_k]
+        scaled[scaled < cutoff] = -np.inf
+    scaled -= scaled.max()
+    probabilities = np.exp(scaled, out=scaled)
+    total = probabilities.sum()
+    if not math.isfinite(total):  # NaN or infinite logits: there is no distribution to draw from
+        raise DataError(f"cannot sample from logits holding NaN or infinity ({int(np.isnan(logits).sum())} NaN, "
+                        f"{int(np.isinf(logits).sum())} infinite of {len(logits)})")
+    probabilities /= total
+    # Generator.choice(len(p), p=p)'s own steps, without its checks of p (a third of its cost): the same draw.
+    cumulative = probabilities.cumsum()
+    cumulative /= cumulative[-1]
+    return int(cumulative.searchsorted(generator.random(), side="right"))
+
+
+def check_prompt(prompt: str, vocabulary: Vocabulary, what: str = "the prompt") -> np.ndarray:
+    """The tokens of `prompt`, or DataError if it is empty or holds a character outside the vocabulary. A prompt
+    longer than the model's context is not refused: generation conditions on its last max_seq_len tokens, as
+    nanoGPT's does (see context_note)."""
     if not prompt:
         raise DataError(f"{what} is empty: give at least one character to continue")
-    if len(prompt) > max_seq_len:
-        raise DataError(f"{what} has {len(prompt)} characters, more than the model's max_seq_len {max_seq_len}")
     return vocabulary.encode(prompt, what=what)
+
+
+def context_note(prompt_length: int, max_seq_len: int, what: str = "the prompt") -> Optional[str]:
+    """What a user should know before generating from a prompt this long, or None."""
+    if prompt_length <= max_seq_len:
+        return None
+    return (f"{what} has {prompt_length} tokens, more than the model's max_seq_len {max_seq_len}: generation "
+            f"conditions on its last {max_seq_len}")
 
 
 def read_prompts(path: str) -> list[str]:
@@ -71,12 +103,12 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
-def checked_prompts(prompt, prompt_file, vocabulary: Vocabulary, max_seq_len: int) -> list[str]:
+def checked_prompts(prompt, prompt_file, vocabulary: Vocabulary) -> list[str]:
     """The prompts given by --prompt or --prompt-file (an empty list if neither), each checked by check_prompt,
     so a bad one is refused before a run rather than after it."""
     prompts = [prompt] if prompt is not None else read_prompts(prompt_file) if prompt_file is not None else []
     for number, text in enumerate(prompts, start=1):
-        check_prompt(text, vocabulary, max_seq_len,
+        check_prompt(text, vocabulary,
                      what="--prompt" if prompt is not None else f"prompt {number} of --prompt-file {prompt_file}")
     return prompts
 

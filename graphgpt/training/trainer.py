@@ -29,6 +29,7 @@ from .. import compile as compile_graph
 from .. import manual_seed
 from ..nn import GPT, Module
 from ..nn import functional as F
+from ..generation import compile_generation, sample_text
 from ..optim import AdamW
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .corpus import BatchSampler, DataError, Vocabulary, read_text, split, unigram_cross_entropy
@@ -36,7 +37,7 @@ from .interruptions import StopSignals, TrainingState
 from .loss_log import LOSS_CURVE, LOSS_LOG, LossLog, write_loss_curve
 from .options import TrainOptions, option_flag, validate_options
 from .progress import Progress, measure_matmul_peak, step_flops, throughput
-from .sampling import checked_prompts, sample, sample_header
+from .sampling import checked_prompts, sample_header
 from .schedule import default_lr_min, learning_rate
 
 LATEST = "latest.npz"
@@ -230,7 +231,7 @@ def train(options: TrainOptions, out: Optional[TextIO] = None) -> TrainResult:
         if saved_type != AdamW.__name__:  # training always uses AdamW: another optimizer's state does not fit
             raise CheckpointError(f"checkpoint {path} holds {saved_type} optimizer state; graphgpt train resumes "
                                   f"AdamW runs only")
-    prompts = checked_prompts(options.prompt, options.prompt_file, vocabulary, config["max_seq_len"]) or [
+    prompts = checked_prompts(options.prompt, options.prompt_file, vocabulary) or [
         _sample_prompt(vocabulary.decode(validation_tokens[:200]), min(SAMPLE_PROMPT_CHARACTERS, options.seq_len))]
     model = GPT(**config)
     optimizer = AdamW(lr=options.lr, weight_decay=options.weight_decay, clip_grad_norm=options.clip)
@@ -356,10 +357,11 @@ def _report(result: TrainResult, model: GPT, vocabulary: Vocabulary, prompts: li
     out.write(f"final validation loss {result.validation_loss:.4f} nats/char; unigram (character frequency) "
               f"baseline {result.unigram_loss:.4f}\n")
     count = options.num_samples if options.sample_chars else 0
+    generation = compile_generation(model) if count else None  # KV-cached decoding: graphgpt/generation.py
     for seed in range(count):
         prompt = prompts[seed % len(prompts)]
-        result.samples.append(sample(model, vocabulary, prompt, options.sample_chars, temperature=0.8, top_k=10,
-                                     seed=seed))
+        result.samples.append(sample_text(generation, vocabulary, prompt, options.sample_chars, temperature=0.8,
+                                          top_k=10, seed=seed))
         out.write(f"{sample_header(seed + 1, count, prompt)}\n{result.samples[-1]}\n")
 
 

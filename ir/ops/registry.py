@@ -8,6 +8,8 @@ An `OpDef` carries
     so eager and compiled execution always compute bit-identical results;
   - `view`: whether compute returns a view of its first input, and when (a `ViewLayout`): a view needs no buffer;
   - `inplace`: compute_into may be given an `out` that is also one of its inputs (a single ufunc call);
+  - `updates_first_input`: compute_into may be given its first input's own array as `out`, and then writes only
+    what changes (a state update, such as a KV cache write): the memory plan computes it straight into the state;
   - `fusible`: may be an instruction of a fused elementwise program (ir/ops/fused.py): one float ufunc, in place;
   - `shape_attrs`: the names of its attributes that restate shapes of its values (kinds with `carries_shape`);
   - `kind`: its fusion class, after TVM's OpPatternKind;
@@ -76,6 +78,7 @@ class OpDef:
     scratch: Optional[Callable[..., int]] = None
     view: ViewLayout = ViewLayout.COPY
     inplace: bool = False
+    updates_first_input: bool = False
     fusible: bool = False
     doc: str = ""
 
@@ -183,8 +186,8 @@ def define_op(name: str, *, kind: OpKind, arity: int, infer: Callable[..., Tenso
               compute: Optional[Callable[..., Any]] = None, compute_into: Optional[Callable[..., Any]] = None,
               attrs: Optional[dict[str, AttrKind]] = None, vjp: Optional[Callable[..., Any]] = None,
               cost: Optional[Callable[..., int]] = None, view: ViewLayout = ViewLayout.COPY,
-              inplace: bool = False, fusible: bool = False, scratch: Optional[Callable[..., int]] = None,
-              doc: str = "") -> OpDef:
+              inplace: bool = False, updates_first_input: bool = False, fusible: bool = False,
+              scratch: Optional[Callable[..., int]] = None, doc: str = "") -> OpDef:
     """Declare an op. Each name may be declared once.
 
     >>> define_op("my_negate", kind=OpKind.ELEMENTWISE, arity=1, infer=lambda x: x, **ufunc(np.negative))  # doctest: +SKIP
@@ -195,7 +198,7 @@ def define_op(name: str, *, kind: OpKind, arity: int, infer: Callable[..., Tenso
         raise ValueError(f"op {name!r} needs compute or compute_into")
     op = OpDef(name=name, kind=kind, arity=arity, infer=infer, compute=compute, compute_into=compute_into,
                attrs=dict(attrs or {}), vjp=vjp, cost=cost, view=ViewLayout(view), inplace=inplace,
-               fusible=fusible, scratch=scratch, doc=doc)
+               updates_first_input=updates_first_input, fusible=fusible, scratch=scratch, doc=doc)
     OPS[name] = op
     return op
 

@@ -210,3 +210,37 @@ define_op("concat", kind=OpKind.INJECTIVE, arity=VARIADIC, attrs={"axis": A.INT}
           compute=lambda *arrays, axis: np.concatenate(arrays, axis=axis),
           compute_into=lambda out, *arrays, axis: np.concatenate(arrays, axis=axis, out=out),
           vjp=_concat_vjp, doc="join inputs along an axis")
+
+
+def _infer_cache_write(cache: TensorType, new: TensorType, positions: TensorType) -> TensorType:
+    if cache.rank != 4 or new.rank != 4 or new.dtype != cache.dtype:
+        raise ShapeError(f"expected a cache (batch, heads, length, dim) and new entries (batch, heads, n, dim) of "
+                         f"one dtype, got {cache} and {new}")
+    if not (same_size(new.shape[0], cache.shape[0]) and same_size(new.shape[1], cache.shape[1])
+            and same_size(new.shape[3], cache.shape[3])):
+        raise ShapeError(f"new entries {new} must match the cache {cache} in batch, heads and dim")
+    if positions.dtype not in INTEGER_DTYPES or positions.rank != 1 or not same_size(positions.shape[0],
+                                                                                       cache.shape[0]):
+        raise ShapeError(f"positions must be integers, one per sequence ({cache.shape[0]}), got {positions}")
+    return cache
+
+
+def _cache_write_into(out: np.ndarray, cache: np.ndarray, new: np.ndarray, positions: np.ndarray) -> None:
+    length, count = cache.shape[2], new.shape[2]
+    starts = positions.tolist()  # a few sequences: Python ints check and index faster than NumPy reductions
+    for start in starts:
+        if not 0 <= start <= length - count:
+            raise IndexError(f"cache_write at position {start} of {count} entries does not fit a cache of "
+                             f"length {length} (valid start: 0..{length - count})")
+    # Given the cache's own memory (an update planned in place: the same array, or a buffer it dies into), only
+    # the new entries move. The memory plan never gives an output that overlaps an input only in part.
+    if out is not cache and not np.may_share_memory(out, cache):
+        np.copyto(out, cache)
+    for row, start in enumerate(starts):
+        out[row, :, start:start + count] = new[row]
+
+
+define_op("cache_write", kind=OpKind.OPAQUE, arity=3, infer=_infer_cache_write, compute_into=_cache_write_into,
+          updates_first_input=True, vjp=lambda g, out, cache, new, positions: (None, None, None),  # decoding only
+          doc="cache_write(cache, new, positions): the (batch, heads, length, dim) cache with each sequence's n new "
+              "entries written from its position on (a KV cache's step; graph state updated in place)")

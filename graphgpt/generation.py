@@ -1,0 +1,171 @@
+"""Compiled generation with a static KV cache: a prefill graph and a decode graph over one cache held as graph
+state (graphgpt/nn/kv_cache.py), and the sampling loop that drives them.
+
+    gen = graphgpt.compile_generation(model, batch=1)
+    tokens = gen.generate(prompt_tokens, max_new_tokens=200, temperature=0.8, top_k=10, seed=0)
+    print(gen.decode.graph)            # the decode step's graph: one token per sequence and its position in
+
+- **prefill** takes a prompt padded to max_seq_len tokens at positions 0.., fills every layer's keys and values
+  into the cache and returns the logits of every position. Padded, not symbolic: one static graph compiled once,
+  never specialised per prompt length, and the same graph recomputes the window when generation slides past
+  max_seq_len. The causal mask keeps the padding out of every real position's result, so it changes nothing but
+  the prefill's cost (a full window's forward, once per prompt: benchmarks/generation.py measures it).
+- **decode** takes one token per sequence and its position, writes its keys and values into the cache in place
+  (`cache_write` nodes whose results are graph updates of the cache) and attends over the whole cache, masking
+  the positions after its own; it returns the logits, (batch, 1, vocab_size).
+
+Both are ordinary `Compiled` objects: they print, render, report and export like any other.
+
+The cache has a fixed length, max_seq_len, as the model's learned position embeddings do. Generating past it
+slides the window: with absolute positions every position of the window shifts, so no cached key stays valid and
+each further token recomputes the window of the last max_seq_len tokens with the prefill graph (said once, in a
+note), exactly as the uncached path conditions on it.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from .compiler import Compiled, module_tensors, trace
+from .guards import BindingGuard, ModelChangedError
+from .nn.kv_cache import KVCache
+from .training.sampling import check_prompt, check_sampling, next_token
+from graphgpt.passes import infer_shapes
+from graphgpt.passes.program import build_forward_program
+
+
+class CompiledGeneration:
+    """A GPT's prefill and decode graphs for `batch` sequences at a time, over one KV cache of its own.
+
+    generate() holds a lock for a whole generation: the cache is the state of one generation at a time, so
+    generations from several threads take turns (each thread's tokens are what it would get alone)."""
+
+    def __init__(self, model, batch: int = 1, passes=None, fast_math=False):
+        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+            raise ValueError(f"batch must be a whole number of sequences, at least 1, got {batch!r}")
+        self.model = model
+        self.batch = int(batch)
+        self.window = model.max_seq_len
+        self.cache = KVCache.for_model(model, self.batch)
+        self._lock = threading.Lock()
+        named = [*module_tensors(model), *self.cache.named_tensors()]
+        positions = np.zeros(self.batch, np.int64)
+        self.prefill = self._compile(named, np.zeros((self.batch, self.window), np.int64), positions, passes,
+                                     fast_math)
+        self.decode = self._compile(named, np.zeros((self.batch, 1), np.int64), positions, passes, fast_math)
+
+    def _compile(self, named, tokens, positions, passes, fast_math) -> Compiled:
+        def step(tokens, positions):
+            return self.model(tokens, positions, self.cache)
+
+        traced = trace(step, tokens, positions, named_parameters=named, input_names=["tokens", "positions"])
+        program = build_forward_program(infer_shapes(traced.graph), passes, fast_math=fast_math)
+        cache_names = {name for name, _ in self.cache.named_tensors()}
+        return Compiled(program, traced.bindings, traced.returns_tuple,
+                        BindingGuard(self.model, program.param_names, own_state=cache_names))
+
+    def prefill_logits(self, context: np.ndarray) -> np.ndarray:
+        """Fill the cache from `context` (batch, T) at positions 0..T-1, T <= max_seq_len; the logits of its
+        last position, (batch, vocab_size)."""
+        with self._lock, self.prefill.runs() as prefill:
+            return self._prefill(prefill, context).copy()
+
+    def decode_logits(self, tokens: np.ndarray, position: int) -> np.ndarray:
+        """The logits (batch, vocab_size) of one new token per sequence at `position`, the cache holding every
+        earlier position; writes the token's keys and values into the cache."""
+        with self._lock, self.decode.runs() as decode:
+            return self._decode(decode, np.asarray(tokens, np.int64), position).copy()
+
+    def _prefill(self, prefill, context: np.ndarray) -> np.ndarray:
+        length = context.shape[1]
+        padded = np.zeros((self.batch, self.window), np.int64)
+        padded[:, :length] = context
+        return prefill(padded, np.zeros(self.batch, np.int64))[0][:, length - 1]
+
+    def _decode(self, decode, tokens: np.ndarray, position: int) -> np.ndarray:
+        return decode(tokens.reshape(self.batch, 1), np.full(self.batch, position, np.int64))[0][:, 0]
+
+    def generate(self, prompts: np.ndarray, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
+                 seeds: Sequence[int] = (0,), note: Optional[Callable[[str], None]] = None) -> np.ndarray:
+        """`prompts` (batch, T) int64 followed by max_new_tokens tokens each, drawn by next_token with sequence
+        i's own generator seeded `seeds[i]`; the same tokens the uncached eager path draws with those seeds. A
+        prompt longer than max_seq_len conditions on its last max_seq_len tokens. `note` is told, once, when the
+        generation slides past the window."""
+        prompts = np.asarray(prompts)
+        if prompts.ndim != 2 or prompts.shape[0] != self.batch or prompts.shape[1] < 1 or prompts.dtype.kind not in "iu":
+            raise ValueError(f"expected integer prompts of shape ({self.batch}, T >= 1), got {prompts.dtype} "
+                             f"{list(prompts.shape)}")
+        if len(seeds) != self.batch:
+            raise ValueError(f"expected one seed per sequence ({self.batch}), got {len(seeds)}")
+        generators = [np.random.default_rng(seed) for seed in seeds]
+        tokens = np.empty((self.batch, prompts.shape[1] + max_new_tokens), np.int64)
+        tokens[:, :prompts.shape[1]] = prompts
+        length = prompts.shape[1]
+        if not max_new_tokens:
+            return tokens
+        # One lock and one parameter binding for the whole generation, not one per token (Compiled.runs).
+        with self._lock, self.prefill.runs() as prefill, self.decode.runs() as decode:
+            logits = self._prefill(prefill, tokens[:, max(length - self.window, 0):length])
+            slid = False
+            for step in range(max_new_tokens):
+                tokens[:, length] = [next_token(row, temperature, top_k, generator)
+                                     for row, generator in zip(logits, generators)]
+                length += 1
+                if step == max_new_tokens - 1:
+                    break
+                if length <= self.window:
+                    logits = self._decode(decode, tokens[:, length - 1], length - 1)
+                else:
+                    if not slid and note is not None:
+                        note(f"the context passed max_seq_len {self.window}: each further token recomputes the "
+                             f"window of the last {self.window} tokens (positions shift, so no cached key stays "
+                             f"valid)")
+                    slid = True
+                    logits = self._prefill(prefill, tokens[:, length - self.window:length])
+        return tokens
+
+
+def compile_generation(model, batch: int = 1, passes=None, fast_math=False) -> CompiledGeneration:
+    """Compile a GPT's prefill and decode graphs over a KV cache of its own for `batch` sequences (see
+    CompiledGeneration); `passes` and `fast_math` as for graphgpt.compile."""
+    return CompiledGeneration(model, batch, passes, fast_math)
+
+
+def sample_text(generation: CompiledGeneration, vocabulary, prompt: str, length: int, temperature: float = 1.0,
+                top_k: int = 0, seed: int = 0, note: Optional[Callable[[str], None]] = None) -> str:
+    """`prompt` followed by `length` characters sampled through `generation` (batch 1): the text
+    graphgpt.training.sampling.sample gives for these arguments, from the cached decode graph."""
+    check_sampling(length, temperature, top_k, seed)
+    tokens = generation.generate(check_prompt(prompt, vocabulary).reshape(1, -1), length, temperature, top_k,
+                                 [seed], note)
+    return vocabulary.decode(tokens[0].tolist())
+
+
+# GPT.generate's compiled generations, one per (model, batch), kept while the model lives: compiling costs more
+# than a short generation. Each has its own cache and lock (see CompiledGeneration); this table has its own lock.
+_generations: "weakref.WeakKeyDictionary[object, dict[int, CompiledGeneration]]" = weakref.WeakKeyDictionary()
+_generations_lock = threading.Lock()
+
+
+def generate_cached(model, prompts: np.ndarray, max_new_tokens: int, temperature: float, top_k: int,
+                    seeds: Sequence[int], note: Optional[Callable[[str], None]] = None) -> np.ndarray:
+    """GPT.generate's cached path: CompiledGeneration.generate with the model's kept compiled generation for
+    this batch, compiled afresh if the model changed in a way its graphs cannot follow (ModelChangedError)."""
+    try:
+        return _kept_generation(model, prompts.shape[0]).generate(prompts, max_new_tokens, temperature, top_k,
+                                                                   seeds, note)
+    except ModelChangedError:
+        return _kept_generation(model, prompts.shape[0], fresh=True).generate(prompts, max_new_tokens, temperature,
+                                                                               top_k, seeds, note)
+
+
+def _kept_generation(model, batch: int, fresh: bool = False) -> CompiledGeneration:
+    with _generations_lock:
+        by_batch = _generations.setdefault(model, {})
+        if fresh or batch not in by_batch:
+            by_batch[batch] = compile_generation(model, batch)
+        return by_batch[batch]
