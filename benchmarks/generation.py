@@ -1,15 +1,20 @@
-"""Generation speed: tokens/s of N new tokens after a prompt, graphgpt's eager `GPT.generate` (the whole context
-recomputed per token) against KV-cache decoders with the same weights, side by side in one run. The baseline the
-compiled KV-cache decoding of issue 14 is measured against.
+"""Generation speed: tokens/s of N new tokens after a prompt, side by side in one run, for graphgpt's eager
+generate (the whole context recomputed per token), graphgpt's compiled graphs without and with the KV cache, and
+KV-cache decoders written by hand with the same weights.
 
     python benchmarks/generation.py                  # 2-layer 128-wide and 6-layer 256-wide GPTs
     python benchmarks/generation.py --quick --repeats 3   # the small one only
 
 Contenders, all greedy (argmax, so their tokens can be compared), prompt 16 tokens, 200 new tokens:
-  eager        model.generate(prompt, N, top_k=1): graphgpt's sampler, one eager forward of the context per token
+  eager        model.generate(prompt, N, top_k=1, use_cache=False): one eager forward of the context per token
+  compiled     graphgpt.compile_generation's prefill graphs per token (the context padded to 16, 32, ...
+               max_seq_len tokens): the compiled forward without a cache
+  compiled-kv  model.generate(prompt, N, top_k=1): the compiled prefill, then the decode graph over the KV cache
   numpy-kv     a hand-written NumPy decoder (below): prefill the prompt into a cache of shape
                (layers, 2, batch, heads, max_seq_len, head_dim), then one token per step reading and appending to it
   torch-kv     the same decoder in PyTorch (when installed), torch.inference_mode, intra-op threads = BLAS threads
+Prefill: the compiled prefill graph (the prompt padded to 16, 32, 64, ... tokens) against the NumPy decoder's
+prefill of the 16-token prompt.
 
 Timing: every repetition runs each contender in a fresh random order, one full generation each; medians and
 interquartile ranges are reported with ratios. One BLAS thread by default, as the issue's figures used: the
@@ -162,12 +167,33 @@ def make_torch_kv_generate(params: dict, num_heads: int):
     return generate
 
 
+def compiled_uncached_generate(generation, prompt: np.ndarray, new_tokens: int) -> np.ndarray:
+    """Greedy decoding by the compiled prefill graph alone: the whole (padded) context window per token."""
+    tokens = list(prompt[0])
+    window = generation.window
+    for _ in range(new_tokens):
+        context = np.array([tokens[-window:]], np.int64)
+        tokens.append(int(np.argmax(generation.prefill_logits(context)[0])))
+    return np.array([tokens])
+
+
 def eager_step_logits(model, tokens: np.ndarray, prompt_length: int) -> np.ndarray:
     """The logits each generated token was chosen from, by one eager forward of the whole sequence (causal, so
     position t's logits are those a step with context ..t computes): (new_tokens, B, vocab)."""
     with graphgpt.no_grad():
         logits = model(graphgpt.Tensor(tokens[:, :-1])).data
     return logits[:, prompt_length - 1:].transpose(1, 0, 2)
+
+
+def compiled_kv_generate(prompt: np.ndarray, new_tokens: int, model):
+    """Greedy decoding through compile_generation's graphs: (tokens, the logits each token was chosen from)."""
+    generation = graphgpt.compile_generation(model)
+    length = prompt.shape[1]
+    tokens = model.generate(prompt, new_tokens, top_k=1, seed=0).data
+    logits = [generation.prefill_logits(prompt)]
+    logits += [generation.decode_logits(tokens[:, position], position)
+               for position in range(length, length + new_tokens - 1)]
+    return tokens, np.stack(logits)
 
 
 def spread(values: list) -> str:
@@ -193,7 +219,11 @@ def run_config(name: str, config: dict, repeats: int) -> None:
     params = model.state_dict()
     prompt = np.random.default_rng(0).integers(0, config["vocab"], (1, config["prompt"]))
     heads, new_tokens = config["heads"], config["new_tokens"]
-    runs = {"eager": lambda: model.generate(prompt, new_tokens, top_k=1, seed=0).data,
+    generation = graphgpt.compile_generation(model)
+    model.generate(prompt, 1, top_k=1, seed=0)  # compiles GPT.generate's kept generation before any timing
+    runs = {"eager": lambda: model.generate(prompt, new_tokens, top_k=1, seed=0, use_cache=False).data,
+            "compiled": lambda: compiled_uncached_generate(generation, prompt, new_tokens),
+            "compiled-kv": lambda: model.generate(prompt, new_tokens, top_k=1, seed=0).data,
             "numpy-kv": lambda: numpy_kv_generate(params, prompt, new_tokens, heads)[0]}
     print(f"\nGPT {name}: {config}; {repeats} interleaved repetitions, medians")
     torch_generate = None
@@ -211,7 +241,7 @@ def run_config(name: str, config: dict, repeats: int) -> None:
         numpy_forward_cached(params, prompt, 0, numpy_empty_cache(params, 1, heads), heads)
 
     check_agreement(model, params, prompt, runs, torch_generate, config)
-    timed = dict(runs, **{"numpy-kv prefill": prefill})
+    timed = dict(runs, **{"numpy-kv prefill": prefill, "compiled prefill": lambda: generation.prefill_logits(prompt)})
     for run in timed.values():
         run()  # warm-up
     times = interleaved_times(timed, repeats)
@@ -220,8 +250,10 @@ def run_config(name: str, config: dict, repeats: int) -> None:
     for contender in runs:
         row = f"{contender:<18} {spread(times[contender]):>34} {new_tokens / medians[contender]:>9.0f}"
         print(row + "".join(f" {medians[other] / medians[contender]:>11.2f}" for other in runs))
-    print(f"numpy-kv prefill ({config['prompt']} tokens) {spread(times['numpy-kv prefill'])}  "
-          f"(ratio columns: how many times faster the row is than the column)")
+    padded = generation.prefill_for(config["prompt"]).input_types[0].shape[1]
+    print(f"prefill of the {config['prompt']}-token prompt: compiled (padded to {padded}) "
+          f"{spread(times['compiled prefill'])}; numpy-kv {spread(times['numpy-kv prefill'])}")
+    print("(ratio columns: how many times faster the row is than the column)")
 
 
 def check_agreement(model, params, prompt, runs, torch_generate, config) -> None:
@@ -229,16 +261,19 @@ def check_agreement(model, params, prompt, runs, torch_generate, config) -> None
     length, new_tokens, heads = config["prompt"], config["new_tokens"], config["heads"]
     eager_tokens = runs["eager"]()
     reference_logits = eager_step_logits(model, eager_tokens, length)
-    others = {"numpy-kv": numpy_kv_generate(params, prompt, new_tokens, heads)}
+    others = {"compiled": (runs["compiled"](), None),
+              "compiled-kv": compiled_kv_generate(prompt, new_tokens, model),
+              "numpy-kv": numpy_kv_generate(params, prompt, new_tokens, heads)}
     if torch_generate is not None:
         others["torch-kv"] = torch_generate(prompt, new_tokens)
     for contender, (tokens, logits) in others.items():
         same = np.array_equal(tokens, eager_tokens)
-        difference = float(np.abs(logits - reference_logits).max())
+        difference = "" if logits is None else (
+            f"; max |logit - eager logit| {float(np.abs(logits - reference_logits).max()):.2e} over {new_tokens} steps")
         verdict = "tokens equal the eager ones" if same else (
             f"!!! TOKENS DIFFER from the eager ones from step {int(np.argmax((tokens != eager_tokens).any(0))) - length}"
             f" on: THIS CONTENDER DOES NOT COMPUTE THE SAME GENERATION !!!")
-        print(f"{contender}: {verdict}; max |logit - eager logit| {difference:.2e} over {new_tokens} steps")
+        print(f"{contender}: {verdict}{difference}")
 
 
 def main() -> None:

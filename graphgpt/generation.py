@@ -5,11 +5,13 @@ state (graphgpt/nn/kv_cache.py), and the sampling loop that drives them.
     tokens = gen.generate(prompt_tokens, max_new_tokens=200, temperature=0.8, top_k=10, seed=0)
     print(gen.decode.graph)            # the decode step's graph: one token per sequence and its position in
 
-- **prefill** takes a prompt padded to max_seq_len tokens at positions 0.., fills every layer's keys and values
-  into the cache and returns the logits of every position. Padded, not symbolic: one static graph compiled once,
-  never specialised per prompt length, and the same graph recomputes the window when generation slides past
-  max_seq_len. The causal mask keeps the padding out of every real position's result, so it changes nothing but
-  the prefill's cost (a full window's forward, once per prompt: benchmarks/generation.py measures it).
+- **prefill** takes a prompt padded to the next of a few lengths (16, 32, 64, ... max_seq_len) at positions 0..,
+  fills every layer's keys and values into the cache and returns the logits of every position. Padded, not
+  symbolic: each padded length is one static graph, compiled on first use and kept (at most log2(max_seq_len)
+  of them), where symbolic sizes would specialise (plan and schedule) again for every new prompt length; the
+  causal mask keeps the padding out of every real position's result, so padding changes nothing but the cost, at
+  most twice the prompt's forward. The whole window's graph recomputes the window when generation slides past
+  max_seq_len.
 - **decode** takes one token per sequence and its position, writes its keys and values into the cache in place
   (`cache_write` nodes whose results are graph updates of the cache) and attends over the whole cache, masking
   the positions after its own; it returns the logits, (batch, 1, vocab_size).
@@ -51,18 +53,40 @@ class CompiledGeneration:
         self.batch = int(batch)
         self.window = model.max_seq_len
         self.cache = KVCache.for_model(model, self.batch)
-        self._lock = threading.Lock()
-        named = [*module_tensors(model), *self.cache.named_tensors()]
-        positions = np.zeros(self.batch, np.int64)
-        self.prefill = self._compile(named, np.zeros((self.batch, self.window), np.int64), positions, passes,
-                                     fast_math)
-        self.decode = self._compile(named, np.zeros((self.batch, 1), np.int64), positions, passes, fast_math)
+        self._lock = threading.Lock()  # one generation at a time: the cache is its state
+        self._compile_lock = threading.Lock()  # one thread compiles a missing prefill graph
+        self._options = (passes, fast_math)
+        self._prefills: dict[int, Compiled] = {}  # padded length -> its prefill graph, compiled on first use
+        self.decode = self._compile(1)
 
-    def _compile(self, named, tokens, positions, passes, fast_math) -> Compiled:
+    @property
+    def prefill_lengths(self) -> list[int]:
+        """The lengths a prompt is padded to: powers of two from 16, then max_seq_len."""
+        lengths = [length for length in (1 << shift for shift in range(4, self.window.bit_length()))
+                   if length < self.window]
+        return lengths + [self.window]
+
+    @property
+    def prefill(self) -> Compiled:
+        """The prefill graph of a whole window (max_seq_len tokens)."""
+        return self.prefill_for(self.window)
+
+    def prefill_for(self, length: int) -> Compiled:
+        """The prefill graph a prompt of `length` tokens runs: that of the shortest padded length holding it."""
+        padded = next(size for size in self.prefill_lengths if size >= length)
+        with self._compile_lock:
+            if padded not in self._prefills:
+                self._prefills[padded] = self._compile(padded)
+            return self._prefills[padded]
+
+    def _compile(self, length: int) -> Compiled:
         def step(tokens, positions):
             return self.model(tokens, positions, self.cache)
 
+        named = [*module_tensors(self.model), *self.cache.named_tensors()]
+        tokens, positions = np.zeros((self.batch, length), np.int64), np.zeros(self.batch, np.int64)
         traced = trace(step, tokens, positions, named_parameters=named, input_names=["tokens", "positions"])
+        passes, fast_math = self._options
         program = build_forward_program(infer_shapes(traced.graph), passes, fast_math=fast_math)
         cache_names = {name for name, _ in self.cache.named_tensors()}
         return Compiled(program, traced.bindings, traced.returns_tuple,
@@ -71,8 +95,8 @@ class CompiledGeneration:
     def prefill_logits(self, context: np.ndarray) -> np.ndarray:
         """Fill the cache from `context` (batch, T) at positions 0..T-1, T <= max_seq_len; the logits of its
         last position, (batch, vocab_size)."""
-        with self._lock, self.prefill.runs() as prefill:
-            return self._prefill(prefill, context).copy()
+        with self._lock:
+            return self._prefill(np.asarray(context, np.int64))
 
     def decode_logits(self, tokens: np.ndarray, position: int) -> np.ndarray:
         """The logits (batch, vocab_size) of one new token per sequence at `position`, the cache holding every
@@ -80,11 +104,13 @@ class CompiledGeneration:
         with self._lock, self.decode.runs() as decode:
             return self._decode(decode, np.asarray(tokens, np.int64), position).copy()
 
-    def _prefill(self, prefill, context: np.ndarray) -> np.ndarray:
+    def _prefill(self, context: np.ndarray) -> np.ndarray:
         length = context.shape[1]
-        padded = np.zeros((self.batch, self.window), np.int64)
+        compiled = self.prefill_for(length)
+        padded = np.zeros((self.batch, compiled.input_types[0].shape[1]), np.int64)
         padded[:, :length] = context
-        return prefill(padded, np.zeros(self.batch, np.int64))[0][:, length - 1]
+        with compiled.runs() as prefill:
+            return prefill(padded, np.zeros(self.batch, np.int64))[0][:, length - 1].copy()
 
     def _decode(self, decode, tokens: np.ndarray, position: int) -> np.ndarray:
         return decode(tokens.reshape(self.batch, 1), np.full(self.batch, position, np.int64))[0][:, 0]
@@ -108,8 +134,8 @@ class CompiledGeneration:
         if not max_new_tokens:
             return tokens
         # One lock and one parameter binding for the whole generation, not one per token (Compiled.runs).
-        with self._lock, self.prefill.runs() as prefill, self.decode.runs() as decode:
-            logits = self._prefill(prefill, tokens[:, max(length - self.window, 0):length])
+        with self._lock, self.decode.runs() as decode:
+            logits = self._prefill(tokens[:, max(length - self.window, 0):length])
             slid = False
             for step in range(max_new_tokens):
                 tokens[:, length] = [next_token(row, temperature, top_k, generator)
@@ -125,7 +151,7 @@ class CompiledGeneration:
                              f"window of the last {self.window} tokens (positions shift, so no cached key stays "
                              f"valid)")
                     slid = True
-                    logits = self._prefill(prefill, tokens[:, length - self.window:length])
+                    logits = self._prefill(tokens[:, length - self.window:length])
         return tokens
 
 

@@ -186,3 +186,17 @@ def test_bad_generation_input_is_refused_in_one_line():
         generation.decode_logits(np.array([1]), 16)  # past the cache: the position has no embedding
     with pytest.raises(ValueError, match="batch must be a whole number of sequences, at least 1, got 0"):
         compile_generation(model, batch=0)
+
+
+def test_prompts_are_padded_to_a_few_lengths_each_one_graph_compiled_on_first_use():
+    assert compile_generation(small_gpt(max_seq_len=100)).prefill_lengths == [16, 32, 64, 100]
+    assert compile_generation(small_gpt(max_seq_len=8)).prefill_lengths == [8]
+    model = small_gpt(max_seq_len=64)
+    generation = compile_generation(model)
+    tokens = np.random.default_rng(7).integers(0, 65, (1, 40))
+    reference = full_logits(model, tokens)
+    for length, padded in ((3, 16), (16, 16), (17, 32), (40, 64)):
+        np.testing.assert_allclose(generation.prefill_logits(tokens[:, :length]), reference[:, length - 1],
+                                   rtol=1e-5, atol=1e-5)
+        assert generation.prefill_for(length).input_types[0].shape == (1, padded)
+    assert sorted(generation._prefills) == [16, 32, 64]  # each compiled once, when a prompt first needed it
