@@ -2,7 +2,7 @@
 state (graphgpt/nn/kv_cache.py), and the sampling loop that drives them.
 
     gen = graphgpt.compile_generation(model, batch=1)
-    tokens = gen.generate(prompt_tokens, max_new_tokens=200, temperature=0.8, top_k=10, seed=0)
+    tokens = gen.generate(prompt_tokens, max_new_tokens=200, temperature=0.8, top_k=10, seed=0)  # (batch, T + 200)
     print(gen.decode.graph)            # the decode step's graph: one token per sequence and its position in
 
 - **prefill** takes a prompt padded to the next of a few lengths (16, 32, 64, ... max_seq_len) at positions 0..,
@@ -27,8 +27,7 @@ note), exactly as the uncached path conditions on it.
 from __future__ import annotations
 
 import threading
-import weakref
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -116,18 +115,17 @@ class CompiledGeneration:
         return decode(tokens.reshape(self.batch, 1), np.full(self.batch, position, np.int64))[0][:, 0]
 
     def generate(self, prompts: np.ndarray, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
-                 seeds: Sequence[int] = (0,), note: Optional[Callable[[str], None]] = None) -> np.ndarray:
-        """`prompts` (batch, T) int64 followed by max_new_tokens tokens each, drawn by next_token with sequence
-        i's own generator seeded `seeds[i]`; the same tokens the uncached eager path draws with those seeds. A
-        prompt longer than max_seq_len conditions on its last max_seq_len tokens. `note` is told, once, when the
-        generation slides past the window."""
+                 seed: int = 0, note: Optional[Callable[[str], None]] = None) -> np.ndarray:
+        """`prompts` (batch, T) integers followed by max_new_tokens tokens each, drawn by next_token (top_k 0:
+        all; 1: greedy), sequence i with its own generator seeded seed + i: the tokens the uncached eager path
+        draws with those seeds. A prompt longer than max_seq_len conditions on its last max_seq_len tokens.
+        `note` is told, once, when the generation slides past the window."""
         prompts = np.asarray(prompts)
-        if prompts.ndim != 2 or prompts.shape[0] != self.batch or prompts.shape[1] < 1 or prompts.dtype.kind not in "iu":
+        if prompts.ndim != 2 or prompts.shape[0] != self.batch or prompts.shape[1] < 1 or \
+                prompts.dtype.kind not in "iu":
             raise ValueError(f"expected integer prompts of shape ({self.batch}, T >= 1), got {prompts.dtype} "
                              f"{list(prompts.shape)}")
-        if len(seeds) != self.batch:
-            raise ValueError(f"expected one seed per sequence ({self.batch}), got {len(seeds)}")
-        generators = [np.random.default_rng(seed) for seed in seeds]
+        generators = [np.random.default_rng(seed + row) for row in range(self.batch)]
         tokens = np.empty((self.batch, prompts.shape[1] + max_new_tokens), np.int64)
         tokens[:, :prompts.shape[1]] = prompts
         length = prompts.shape[1]
@@ -167,31 +165,47 @@ def sample_text(generation: CompiledGeneration, vocabulary, prompt: str, length:
     graphgpt.training.sampling.sample gives for these arguments, from the cached decode graph."""
     check_sampling(length, temperature, top_k, seed)
     tokens = generation.generate(check_prompt(prompt, vocabulary).reshape(1, -1), length, temperature, top_k,
-                                 [seed], note)
+                                 seed, note)
     return vocabulary.decode(tokens[0].tolist())
 
 
-# GPT.generate's compiled generations, one per (model, batch), kept while the model lives: compiling costs more
-# than a short generation. Each has its own cache and lock (see CompiledGeneration); this table has its own lock.
-_generations: "weakref.WeakKeyDictionary[object, dict[int, CompiledGeneration]]" = weakref.WeakKeyDictionary()
-_generations_lock = threading.Lock()
+class _KeptGenerations:
+    """GPT.generate's compiled generations of one model, by batch, kept in the model's own attributes so they live
+    and die with it (a table keyed by model would keep every model alive: its values reference the model). A copy
+    of the model, or its pickle, starts without them: they belong to the model they were compiled for, and hold
+    locks that cannot be copied."""
+
+    def __init__(self):
+        self.by_batch: dict[int, CompiledGeneration] = {}
+        self.lock = threading.Lock()
+
+    def __copy__(self) -> "_KeptGenerations":
+        return _KeptGenerations()
+
+    def __deepcopy__(self, memo) -> "_KeptGenerations":
+        return _KeptGenerations()
+
+    def __reduce__(self):
+        return (_KeptGenerations, ())
 
 
 def generate_cached(model, prompts: np.ndarray, max_new_tokens: int, temperature: float, top_k: int,
-                    seeds: Sequence[int], note: Optional[Callable[[str], None]] = None) -> np.ndarray:
+                    seed: int, note: Optional[Callable[[str], None]] = None) -> np.ndarray:
     """GPT.generate's cached path: CompiledGeneration.generate with the model's kept compiled generation for
     this batch, compiled afresh if the model changed in a way its graphs cannot follow (ModelChangedError)."""
     try:
         return _kept_generation(model, prompts.shape[0]).generate(prompts, max_new_tokens, temperature, top_k,
-                                                                   seeds, note)
+                                                                   seed, note)
     except ModelChangedError:
         return _kept_generation(model, prompts.shape[0], fresh=True).generate(prompts, max_new_tokens, temperature,
-                                                                               top_k, seeds, note)
+                                                                               top_k, seed, note)
 
 
 def _kept_generation(model, batch: int, fresh: bool = False) -> CompiledGeneration:
-    with _generations_lock:
-        by_batch = _generations.setdefault(model, {})
-        if fresh or batch not in by_batch:
-            by_batch[batch] = compile_generation(model, batch)
-        return by_batch[batch]
+    # setdefault is atomic: two threads calling generate first get one table. Set before compiling, so the
+    # compiled graphs' watch of the model's attributes includes it.
+    kept = vars(model).setdefault("_generations", _KeptGenerations())
+    with kept.lock:
+        if fresh or batch not in kept.by_batch:
+            kept.by_batch[batch] = compile_generation(model, batch)
+        return kept.by_batch[batch]

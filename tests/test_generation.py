@@ -5,8 +5,11 @@ bookkeeping; bad input."""
 
 from __future__ import annotations
 
+import copy
+import gc
 import threading
 import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -200,3 +203,18 @@ def test_prompts_are_padded_to_a_few_lengths_each_one_graph_compiled_on_first_us
                                    rtol=1e-5, atol=1e-5)
         assert generation.prefill_for(length).input_types[0].shape == (1, padded)
     assert sorted(generation._prefills) == [16, 32, 64]  # each compiled once, when a prompt first needed it
+
+
+def test_kept_generations_live_and_die_with_their_model_and_disturb_no_other_compile():
+    model = small_gpt()
+    forward = graphgpt.compile(model, np.zeros((1, 4), np.int64))
+    before = forward(np.arange(4).reshape(1, 4))
+    model.generate(np.arange(3), 2, top_k=1, seed=0)  # compiles and keeps the model's generation
+    np.testing.assert_array_equal(forward(np.arange(4).reshape(1, 4)), before)  # the forward still runs
+    twin = copy.deepcopy(model)  # a copy starts without the kept graphs (they belong to the model)
+    np.testing.assert_array_equal(twin.generate(np.arange(3), 5, top_k=1, seed=0).data,
+                                  model.generate(np.arange(3), 5, top_k=1, seed=0).data)
+    alive = weakref.ref(model)
+    del model, forward, twin
+    gc.collect()
+    assert alive() is None  # nothing outside the model keeps it (or its compiled graphs) alive

@@ -192,17 +192,16 @@ class GPT(Module):
         check_sampling(max_new_tokens, temperature, top_k or 0, seed)
         if (message := context_note(rows.shape[1], self.max_seq_len, "the prompt")) is not None:
             warnings.warn(message, stacklevel=2)
-        seeds = [seed + index for index in range(rows.shape[0])]
         if use_cache:
             from ..generation import generate_cached
-            result = generate_cached(self, rows.astype(np.int64), max_new_tokens, temperature, top_k or 0, seeds,
+            result = generate_cached(self, rows.astype(np.int64), max_new_tokens, temperature, top_k or 0, seed,
                                      note=lambda text: warnings.warn(text, stacklevel=5))  # the caller's line
         else:
             result = np.empty((rows.shape[0], rows.shape[1] + max_new_tokens), np.int64)
             result[:, :rows.shape[1]] = rows
             with no_grad():
-                for row, row_seed in enumerate(seeds):
-                    generator = np.random.default_rng(row_seed)
+                for row in range(rows.shape[0]):
+                    generator = np.random.default_rng(seed + row)
                     for length in range(rows.shape[1], result.shape[1]):
                         context = result[row:row + 1, max(length - self.max_seq_len, 0):length]
                         logits = self(Tensor(context)).data[0, -1]
