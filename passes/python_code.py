@@ -4,12 +4,12 @@ attributes at every run; here those lookups happen once, when the source is writ
 calls. On a decode step of the 2-layer GPT that is ~2 us less per node.
 
     def run(inputs, params):
-        tokens, positions = inputs
-        p0, p1, p2, ... = params
-        v12 = f12(p1, positions)             # a view of an input or parameter, made at each run
-        f13(b13, p0, tokens)                 # into its planned buffer b13
-        f68(p40, p40, v64, positions)        # an update computed into its parameter
-        return [b126]
+        i0, i1, = inputs                     # the graph's inputs (here a decode step's tokens, positions)
+        p0, p1, p2, ..., = params
+        f45(b45, p0, i0)                     # into its planned buffer b45 (an embedding of the tokens)
+        v47 = f47(p37, **a47)                # a view of an input or parameter, made at each run
+        f72(p39, p39, b66, i1)               # an update computed into its parameter (a KV cache write)
+        return [b142]
 
 Names: `f<n>` the op's function for the node making value n, `b<n>` the planned buffer (or a view of one, made
 once) holding value n, `a<n>` the node's attributes, `p<i>` parameter i, `v<n>` a view made during the run.

@@ -1,10 +1,12 @@
-"""The schedule: a graph lowered once into a flat list of NumPy calls over planned buffers; each run then only
-walks the list. The last step of compiling, and what a Program runs.
+"""The schedule: a graph lowered once into a flat list of NumPy calls over planned buffers, and that list written
+as one straight-line Python function (passes/python_code.py) which each run calls. The last step of compiling,
+and what a Program runs.
 
 Buffers come from the memory plan (passes/memory_plan.py): allocated once per schedule and reused by every
 run, each op writing into its planned buffer with `out=`. Views (reshape, transpose, slice, broadcast) of planned
-buffers are made once, with the buffers; views of inputs and parameters afresh each run. A failure inside a step is reported with the node, its module path and
-source line.
+buffers are made once, with the buffers; views of inputs and parameters afresh each run. A failure inside a step
+is reported with the node, its module path and source line. With check_numerics the list is walked step by step
+instead, checking every value.
 
 Arrays returned by run() live in the schedule's buffers: the next run overwrites them (graphgpt.Compiled copies
 what it hands to users).

@@ -12,7 +12,7 @@ from .tokenizer import CharTokenizer
 from .transformer import GPT, MLP, MultiHeadAttention, TransformerBlock
 from ..tensor import Parameter
 
-__all__ = ["BCELoss", "CharTokenizer", "CrossEntropyLoss", "Dropout", "Embedding", "GELU", "GPT", "LayerNorm",
-           "KVCache", "Linear", "MLP", "MSELoss", "Module", "MultiHeadAttention", "Parameter", "PositionalEncoding", "ReLU",
-           "Sigmoid", "Softmax", "Tanh", "TransformerBlock", "create_causal_mask", "functional",
+__all__ = ["BCELoss", "CharTokenizer", "CrossEntropyLoss", "Dropout", "Embedding", "GELU", "GPT", "KVCache",
+           "LayerNorm", "Linear", "MLP", "MSELoss", "Module", "MultiHeadAttention", "Parameter", "PositionalEncoding",
+           "ReLU", "Sigmoid", "Softmax", "Tanh", "TransformerBlock", "create_causal_mask", "functional",
            "scaled_dot_product_attention"]
