@@ -15,13 +15,15 @@ is two vertices, n_in and n_out:
 
 A cut puts n_out on the sink side when the backward needs n's value, and n_in there too when it recomputes n (so
 every forward input of a recomputed node is needed as well); its capacity is the bytes kept plus the cost of what
-is recomputed, which the minimum cut minimises. Views, inputs, parameters and constants are free to read.
+is recomputed, which the minimum cut minimises. Views, inputs, parameters and constants are free to read. A value
+leaving a transformer block (`blocks.N`: its output, the next block's input) is never recomputed: otherwise the
+first backward node would need the whole forward pass again, all of it alive at once, and the peak with it.
 
 Policies: "mincut" (the cut above; views, elementwise ops and layer norm unless a budget asks for more),
-"checkpoint_blocks" (each transformer block `blocks.N` recomputed whole from its input, as torch.utils.checkpoint
-users do by hand), "none". With a memory budget (bytes, or "60%" of the plan without rematerialisation) the min
-cut loosens what counts as cheap, step by step (RECOMPUTABLE_STEPS), until the memory plan fits, or raises
-MemoryBudgetError naming the smallest plan it reached and what fills it.
+"checkpoint_blocks" (each transformer block recomputed whole from its input, as torch.utils.checkpoint users do
+by hand), "none". With a memory budget (bytes, or "60%" of the plan without rematerialisation) the min cut
+loosens what counts as cheap, step by step (RECOMPUTABLE_STEPS) and block by block between steps, until the
+memory plan fits, or raises MemoryBudgetError naming the smallest plan it reached and what fills it.
 
     result = rematerialize(training_graph, policy="mincut", memory_budget="60%")
     result.graph             # nodes of role "recompute" in the backward region; the verifier accepts it
