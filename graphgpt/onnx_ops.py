@@ -114,6 +114,21 @@ def _as_index_column(e, indices: str, indices_type: TensorType) -> str:
     return e.op("Unsqueeze", [indices, _last_axis(e)])
 
 
+def _cache_write(e, a: Application) -> str:
+    """ScatterND of the new entries (B, H, n, D) into the cache (B, H, S, D) at indices (B, H, n, 3) of
+    [b, h, positions[b] + i]: the batch and head coordinates are constants of the static shapes, the position
+    coordinate positions[:, None, None] + arange(n), broadcast over the heads."""
+    cache, new, positions = a.inputs
+    batch, heads, count, _ = a.input_types[1].shape
+    grid = np.indices((batch, heads, count), np.int64)  # grid[0][b, h, i] = b, grid[1][b, h, i] = h
+    if a.input_types[2].dtype != "int64":
+        positions = e.op("Cast", [positions], to=e.dtype("int64"))
+    starts = e.op("Unsqueeze", [positions, e.ints([1, 2, 3], "axes")])  # (B, 1, 1, 1)
+    where = e.op("Add", [starts, e.array(grid[2][..., None], "offsets")])  # (B, H, n, 1): positions[b] + i
+    batch_and_head = e.array(np.stack([grid[0], grid[1]], axis=-1), "batch_and_head")  # (B, H, n, 2)
+    return e.op("ScatterND", [cache, e.op("Concat", [batch_and_head, where], axis=-1), new])
+
+
 def _one_hot(e, a: Application) -> str:
     """indices[..., None] == arange(num_classes), cast to the dtype."""
     (indices,), (indices_type,) = a.inputs, a.input_types
@@ -210,6 +225,7 @@ MAPPINGS: dict[str, Mapping] = {
     "unslice": _unslice,
     "concat": lambda e, a: e.op("Concat", a.inputs, axis=a.attrs["axis"]),
     "scatter_add": _scatter_add,
+    "cache_write": _cache_write,
     "one_hot": _one_hot,
     "constant": lambda e, a: e.op("Constant", [], value=np.asarray(a.attrs["value"])),
     "reciprocal_size": lambda e, a: e.op("Constant", [], value=np.asarray(1.0 / a.attrs["size"], a.attrs["dtype"])),

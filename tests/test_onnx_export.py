@@ -124,6 +124,7 @@ OP_CASES = {
     "unslice": ("unslice", [normal(2, 3)], {"slices": ((1, 3, 1), (0, 5, 2)), "shape": (4, 5)}),
     "unslice strided": ("unslice", [normal(2, 2, 1)],
                         {"slices": ((0, 6, 3), (1, 7, 4), (2, 3, 1)), "shape": (6, 7, 3)}),
+    "cache_write": ("cache_write", [normal(2, 3, 6, 4), normal(2, 3, 2, 4), indices(5, 2)], {}),
     "concat": ("concat", [normal(2, 3), normal(2, 4), normal(2, 1)], {"axis": 1}),
     "scatter_add": ("scatter_add", [normal(2, 3, 4), indices(5, 2, 3)], {"num_rows": 5}),
     "one_hot": ("one_hot", [indices(6, 2, 3)], {"num_classes": 6, "dtype": "float32"}),
@@ -256,6 +257,31 @@ def test_graph_updates_become_inputs_and_next_outputs(tmp_path):
     results = run_onnx(path, {"x": x, "state.total": state})
     assert_agrees(results["output"], compiled.run(x))
     assert_agrees(results["state.total.next"], compiled.bindings["state.total"].data)
+
+
+def test_decode_graph_exports_with_its_cache_as_inputs_and_outputs(tmp_path):
+    """Prefill then two decode steps on onnxruntime, each step's cache fed from the previous step's `.next`
+    outputs, against graphgpt's compiled generation doing the same (sequences at different positions)."""
+    gen = graphgpt.compile_generation(small_gpt(), batch=2)
+    cache_names = [name for name, _ in gen.cache.named_tensors()]
+    paths = {name: str(tmp_path / f"{name}.onnx") for name in ("prefill", "decode")}
+    for name, path in paths.items():
+        model_proto = graphgpt.export_onnx(getattr(gen, name), path)
+        assert [value.name for value in model_proto.graph.input] == ["tokens", "positions", *cache_names]
+        assert [value.name for value in model_proto.graph.output][1:] == [f"{name}.next" for name in cache_names]
+    cache = {name: gen.prefill.bindings[name].data.copy() for name in cache_names}  # zeros
+    prompt = np.zeros((2, gen.window), np.int64)
+    prompt[:, :6] = TOKENS[:, :6]
+    steps = [("prefill", prompt, np.zeros(2, np.int64)),
+             ("decode", TOKENS[:, 6:7], np.array([6, 4])), ("decode", TOKENS[:, 7:8], np.array([7, 5]))]
+    for name, tokens, positions in steps:
+        compiled = getattr(gen, name)
+        results = run_onnx(paths[name], {"tokens": tokens, "positions": positions, **cache})
+        expected = compiled.run(tokens, positions)
+        assert_agrees(results["output"], expected[0] if isinstance(expected, tuple) else expected, name)
+        cache = {name: results[f"{name}.next"] for name in cache_names}
+        for cache_name in cache_names:
+            assert_agrees(cache[cache_name], compiled.bindings[cache_name].data, cache_name)
 
 
 # ---- symbolic and lazy compiles -------------------------------------------------------------------------------
