@@ -42,7 +42,7 @@ def check_sampling(length: int, temperature: float, top_k: int, seed: int) -> No
     """DataError unless `length` is a whole number >= 0, temperature a finite number > 0, top_k and seed whole
     numbers >= 0."""
     if not (_is_whole(length) and length >= 0):
-        raise DataError(f"length must be a whole number of tokens, 0 or more, got {length!r}")
+        raise DataError(f"length must be a whole number, 0 or more, got {length!r}")
     if not (isinstance(temperature, numbers.Real) and not isinstance(temperature, bool)
             and math.isfinite(temperature) and temperature > 0):
         raise DataError(f"temperature must be a finite number above 0, got {temperature!r}")
