@@ -282,6 +282,13 @@ class Compiled:
             params, program = self._param_arrays(), self.program
             yield lambda *arrays: program.run(arrays, params)
 
+    def kernels(self) -> str:
+        """The source of every generated kernel this program runs (backend="numba"), each headed by the nodes it
+        computes; empty with the NumPy backend. For a symbolic trace, those of the latest run's sizes."""
+        if self.specializations is not None:
+            return self.specializations.get(self._latest_sizes()).kernel_sources()
+        return self.program.kernel_sources()
+
     def report(self) -> str:
         """Per graph that runs, a per-pass table: node count, FLOPs, memory and what each pass changed; then
         how the step runs (and, for a split step, the whole-batch graph for study). A symbolic trace is
@@ -356,7 +363,7 @@ def compile(model: Optional[Callable] = None, *example_inputs, loss: Optional[Ca
             optimizer: Optional[Optimizer] = None, passes: Optional[Sequence] = None,
             verify_each: bool = False, check_numerics=False, shards: Optional[int] = None,
             fast_math=False, dynamic=None, cache_size_limit: Optional[int] = None,
-            remat_policy: Optional[str] = None, memory_budget=None):
+            remat_policy: Optional[str] = None, memory_budget=None, backend: Optional[str] = None):
     """Trace `model` at the example inputs, infer shapes, verify, and build the Program that runs it.
 
     Without example inputs, `compile(model, **options)` returns at once a LazyCompiled (graphgpt/lazy.py) that
@@ -398,6 +405,11 @@ def compile(model: Optional[Callable] = None, *example_inputs, loss: Optional[Ca
     included, until the plan fits, and compile raises graphgpt.MemoryBudgetError saying the smallest plan it
     reached and what fills it if none does. Gradients stay bit-identical.
 
+    `backend` computes the nodes: "numpy" (the default; the reference) runs every op's NumPy kernel; "numba"
+    (`pip install 'graphgpt[numba]'`) runs generated Numba kernels for layer norm, softmax, GELU, their gradients
+    and fused elementwise chains (one loop each, compiled on first use and cached on disk), NumPy and BLAS for the
+    rest. `compiled.kernels()` prints their source.
+
     >>> fwd = graphgpt.compile(model, tokens)                                  # doctest: +SKIP
     >>> fwd.run(tokens).shape                                                  # doctest: +SKIP
     (2, 16, 65)
@@ -410,7 +422,7 @@ def compile(model: Optional[Callable] = None, *example_inputs, loss: Optional[Ca
 
         options = dict(loss=loss, optimizer=optimizer, passes=passes, verify_each=verify_each,
                        check_numerics=check_numerics, shards=shards, fast_math=fast_math,
-                       remat_policy=remat_policy, memory_budget=memory_budget)
+                       remat_policy=remat_policy, memory_budget=memory_budget, backend=backend)
         if model is None and example_inputs:
             raise TypeError("graphgpt.compile(None, ...): pass the model or function to compile first")
         return lazy_compile(model, options, dynamic, cache_size_limit)
@@ -430,26 +442,27 @@ def compile(model: Optional[Callable] = None, *example_inputs, loss: Optional[Ca
     examples = [_as_example(example) for example in example_inputs]
     if not names:
         return _build(model, examples, None, loss, optimizer, passes, verify_each, check_numerics, shards, fast_math,
-                      remat)
+                      remat, backend)
     input_names = _input_names(model, len(examples) - (loss is not None)) + (["targets"] if loss else [])
     types, hints = symbolic_input_types(examples, input_names, names)
     env = make_shape_env(hints)
     env.recording = False  # on while tracing (see trace)
     with shape_env(env):
         compiled = _build(model, examples, (names, types), loss, optimizer, passes, verify_each, check_numerics,
-                          shards, fast_math, remat)
+                          shards, fast_math, remat, backend)
     compiled.shape_env = env
     return compiled
 
 
 def _build(model, examples, symbolic, loss, optimizer, passes, verify_each, check_numerics, shards,
-           fast_math, remat: RematOptions = RematOptions()) -> Compiled:
+           fast_math, remat: RematOptions = RematOptions(), backend: Optional[str] = None) -> Compiled:
     """compile()'s work once its options are checked; `symbolic`: (dynamic axis names, the inputs' symbolic
     types), or None for the examples' own types."""
     types = symbolic[1] if symbolic else None
     if loss is None:
         traced = trace(model, *examples, input_types=types)
-        program = build_forward_program(infer_shapes(traced.graph), passes, verify_each, check_numerics, fast_math)
+        program = build_forward_program(infer_shapes(traced.graph), passes, verify_each, check_numerics, fast_math,
+                                        backend)
         return Compiled(program, traced.bindings, traced.returns_tuple, BindingGuard(model, program.param_names))
 
     traced = trace_loss(model, examples, loss, types)
@@ -471,6 +484,7 @@ def _build(model, examples, symbolic, loss, optimizer, passes, verify_each, chec
 
     program = build_training_program(verify(infer_shapes(traced.graph)), [name for name, _ in trainable], rule,
                                      passes=passes, verify_each=verify_each, check_numerics=check_numerics,
-                                     shards=shards, trace_shard=trace_shard, fast_math=fast_math, remat=remat)
+                                     shards=shards, trace_shard=trace_shard, fast_math=fast_math, remat=remat,
+                                     backend=backend)
     return Compiled(program, bindings, returns_tuple=False,
                     guard=BindingGuard(model, program.param_names, optimizer))

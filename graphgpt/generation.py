@@ -45,7 +45,7 @@ class CompiledGeneration:
     generate() holds a lock for a whole generation: the cache is the state of one generation at a time, so
     generations from several threads take turns (each thread's tokens are what it would get alone)."""
 
-    def __init__(self, model, batch: int = 1, passes=None, fast_math=False):
+    def __init__(self, model, batch: int = 1, passes=None, fast_math=False, backend=None):
         if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
             raise ValueError(f"batch must be a whole number of sequences, at least 1, got {batch!r}")
         self.model = model
@@ -54,7 +54,7 @@ class CompiledGeneration:
         self.cache = KVCache.for_model(model, self.batch)
         self._lock = threading.Lock()  # one generation at a time: the cache is its state
         self._compile_lock = threading.Lock()  # one thread compiles a missing prefill graph
-        self._options = (passes, fast_math)
+        self._options = (passes, fast_math, backend)
         self._prefills: dict[int, Compiled] = {}  # padded length -> its prefill graph, compiled on first use
         self.decode = self._compile(1)
 
@@ -85,8 +85,8 @@ class CompiledGeneration:
         named = [*module_tensors(self.model), *self.cache.named_tensors()]
         tokens, positions = np.zeros((self.batch, length), np.int64), np.zeros(self.batch, np.int64)
         traced = trace(step, tokens, positions, named_parameters=named, input_names=["tokens", "positions"])
-        passes, fast_math = self._options
-        program = build_forward_program(infer_shapes(traced.graph), passes, fast_math=fast_math)
+        passes, fast_math, backend = self._options
+        program = build_forward_program(infer_shapes(traced.graph), passes, fast_math=fast_math, backend=backend)
         cache_names = {name for name, _ in self.cache.named_tensors()}
         return Compiled(program, traced.bindings, traced.returns_tuple,
                         BindingGuard(self.model, program.param_names, own_state=cache_names))
@@ -153,10 +153,10 @@ class CompiledGeneration:
         return tokens
 
 
-def compile_generation(model, batch: int = 1, passes=None, fast_math=False) -> CompiledGeneration:
+def compile_generation(model, batch: int = 1, passes=None, fast_math=False, backend=None) -> CompiledGeneration:
     """Compile a GPT's prefill and decode graphs over a KV cache of its own for `batch` sequences (see
-    CompiledGeneration); `passes` and `fast_math` as for graphgpt.compile."""
-    return CompiledGeneration(model, batch, passes, fast_math)
+    CompiledGeneration); `passes`, `fast_math` and `backend` as for graphgpt.compile."""
+    return CompiledGeneration(model, batch, passes, fast_math, backend)
 
 
 def sample_text(generation: CompiledGeneration, vocabulary, prompt: str, length: int, temperature: float = 1.0,

@@ -27,8 +27,10 @@ from graphgpt.ir.shape_env import Guard, shape_env
 
 from .analysis import graph_flops
 from .autodiff import append_backward
+from .backends import backend_named
 from .data_parallel import prove_split, scale_shard_graph, shard_extent, shard_mismatch
-from .manager import FastMathOption, StageRecord, fast_math_flags, format_report, record_stage, run_pipeline
+from .manager import (FastMathOption, StageRecord, default_pipeline, fast_math_flags, format_report, record_stage,
+                      run_pipeline)
 from .memory_plan import MemoryPlan
 from .optimizer_update import UpdateRule, append_update
 from .rematerialize import MemoryBudgetError, RematOptions, rematerialize
@@ -92,8 +94,9 @@ class Program:
 
     def __init__(self, graphs: list[ProgramGraph], whole: Union[ProgramGraph, Callable[[], ProgramGraph]],
                  split: Split, signature: Graph, gradient_names: Sequence[str] = (), check_numerics=False,
-                 fast_math: frozenset[str] = frozenset(), remat: RematOptions = RematOptions()):
+                 fast_math: frozenset[str] = frozenset(), remat: RematOptions = RematOptions(), backend=None):
         self.graphs = graphs
+        self.backend = backend  # generated kernels for the nodes that have them (passes/backends.py); None: NumPy
         self.fast_math = fast_math  # the fast-math flags its passes were allowed (passes/manager.py)
         self.remat = remat  # rematerialisation: made per concrete size for a symbolic program (specialize)
         self._whole = whole
@@ -110,11 +113,11 @@ class Program:
         if self.symbolic:
             self._runner = None
         elif len(graphs) == 1:
-            self._runner = Schedule(graphs[0].graph, graphs[0].plan, check_numerics)
+            self._runner = Schedule(graphs[0].graph, graphs[0].plan, check_numerics, backend)
         else:
             shard, combine = graphs
             self._runner = ShardedRun(shard.graph, shard.plan, combine.graph, combine.plan, split.shards,
-                                      self.param_names, check_numerics)
+                                      self.param_names, check_numerics, backend)
 
     def specialize(self, sizes: dict[str, int]) -> "Program":
         """This symbolic program at concrete sizes: each graph specialised (passes/specialize.py), then planned and
@@ -146,7 +149,7 @@ class Program:
                           params=[Value(v.id, specialize_type(v.type, sizes), v.kind, v.name) for v in self.params],
                           outputs=list(self._signature_outputs))
         return Program(graphs, graphs[0], split, signature, self.gradient_names, self.check_numerics,
-                       self.fast_math, self.remat)
+                       self.fast_math, self.remat, self.backend)
 
     @property
     def whole(self) -> ProgramGraph:
@@ -174,6 +177,22 @@ class Program:
     def planned_bytes(self) -> int:
         """Bytes of the buffers (and kernel scratch) the schedules allocated once and reuse every run."""
         return sum(schedule.planned_bytes for schedule in self.schedules)
+
+    def kernel_sources(self) -> str:
+        """The source of every generated kernel the schedules run, once each, headed by the nodes it computes
+        (empty with the NumPy backend, and for a symbolic program, which has no schedule of its own)."""
+        users: dict[str, list] = {}  # source -> the nodes running it, in schedule order
+        for schedule in ([] if self.symbolic else self.schedules):
+            for node, kernel in schedule.kernels:
+                nodes = users.setdefault(kernel.source, [])
+                if node not in nodes:  # every shard's schedule runs the same nodes
+                    nodes.append(node)
+        parts = []
+        for number, (source, nodes) in enumerate(users.items(), 1):
+            where = ", ".join(f"{node.output.label} ({node.provenance.module_path or node.op})" for node in nodes)
+            parts.append(f"# ==== kernel {number} of {len(users)}: {nodes[0].op}, for {len(nodes)} node(s): "
+                         f"{where} ====\n{source}")
+        return "\n".join(parts)
 
     def run(self, inputs: Sequence[np.ndarray], params: Sequence[np.ndarray]) -> list[np.ndarray]:
         """One run. Not reentrant: the schedules write into buffers planned once (graphgpt.Compiled lets one
@@ -233,14 +252,22 @@ def _rematerialized(records: list[StageRecord], remat: RematOptions, verify_each
 
 
 def build_forward_program(graph: Graph, passes: Passes = None, verify_each=False, check_numerics=False,
-                          fast_math: FastMathOption = False) -> Program:
+                          fast_math: FastMathOption = False, backend: Optional[str] = None) -> Program:
     """A program running `graph` (shapes inferred) after the passes (value-changing rewrites as `fast_math`
-    allows: see passes/manager.py FAST_MATH_FLAGS)."""
+    allows: see passes/manager.py FAST_MATH_FLAGS), its nodes computed by `backend` (passes/backends.py)."""
     flags = fast_math_flags(fast_math)
-    entry = ProgramGraph("forward", _optimise(graph, passes, verify_each, flags))
+    kernels = backend_named(backend)
+    entry = ProgramGraph("forward", _optimise(graph, _with_backend_passes(passes, flags, kernels), verify_each, flags))
     verify(entry.graph)
     return Program([entry], entry, Split(1, "a forward graph"), graph, check_numerics=check_numerics,
-                   fast_math=flags)
+                   fast_math=flags, backend=kernels)
+
+
+def _with_backend_passes(passes: Passes, flags: frozenset[str], backend) -> Passes:
+    """The passes asked for; by default, the default pipeline and the passes the backend adds to it."""
+    if passes is not None or backend is None:
+        return passes
+    return (*default_pipeline(flags), *backend.extra_passes())
 
 
 def training_step(forward: Graph, wrt: Sequence[str], rule: Optional[UpdateRule]) -> Graph:
@@ -254,7 +281,8 @@ def training_step(forward: Graph, wrt: Sequence[str], rule: Optional[UpdateRule]
 def build_training_program(forward: Graph, wrt: Sequence[str], rule: Optional[UpdateRule] = None, *,
                            passes: Passes = None, verify_each=False, check_numerics=False,
                            shards: Optional[int] = None, trace_shard: Optional[Callable[[int], Graph]] = None,
-                           fast_math: FastMathOption = False, remat: RematOptions = RematOptions()) -> Program:
+                           fast_math: FastMathOption = False, remat: RematOptions = RematOptions(),
+                           backend: Optional[str] = None) -> Program:
     """A training step: loss, gradients of `wrt` and the update of `rule` (optional) from the forward-and-loss
     graph `forward`, split into data-parallel shards when proved exact (see passes/data_parallel.py).
 
@@ -263,8 +291,11 @@ def build_training_program(forward: Graph, wrt: Sequence[str], rule: Optional[Up
     the proof fails. `trace_shard(k)` traces the same model and loss at 1/k of the batch (shapes inferred).
     `fast_math`: the value-changing rewrites the passes may make (passes/manager.py FAST_MATH_FLAGS).
     `remat`: rematerialisation (passes/rematerialize.py), run after the passes on each graph with a backward pass
-    (the whole step, or the shard graph: its budget is per shard, and the shards run at once)."""
+    (the whole step, or the shard graph: its budget is per shard, and the shards run at once).
+    `backend`: what computes the nodes (passes/backends.py), in every graph."""
     flags = fast_math_flags(fast_math)
+    kernels = backend_named(backend)
+    passes = _with_backend_passes(passes, flags, kernels)
     wanted = available_cores() if shards is None else shards
     if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted < 1:
         raise ValueError(f"shards must be a positive integer or None, got {shards!r}")
@@ -289,7 +320,7 @@ def build_training_program(forward: Graph, wrt: Sequence[str], rule: Optional[Up
         if shards is not None and shards > 1:
             raise ValueError(f"cannot split this training step into {wanted} data-parallel shards: {reason}")
         whole = optimise_whole()
-        return Program([whole], whole, Split(1, reason), step, wrt, check_numerics, flags, remat)
+        return Program([whole], whole, Split(1, reason), step, wrt, check_numerics, flags, remat, kernels)
 
     if wanted == 1:
         return unsplit("one core" if shards is None else "shards=1")
@@ -325,7 +356,7 @@ def build_training_program(forward: Graph, wrt: Sequence[str], rule: Optional[Up
                           f"{' (a batch that does not divide runs whole)' if is_symbolic(batch) else ''}, "
                           f"{proof.describe()}")
     return Program([shard, combine], lambda: optimise_whole(runs=False), split, step, wrt, check_numerics, flags,
-                   remat)
+                   remat, kernels)
 
 
 def shard_name(batch, shards: int) -> str:

@@ -77,10 +77,12 @@ def _carve_buffers(sizes: Sequence[int]) -> list[np.ndarray]:
 
 class Schedule:
     """Runs `graph` on NumPy arrays: `schedule.run(inputs, params) -> list of output arrays`; the graph's updates
-    are written into the parameter arrays in place."""
+    are written into the parameter arrays in place. With a `backend` (passes/backends.py), a node it has a
+    generated kernel for runs that kernel instead of its op's NumPy kernel; `kernels` lists them by node."""
 
-    def __init__(self, graph: Graph, plan: Optional[MemoryPlan] = None, check_numerics=False):
+    def __init__(self, graph: Graph, plan: Optional[MemoryPlan] = None, check_numerics=False, backend=None):
         self.graph = graph
+        self.kernels: list[tuple[Node, Any]] = []  # (node, its GeneratedKernel), in schedule order
         self.check_numerics = "nan" if check_numerics is True else (check_numerics or None)
         if self.check_numerics not in (None, *NUMERICS_MODES):
             raise ValueError(f"check_numerics must be False, True, 'nan' or 'nonfinite', got {check_numerics!r}")
@@ -117,13 +119,17 @@ class Schedule:
                     fixed[slot] = op.compute(*(fixed[input_slot] for input_slot in inputs), **node.attrs)
                     self.fixed_views.append((slot, fixed[slot], node))
                     continue
-                step = Step(VIEW, op.compute, inputs, node.attrs, slot, None, -1, node)
-            elif storage.kind == "into_param":
-                step = Step(INTO_PARAM, writer(op), inputs, node.attrs, slot, None,
-                            param_position[storage.source], node)
+                self.steps.append(Step(VIEW, op.compute, inputs, node.attrs, slot, None, -1, node))
+                continue
+            kernel = backend.kernel_for(node) if backend is not None else None
+            if kernel is not None:
+                self.kernels.append((node, kernel))  # its attributes are written into its source
+            function, attrs = (kernel.function, {}) if kernel is not None else (writer(op), node.attrs)
+            if storage.kind == "into_param":
+                step = Step(INTO_PARAM, function, inputs, attrs, slot, None, param_position[storage.source], node)
             else:
                 out = fixed[slot] = _typed_view(self.buffers[storage.buffer], node)
-                step = Step(INTO_BUFFER, writer(op), inputs, node.attrs, slot, out, -1, node)
+                step = Step(INTO_BUFFER, function, inputs, attrs, slot, out, -1, node)
             self.steps.append(step)
         self.code = StraightLineCode(self)  # what run() calls (the loop below runs with check_numerics)
 

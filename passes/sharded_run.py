@@ -73,12 +73,14 @@ class ShardedRun:
     order of `param_names`; each graph reads its own by name."""
 
     def __init__(self, shard: Graph, shard_plan: MemoryPlan, combine: Graph, combine_plan: MemoryPlan, shards: int,
-                 param_names: Sequence[str], check_numerics=False):
-        self.shard_schedules = [Schedule(shard, shard_plan, check_numerics) for _ in range(shards)]
+                 param_names: Sequence[str], check_numerics=False, backend=None):
+        # The shards keep every core busy: their kernels run on the shard's own thread.
+        shard_backend = backend.single_threaded() if backend is not None else None
+        self.shard_schedules = [Schedule(shard, shard_plan, check_numerics, shard_backend) for _ in range(shards)]
         output_ids = [value.id for value in shard.outputs]
         self._same_as = [output_ids.index(value_id) for value_id in output_ids]  # first output with that value
         self._in_place = _summable_in_place(shard, shard_plan)
-        self.combine = Schedule(combine, combine_plan, check_numerics)
+        self.combine = Schedule(combine, combine_plan, check_numerics, backend)
         position = {name: index for index, name in enumerate(param_names)}
         self.shard_param_positions = [position[value.name] for value in shard.params]
         self.combine_param_positions = [position[value.name] for value in combine.params]

@@ -1,0 +1,82 @@
+"""The Numba backend: which nodes of a schedule run a generated kernel instead of their op's NumPy kernel, and the
+kernel each gets.
+
+A schedule (passes/schedule.py) asks `kernel_for(node)` for every node that computes into a buffer; a node whose
+op has a generator here (layer norm and its gradient, softmax over the last axis, GELU and its gradient, fused
+elementwise programs), of float32 or float64, gets a generated kernel, compiled on its first call. Every other
+node (matmuls, views, reductions, ...) keeps NumPy and BLAS.
+
+Threads: a kernel over at least PARALLEL_MIN_ELEMENTS elements runs its rows on all cores (`prange`), a smaller
+one on the calling thread (starting the threads costs more than it saves). Inside a data-parallel shard
+(passes/sharded_run.py) every kernel is single-threaded: the shards already keep every core busy, and kernels
+of their own threads would oversubscribe them.
+
+With this backend the pipeline also fuses elementwise chains of any size (fuse_elementwise_for_kernels): a
+fused program is one loop here, where NumPy runs it block by block and gains only on arrays larger than its
+caches (passes/elementwise_fusion.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable, Optional
+
+from graphgpt.ir import Graph, Node
+from graphgpt.ir.types import FLOAT_DTYPES
+
+from ..elementwise_fusion import fuse_elementwise
+from ..result import PassResult
+from .elementwise_kernels import fused_elementwise_source, gelu_grad_source, gelu_source
+from .engine import load_kernel
+from .rowwise_kernels import layer_norm_grad_source, layer_norm_source, softmax_source
+
+# op -> its source generator: (node, parallel) -> KernelSource, or None where the node is not for it
+SOURCES = {"layer_norm": layer_norm_source, "layer_norm_grad": layer_norm_grad_source, "softmax": softmax_source,
+           "gelu": gelu_source, "gelu_grad": gelu_grad_source, "fused_elementwise": fused_elementwise_source}
+
+# Elements from which a kernel runs its rows on every core.
+PARALLEL_MIN_ELEMENTS = 1 << 16
+
+
+@dataclass(frozen=True)
+class GeneratedKernel:
+    """A node's kernel: its op, its module source (printable), and the compiled function a schedule calls as
+    `function(out, *inputs)`."""
+
+    op: str
+    source: str
+    function: Callable
+
+
+def fuse_elementwise_for_kernels(graph: Graph) -> PassResult:
+    """fuse_elementwise at every size: each group becomes one generated loop."""
+    return fuse_elementwise(graph, min_elements=1)
+
+
+@dataclass(frozen=True)
+class NumbaBackend:
+    """Generated Numba kernels for the nodes that have them. `threads`: kernels over large arrays may use every
+    core (False inside data-parallel shards)."""
+
+    threads: bool = True
+    name: str = "numba"
+
+    def single_threaded(self) -> "NumbaBackend":
+        """This backend with every kernel on its caller's thread (for data-parallel shards)."""
+        return replace(self, threads=False)
+
+    def extra_passes(self) -> tuple[Callable[[Graph], PassResult], ...]:
+        """Passes this backend adds to the default pipeline."""
+        return (fuse_elementwise_for_kernels,)
+
+    def kernel_for(self, node: Node) -> Optional[GeneratedKernel]:
+        """The generated kernel computing `node` into its buffer, or None if it keeps its NumPy kernel."""
+        generate = SOURCES.get(node.op)
+        out = node.output.type
+        if generate is None or out.dtype not in FLOAT_DTYPES or any(
+                value.type.dtype != out.dtype for value in node.inputs):
+            return None
+        source = generate(node, self.threads and out.size >= PARALLEL_MIN_ELEMENTS)
+        if source is None:
+            return None
+        return GeneratedKernel(source.op, source.text, load_kernel(source.text, source.entry))

@@ -1,0 +1,159 @@
+"""Generated kernels for the elementwise ops: GELU, its gradient, and the fused elementwise programs the
+fuse_elementwise pass makes (ir/ops/fused.py), each one loop that reads every input element once and writes the
+output once, its intermediates held in registers.
+
+Each element goes through the very operations of the NumPy kernel, in the same order and dtype (a Python float
+constant rounded to the dtype as NumPy 2 rounds it), so arithmetic (+ - * / sqrt, maximum, negation) gives the
+same bits. exp, log, tanh and pow come from another library than NumPy's (LLVM calls the C library's; NumPy has
+its own SIMD versions), so they may differ in the last bits.
+
+Inputs broadcast as NumPy broadcasts them: an input of lower rank is read with the trailing indices, an axis of
+length 1 at index 0. Which axes broadcast is written into the source; sizes are read at run time.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+from graphgpt.ir import Node, TensorType
+from graphgpt.ir.ops.elementwise import GELU_CUBIC, GELU_SQRT_2_OVER_PI
+
+from .source_text import KernelSource, body_indent, decorator, float_literal, module_text, row_loop, row_view
+
+# The ops a fused program may hold (OpDef.fusible), as an expression of their operands' scalars.
+UNARY_EXPRESSIONS = {"neg": "-{0}", "exp": "np.exp({0})", "log": "np.log({0})", "tanh": "np.tanh({0})",
+                     "sqrt": "np.sqrt({0})"}
+BINARY_EXPRESSIONS = {"add": "{0} + {1}", "sub": "{0} - {1}", "mul": "{0} * {1}", "div": "{0} / {1}",
+                      "pow": "np.power({0}, {1})",
+                      # np.maximum: NaN if either is NaN, and the second operand when they compare equal (so
+                      # maximum(-0.0, 0.0) is 0.0 and maximum(0.0, -0.0) is -0.0, as NumPy gives them)
+                      "maximum": "{0} if {0} > {1} or {0} != {0} else {1}"}
+
+# body(scalar names of the inputs, indent) -> lines ending with the output element in `result`
+Body = Callable[[Sequence[str], str], list[str]]
+
+
+def _threads(parallel: bool) -> str:
+    return "rows in parallel (prange)" if parallel else "one thread"
+
+
+def _elementwise_kernel(entry: str, out: TensorType, inputs: Sequence[TensorType], parallel: bool,
+                        body: Body) -> list[str]:
+    """The kernel function `entry(out, a0, a1, ...)`: each output element computed by `body` from its inputs'
+    elements, broadcast as NumPy broadcasts them."""
+    names = [f"a{k}" for k in range(len(inputs))]
+    scalars = [f"x{k}" for k in range(len(inputs))]
+    header = [decorator(parallel and len(out.shape) > 1), f"def {entry}(out, {', '.join(names)}):"]
+    if not out.shape:  # a 0-d output: one element, and every input is 0-d too
+        return [*header, *(f"    {scalar} = {name}[()]" for scalar, name in zip(scalars, names)),
+                *body(scalars, "    "), "    out[()] = result"]
+    rank, shape = len(out.shape), out.shape
+    hoisted, per_row, per_element = [], [], []
+    loop, indices = row_loop(rank, parallel)
+    for name, scalar, type in zip(names, scalars, inputs):
+        if not type.shape:  # a 0-d input: one value for the whole call
+            hoisted.append(f"    {scalar} = {name}[()]")
+            continue
+        offset = rank - len(type.shape)
+        leading = ["0" if type.shape[axis] == 1 and shape[axis + offset] != 1 else indices[axis + offset]
+                   for axis in range(len(type.shape) - 1)]
+        per_row.append(f"{name}_row = {row_view(name, leading)}")
+        if type.shape[-1] == 1 and shape[-1] != 1:  # broadcast along the row: one value per row
+            per_row.append(f"{scalar} = {name}_row[0]")
+        else:
+            per_element.append(f"{scalar} = {name}_row[j]")
+    indent = body_indent(rank)
+    return [*header, *hoisted, *loop,
+            *(indent + line for line in [f"out_row = {row_view('out', indices)}", *per_row]),
+            f"{indent}for j in range(width):",
+            *(f"{indent}    {line}" for line in per_element),
+            *body(scalars, indent + "    "),
+            f"{indent}    out_row[j] = result"]
+
+
+def fused_elementwise_source(node: Node, parallel: bool) -> Optional[KernelSource]:
+    """The program of a fused_elementwise node as one loop; None if it holds an op this backend does not know."""
+    program = node.attrs["program"]
+    if any(op not in UNARY_EXPRESSIONS and op not in BINARY_EXPRESSIONS for op, _ in program):
+        return None
+    inputs = [value.type for value in node.inputs]
+
+    def body(scalars: Sequence[str], indent: str) -> list[str]:
+        names = list(scalars)
+        lines = []
+        for position, (op, operands) in enumerate(program):
+            expression = (UNARY_EXPRESSIONS.get(op) or BINARY_EXPRESSIONS[op]).format(*(names[o] for o in operands))
+            names.append("result" if position == len(program) - 1 else f"t{position}")
+            lines.append(f"{indent}{names[-1]} = {expression}  # {op}")
+        return lines
+
+    out = node.output.type
+    title = [f"fused_elementwise: {out.dtype}, rank {len(out.shape)}, {_threads(parallel)}",
+             f"program: {' -> '.join(op for op, _ in program)}",
+             f"out {_broadcast_pattern(out)}, inputs "
+             + ", ".join(f"a{k} {_broadcast_pattern(type)}" for k, type in enumerate(inputs))
+             + " (_ any size, 1 a size-1 axis)"]
+    kernel = _elementwise_kernel("fused_elementwise", out, inputs, parallel, body)
+    return KernelSource("fused_elementwise", "fused_elementwise", module_text(title, [], kernel))
+
+
+def _broadcast_pattern(type: TensorType) -> str:
+    """`f32[_,1,_]`: a type as the kernel sees it, its sizes left open except the axes of length 1 (which
+    broadcast): the source depends on those only, so every size shares it."""
+    return f"{str(type).split('[')[0]}[{','.join('1' if size == 1 else '_' for size in type.shape)}]"
+
+
+def gelu_source(node: Node, parallel: bool) -> KernelSource:
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), operation for operation as ir/ops/elementwise.py
+    gelu_into computes it."""
+    out = node.output.type
+    dtype = out.dtype
+
+    def body(scalars: Sequence[str], indent: str) -> list[str]:
+        x = scalars[0]
+        lines = [f"result = {x} * {x}",
+                 f"result = result * {x}",
+                 f"result = result * {float_literal(GELU_CUBIC, dtype)}",
+                 f"result = result + {x}",
+                 f"result = result * {float_literal(GELU_SQRT_2_OVER_PI, dtype)}",
+                 "result = np.tanh(result)",
+                 f"result = result + {float_literal(1.0, dtype)}",
+                 f"result = result * {x}",
+                 f"result = result * {float_literal(0.5, dtype)}"]
+        return [indent + line for line in lines]
+
+    title = [f"gelu: {dtype}, rank {len(out.shape)}, {_threads(parallel)}",
+             "0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as ir/ops/elementwise.py gelu_into computes it"]
+    kernel = _elementwise_kernel("gelu", out, [out], parallel, body)
+    return KernelSource("gelu", "gelu", module_text(title, [], kernel))
+
+
+def gelu_grad_source(node: Node, parallel: bool) -> KernelSource:
+    """g times the derivative of gelu at x, operation for operation as ir/ops/gradients.py computes it: with
+    t = tanh(c x (1 + k x^2)), (0.5 c (1 + 3k x^2)) (1 - t) (1 + t) x + 0.5 (1 + t), times g."""
+    out = node.output.type
+    dtype = out.dtype
+    c, k = GELU_SQRT_2_OVER_PI, GELU_CUBIC
+
+    def body(scalars: Sequence[str], indent: str) -> list[str]:
+        g, x = scalars
+        lines = [f"square = {x} * {x}",
+                 f"one_plus_t = square * {float_literal(c * k, dtype)}",
+                 f"one_plus_t = one_plus_t + {float_literal(c, dtype)}",
+                 f"one_plus_t = one_plus_t * {x}",
+                 "one_plus_t = np.tanh(one_plus_t)",
+                 f"one_plus_t = one_plus_t + {float_literal(1.0, dtype)}",
+                 f"result = square * {float_literal(1.5 * c * k, dtype)}",
+                 f"result = result + {float_literal(0.5 * c, dtype)}",
+                 f"result = result * ({float_literal(2.0, dtype)} - one_plus_t)  # times 1 - t",
+                 "result = result * one_plus_t",
+                 f"result = result * {x}",
+                 f"result = result + one_plus_t * {float_literal(0.5, dtype)}",
+                 f"result = result * {g}"]
+        return [indent + line for line in lines]
+
+    title = [f"gelu_grad: {dtype}, rank {len(out.shape)}, {_threads(parallel)}",
+             "g (0.5 c (1 + 3k x^2) (1 - t) (1 + t) x + 0.5 (1 + t)), t = tanh(c x (1 + k x^2)), as "
+             "ir/ops/gradients.py computes it"]
+    kernel = _elementwise_kernel("gelu_grad", out, [out, out], parallel, body)
+    return KernelSource("gelu_grad", "gelu_grad", module_text(title, [], kernel))

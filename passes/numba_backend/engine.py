@@ -1,0 +1,95 @@
+"""Turning a generated kernel's source into a function a schedule calls: compiled by Numba on its first call,
+once per process and, through Numba's disk cache, once per machine.
+
+Numba caches compiled code beside the file a function was defined in (`cache=True`), so every source is written
+to a file of the kernel cache folder named by a hash of the source, `kernel_<hash>.py`, and imported from there;
+Numba keeps the machine code in that folder's `__pycache__`. A second process importing the same source finds
+the file unchanged and loads the machine code instead of compiling again. The folder is
+`$GRAPHGPT_KERNEL_CACHE`, else `~/.cache/graphgpt/kernels`; where it cannot be written, a temporary folder of
+this process is used instead (each process then compiles afresh).
+
+Within a process, each source is imported once: nodes whose kernels have the same source (every layer's layer
+norm) share one function and its compiled code. The table of imported kernels is process-wide, like a cache
+of functools.lru_cache: keyed by the source itself, whose compiled code never changes, and behind a lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Callable, Optional
+
+CACHE_FOLDER_VARIABLE = "GRAPHGPT_KERNEL_CACHE"
+
+_imported: dict[str, Callable] = {}  # source -> its module's entry function (see the module docstring)
+_imported_lock = threading.Lock()
+_fallback_folder: Optional[Path] = None  # this process's temporary folder, when the cache folder is not writable
+
+
+def numba_available() -> bool:
+    """Whether the numba package is installed (without importing it: that takes a quarter of a second)."""
+    return importlib.util.find_spec("numba") is not None
+
+
+def kernel_cache_folder() -> Path:
+    """Where kernel sources and Numba's compiled code for them are kept: $GRAPHGPT_KERNEL_CACHE, else
+    ~/.cache/graphgpt/kernels."""
+    configured = os.environ.get(CACHE_FOLDER_VARIABLE)
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "graphgpt" / "kernels"
+
+
+def _write_once(folder: Path, name: str, source: str) -> Path:
+    """The file `name` in `folder` holding `source`, written (atomically: never a partial file another process
+    could import) unless it already holds it. An unchanged file keeps its modification time, which Numba's cache
+    checks."""
+    path = folder / name
+    try:
+        if path.read_text(encoding="utf-8") == source:
+            return path
+    except (OSError, UnicodeDecodeError):
+        pass
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(source)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    return path
+
+
+def _source_file(source: str) -> Path:
+    """The file of the kernel cache folder holding `source` (or of this process's fallback folder)."""
+    global _fallback_folder
+    name = f"kernel_{hashlib.sha256(source.encode()).hexdigest()[:24]}.py"
+    try:
+        return _write_once(kernel_cache_folder(), name, source)
+    except OSError:
+        if _fallback_folder is None:
+            _fallback_folder = Path(tempfile.mkdtemp(prefix="graphgpt-kernels-"))
+        return _write_once(_fallback_folder, name, source)
+
+
+def load_kernel(source: str, entry: str) -> Callable:
+    """The function `entry` of the kernel module `source`: a Numba dispatcher that compiles (or loads from the disk
+    cache) on its first call, for the types of that call's arrays."""
+    with _imported_lock:
+        function = _imported.get(source)
+        if function is None:
+            path = _source_file(source)
+            spec = importlib.util.spec_from_file_location(f"graphgpt_{path.stem}", path)
+            module = importlib.util.module_from_spec(spec)
+            # Registered as an imported module: Numba finds a cached function's globals through its module name.
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+            function = _imported[source] = getattr(module, entry)
+        return function

@@ -1,0 +1,111 @@
+"""Generated kernels for the row-wise ops: layer norm, its gradient with respect to x, and softmax over the last
+axis. Each reads a row a few times while it is in the L1 cache and writes it once: one pass over memory, where
+the NumPy kernels of ir/ops/composites.py and ir/ops/gradients.py make one pass per ufunc.
+
+Each kernel repeats the NumPy kernel's arithmetic step for step, in the same dtype and order (so the elementwise
+parts round identically); what differs is the order of each sum along a row (NumPy sums with a BLAS
+matrix-vector product, the kernel in vector lanes) and, for softmax, the library computing exp.
+
+    print(layer_norm_source(node, parallel=True).text)
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from graphgpt.ir import Node
+
+from .source_text import (ROW_SUM, ROW_SUM_OF_PRODUCTS, ROW_SUM_OF_TRIPLE_PRODUCTS, KernelSource, body_indent,
+                          decorator, float_literal, module_text, reductions, row_loop, row_view)
+
+
+def _threads(parallel: bool) -> str:
+    return "rows in parallel (prange)" if parallel else "rows one after another"
+
+
+def _normalized_rows(indent: str, dtype: str, eps: float, normalize: bool) -> list[str]:
+    """Lines setting out_row to x_row minus its mean (and, if `normalize`, times inverse_std) and `inverse_std` to
+    1 / sqrt(biased variance + eps), as ir/ops/composites.py normalize_rows computes them."""
+    lines = [f"mean = row_sum(x_row) / np.{dtype}(width)",
+             "for j in range(width):",
+             "    out_row[j] = x_row[j] - mean",
+             f"inverse_std = row_sum_of_products(out_row, out_row) / np.{dtype}(width)",
+             f"inverse_std = {float_literal(1.0, dtype)} / np.sqrt(inverse_std + {float_literal(eps, dtype)})"]
+    if normalize:
+        lines += ["for j in range(width):", "    out_row[j] = out_row[j] * inverse_std"]
+    return [indent + line for line in lines]
+
+
+def _opening(signature: str, rank: int, parallel: bool, row_arrays: Sequence[str]) -> tuple[list[str], str]:
+    """The kernel's first lines, down to the views of the current row of each of `row_arrays` (`x_row`), and the
+    indentation of the row's body."""
+    loop, indices = row_loop(rank, parallel)
+    indent = body_indent(rank)
+    views = [f"{indent}{name}_row = {row_view(name, indices)}" for name in row_arrays]
+    return [decorator(parallel), f"def {signature}:", *loop, *views], indent
+
+
+def layer_norm_source(node: Node, parallel: bool) -> KernelSource:
+    """(x - mean) / sqrt(biased variance + eps) * gamma + beta over the last axis."""
+    x = node.inputs[0].type
+    eps = node.attrs["eps"]
+    rank = len(x.shape)
+    opening, indent = _opening("layer_norm(out, x, gamma, beta)", rank, parallel, ["x", "out"])
+    kernel = [*opening,
+              *_normalized_rows(indent, x.dtype, eps, normalize=False),
+              f"{indent}for j in range(width):",
+              f"{indent}    out_row[j] = out_row[j] * inverse_std * gamma[j] + beta[j]"]
+    title = [f"layer_norm over the last axis: {x.dtype}, rank {rank}, eps {eps!r}, {_threads(parallel)}",
+             "(x - mean) / sqrt(biased variance + eps) * gamma + beta, as ir/ops/composites.py computes it"]
+    return KernelSource("layer_norm", "layer_norm",
+                        module_text(title, reductions(ROW_SUM, ROW_SUM_OF_PRODUCTS), kernel))
+
+
+def layer_norm_grad_source(node: Node, parallel: bool) -> KernelSource:
+    """The gradient of layer norm with respect to x: (g gamma - mean(g gamma) - x^ mean(g gamma x^)) / std."""
+    x = node.inputs[1].type
+    eps = node.attrs["eps"]
+    rank = len(x.shape)
+    width = f"np.{x.dtype}(width)"
+    opening, indent = _opening("layer_norm_grad(out, g, x, gamma)", rank, parallel, ["g", "x", "out"])
+    kernel = [*opening,
+              *_normalized_rows(indent, x.dtype, eps, normalize=True),  # out_row holds x^
+              f"{indent}projection = row_sum_of_triple_products(g_row, gamma, out_row) / {width}",
+              f"{indent}mean_scaled = row_sum_of_products(g_row, gamma) / {width}",
+              f"{indent}for j in range(width):",
+              f"{indent}    out_row[j] = (g_row[j] * gamma[j] - out_row[j] * projection - mean_scaled) * inverse_std"]
+    title = [f"layer_norm_grad over the last axis: {x.dtype}, rank {rank}, eps {eps!r}, {_threads(parallel)}",
+             "(g gamma - x^ mean(g gamma x^) - mean(g gamma)) / std, as ir/ops/gradients.py computes it"]
+    helpers = reductions(ROW_SUM, ROW_SUM_OF_PRODUCTS, ROW_SUM_OF_TRIPLE_PRODUCTS)
+    return KernelSource("layer_norm_grad", "layer_norm_grad", module_text(title, helpers, kernel))
+
+
+def softmax_source(node: Node, parallel: bool) -> Optional[KernelSource]:
+    """Softmax over the last axis (None along another axis: that stays NumPy's). A row holding NaN gives NaN, a
+    fully masked row (all -inf) zeros, as ir/ops/composites.py's softmax does."""
+    x = node.inputs[0].type
+    rank = len(x.shape)
+    if node.attrs["axis"] not in (-1, rank - 1):
+        return None
+    opening, indent = _opening("softmax(out, x)", rank, parallel, ["x", "out"])
+    dtype = x.dtype
+    body = ["# the row's max (NaN once a NaN is met, as np.maximum.reduce); 0 for a fully masked row, so that",
+            "# x - max stays -inf there rather than -inf - -inf = NaN",
+            f"peak = np.{dtype}(-np.inf)",
+            "for j in range(width):",
+            "    value = x_row[j]",
+            "    if value > peak or value != value:",
+            "        peak = value",
+            "if peak == -np.inf:",
+            f"    peak = {float_literal(0.0, dtype)}",
+            "for j in range(width):",
+            "    out_row[j] = np.exp(x_row[j] - peak)",
+            "total = row_sum(out_row)",
+            "if total == 0:  # a fully masked row: its zeros stay zeros",
+            f"    total = {float_literal(1.0, dtype)}",
+            "for j in range(width):",
+            "    out_row[j] = out_row[j] / total"]
+    kernel = [*opening, *(indent + line for line in body)]
+    title = [f"softmax over the last axis: {dtype}, rank {rank}, {_threads(parallel)}",
+             "exp(x - max) / sum, a fully masked row (all -inf) giving zeros, as ir/ops/composites.py computes it"]
+    return KernelSource("softmax", "softmax", module_text(title, reductions(ROW_SUM), kernel))
