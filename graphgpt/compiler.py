@@ -258,9 +258,9 @@ class Compiled:
         both cores busy inside one run, and two runs at once oversubscribe them."""
         arrays, sizes = self._check_inputs(inputs)
         with self._run_lock:
-            self._bound = self._guard.current(self._bound)
+            params = self._current_param_arrays()
             program = self.specializations.get(sizes) if self.specializations else self.program
-            outputs = program.run(arrays, self._param_arrays())
+            outputs = program.run(arrays, params)
             # Gradients stay in the schedule's buffers (valid until the next run, as torch's .grad is until the
             # next backward); what run() returns is copied, so a caller may keep it.
             self.grads = dict(zip(self.gradient_names, outputs[self._num_results:]))
@@ -278,9 +278,20 @@ class Compiled:
         if self.specializations is not None or self.gradient_names:
             raise TypeError("Compiled.runs() serves forward graphs of concrete sizes; use run()")
         with self._run_lock:
-            self._bound = self._guard.current(self._bound)
-            params, program = self._param_arrays(), self.program
+            params, program = self._current_param_arrays(), self.program
             yield lambda *arrays: program.run(arrays, params)
+
+    def parameter_values(self) -> dict[str, np.ndarray]:
+        """Copies of the arrays the next run would read, by graph parameter name: the model's tensors found again
+        and checked as run() finds them (a replaced tensor is read; a changed model refused)."""
+        with self._run_lock:
+            arrays = self._current_param_arrays()
+            return {name: np.array(array, copy=True) for name, array in zip(self.program.param_names, arrays)}
+
+    def _current_param_arrays(self) -> list[np.ndarray]:
+        """The parameter arrays for a run now (the run lock held): the bound tensors found again, then checked."""
+        self._bound = self._guard.current(self._bound)
+        return self._param_arrays()
 
     def kernels(self) -> str:
         """The source of every generated kernel this program runs (backend="numba"), each headed by the nodes it

@@ -158,7 +158,7 @@ def export_onnx(compiled: Union[Compiled, LazyCompiled], path: str, *,
     compiled = _compiled_of(compiled)
     graph = _concrete_graph(compiled, sizes)
     _refuse_unmapped(graph)
-    arrays = _parameter_arrays(compiled)
+    arrays = compiled.parameter_values()
     model = _build_model(onnx, compiled, graph, arrays, output_names)
     try:
         onnx.checker.check_model(model, full_check=True)
@@ -219,15 +219,6 @@ def _refuse_unmapped(graph: Graph) -> None:
                 inside = "" if op == node.op else " in its fused program"
                 raise ExportError(f"export_onnx: op {op!r} has no ONNX mapping: {node.describe()} uses it{inside} "
                                   f"(ops with one: graphgpt/onnx_ops.py); nothing was written")
-
-
-def _parameter_arrays(compiled: Compiled) -> dict[str, np.ndarray]:
-    """Copies of the arrays the next run would read, by parameter name: the model's tensors found again and
-    checked as run() does them (a replaced tensor is read; a changed model refused), taken between runs."""
-    with compiled._run_lock:
-        compiled._bound = compiled._guard.current(compiled._bound)
-        arrays = compiled._param_arrays()
-        return {name: np.array(array, copy=True) for name, array in zip(compiled.program.param_names, arrays)}
 
 
 def _result_names(compiled: Compiled, graph: Graph, output_names: Optional[Sequence[str]]) -> list[str]:
