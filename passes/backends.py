@@ -7,7 +7,7 @@ NumPy for the rest.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 from .numba_backend import NumbaBackend, numba_available
 
@@ -21,12 +21,15 @@ class BackendUnavailableError(ImportError):
     """A backend was asked for whose engine is not installed."""
 
 
-def backend_named(name: Optional[str]) -> Optional[NumbaBackend]:
-    """The backend called `name` (None: DEFAULT_BACKEND): None for "numpy", the kernels' generator otherwise.
+def backend_named(name: Union[None, str, NumbaBackend]) -> Optional[NumbaBackend]:
+    """The backend called `name` (None: DEFAULT_BACKEND): None for "numpy", the kernels' generator otherwise; a
+    NumbaBackend given itself (one with options, such as NumbaBackend(threads=True)).
 
     >>> backend_named("numpy") is None
     True
     """
+    if isinstance(name, NumbaBackend):
+        return name
     name = DEFAULT_BACKEND if name is None else name
     if name == "numpy":
         return None

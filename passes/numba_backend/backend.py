@@ -6,10 +6,18 @@ op has a generator here (layer norm and its gradient, softmax over the last axis
 elementwise programs), of float32 or float64, gets a generated kernel, compiled on its first call. Every other
 node (matmuls, views, reductions, ...) keeps NumPy and BLAS.
 
-Threads: a kernel over at least PARALLEL_MIN_ELEMENTS elements runs its rows on all cores (`prange`), a smaller
-one on the calling thread (starting the threads costs more than it saves). Inside a data-parallel shard
-(passes/sharded_run.py) every kernel is single-threaded: the shards already keep every core busy, and kernels
-of their own threads would oversubscribe them.
+A kernel computing exp or tanh per element (softmax, GELU and its gradient, fused programs holding exp, log,
+tanh or pow) is used up to TRANSCENDENTAL_MAX_ELEMENTS elements: beyond, NumPy's SIMD float32 functions (16
+lanes) beat the kernel's float64 ones (8 lanes, computed so to round correctly), and one pass over memory no
+longer makes up for it. Measured per call on this machine, float32 rows of 256, generated / NumPy: GELU 8 / 11 us
+at 4K elements, 31 / 21 us at 16K, 562 / 346 us at 256K; softmax 15 / 23, 57 / 48, 940 / 521 us; GELU's gradient
+10 / 34, 43 / 53, 577 / 522 us (layer norm, without exp: 2 / 36, 7 / 49, 90 / 325 us).
+
+Threads: by default every kernel runs on its caller's thread. With `threads=True`, a kernel over at least
+PARALLEL_MIN_ELEMENTS elements runs its rows on every core (`prange`): alone it gains up to 2x on two cores
+(layer norm over 256K elements 92 -> 52 us), but inside a training step Numba's OpenMP threads and OpenBLAS's,
+both spinning while they wait for work, took each other's cores: the tiny GPT's step went from 8 to 32 ms. Inside
+a data-parallel shard (passes/sharded_run.py) kernels are always single-threaded: the shards keep every core busy.
 
 With this backend the pipeline also fuses elementwise chains of any size (fuse_elementwise_for_kernels): a
 fused program is one loop here, where NumPy runs it block by block and gains only on arrays larger than its
@@ -34,8 +42,10 @@ from .rowwise_kernels import layer_norm_grad_source, layer_norm_source, softmax_
 SOURCES = {"layer_norm": layer_norm_source, "layer_norm_grad": layer_norm_grad_source, "softmax": softmax_source,
            "gelu": gelu_source, "gelu_grad": gelu_grad_source, "fused_elementwise": fused_elementwise_source}
 
-# Elements from which a kernel runs its rows on every core.
+# Elements from which a kernel runs its rows on every core (threads=True only).
 PARALLEL_MIN_ELEMENTS = 1 << 16
+# Elements up to which a kernel computing exp or tanh per element is used (see the module docstring).
+TRANSCENDENTAL_MAX_ELEMENTS = 1 << 13
 
 
 @dataclass(frozen=True)
@@ -55,10 +65,10 @@ def fuse_elementwise_for_kernels(graph: Graph) -> PassResult:
 
 @dataclass(frozen=True)
 class NumbaBackend:
-    """Generated Numba kernels for the nodes that have them. `threads`: kernels over large arrays may use every
-    core (False inside data-parallel shards)."""
+    """Generated Numba kernels for the nodes that have them. `threads`: kernels over large arrays use every core
+    (see the module docstring: off by default)."""
 
-    threads: bool = True
+    threads: bool = False
     name: str = "numba"
 
     def single_threaded(self) -> "NumbaBackend":
@@ -77,6 +87,6 @@ class NumbaBackend:
                 value.type.dtype != out.dtype for value in node.inputs):
             return None
         source = generate(node, self.threads and out.size >= PARALLEL_MIN_ELEMENTS)
-        if source is None:
+        if source is None or (source.transcendental and out.size > TRANSCENDENTAL_MAX_ELEMENTS):
             return None
         return GeneratedKernel(source.op, source.text, load_kernel(source.text, source.entry))

@@ -4,8 +4,8 @@ output once, its intermediates held in registers.
 
 Each element goes through the very operations of the NumPy kernel, in the same order and dtype (a Python float
 constant rounded to the dtype as NumPy 2 rounds it), so arithmetic (+ - * / sqrt, maximum, negation) gives the
-same bits. exp, log, tanh and pow come from another library than NumPy's (LLVM calls the C library's; NumPy has
-its own SIMD versions), so they may differ in the last bits.
+same bits. exp, log, tanh and pow are computed otherwise than by NumPy's own SIMD versions (in float32 exp and
+tanh by source_text's own, the rest by the C library), so they may differ in the last bits.
 
 Inputs broadcast as NumPy broadcasts them: an input of lower rank is read with the trailing indices, an axis of
 length 1 at index 0. Which axes broadcast is written into the source; sizes are read at run time.
@@ -18,16 +18,18 @@ from typing import Callable, Optional, Sequence
 from graphgpt.ir import Node, TensorType
 from graphgpt.ir.ops.elementwise import GELU_CUBIC, GELU_SQRT_2_OVER_PI
 
-from .source_text import KernelSource, body_indent, decorator, float_literal, module_text, row_loop, row_view
+from .source_text import (KernelSource, body_indent, decorator, float_literal, module_text, row_loop, row_view,
+                          exp_call, float32_helpers, tanh_call)
 
 # The ops a fused program may hold (OpDef.fusible), as an expression of their operands' scalars.
-UNARY_EXPRESSIONS = {"neg": "-{0}", "exp": "np.exp({0})", "log": "np.log({0})", "tanh": "np.tanh({0})",
+UNARY_EXPRESSIONS = {"neg": "-{0}", "exp": "{exp}", "log": "np.log({0})", "tanh": "{tanh}",
                      "sqrt": "np.sqrt({0})"}
 BINARY_EXPRESSIONS = {"add": "{0} + {1}", "sub": "{0} - {1}", "mul": "{0} * {1}", "div": "{0} / {1}",
                       "pow": "np.power({0}, {1})",
                       # np.maximum: NaN if either is NaN, and the second operand when they compare equal (so
                       # maximum(-0.0, 0.0) is 0.0 and maximum(0.0, -0.0) is -0.0, as NumPy gives them)
                       "maximum": "{0} if {0} > {1} or {0} != {0} else {1}"}
+TRANSCENDENTAL_OPS = {"exp", "log", "tanh", "pow"}
 
 # body(scalar names of the inputs, indent) -> lines ending with the output element in `result`
 Body = Callable[[Sequence[str], str], list[str]]
@@ -77,24 +79,30 @@ def fused_elementwise_source(node: Node, parallel: bool) -> Optional[KernelSourc
     if any(op not in UNARY_EXPRESSIONS and op not in BINARY_EXPRESSIONS for op, _ in program):
         return None
     inputs = [value.type for value in node.inputs]
+    out = node.output.type
 
     def body(scalars: Sequence[str], indent: str) -> list[str]:
         names = list(scalars)
         lines = []
         for position, (op, operands) in enumerate(program):
-            expression = (UNARY_EXPRESSIONS.get(op) or BINARY_EXPRESSIONS[op]).format(*(names[o] for o in operands))
+            arguments = [names[o] for o in operands]
+            template = UNARY_EXPRESSIONS.get(op) or BINARY_EXPRESSIONS[op]
+            expression = template.format(*arguments, exp=exp_call(arguments[0], out.dtype),
+                                         tanh=tanh_call(arguments[0], out.dtype))
             names.append("result" if position == len(program) - 1 else f"t{position}")
             lines.append(f"{indent}{names[-1]} = {expression}  # {op}")
         return lines
 
-    out = node.output.type
     title = [f"fused_elementwise: {out.dtype}, rank {len(out.shape)}, {_threads(parallel)}",
              f"program: {' -> '.join(op for op, _ in program)}",
              f"out {_broadcast_pattern(out)}, inputs "
              + ", ".join(f"a{k} {_broadcast_pattern(type)}" for k, type in enumerate(inputs))
              + " (_ any size, 1 a size-1 axis)"]
     kernel = _elementwise_kernel("fused_elementwise", out, inputs, parallel, body)
-    return KernelSource("fused_elementwise", "fused_elementwise", module_text(title, [], kernel))
+    ops = {op for op, _ in program}
+    helpers = float32_helpers(out.dtype, *(ops & {"exp", "tanh"}))
+    return KernelSource("fused_elementwise", "fused_elementwise", module_text(title, helpers, kernel),
+                        transcendental=bool(ops & TRANSCENDENTAL_OPS))
 
 
 def _broadcast_pattern(type: TensorType) -> str:
@@ -116,7 +124,7 @@ def gelu_source(node: Node, parallel: bool) -> KernelSource:
                  f"result = result * {float_literal(GELU_CUBIC, dtype)}",
                  f"result = result + {x}",
                  f"result = result * {float_literal(GELU_SQRT_2_OVER_PI, dtype)}",
-                 "result = np.tanh(result)",
+                 f"result = {tanh_call('result', dtype)}",
                  f"result = result + {float_literal(1.0, dtype)}",
                  f"result = result * {x}",
                  f"result = result * {float_literal(0.5, dtype)}"]
@@ -125,7 +133,7 @@ def gelu_source(node: Node, parallel: bool) -> KernelSource:
     title = [f"gelu: {dtype}, rank {len(out.shape)}, {_threads(parallel)}",
              "0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as ir/ops/elementwise.py gelu_into computes it"]
     kernel = _elementwise_kernel("gelu", out, [out], parallel, body)
-    return KernelSource("gelu", "gelu", module_text(title, [], kernel))
+    return KernelSource("gelu", "gelu", module_text(title, float32_helpers(dtype, "tanh"), kernel), transcendental=True)
 
 
 def gelu_grad_source(node: Node, parallel: bool) -> KernelSource:
@@ -141,7 +149,7 @@ def gelu_grad_source(node: Node, parallel: bool) -> KernelSource:
                  f"one_plus_t = square * {float_literal(c * k, dtype)}",
                  f"one_plus_t = one_plus_t + {float_literal(c, dtype)}",
                  f"one_plus_t = one_plus_t * {x}",
-                 "one_plus_t = np.tanh(one_plus_t)",
+                 f"one_plus_t = {tanh_call('one_plus_t', dtype)}",
                  f"one_plus_t = one_plus_t + {float_literal(1.0, dtype)}",
                  f"result = square * {float_literal(1.5 * c * k, dtype)}",
                  f"result = result + {float_literal(0.5 * c, dtype)}",
@@ -156,4 +164,5 @@ def gelu_grad_source(node: Node, parallel: bool) -> KernelSource:
              "g (0.5 c (1 + 3k x^2) (1 - t) (1 + t) x + 0.5 (1 + t)), t = tanh(c x (1 + k x^2)), as "
              "ir/ops/gradients.py computes it"]
     kernel = _elementwise_kernel("gelu_grad", out, [out, out], parallel, body)
-    return KernelSource("gelu_grad", "gelu_grad", module_text(title, [], kernel))
+    return KernelSource("gelu_grad", "gelu_grad", module_text(title, float32_helpers(dtype, "tanh"), kernel),
+                        transcendental=True)

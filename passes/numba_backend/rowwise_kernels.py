@@ -4,7 +4,7 @@ the NumPy kernels of ir/ops/composites.py and ir/ops/gradients.py make one pass 
 
 Each kernel repeats the NumPy kernel's arithmetic step for step, in the same dtype and order (so the elementwise
 parts round identically); what differs is the order of each sum along a row (NumPy sums with a BLAS
-matrix-vector product, the kernel in vector lanes) and, for softmax, the library computing exp.
+matrix-vector product, the kernel in vector lanes) and, for softmax, how exp is computed (source_text.exp_call).
 
     print(layer_norm_source(node, parallel=True).text)
 """
@@ -16,7 +16,8 @@ from typing import Optional, Sequence
 from graphgpt.ir import Node
 
 from .source_text import (ROW_SUM, ROW_SUM_OF_PRODUCTS, ROW_SUM_OF_TRIPLE_PRODUCTS, KernelSource, body_indent,
-                          decorator, float_literal, module_text, reductions, row_loop, row_view)
+                          decorator, exp_call, float32_helpers, float_literal, module_text, reductions, row_loop,
+                          row_view)
 
 
 def _threads(parallel: bool) -> str:
@@ -99,7 +100,7 @@ def softmax_source(node: Node, parallel: bool) -> Optional[KernelSource]:
             "if peak == -np.inf:",
             f"    peak = {float_literal(0.0, dtype)}",
             "for j in range(width):",
-            "    out_row[j] = np.exp(x_row[j] - peak)",
+            "    out_row[j] = " + exp_call("x_row[j] - peak", dtype),
             "total = row_sum(out_row)",
             "if total == 0:  # a fully masked row: its zeros stay zeros",
             f"    total = {float_literal(1.0, dtype)}",
@@ -108,4 +109,5 @@ def softmax_source(node: Node, parallel: bool) -> Optional[KernelSource]:
     kernel = [*opening, *(indent + line for line in body)]
     title = [f"softmax over the last axis: {dtype}, rank {rank}, {_threads(parallel)}",
              "exp(x - max) / sum, a fully masked row (all -inf) giving zeros, as ir/ops/composites.py computes it"]
-    return KernelSource("softmax", "softmax", module_text(title, reductions(ROW_SUM), kernel))
+    helpers = reductions(ROW_SUM) + float32_helpers(dtype, "exp")
+    return KernelSource("softmax", "softmax", module_text(title, helpers, kernel), transcendental=True)
