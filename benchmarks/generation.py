@@ -10,6 +10,8 @@ Contenders, all greedy (argmax, so their tokens can be compared), prompt 16 toke
   compiled     graphgpt.compile_generation's prefill graphs per token (the context padded to 16, 32, ...
                max_seq_len tokens): the compiled forward without a cache
   compiled-kv  model.generate(prompt, N, top_k=1): the compiled prefill, then the decode graph over the KV cache
+  kv-numba     the same graphs compiled with backend="numba" (generated kernels for layer norm, softmax, GELU and
+               fused elementwise chains), when numba is installed
   numpy-kv     a hand-written NumPy decoder (below): prefill the prompt into a cache of shape
                (layers, 2, batch, heads, max_seq_len, head_dim), then one token per step reading and appending to it
   torch-kv     the same decoder in PyTorch (when installed), torch.inference_mode, intra-op threads = BLAS threads
@@ -30,6 +32,7 @@ if __name__ == "__main__":  # before NumPy loads BLAS; a test importing this mod
         os.environ.setdefault(_variable, "1")
 
 import argparse  # noqa: E402
+import importlib.util  # noqa: E402
 import math  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -223,8 +226,13 @@ def run_config(name: str, config: dict, repeats: int) -> None:
     model.generate(prompt, 1, top_k=1, seed=0)  # compiles GPT.generate's kept generation before any timing
     runs = {"eager": lambda: model.generate(prompt, new_tokens, top_k=1, seed=0, use_cache=False).data,
             "compiled": lambda: compiled_uncached_generate(generation, prompt, new_tokens),
-            "compiled-kv": lambda: model.generate(prompt, new_tokens, top_k=1, seed=0).data,
-            "numpy-kv": lambda: numpy_kv_generate(params, prompt, new_tokens, heads)[0]}
+            "compiled-kv": lambda: model.generate(prompt, new_tokens, top_k=1, seed=0).data}
+    if importlib.util.find_spec("numba") is not None:
+        numba_generation = graphgpt.compile_generation(model, backend="numba")
+        runs["kv-numba"] = lambda: numba_generation.generate(prompt, new_tokens, top_k=1)
+    else:
+        print("(numba not installed: no kv-numba column; `pip install -e '.[numba]'` for generated kernels)")
+    runs["numpy-kv"] = lambda: numpy_kv_generate(params, prompt, new_tokens, heads)[0]
     print(f"\nGPT {name}: {config}; {repeats} interleaved repetitions, medians")
     torch_generate = None
     try:
@@ -263,6 +271,7 @@ def check_agreement(model, params, prompt, runs, torch_generate, config) -> None
     reference_logits = eager_step_logits(model, eager_tokens, length)
     others = {"compiled": (runs["compiled"](), None),
               "compiled-kv": compiled_kv_generate(prompt, new_tokens, model),
+              **({"kv-numba": (runs["kv-numba"](), None)} if "kv-numba" in runs else {}),
               "numpy-kv": numpy_kv_generate(params, prompt, new_tokens, heads)}
     if torch_generate is not None:
         others["torch-kv"] = torch_generate(prompt, new_tokens)

@@ -313,7 +313,7 @@ def main(argv=None) -> int:
         args.refuse(problem)
     try:
         return args.handler(args)
-    except (ValueError, RuntimeError) as error:  # graphgpt's errors say what and where; no traceback needed
+    except (ValueError, RuntimeError, ImportError) as error:  # graphgpt's errors (a missing backend too) say what
         print(f"graphgpt: error: {error}", file=sys.stderr)
         return 2
     except MemoryError as error:  # a model or batch too large for this machine

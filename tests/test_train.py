@@ -3,6 +3,7 @@ interruptions (one of them at a step that is not a checkpoint multiple), refusin
 shapes, the printed unigram baseline against an independent count,
 and every user error reaching the terminal as `graphgpt: error: ...` with no traceback."""
 
+import importlib.util
 import io
 import math
 import os
@@ -99,12 +100,13 @@ def test_cli_generate_is_repeatable_with_a_seed(data_file, tmp_path, capsys):
                  "--sample-chars", "0", "--quiet"]) == 0
     capsys.readouterr()
     outputs = []
-    for cache in ([], [], ["--no-cache"]):  # the compiled KV-cache decoder twice, then the eager path
+    numba = [["--backend", "numba"]] if importlib.util.find_spec("numba") else []
+    for cache in ([], [], ["--no-cache"], *numba):  # the compiled KV-cache decoder twice, the eager path, kernels
         assert main(["generate", "--checkpoint", str(tmp_path / LATEST), "--prompt", "static ", "--length", "40",
                      "--top-k", "0", "--temperature", "1.5", "--seed", "5", *cache]) == 0
         outputs.append(capsys.readouterr().out)
     header = "--- sample 1 of 1, prompt 'static ' ---\n"
-    assert outputs[0] == outputs[1] == outputs[2] and outputs[0].startswith(header + "static ")
+    assert all(output == outputs[0] for output in outputs) and outputs[0].startswith(header + "static ")
     assert len(outputs[0]) == len(header + "static ") + 41
 
 

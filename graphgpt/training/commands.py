@@ -99,7 +99,7 @@ def command_generate(args: argparse.Namespace) -> int:
     count = len(prompts) if args.num_samples is None else args.num_samples
     generation = None
     if not args.no_cache:  # one compiled prefill and decode graph for every sample (graphgpt/generation.py)
-        generation = compile_generation(model)
+        generation = compile_generation(model, backend=args.backend)
 
     def note(text: str) -> None:
         print(f"graphgpt: note: {text}", file=sys.stderr)
@@ -188,6 +188,9 @@ def add_generate_arguments(generate: argparse.ArgumentParser) -> None:
     _add_number(generate, "--top-k", "top_k", 10, "keep the k likeliest characters, 0 for all")
     _add_number(generate, "--seed", "seed", 0, "sampling seed of the first sample; the next ones take the "
                 "following seeds")
+    generate.add_argument("--backend", choices=("numpy", "numba"), default="numpy",
+                          help="what computes the compiled graphs' nodes: numpy (the reference; default) or numba "
+                               "(generated kernels; pip install -e '.[numba]')")
     generate.add_argument("--no-cache", action="store_true",
                           help="run the model eagerly on the whole context for every new token (no KV cache, not "
                                "compiled), for comparison; the same seed gives the same text either way")
