@@ -189,8 +189,8 @@ def add_generate_arguments(generate: argparse.ArgumentParser) -> None:
     _add_number(generate, "--seed", "seed", 0, "sampling seed of the first sample; the next ones take the "
                 "following seeds")
     generate.add_argument("--backend", choices=("numpy", "numba"), default="numpy",
-                          help="what computes the compiled graphs' nodes: numpy (the reference; default) or numba "
-                               "(generated kernels; pip install -e '.[numba]')")
+                          help="what computes the compiled graphs' nodes: numpy (the reference) or numba "
+                               "(generated kernels; pip install -e '.[numba]') (default numpy)")
     generate.add_argument("--no-cache", action="store_true",
                           help="run the model eagerly on the whole context for every new token (no KV cache, not "
                                "compiled), for comparison; the same seed gives the same text either way")
