@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 import graphgpt
-from graphgpt.compiler import trace
+from graphgpt.trace_entry import trace
 from graphgpt.ir import verify
 from graphgpt.nn import functional as F
 from graphgpt.passes import infer_shapes

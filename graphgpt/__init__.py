@@ -23,7 +23,7 @@ _EXPORTS: dict[str, str] = {
     "Compiled": "compiler",
     "InputError": "compiler",
     "compile": "compiler",
-    "trace": "compiler",
+    "trace": "trace_entry",
     "ExecutionError": "passes.schedule",
     "NumericalError": "passes.schedule",
     "LazyCompiled": "lazy",

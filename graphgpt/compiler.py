@@ -12,16 +12,13 @@ model's tensors, whose run() executes it over NumPy.
 
 from __future__ import annotations
 
-import inspect
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
 from graphgpt.ir import Graph, ShapeError, TensorType, verify
-from graphgpt.ir.dims import active_shape_env
 from graphgpt.ir.shape_env import ShapeEnv, shape_env
 from graphgpt.passes import infer_shapes
 from graphgpt.passes.program import Program, ProgramGraph, build_forward_program, build_training_program
@@ -31,106 +28,13 @@ from graphgpt.passes.specialize import bind_sizes, describe_sizes
 from .dynamic import Specializations, dynamic_names, make_shape_env, symbolic_input_types
 from .guards import BindingGuard
 from .recompiles import explain
-from .nn.module import Module
 from .optim import Optimizer
 from .tensor import Tensor
-from .tracing import Trace, TraceError, tracing
+from .trace_entry import default_input_names, example_array, trace, trace_loss, trainable_parameters
 
 
 class InputError(ShapeError):
     """run() was given inputs that do not match the types the graph was compiled for."""
-
-
-def _input_names(function: Callable, count: int) -> list[str]:
-    """Names for the graph inputs, from the traced function's signature where it has them (`tokens`)."""
-    target = function.forward if isinstance(function, Module) else function
-    try:
-        parameters = [p for p in inspect.signature(target).parameters.values()
-                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    except (TypeError, ValueError):
-        parameters = []
-    names = [p.name for p in parameters[:count]]
-    return names + [f"input{index}" for index in range(len(names), count)]
-
-
-def _as_example(data) -> np.ndarray:
-    return data.data if isinstance(data, Tensor) else np.asarray(data)
-
-
-@dataclass
-class Traced:
-    """What tracing gives: the graph, the tensors its parameters stand for (by name), and whether the function
-    returned a tuple (so run() returns one too)."""
-
-    graph: Graph
-    bindings: dict[str, Tensor]
-    returns_tuple: bool
-
-
-def trace(function: Callable, *example_inputs, named_parameters: Optional[Iterable[tuple[str, Tensor]]] = None,
-          input_names: Optional[Sequence[str]] = None, input_types: Optional[Sequence[TensorType]] = None) -> Traced:
-    """Trace `function` (a Module, or a callable taking Tensors) at the examples' shapes and dtypes.
-
-    A Module's parameters and buffers become named graph parameters, read live at every run; pass
-    `named_parameters` to name those of a plain function's closure instead (any other concrete tensor becomes a
-    constant). `input_types` overrides the examples' types (symbolic sizes: graphgpt/dynamic.py)."""
-    if named_parameters is None:
-        named_parameters = module_tensors(function)
-    named = list(named_parameters)
-    recorder = Trace(named)
-    names = list(input_names) if input_names is not None else _input_names(function, len(example_inputs))
-    inputs = []
-    types = input_types or [TensorType.of(_as_example(example)) for example in example_inputs]
-    for name, type in zip(names, types):
-        value = recorder.add_input(name, type)
-        inputs.append(Tensor._symbolic(value, recorder))
-    env = active_shape_env()
-    recording = env is not None and env.recording
-    if env is not None:
-        env.recording = True  # a symbolic trace records guards; the passes after it may only read them
-    try:
-        with tracing(recorder):
-            result = function(*inputs)
-    finally:
-        if env is not None:
-            env.recording = recording
-    outputs = list(result) if isinstance(result, (tuple, list)) else [result]
-    for position, output in enumerate(outputs):
-        if not isinstance(output, Tensor):
-            raise TraceError(f"the traced function must return Tensors; output {position} is a "
-                             f"{type(output).__name__}")
-    return Traced(recorder.finish(outputs), dict(named), isinstance(result, (tuple, list)))
-
-
-def trace_loss(model: Callable, example_inputs: Sequence, loss: Callable,
-               input_types: Optional[Sequence[TensorType]] = None) -> Traced:
-    """Trace loss(model(*inputs[:-1]), inputs[-1]): the graph of a training objective, targets last."""
-    if len(example_inputs) < 2:
-        raise TypeError("with loss=, pass the model's inputs and then the targets: "
-                        "compile(model, tokens, targets, loss=...)")
-
-    def model_and_loss(*inputs):
-        return loss(model(*inputs[:-1]), inputs[-1])
-
-    names = _input_names(model, len(example_inputs) - 1) + ["targets"]
-    traced = trace(model_and_loss, *example_inputs, named_parameters=module_tensors(model), input_names=names,
-                   input_types=input_types)
-    if traced.returns_tuple:
-        raise TraceError("the loss function must return one scalar Tensor, not a tuple")
-    return traced
-
-
-def module_tensors(model: Callable) -> list[tuple[str, Tensor]]:
-    """(name, tensor) for every parameter and buffer of a Module (what a graph reads live); none for a function."""
-    if not isinstance(model, Module):
-        return []
-    return [*model.named_parameters(), *model.named_buffers()]
-
-
-def trainable_parameters(model: Callable) -> list[tuple[str, Tensor]]:
-    """(name, parameter) for every parameter of a Module that requires grad; none for a plain function."""
-    named = model.named_parameters() if isinstance(model, Module) else []
-    return [(name, parameter) for name, parameter in named if parameter.requires_grad]
 
 
 class Compiled:
@@ -205,7 +109,7 @@ class Compiled:
     def _mismatch(self, inputs) -> tuple[list[np.ndarray], dict[str, int], Optional[str]]:
         """The inputs as C-ordered arrays, the sizes of a symbolic trace's symbols, and why the inputs do not fit
         the compiled signature (None if they do)."""
-        arrays = [np.asarray(_as_example(data), order="C") for data in inputs]  # not ascontiguousarray: it
+        arrays = [np.asarray(example_array(data), order="C") for data in inputs]  # not ascontiguousarray: it
         if self.program.symbolic:                                                # makes 0-d arrays 1-d
             sizes, problem = bind_sizes(self.program.inputs, arrays)
             failing = self.shape_env.failing_guard(sizes) if problem is None and self.shape_env else None
@@ -450,11 +354,11 @@ def compile(model: Optional[Callable] = None, *example_inputs, loss: Optional[Ca
                             "compile(model, inputs, targets, loss=..., memory_budget=...)")
     remat = RematOptions.of(remat_policy, memory_budget)
     names = dynamic_names(dynamic)
-    examples = [_as_example(example) for example in example_inputs]
+    examples = [example_array(example) for example in example_inputs]
     if not names:
         return _build(model, examples, None, loss, optimizer, passes, verify_each, check_numerics, shards, fast_math,
                       remat, backend)
-    input_names = _input_names(model, len(examples) - (loss is not None)) + (["targets"] if loss else [])
+    input_names = default_input_names(model, len(examples) - (loss is not None)) + (["targets"] if loss else [])
     types, hints = symbolic_input_types(examples, input_names, names)
     env = make_shape_env(hints)
     env.recording = False  # on while tracing (see trace)

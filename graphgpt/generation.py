@@ -31,9 +31,10 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .compiler import Compiled, module_tensors, trace
+from .compiler import Compiled
 from .guards import BindingGuard, ModelChangedError
 from .nn.kv_cache import KVCache
+from .trace_entry import module_tensors, trace
 from .training.sampling import check_prompt, check_sampling, next_token
 from graphgpt.passes import infer_shapes
 from graphgpt.passes.program import build_forward_program

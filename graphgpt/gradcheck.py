@@ -22,7 +22,7 @@ from graphgpt.ir import Graph, GraphBuilder, Node
 from graphgpt.passes.autodiff import append_backward_with_map
 from graphgpt.passes.schedule import Schedule
 
-from .compiler import trace, trace_loss, trainable_parameters
+from .trace_entry import trace, trace_loss, trainable_parameters
 from .nn.module import Module
 from .tensor import Tensor
 

@@ -42,6 +42,7 @@ from graphgpt.ir import ShapeError, TensorType
 
 from . import compiler
 from .compiler import Compiled, InputError
+from .trace_entry import default_input_names, example_array
 from .guards import ModelChangedError
 from .nn.module import Module
 from .recompiles import (AXES, DEFAULT_CACHE_SIZE_LIMIT, CacheEntry, CacheTable, Signature, differing_axes,
@@ -183,11 +184,11 @@ class LazyCompiled:
                                    for parameter in parameters.parameters.values())
                 raise InputError(f"{name}({listed}) cannot take {count} input(s)"
                                  + (" (the last input of a training step is the targets)" if loss else "")) from None
-        names = compiler._input_names(self.model, count) + (["targets"] if loss is not None else [])
+        names = default_input_names(self.model, count) + (["targets"] if loss is not None else [])
         arrays = []
         for position, (name, data) in enumerate(zip(names, inputs)):
             try:
-                array = np.asarray(compiler._as_example(data), order="C")
+                array = np.asarray(example_array(data), order="C")
                 TensorType.of(array)
             except (ShapeError, ValueError, TypeError) as error:
                 raise InputError(f"input {position} ({name!r}) cannot be a graph input: {error}") from None

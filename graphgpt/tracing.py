@@ -34,7 +34,7 @@ _GRAPHGPT_DIR = os.path.dirname(os.path.abspath(__file__))
 # Frames in these places are machinery; the first frame elsewhere is the user's (or the model's) source line.
 _INTERNAL_DIRS = (os.path.dirname(os.path.abspath(ir.__file__)) + os.sep,)
 _INTERNAL_FILES = frozenset(os.path.join(_GRAPHGPT_DIR, name) for name in
-                            ("tensor.py", "tracing.py", "compiler.py", "dynamic.py",
+                            ("tensor.py", "tracing.py", "compiler.py", "trace_entry.py", "dynamic.py",
                              os.path.join("nn", "module.py"), os.path.join("nn", "functional.py"),
                              os.path.join("nn", "masks.py"), os.path.join("nn", "kv_cache.py"),
                              os.path.join("nn", "state.py")))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import graphgpt
-from graphgpt import compiler
+from graphgpt import compiler, trace_entry
 
 
 def make_gpt(vocab=17, embed=12, layers=2, heads=3, max_seq_len=16, seed=0):
@@ -44,6 +44,7 @@ def traces(monkeypatch):
         return trace_loss(*args, **kwargs)
 
     monkeypatch.setattr(compiler, "trace", counting_trace)
+    monkeypatch.setattr(trace_entry, "trace", counting_trace)  # the trace inside trace_loss
     monkeypatch.setattr(compiler, "trace_loss", counting_trace_loss)
     return counts
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import graphgpt
-from graphgpt.compiler import trace_loss
+from graphgpt.trace_entry import trace_loss
 from graphgpt.passes.schedule import ExecutionError
 from graphgpt.nn import functional as F
 from graphgpt.passes import infer_shapes
