@@ -87,7 +87,9 @@ class CompiledGeneration:
         tokens, positions = np.zeros((self.batch, length), np.int64), np.zeros(self.batch, np.int64)
         traced = trace(step, tokens, positions, named_parameters=named, input_names=["tokens", "positions"])
         passes, fast_math, backend = self._options
-        program = build_forward_program(infer_shapes(traced.graph), passes, fast_math=fast_math, backend=backend)
+        name = "decode" if length == 1 else f"prefill ({length} tokens)"
+        program = build_forward_program(infer_shapes(traced.graph), passes, fast_math=fast_math, backend=backend,
+                                        name=name)
         cache_names = {name for name, _ in self.cache.named_tensors()}
         return Compiled(program, traced.bindings, traced.returns_tuple,
                         BindingGuard(self.model, program.param_names, own_state=cache_names))

@@ -252,12 +252,14 @@ def _rematerialized(records: list[StageRecord], remat: RematOptions, verify_each
 
 
 def build_forward_program(graph: Graph, passes: Passes = None, verify_each=False, check_numerics=False,
-                          fast_math: FastMathOption = False, backend: Optional[str] = None) -> Program:
+                          fast_math: FastMathOption = False, backend: Optional[str] = None,
+                          name: str = "forward") -> Program:
     """A program running `graph` (shapes inferred) after the passes (value-changing rewrites as `fast_math`
-    allows: see passes/manager.py FAST_MATH_FLAGS), its nodes computed by `backend` (passes/backends.py)."""
+    allows: see passes/manager.py FAST_MATH_FLAGS), its nodes computed by `backend` (passes/backends.py); `name`
+    heads its report and diagrams ("decode" for a generation's decode step)."""
     flags = fast_math_flags(fast_math)
     kernels = backend_named(backend)
-    entry = ProgramGraph("forward", _optimise(graph, _with_backend_passes(passes, flags, kernels), verify_each, flags))
+    entry = ProgramGraph(name, _optimise(graph, _with_backend_passes(passes, flags, kernels), verify_each, flags))
     verify(entry.graph)
     return Program([entry], entry, Split(1, "a forward graph"), graph, check_numerics=check_numerics,
                    fast_math=flags, backend=kernels)

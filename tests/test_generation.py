@@ -63,7 +63,7 @@ def test_compiled_prefill_and_decode_equal_the_full_forward_and_update_the_cache
     assert decode.program.graphs[0].plan.updates_in_place == 2 * model.num_layers
     assert [value.name for value in graph.inputs] == ["tokens", "positions"]
     assert "cache_write %kv_cache.blocks.0.keys" in str(graph)
-    assert "== forward ==" in decode.report()
+    assert "== decode ==" in decode.report()
 
 
 def test_the_decode_graph_renders(tmp_path):
