@@ -49,6 +49,10 @@ class CompiledGeneration:
     def __init__(self, model, batch: int = 1, passes=None, fast_math=False, backend=None):
         if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
             raise ValueError(f"batch must be a whole number of sequences, at least 1, got {batch!r}")
+        missing = [name for name in ("max_seq_len", "num_layers", "num_heads", "embed_dim") if not hasattr(model, name)]
+        if missing:
+            raise TypeError(f"compile_generation takes a GPT (graphgpt.nn.GPT, or a model with its attributes and "
+                            f"forward(tokens, positions, cache)); {type(model).__name__} has no {', '.join(missing)}")
         self.model = model
         self.batch = int(batch)
         self.window = model.max_seq_len

@@ -189,6 +189,8 @@ def test_bad_generation_input_is_refused_in_one_line():
         generation.decode_logits(np.array([1]), 16)  # past the cache: the position has no embedding
     with pytest.raises(ValueError, match="batch must be a whole number of sequences, at least 1, got 0"):
         compile_generation(model, batch=0)
+    with pytest.raises(TypeError, match="compile_generation takes a GPT .*; Linear has no max_seq_len, num_layers"):
+        compile_generation(graphgpt.nn.Linear(4, 4))
 
 
 def test_prompts_are_padded_to_a_few_lengths_each_one_graph_compiled_on_first_use():
