@@ -28,10 +28,12 @@ def test_comparison_report(tmp_path):
     # Optimised may hold more nodes than traced (flattening batched matmuls adds free reshape views).
     assert base.eager_ops > base.tape_nodes > 0 and base.graph_nodes > 0 and base.optimised_nodes > 0
     assert base.eager_ms > 0 and base.compiled_ms > 0 and base.compiled_peak_bytes > 0
+    assert base.remat_ms > 0 and 0 < base.remat_peak_bytes  # the rematerialised step: remat_policy="mincut"
     # The default passes are exact: joining q/k/v into one matmul changes rounding and is fast math.
     assert base.tape_ops["matmul"] == base.graph_forward_ops["matmul"]
     table = report.table()
     assert "eager tape" in table and "growth with layers: 1:" in table and "merged or removed: " in table
+    assert "rematerialised" in table.splitlines()[1]
     page = open(report.write_html(str(tmp_path / "compare.html"))).read()
     for section in ('id="table"', 'id="verdict"', 'id="agreement"', 'id="ops"', 'id="culprits"'):
         assert section in page
@@ -39,7 +41,7 @@ def test_comparison_report(tmp_path):
     assert len(charts) == 5  # time and memory against layers and against length, and the memory timeline
     for chart in charts[:4]:
         names = [line.get("data-name") for line in chart.iter(f"{SVG}polyline")]
-        assert names == ["eager", "compiled"]
+        assert names == ["eager", "compiled", "rematerialised"]
 
 
 def test_memory_timeline_matches_the_plan():
