@@ -109,6 +109,12 @@ def measure(embed: int, layers: int, heads: int, seq_len: int, batch: int, repea
     return result
 
 
+def describe_config(config: dict) -> str:
+    """'GPT, 64 wide, 2 layers, 4 heads, sequences of 32, batch 4': a model size as a reader says it."""
+    return (f"GPT, {config['embed']} wide, {config['layers']} layer{'s' * (config['layers'] != 1)}, "
+            f"{config['heads']} heads, sequences of {config['seq_len']}, batch {config['batch']}")
+
+
 @dataclass
 class Report:
     base: Measurement
@@ -122,7 +128,7 @@ class Report:
                 ("step time, median ms", f"{b.eager_ms:.1f}", f"{b.compiled_ms:.1f}", f"{b.remat_ms:.1f}"),
                 ("peak memory MiB", f"{b.eager_peak_bytes / 2**20:.2f}", f"{b.compiled_peak_bytes / 2**20:.2f}",
                  f"{b.remat_peak_bytes / 2**20:.2f}")]
-        lines = [f"GPT {b.config}: eager tape vs compiled graph",
+        lines = [f"{describe_config(b.config)}: eager tape vs compiled graph",
                  f"{'':38} {'eager tape':>26} {'compiled':>26} {'rematerialised':>16}"]
         lines += [f"{what:38} {eager:>26} {compiled:>26} {remat:>16}" for what, eager, compiled, remat in rows]
         lines.append("rematerialised: the compiled step recomputing cheap forward values in the backward "
@@ -192,7 +198,7 @@ def _html(report: Report) -> str:
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>static vs dynamic</title>
 <style>body{{font-family:sans-serif;max-width:1200px}} td,th{{padding:3px 9px}}</style></head><body>
 <h1>Static graph vs dynamic tape</h1>
-<p>GPT {escape(str(b.config))}, vocabulary {VOCAB}; one training step (forward and backward), same weights and batch.</p>
+<p>{escape(describe_config(b.config))}, vocabulary {VOCAB}; one training step (forward and backward), same weights and batch.</p>
 <pre id="table">{escape(report.table())}</pre>
 <h2>Where each wins, and why</h2>
 <p id="verdict">The compiled step ran {speed:.1f}x {'faster' if speed >= 1 else 'slower'} than the eager tape and

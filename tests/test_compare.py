@@ -34,6 +34,7 @@ def test_comparison_report(tmp_path):
     table = report.table()
     assert "eager tape" in table and "growth with layers: 1:" in table and "merged or removed: " in table
     assert "rematerialised" in table.splitlines()[1]
+    assert table.startswith("GPT, 16 wide, 1 layer, 2 heads, sequences of 8, batch 2: eager tape vs compiled")
     page = open(report.write_html(str(tmp_path / "compare.html"))).read()
     for section in ('id="table"', 'id="verdict"', 'id="agreement"', 'id="ops"', 'id="culprits"'):
         assert section in page
