@@ -126,7 +126,9 @@ class CompiledGeneration:
         """`prompts` (batch, T) integers followed by max_new_tokens tokens each, drawn by next_token (top_k 0:
         all; 1: greedy), sequence i with its own generator seeded seed + i: the tokens the uncached eager path
         draws with those seeds. A prompt longer than max_seq_len conditions on its last max_seq_len tokens.
-        `note` is told, once, when the generation slides past the window."""
+        `note` is told, once, when the generation slides past the window. Bad settings are refused as
+        sampling.check_sampling says."""
+        check_sampling(max_new_tokens, temperature, top_k, seed)
         prompts = np.asarray(prompts)
         if prompts.ndim != 2 or prompts.shape[0] != self.batch or prompts.shape[1] < 1 or \
                 prompts.dtype.kind not in "iu":
@@ -170,7 +172,6 @@ def sample_text(generation: CompiledGeneration, vocabulary, prompt: str, length:
                 top_k: int = 0, seed: int = 0, note: Optional[Callable[[str], None]] = None) -> str:
     """`prompt` followed by `length` characters sampled through `generation` (batch 1): the text
     graphgpt.training.sampling.sample gives for these arguments, from the cached decode graph."""
-    check_sampling(length, temperature, top_k, seed)
     tokens = generation.generate(check_prompt(prompt, vocabulary).reshape(1, -1), length, temperature, top_k,
                                  seed, note)
     return vocabulary.decode(tokens[0].tolist())

@@ -187,6 +187,12 @@ def test_bad_generation_input_is_refused_in_one_line():
     with pytest.raises(graphgpt.ExecutionError, match=r"\(embedding\) at position_embedding .* embedding index 16 is "
                                                       r"out of range for a table of 16 rows"):
         generation.decode_logits(np.array([1]), 16)  # past the cache: the position has no embedding
+    with pytest.raises(graphgpt.training.corpus.DataError, match="temperature must be a finite number above 0"):
+        generation.generate(np.array([[1, 2]]), 3, temperature=-1.0)
+    with pytest.raises(graphgpt.training.corpus.DataError, match="length must be a whole number, 0 or more, got -2"):
+        generation.generate(np.array([[1, 2]]), -2)
+    with pytest.raises(ValueError, match=r"expected integer prompts of shape \(1, T >= 1\), got int64 \[2, 2\]"):
+        generation.generate(np.array([[1, 2], [3, 4]]), 3)
     with pytest.raises(ValueError, match="batch must be a whole number of sequences, at least 1, got 0"):
         compile_generation(model, batch=0)
     with pytest.raises(TypeError, match="compile_generation takes a GPT .*; Linear has no max_seq_len, num_layers"):
