@@ -183,6 +183,11 @@ def _check_stage_arguments(args: argparse.Namespace) -> Optional[str]:
 def _check_render_arguments(args: argparse.Namespace) -> Optional[str]:
     from .render import FORMATS
 
+    if args.stage is None:  # the passes run over the training step: the forward as traced goes through none
+        args.stage = "optimised" if args.passes else "forward"
+    if args.passes and args.stage != "optimised":
+        return (f"--passes draws what each pass did, and --stage {args.stage} runs no passes: leave --stage out, "
+                f"or give --stage optimised")
     problem = _check_stage_arguments(args)
     if problem is None and args.passes and args.collapse is not None:
         problem = "--collapse draws one diagram collapsed; --passes draws every pass in full: give one of them"
@@ -262,7 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
                                              "(forward + generated backward), or the optimised training step. "
                                              "SVG by default; .png and .pdf by extension.")
     _add_model_arguments(render)
-    render.add_argument("--stage", choices=STAGES, default="forward", help="which graph (default forward)")
+    render.add_argument("--stage", choices=STAGES, default=None,
+                        help="which graph (default forward; with --passes, optimised: the training step through "
+                             "the default passes)")
     _add_shards_argument(render, SHARDS_SHOWN)
     _add_number(render, "--collapse", "collapse", None, "one box per module path cut to this many parts",
                 "none; large graphs collapse anyway")

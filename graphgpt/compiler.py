@@ -231,7 +231,7 @@ class Compiled:
         labelled box; or only `graph` (a name from `graphs`, or the whole step's, "training step"), after pass
         `stage` if given ('input': as it came to the passes). `collapse=k` draws one box per module path cut to
         k parts. Returns the path written."""
-        from .render import render_graph, render_graphs
+        from .render import diagram_title, render_graph, render_graphs
 
         if graph is None and stage is None:
             return render_graphs([(entry.title, entry.graph) for entry in self.program.graphs], path, collapse)
@@ -242,7 +242,8 @@ class Compiled:
             if stage not in named:
                 raise ValueError(f"no stage {stage!r}; stages: {', '.join(named)}")
             chosen = named[stage]
-        return render_graph(chosen, path, collapse=collapse, title=f"{entry.name}: {chosen.header}")
+        title = diagram_title(entry.name, chosen) + (f", after {stage}" if stage is not None else "")
+        return render_graph(chosen, path, collapse=collapse, title=title)
 
     def memory_timeline(self, graph: Optional[str] = None):
         """Live bytes after each step of a schedule and the values holding the peak (see memory_timeline), for

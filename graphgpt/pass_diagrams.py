@@ -11,7 +11,7 @@ import html
 import os
 from typing import Sequence
 
-from graphgpt.passes.manager import StageRecord
+from graphgpt.passes.manager import StageRecord, explain_node_count
 
 from .render import render_graph
 
@@ -58,7 +58,9 @@ def _index_html(rows, folder: str) -> str:
                      f"<td>{record.nodes}</td><td>{record.flops / 1e6:.2f}</td>"
                      f"<td>{record.planned_bytes / 2**20:.2f}</td><td>{record.keep_all_bytes / 2**20:.2f}</td>"
                      f"<td>{html.escape(changes)}</td><td>{diagrams}</td></tr>")
-    lines.append("</table><p>Removed nodes are outlined in red on the graph before a pass, created and fused "
+    explanation = explain_node_count([record for record, _, _ in rows]).split("\n")
+    lines.append(f"</table><p id='node-count'>{'<br>'.join(html.escape(line.strip()) for line in explanation)}</p>")
+    lines.append("<p>Removed nodes are outlined in red on the graph before a pass, created and fused "
                  "ones in green on the graph after it. Large graphs are drawn collapsed to modules.</p>")
     lines.append("</body></html>")
     return "\n".join(lines)

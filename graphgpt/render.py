@@ -221,13 +221,27 @@ def _safe_id(text: str) -> str:
     return "g_" + "".join(c if c.isalnum() else "_" for c in text) + f"_{zlib.crc32(text.encode()):08x}"
 
 
+# What each role of node is, in a diagram's title ("training step: forward + backward, 256 nodes").
+ROLE_WORDS = {"forward": "forward", "recompute": "recomputed forward", "backward": "backward",
+              "combine": "sum of the shards", "optimizer": "optimizer update"}
+
+
+def diagram_title(name: str, graph: Graph) -> str:
+    """A title a reader understands: the graph's name, the parts of a program it holds and its size, e.g.
+    'training step: forward + backward, 256 nodes' (not the name of the pass that last rewrote it)."""
+    roles = {node.provenance.role for node in graph.nodes}
+    parts = " + ".join(words for role, words in ROLE_WORDS.items() if role in roles)
+    contents = f"{parts}, " if parts and parts != name else ""
+    return f"{name}: {contents}{len(graph.nodes)} nodes"
+
+
 def render_graph(graph: Graph, path: str, collapse: Optional[int] = None, title: str = "",
                  highlight: Optional[dict[int, str]] = None) -> str:
     """Draw `graph` to `path` (.svg, .png or .pdf); returns the path written. Graphs above AUTO_COLLAPSE_NODES
     are drawn collapsed to modules. Without `dot`, writes `path` + '.dot' and says how to install graphviz."""
     if collapse is None and len(graph.nodes) > AUTO_COLLAPSE_NODES:
         collapse = 2
-        title = (title + " " if title else "") + f"(collapsed: {len(graph.nodes)} nodes)"
+        title = (title + " " if title else "") + "(collapsed to modules)"
     return _draw(lambda depth, note: to_dot(graph, collapse=depth, highlight=highlight, title=title + note),
                  path, collapse)
 
@@ -237,7 +251,7 @@ def render_graphs(named_graphs: Sequence[tuple[str, Graph]], path: str, collapse
     labelled with its name; one graph is drawn as render_graph draws it. Returns the path written."""
     if len(named_graphs) == 1:
         name, graph = named_graphs[0]
-        return render_graph(graph, path, collapse, title=f"{name}: {graph.header}")
+        return render_graph(graph, path, collapse, title=diagram_title(name, graph))
 
     def describe(depth: Optional[int], note: str) -> graphviz.Digraph:
         dot = graphviz.Digraph(graph_attr=dict(rankdir="TB", fontname="Helvetica", compound="true",
@@ -246,8 +260,9 @@ def render_graphs(named_graphs: Sequence[tuple[str, Graph]], path: str, collapse
                                edge_attr=dict(color="#555555"))
         for index, (name, graph) in enumerate(named_graphs):
             own = depth if depth is not None or len(graph.nodes) <= AUTO_COLLAPSE_NODES else 2
-            shown = f" (collapsed: {len(graph.nodes)} nodes)" if own is not None and depth is None else ""
-            dot.subgraph(to_dot(graph, collapse=own, title=f"{name}{shown}", id_prefix=f"g{index}_"))
+            shown = " (collapsed to modules)" if own is not None and depth is None else ""
+            dot.subgraph(to_dot(graph, collapse=own, title=diagram_title(name, graph) + shown,
+                                id_prefix=f"g{index}_"))
         return dot
 
     return _draw(describe, path, collapse)

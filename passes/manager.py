@@ -26,7 +26,7 @@ from .dead_nodes import eliminate_dead_nodes
 from .elementwise_fusion import fuse_elementwise
 from .horizontal_fusion import fuse_horizontal_matmuls
 from .result import PassResult
-from .simplify import simplify
+from .simplify import ADDS_NODES, simplify
 from .specialize import is_symbolic_graph, specialize_graph
 
 PASSES: dict[str, Callable[[Graph], PassResult]] = {
@@ -224,4 +224,22 @@ def format_report(records: Sequence[StageRecord], sizes: Optional[dict[str, int]
         lines.append(f"{record.name:<34} {record.nodes:>6} {record.flops / 1e6:>9.2f} "
                      f"{record.keep_all_bytes / 2**20:>12.2f} {record.peak_bytes / 2**20:>9.2f} "
                      f"{record.planned_bytes / 2**20:>11.2f} {record.seconds * 1e3:>7.1f}  {changes}")
+    if len(records) > 1:
+        lines.append(explain_node_count(records))
     return "\n".join(lines)
+
+
+def explain_node_count(records: Sequence[StageRecord]) -> str:
+    """How the node count moved from the traced graph to the last stage, pass by pass, and why a pass that adds
+    nodes does: 'nodes: 255 as traced -> 256 after 4 passes: simplify +35, ...'."""
+    moves, reasons = [], []
+    for before, after in zip(records, records[1:]):
+        change = after.nodes - before.nodes
+        if change:
+            moves.append(f"{after.name} {change:+d}")
+        if change > 0:
+            reasons += [f"{what} ({count}): {ADDS_NODES[what]}" for what, count in after.summary.items()
+                        if count and what in ADDS_NODES]
+    line = (f"nodes: {records[0].nodes} as traced -> {records[-1].nodes} after {len(records) - 1} passes"
+            + (f": {', '.join(moves)}" if moves else ", unchanged"))
+    return line + "".join(f"\n  added on purpose by {reason}" for reason in reasons)

@@ -76,8 +76,8 @@ class ProgramGraph:
 
     @property
     def title(self) -> str:
-        """Its name and how it runs: 'shard (batch 4 of 8): one copy per shard, 2 at once'."""
-        return f"{self.name}: one copy per shard, {self.runs} at once" if self.runs > 1 else self.name
+        """Its name and how it runs: 'shard (batch 4 of 8), one copy per shard, 2 at once'."""
+        return f"{self.name}, one copy per shard, {self.runs} at once" if self.runs > 1 else self.name
 
     @property
     def plan(self) -> MemoryPlan:

@@ -251,6 +251,11 @@ def _flatten_batched_matmul_where_exact(node, inputs, context, fast_math: FastMa
     return flatten_batched_matmul(node, inputs, context)
 
 
+# Why a rewrite adds nodes on purpose, by the name a pass's summary reports it under: a node count that rises is
+# read as the graph getting worse unless the report says why (passes/manager.py explain_node_count).
+ADDS_NODES = {"flatten batched matmul": "each batched matmul becomes one 2-D matmul between two reshapes (free "
+                                        "views), so one GEMM does the work of a loop of them"}
+
 # Each rule: (node, its inputs in the new graph, context, the fast-math flags) -> replacement value or None.
 RULES = [drop_identity_arithmetic, cancel_double_negation, merge_transposes, merge_reshapes,
          strength_reduce_power, combine_constant_scales, _flatten_batched_matmul_where_exact]

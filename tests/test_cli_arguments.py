@@ -89,6 +89,8 @@ REFUSED = [
      "--shards splits a training step: use it with --stage train or optimised"),
     (["render", *TINY_MODEL, "--collapse", "2", "--passes", "--out", "passes"],
      "--collapse draws one diagram collapsed; --passes draws every pass in full"),
+    (["render", *TINY_MODEL, "--stage", "forward", "--passes", "--out", "passes"],
+     "--passes draws what each pass did, and --stage forward runs no passes: leave --stage out"),
     (["render", *TINY_MODEL, "--out", "graph.txt"], "--out graph.txt: expected a file ending in .svg, .png, .pdf"),
     (["render", *TINY_MODEL, "--out", ""], "argument --out: expected a file or folder name"),
     (["ir", *TINY_MODEL, "--stage", "train", "--shards", "-2"], "argument --shards: expected a whole number"),

@@ -25,7 +25,7 @@ def test_a_split_step_runs_and_reports_its_shard_and_combine_graphs():
     _, _, _, step = split_step(optimizer=graphgpt.optim.AdamW(lr=1e-3))
     assert list(step.graphs) == ["shard (batch 2 of 4)", "combine"]
     report = step.report()
-    assert "== shard (batch 2 of 4): one copy per shard, 2 at once ==" in report
+    assert "== shard (batch 2 of 4), one copy per shard, 2 at once ==" in report
     assert "== combine ==" in report and "== training step (for study: not run) ==" in report
     assert "data parallel: 2 shards" in report
     assert "# ---- shard (batch 2 of 4) ----" in step.ir and "# ---- combine ----" in step.ir

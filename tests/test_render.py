@@ -129,13 +129,52 @@ def test_cli_render_and_ir(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("# ---- training step ----\n# graph (eliminate_dead_nodes)")
 
 
+def test_cli_render_passes_as_the_readme_writes_it(tmp_path, capsys):
+    """`graphgpt render --passes --out passes/` draws the training step through the default passes (the forward
+    as traced goes through none, which left a page with one row), and the page says why the count moved."""
+    assert main(["render", "--passes", "--out", str(tmp_path / "passes")]) == 0
+    page = open(capsys.readouterr().out.strip()).read()
+    stages = re.findall(r"data-stage='([^']+)'", page)
+    assert stages[0] == "input" and "simplify" in stages and "eliminate_dead_nodes" in stages
+    counts = [int(count) for count in re.findall(r"data-stage='[^']+'><td>[^<]+</td><td>(\d+)</td>", page)]
+    assert f"nodes: {counts[0]} as traced -&gt; {counts[-1]} after {len(counts) - 1} passes" in page
+    assert "added on purpose by flatten batched matmul" in page
+
+
+def test_titles_say_what_the_graph_holds(tmp_path):
+    """A diagram's title names the parts of the program it draws, not the pass that last rewrote it."""
+    model = make_gpt(vocab=11, embed=8, layers=1, heads=2)
+    tokens = make_tokens(11, 1, 4)
+    forward = graphgpt.compile(model, tokens, passes=[])
+    train = graphgpt.compile(model, tokens, tokens, loss=F.cross_entropy, passes=[])
+    with_update = graphgpt.compile(model, tokens, tokens, loss=F.cross_entropy, passes=[],
+                                   optimizer=graphgpt.optim.SGD(model.parameters(), lr=0.1))
+    for compiled, expected in ((forward, "forward: "), (train, "training step: forward + backward, "),
+                               (with_update, "training step: forward + backward + optimizer update, ")):
+        _, _, texts = parse(compiled.render(str(tmp_path / "g.svg")))
+        title = f"{expected}{len(compiled.graph.nodes)} nodes"
+        assert title in texts and not any("append_" in text for text in texts), (title, texts[:3])
+
+
+def test_the_report_explains_the_node_count():
+    model = make_gpt(vocab=11, embed=8, layers=1, heads=2)
+    tokens = make_tokens(11, 1, 4)
+    compiled = graphgpt.compile(model, tokens, tokens, loss=F.cross_entropy)
+    stages = compiled.stages
+    moves = [f"{after.name} {after.nodes - before.nodes:+d}" for before, after in zip(stages, stages[1:])
+             if after.nodes != before.nodes]
+    assert (f"nodes: {stages[0].nodes} as traced -> {stages[-1].nodes} after {len(stages) - 1} passes: "
+            f"{', '.join(moves)}") in compiled.report()
+
+
 def test_cli_shows_the_graphs_a_split_step_runs(tmp_path, capsys):
     assert main(["ir", "--stage", "optimised", "--shards", "2", "--batch", "4", "--layers", "1"]) == 0
     text = capsys.readouterr().out
     assert text.startswith("# ---- shard (batch 2 of 4) ----") and "\n# ---- combine ----\n" in text
     assert main(["render", "--stage", "train", "--shards", "2", "--batch", "4", "--out", str(tmp_path / "s.svg")]) == 0
     drawn = open(capsys.readouterr().out.strip()).read()
-    assert "shard (batch 2 of 4): one copy per shard, 2 at once" in drawn and ">combine<" in drawn
+    assert "shard (batch 2 of 4), one copy per shard, 2 at once: forward + backward" in drawn
+    assert ">combine: 0 nodes<" in drawn
     with pytest.raises(SystemExit, match="cannot split this training step into 3"):
         main(["ir", "--stage", "train", "--shards", "3", "--batch", "4"])
 
