@@ -1,8 +1,10 @@
 """A small SVG line chart, enough for reports (time and memory against size, live bytes over a schedule) without
-a plotting library: axes with a few ticks, one polyline per series, a legend, everything escaped.
+a plotting library: axes with a few ticks, one polyline per series, error bars where a series has a spread, a
+legend, everything escaped.
 
     svg = line_chart({"eager": [(1, 12.0), (2, 25.1)], "compiled": [(1, 4.2), (2, 8.0)]},
-                     title="step time", x_label="layers", y_label="ms")
+                     title="step time", x_label="layers", y_label="ms",
+                     spreads={"eager": [(1, 11.5, 12.9), (2, 24.0, 26.3)]})   # (x, low, high): a bar at each x
 """
 
 from __future__ import annotations
@@ -30,11 +32,16 @@ def _ticks(low: float, high: float, count: int = 5, whole: bool = False) -> list
 
 
 def line_chart(series: dict[str, list[tuple[float, float]]], title: str, x_label: str, y_label: str,
-               marker: tuple[float, str] = None) -> str:
-    """An SVG document. `marker=(x, text)` draws a labelled vertical line (a peak, say)."""
+               marker: tuple[float, str] = None, spreads: dict[str, list[tuple[float, float, float]]] = None,
+               level: tuple[float, str] = None) -> str:
+    """An SVG document. `marker=(x, text)` draws a labelled vertical line (a peak, say), `level=(y, text)` a
+    labelled horizontal one (a capacity); `spreads` maps a series' name to (x, low, high) error bars in its
+    colour (an interquartile range, say)."""
+    spreads = spreads or {}
     points = [point for values in series.values() for point in values]
     x_low, x_high = min(p[0] for p in points), max(p[0] for p in points)
-    y_low, y_high = 0.0, max(p[1] for p in points) * 1.05 or 1.0
+    tops = [p[1] for p in points] + [high for bars in spreads.values() for _, _, high in bars]
+    y_low, y_high = 0.0, max(tops + [level[0] if level else 0.0]) * 1.05 or 1.0
     x_high = x_high if x_high > x_low else x_low + 1
 
     def x_of(x):
@@ -62,8 +69,17 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str, x_label
         x = x_of(marker[0])
         parts.append(f'<line x1="{x:.1f}" y1="{MARGIN}" x2="{x:.1f}" y2="{HEIGHT - MARGIN}" stroke="#999" '
                      f'stroke-dasharray="4 3"/><text x="{x + 4:.1f}" y="{MARGIN + 10}">{html.escape(marker[1])}</text>')
+    if level is not None:
+        y = y_of(level[0])
+        parts.append(f'<line class="level" x1="{MARGIN}" y1="{y:.1f}" x2="{WIDTH - MARGIN}" y2="{y:.1f}" '
+                     f'stroke="#999" stroke-dasharray="4 3"/><text x="{WIDTH - MARGIN - 4}" y="{y - 4:.1f}" '
+                     f'text-anchor="end">{html.escape(level[1])}</text>')
     for index, (name, values) in enumerate(series.items()):
         color = COLORS[index % len(COLORS)]
+        for x, low, high in spreads.get(name, ()):  # drawn first, under the line and its points
+            cx, top, bottom = x_of(x), y_of(high), y_of(low)
+            parts.append(f'<path class="spread" data-name="{html.escape(name)}" stroke="{color}" fill="none" '
+                         f'd="M{cx - 4:.1f},{top:.1f}h8M{cx:.1f},{top:.1f}V{bottom:.1f}M{cx - 4:.1f},{bottom:.1f}h8"/>')
         coordinates = " ".join(f"{x_of(x):.1f},{y_of(y):.1f}" for x, y in sorted(values))
         parts.append(f'<polyline class="series" data-name="{html.escape(name)}" fill="none" stroke="{color}" '
                      f'stroke-width="2" points="{coordinates}"/>')

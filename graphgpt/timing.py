@@ -1,15 +1,17 @@
 """Timing contenders side by side: every repetition runs each contender once, in a fresh random order, so a busy
 spell of a shared machine falls on all of them alike rather than on whichever ran during it. One place for the
-loop that graphgpt compare and the benchmarks share.
+loop that graphgpt compare and the benchmarks share, and the spread of what it measured (median and interquartile
+range), which says whether the machine was busy meanwhile.
 
     times = interleaved_times({"eager": step_eager, "compiled": step_compiled}, repeats=7)
-    statistics.median(times["compiled"])
+    spread = spread_of(times["compiled"])     # spread.median, spread.low, spread.high (ms); spread.busy
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable, Mapping
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -21,12 +23,56 @@ def interleaved_times(runs: Mapping[str, Callable[[], object]], repeats: int, wa
     contender once untimed right before its timed run, so it starts warm and absorbs what the previous one left
     running, as consecutive steps of a training loop would."""
     times: dict[str, list[float]] = {name: [] for name in runs}
+    names = list(runs)  # any hashable names: shuffled by index, as permuting a list of tuples would make an array
     shuffler = np.random.default_rng(seed)
     for _ in range(repeats):
-        for name in shuffler.permutation(list(runs)):
+        for name in (names[index] for index in shuffler.permutation(len(names))):
             if warm_each:
                 runs[name]()
             started = time.perf_counter()
             runs[name]()
             times[name].append(time.perf_counter() - started)
     return times
+
+
+# A time whose interquartile range is more than this fraction of its median was taken while something else ran:
+# on an idle machine repeated steps of these sizes spread by a few percent.
+BUSY_SPREAD = 0.25
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Repeated timings of one thing, in milliseconds: the median and the interquartile range (first to third
+    quartile), the half of the runs in the middle."""
+
+    median: float
+    low: float   # first quartile
+    high: float  # third quartile
+    runs: int
+
+    @property
+    def relative(self) -> float:
+        """The interquartile range as a fraction of the median."""
+        return (self.high - self.low) / self.median if self.median > 0 else 0.0
+
+    @property
+    def busy(self) -> bool:
+        """Whether the spread says the machine was busy while these runs were timed (see BUSY_SPREAD)."""
+        return self.relative > BUSY_SPREAD
+
+    def __str__(self) -> str:
+        """'4.31 ms [4.20-4.52]': median, then first and third quartiles."""
+        return f"{milliseconds(self.median)} ms [{milliseconds(self.low)}-{milliseconds(self.high)}]"
+
+
+def milliseconds(value: float) -> str:
+    """Two decimals below 10 ms, one below 100, whole milliseconds above: enough to compare, no more."""
+    return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}" if abs(value) < 100 else f"{value:.0f}"
+
+
+def spread_of(seconds: Sequence[float]) -> Spread:
+    """The Spread of timings given in seconds (as interleaved_times returns them)."""
+    if not seconds:
+        raise ValueError("a spread needs at least one timing, got none")
+    low, median, high = np.percentile(np.asarray(seconds, dtype=float) * 1e3, [25, 50, 75])
+    return Spread(float(median), float(low), float(high), len(seconds))
