@@ -14,13 +14,14 @@ what it hands to users).
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from graphgpt.ir import Graph, Node, get_op
 from graphgpt.ir.scratch import scratch_arena
-from .memory_plan import MemoryPlan, plan_memory
+from .memory_plan import BUFFER_ALIGNMENT, MemoryPlan, plan_memory
 from .python_code import StraightLineCode
 from .steps import INTO_BUFFER, INTO_PARAM, VIEW, Step, writer
 
@@ -58,21 +59,16 @@ def _typed_view(raw: np.ndarray, node: Node) -> np.ndarray:
     return raw[:value_type.nbytes].view(value_type.numpy_dtype).reshape(value_type.shape)
 
 
-# Buffers start on cache-line boundaries (64 bytes), so no two share a line and SIMD loads stay aligned.
-BUFFER_ALIGNMENT = 64
-
-
-def _carve_buffers(sizes: Sequence[int]) -> list[np.ndarray]:
-    """One array per planned buffer, all carved from a single allocation. NumPy asks the kernel for transparent
-    huge pages only for allocations of 4 MiB and more; separate buffers (most of them 1-4 MiB in a GPT) got
-    4 KiB pages, and every pass over them paid TLB misses."""
-    offsets, total = [], 0
-    for size in sizes:
-        offsets.append(total)
-        total += -(-size // BUFFER_ALIGNMENT) * BUFFER_ALIGNMENT
-    arena = np.empty(total + BUFFER_ALIGNMENT, np.uint8)
+def _carve_arena(plan: MemoryPlan) -> tuple[list[np.ndarray], np.ndarray]:
+    """The plan's buffers at their offsets in one allocation, and the kernel scratch after them. One allocation:
+    NumPy asks the kernel for transparent huge pages only for allocations of 4 MiB and more; separate buffers
+    (most of them 1-4 MiB in a GPT) got 4 KiB pages, and every pass over them paid TLB misses."""
+    arena = np.empty(plan.arena_bytes + plan.scratch_bytes + BUFFER_ALIGNMENT, np.uint8)
     start = -arena.ctypes.data % BUFFER_ALIGNMENT
-    return [arena[start + offset:start + offset + size] for offset, size in zip(offsets, sizes)]
+    buffers = [arena[start + offset:start + offset + size]
+               for offset, size in zip(plan.buffer_offsets, plan.buffer_bytes)]
+    scratch_start = start + plan.arena_bytes
+    return buffers, arena[scratch_start:scratch_start + plan.scratch_bytes]
 
 
 class Schedule:
@@ -96,9 +92,9 @@ class Schedule:
         # Updates not computed straight into their parameter are copied in after the run.
         self.update_copies = [(param_position[parameter.id], slot_of[value.id]) for parameter, value in graph.updates
                               if self.plan.storage[value.id].kind != "into_param"]
-        # The last piece is this schedule's kernel scratch (ir/scratch.py): its own, so concurrent schedules
+        # The kernel scratch (ir/scratch.py) after the buffers: this schedule's own, so concurrent schedules
         # (data-parallel shards) never share it.
-        *self.buffers, self.scratch = _carve_buffers([*self.plan.buffer_bytes, self.plan.scratch_bytes])
+        self.buffers, self.scratch = _carve_arena(self.plan)
         self.constants = []  # (slot, array): set once per run, before the schedule
         # Views of planned buffers, made once here: a buffer's address never changes, so neither does a view of
         # it (nor a view of such a view). Only views of inputs and parameters are made afresh each run.
@@ -166,8 +162,16 @@ class Schedule:
                 raise
             raise ExecutionError(f"{node.describe()} failed: {type(error).__name__}: {error}") from error
 
-    def _interpret(self, inputs: Sequence[np.ndarray], params: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """The steps one at a time from a list of slots, checking each value (check_numerics)."""
+    def run_observed(self, inputs: Sequence[np.ndarray], params: Sequence[np.ndarray],
+                     observe: Callable[[Step, float], None]) -> list[np.ndarray]:
+        """run(), one step at a time, calling observe(step, seconds it took) after each (passes/profile.py)."""
+        with scratch_arena(self.scratch):
+            return self._interpret(inputs, params, observe)
+
+    def _interpret(self, inputs: Sequence[np.ndarray], params: Sequence[np.ndarray],
+                   observe: Optional[Callable[[Step, float], None]] = None) -> list[np.ndarray]:
+        """The steps one at a time from a list of slots, checking each value (check_numerics) and timing each
+        step for `observe`."""
         slots = self.initial_slots(inputs, params)
         checking = self.check_numerics
         if checking:  # inputs and parameters first: a NaN fed in is not the graph's fault
@@ -176,6 +180,7 @@ class Schedule:
                     raise NumericalError(f"{value.label} ({value.kind}) holds NaN or infinity before the run")
         for step in self.steps:
             arrays = [slots[slot] for slot in step.input_slots]
+            started = time.perf_counter()
             try:
                 if step.mode == INTO_BUFFER:
                     step.function(step.out, *arrays, **step.attrs)
@@ -188,6 +193,8 @@ class Schedule:
                     slots[step.output_slot] = target
             except Exception as error:  # any NumPy failure: say which node of whose code it was
                 raise ExecutionError(f"{step.node.describe()} failed: {type(error).__name__}: {error}") from error
+            if observe is not None:
+                observe(step, time.perf_counter() - started)
             if checking:
                 _check_values(step, slots[step.output_slot], checking)
         outputs = [slots[slot] for slot in self.output_slots]

@@ -21,25 +21,35 @@ def training_graph(passes=None, optimizer=None):
 
 
 def owner_check(graph, plan):
-    """Walk the schedule: each buffer has one owner at a time, and every read finds its value still there."""
-    root = {}
-    owner = {}
-    for value in (*graph.inputs, *graph.params):
-        root[value.id] = value.id
+    """Walk the schedule over the arena's bytes: each write takes its buffer's byte range from whatever held any
+    of it, and every read finds its value's bytes untouched since it was written."""
+    root = {value.id: value.id for value in (*graph.inputs, *graph.params)}
+    holding = {}  # value id -> its byte range, while no later write overlapped it
+
+    def byte_range(storage):
+        offset = plan.buffer_offsets[storage.buffer]
+        return offset, offset + plan.buffer_bytes[storage.buffer]
+
+    def check_read(value_id, reader):
+        storage = plan.storage[root[value_id]]
+        if storage.kind == "buffer":
+            assert root[value_id] in holding, f"{reader} reads %{value_id}, but its buffer was written over"
+
     for node in graph.nodes:
         for value in node.inputs:
-            storage = plan.storage[root[value.id]]
-            if storage.kind == "buffer":
-                assert owner[storage.buffer] == root[value.id], \
-                    f"{node.describe()} reads %{value.id}, but its buffer now holds %{owner[storage.buffer]}"
+            check_read(value.id, node.describe())
         storage = plan.storage[node.output.id]
         root[node.output.id] = storage.source if storage.kind == "view" else node.output.id
         if storage.kind == "buffer":
-            owner[storage.buffer] = node.output.id
+            start, end = byte_range(storage)
+            for other, (other_start, other_end) in list(holding.items()):
+                if other_start < end and start < other_end:
+                    del holding[other]
+            holding[node.output.id] = (start, end)
     for value in graph.results():
-        storage = plan.storage[root[value.id]]
-        if storage.kind == "buffer":
-            assert owner[storage.buffer] == root[value.id], f"result %{value.id} was overwritten"
+        check_read(value.id, f"result %{value.id}")
+    assert plan.arena_bytes >= max((end for _, end in map(byte_range, (s for s in plan.storage.values()
+                                                                       if s.kind == "buffer"))), default=0)
 
 
 @pytest.mark.parametrize("passes", [None, []])
@@ -103,17 +113,18 @@ def test_owner_check_catches_a_plan_that_shares_a_live_buffer():
     first_add = next(node for node in step.graph.nodes if node.op == "add")
     first_norm = next(node for node in step.graph.nodes if node.op == "layer_norm")
     plan.storage[first_norm.output.id] = plan.storage[first_add.output.id]
-    with pytest.raises(AssertionError, match="buffer now holds"):
+    with pytest.raises(AssertionError, match="its buffer was written over"):
         owner_check(step.graph, plan)
 
 
-def test_planned_buffers_are_carved_apart_and_aligned():
-    from graphgpt.passes.schedule import BUFFER_ALIGNMENT, _carve_buffers
-    sizes = [5, 0, 64, 1 << 20, 3, 100]
-    buffers = _carve_buffers(sizes)
-    assert [buffer.nbytes for buffer in buffers] == sizes
-    # (an empty slice has no meaningful address)
-    assert all(buffer.ctypes.data % BUFFER_ALIGNMENT == 0 for buffer in buffers if buffer.nbytes)
-    for index, first in enumerate(buffers):
-        for second in buffers[index + 1:]:
-            assert not np.shares_memory(first, second)
+def test_planned_buffers_are_carved_at_their_offsets_and_aligned():
+    from graphgpt.passes.schedule import BUFFER_ALIGNMENT
+    step, _ = training_graph()
+    schedule = step.program.schedules[0]
+    plan = schedule.plan
+    base = schedule.buffers[0].ctypes.data - plan.buffer_offsets[0]
+    assert base % BUFFER_ALIGNMENT == 0
+    for buffer, offset, size in zip(schedule.buffers, plan.buffer_offsets, plan.buffer_bytes):
+        assert buffer.nbytes == size and buffer.ctypes.data == base + offset and offset % BUFFER_ALIGNMENT == 0
+    assert schedule.scratch.ctypes.data == base + plan.arena_bytes  # after every buffer
+    assert plan.arena_bytes < sum(plan.buffer_bytes)  # buffers of disjoint lifetimes share memory
