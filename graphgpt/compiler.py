@@ -197,6 +197,18 @@ class Compiled:
         self._bound = self._guard.current(self._bound)
         return self._param_arrays()
 
+    def profile(self, *inputs, repeats: int = 5):
+        """Where one run's time goes (passes/profile.py): every step timed alone, `repeats` times, summed by
+        category (GEMM, row-wise, elementwise, copies, generated kernels) and role; `print(profile.table())`.
+        The model's parameters are not updated (a copy is stepped)."""
+        from graphgpt.passes.profile import profile_program
+
+        arrays, sizes = self._check_inputs(inputs)
+        with self._run_lock:
+            params = self._current_param_arrays()
+            program = self.specializations.get(sizes) if self.specializations else self.program
+            return profile_program(program, arrays, params, repeats)
+
     def kernels(self) -> str:
         """The source of every generated kernel this program runs (backend="numba"), each headed by the nodes it
         computes; empty with the NumPy backend. For a symbolic trace, those of the latest run's sizes."""

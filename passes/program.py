@@ -194,6 +194,16 @@ class Program:
                          f"{where} ====\n{source}")
         return "\n".join(parts)
 
+    def parts(self, inputs: Sequence[np.ndarray], params: Sequence[np.ndarray]) -> list[tuple]:
+        """(graph name, schedule, its inputs, its parameters, whether it runs on one BLAS thread) for each part of
+        one run, to run each alone (passes/profile.py): the one schedule, or the first shard's and the combine
+        graph's (a split step's shards are run here once, one after another, to feed the combine graph)."""
+        if isinstance(self._runner, Schedule):
+            return [(self.graphs[0].name, self._runner, list(inputs), list(params), False)]
+        (shard, shard_inputs, shard_params), (combine, sums, combine_params) = self._runner.parts(inputs, params)
+        return [(self.graphs[0].name, shard, shard_inputs, shard_params, True),
+                (self.graphs[1].name, combine, sums, combine_params, False)]
+
     def run(self, inputs: Sequence[np.ndarray], params: Sequence[np.ndarray]) -> list[np.ndarray]:
         """One run. Not reentrant: the schedules write into buffers planned once (graphgpt.Compiled lets one
         run at a time in)."""

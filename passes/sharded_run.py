@@ -64,7 +64,7 @@ class _BlasLimit:
                     self._limit = None
 
 
-_BLAS_LIMIT = _BlasLimit()  # one per process, as the BLAS thread pool it guards
+BLAS_LIMIT = _BlasLimit()  # one per process, as the BLAS thread pool it guards
 
 
 class ShardedRun:
@@ -91,13 +91,28 @@ class ShardedRun:
     def planned_bytes(self) -> int:
         return sum(schedule.planned_bytes for schedule in self.shard_schedules) + self.combine.planned_bytes
 
-    def run(self, inputs: Sequence[np.ndarray], params: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def _pieces(self, inputs: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+        """Each shard's slice of every input, along the batch axis."""
         size = inputs[0].shape[0] // self.shards
-        pieces = [[array[index * size:(index + 1) * size] for array in inputs] for index in range(self.shards)]
+        return [[array[index * size:(index + 1) * size] for array in inputs] for index in range(self.shards)]
+
+    def parts(self, inputs: Sequence[np.ndarray], params: Sequence[np.ndarray]) -> list[tuple]:
+        """(schedule, its inputs, its parameters) of one run, for running each part alone (passes/profile.py):
+        the first shard's (the others run the same graph at the same time) and the combine graph's, fed with
+        the shards' sums from a run made here one shard after another."""
+        pieces = self._pieces(inputs)
+        shard_params = [params[position] for position in self.shard_param_positions]
+        sums = self._sums([[np.array(array, copy=True) for array in schedule.run(piece, shard_params)]
+                           for schedule, piece in zip(self.shard_schedules, pieces)])
+        combine_params = [params[position] for position in self.combine_param_positions]
+        return [(self.shard_schedules[0], pieces[0], shard_params), (self.combine, sums, combine_params)]
+
+    def run(self, inputs: Sequence[np.ndarray], params: Sequence[np.ndarray]) -> list[np.ndarray]:
+        pieces = self._pieces(inputs)
         shard_params = [params[position] for position in self.shard_param_positions]
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.shards - 1, thread_name_prefix="graphgpt-shard")
-        with _BLAS_LIMIT.one_thread():
+        with BLAS_LIMIT.one_thread():
             pending = [self._pool.submit(schedule.run, piece, shard_params)
                        for schedule, piece in zip(self.shard_schedules[1:], pieces[1:])]
             try:
