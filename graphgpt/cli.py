@@ -228,7 +228,7 @@ def command_compare(args: argparse.Namespace) -> int:
 
     report = compare(args.embed, args.layers, args.heads, args.seq_len, args.batch, repeats=args.repeats)
     print(report.table())
-    print(f"report: {report.write_html(args.out)}")
+    print(f"report: {report.write_html(args.out, lesson=args.lesson)}")
     return 0
 
 
@@ -289,15 +289,18 @@ def build_parser() -> argparse.ArgumentParser:
                             embed=16)
 
     compare = commands.add_parser("compare", help="static graph vs dynamic tape, side by side",
-                                  description="Run one GPT training step through the eager tape and the compiled "
-                                              "graph: node counts, step time, peak memory, agreement of the loss "
-                                              "and every gradient, merged operations, and growth with model "
-                                              "size and sequence length. Prints a table, writes an HTML report.")
+                                  description="Run one GPT training step through the eager tape and compiled "
+                                              "graphs and answer, each from a measurement of the run: where the "
+                                              "time goes, when compiling pays off, what only the static graph "
+                                              "can do, what only the dynamic tape can do, and whether they agree. "
+                                              "Times are medians of interleaved runs with their quartiles. Prints "
+                                              "a table, writes an HTML report linking every graph it mentions.")
     # The comparison's vocabulary and seed are fixed (compare.VOCAB, seed 0): no options that would be ignored.
     _add_model_arguments(compare, ("embed", "layers", "heads", "seq_len", "batch"))
-    _add_number(compare, "--repeats", "repeats", 5, "timed repetitions per measurement")
+    _add_number(compare, "--repeats", "repeats", 7, "timed repetitions per measurement, interleaved")
     compare.add_argument("--out", default="compare.html", type=non_empty("a file name"),
-                         help="HTML report (default compare.html)")
+                         help="HTML report (default compare.html), its graphs drawn into <name>_graphs/ beside it")
+    compare.add_argument("--lesson", action="store_true", help="short explanations between the figures, for a class")
     compare.set_defaults(handler=command_compare, check=_check_compare_arguments, seq_len=32)
 
     generate = commands.add_parser("generate", help="sample text from a checkpoint",

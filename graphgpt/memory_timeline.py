@@ -37,13 +37,18 @@ class MemoryTimeline:
             lines.append(f"without rematerialisation: peak {max(self.without_remat) / 2**20:.2f} MiB live")
         return "\n".join(lines)
 
-    def svg(self, title: str = "live intermediate values over the schedule") -> str:
+    def svg(self, title: str = "live intermediate values over the schedule",
+            planned_bytes: Optional[int] = None) -> str:
+        """The live bytes as a line with the peak marked, in the MiB (two decimals) describe() gives; with
+        `planned_bytes`, the plan's total allocation drawn as a dashed level."""
         series = {"live MiB": [(index, size / 2**20) for index, size in enumerate(self.live_bytes)]}
         if self.without_remat:
             series = {"live MiB, rematerialised": series["live MiB"],
                       "live MiB, without": [(index, size / 2**20) for index, size in enumerate(self.without_remat)]}
+        level = None if planned_bytes is None else (planned_bytes / 2**20,
+                                                    f"planned buffers {planned_bytes / 2**20:.2f} MiB")
         return line_chart(series, title, "step of the schedule", "MiB",
-                          marker=(self.peak_index, f"peak {self.peak_bytes / 2**20:.1f} MiB"))
+                          marker=(self.peak_index, f"peak {self.peak_bytes / 2**20:.2f} MiB"), level=level)
 
 
 def memory_timeline(graph: Graph, plan: Optional[MemoryPlan] = None, culprits: int = 5) -> MemoryTimeline:

@@ -53,6 +53,7 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str, x_label
     # The legend sits right of the plot: room for its longest name (~7 px a character at font-size 11).
     width = WIDTH - MARGIN + max(MARGIN, 8 + 7 * max(len(name) for name in series))
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{HEIGHT}" '
+             f'viewBox="0 0 {width} {HEIGHT}" '
              f'font-family="sans-serif" font-size="11">',
              f'<text x="{WIDTH / 2}" y="18" text-anchor="middle" font-size="13">{html.escape(title)}</text>',
              f'<line x1="{MARGIN}" y1="{HEIGHT - MARGIN}" x2="{WIDTH - MARGIN}" y2="{HEIGHT - MARGIN}" stroke="#333"/>',

@@ -1,16 +1,32 @@
-"""Static vs dynamic comparison, the memory timeline and the SVG charts: the report's numbers agree with direct
-measurements, its HTML holds the sections and parseable charts it promises, and the CLI writes it."""
+"""Static vs dynamic comparison: every section and question of the report is there, every figure on the page and
+in the table is the Report's own measurement from the same run, the busy warning follows the spreads (synthetic
+ones here: no test reads a clock), the graphs it links exist, and the pieces it is built from (spreads, error
+bars, the memory timeline, the tape as a graph) are right on their own."""
 
+import copy
+import dataclasses
+import html
+import os
 import re
 import xml.etree.ElementTree as ElementTree
 
+import numpy as np
+import pytest
 
 import graphgpt
 from graphgpt.cli import main
 from graphgpt.compare import compare
+from graphgpt.compare.lesson import LESSON
+from graphgpt.compare.measurement import COMPILED, EAGER, REMAT, mib
+from graphgpt.compare.page import render_page
+from graphgpt.compare.payoff import break_even
+from graphgpt.compare.report import QUESTIONS, STATIC_ONLY
 from graphgpt.memory_timeline import memory_timeline
 from graphgpt.nn import functional as F
+from graphgpt.render import to_dot
 from graphgpt.svg_chart import line_chart
+from graphgpt.tape_graph import tape_graph
+from graphgpt.timing import BUSY_SPREAD, Spread, interleaved_times, spread_of
 from conftest import make_gpt, make_tokens
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -20,29 +36,163 @@ def charts_in(page: str):
     return [ElementTree.fromstring(chunk) for chunk in re.findall(r"<svg .*?</svg>", page, re.S)]
 
 
-def test_comparison_report(tmp_path):
-    report = compare(embed=16, layers=1, heads=2, seq_len=8, batch=2, repeats=1, layer_counts=(1, 2),
-                     lengths=(4, 8))
+@pytest.fixture(scope="module")
+def report():
+    return compare(embed=16, layers=1, heads=2, seq_len=8, batch=2, repeats=3, layer_counts=(1, 2),
+                   lengths=(4, 8, 16))
+
+
+@pytest.fixture(scope="module")
+def page(report, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("compare") / "compare.html")
+    report.write_html(path, lesson=True)
+    return path, open(path, encoding="utf-8").read()
+
+
+def test_measurements_of_both_sides(report):
     base = report.base
     assert base.loss_difference < 1e-5 and base.worst_gradient[1] < 1e-4
     # Optimised may hold more nodes than traced (flattening batched matmuls adds free reshape views).
     assert base.eager_ops > base.tape_nodes > 0 and base.graph_nodes > 0 and base.optimised_nodes > 0
-    assert base.eager_ms > 0 and base.compiled_ms > 0 and base.compiled_peak_bytes > 0
-    assert base.remat_ms > 0 and 0 < base.remat_peak_bytes  # the rematerialised step: remat_policy="mincut"
+    assert set(base.times) == {EAGER, COMPILED, REMAT} and all(s.runs == 3 for s in base.times.values())
+    assert all(s.low <= s.median <= s.high for s in report.spreads().values())
+    # Memory: planned buffers are the compiled step's own, and the timeline's peak lies within them.
+    assert base.planned_bytes == {COMPILED: report.graphs[COMPILED].planned_bytes,
+                                  REMAT: report.graphs[REMAT].planned_bytes}
+    assert 0 < base.timeline.peak_bytes <= base.planned_bytes[COMPILED]
+    assert base.footprint(COMPILED) == base.planned_bytes[COMPILED] + base.traced_bytes[COMPILED]
+    assert base.footprint(EAGER) == base.traced_bytes[EAGER] > base.traced_bytes[COMPILED]
     # The default passes are exact: joining q/k/v into one matmul changes rounding and is fast math.
     assert base.tape_ops["matmul"] == base.graph_forward_ops["matmul"]
-    table = report.table()
-    assert "eager tape" in table and "growth with layers: 1:" in table and "merged or removed: " in table
-    assert "rematerialised" in table.splitlines()[1]
-    assert table.startswith("GPT, 16 wide, 1 layer, 2 heads, sequences of 8, batch 2: eager tape vs compiled")
-    page = open(report.write_html(str(tmp_path / "compare.html"))).read()
-    for section in ('id="table"', 'id="verdict"', 'id="agreement"', 'id="ops"', 'id="culprits"'):
-        assert section in page
-    charts = charts_in(page)
-    assert len(charts) == 5  # time and memory against layers and against length, and the memory timeline
+    # The base size is measured once and shared with the series holding it.
+    assert report.by_layers[0] is base and report.by_length[1] is base
+    assert [m.config["seq_len"] for m in report.time_per_op.sizes] == [4, 8, 16]
+
+
+def test_each_question_is_answered_from_this_run(report):
+    static, dynamic = report.static_only, report.dynamic_only
+    assert static.rewrites[0][0] == "input" and static.rewrites[-1][1] == report.base.optimised_nodes
+    assert static.compile_ops_before_error == 0 < static.tape_ops_before_error
+    assert "teaching_models.py" in static.shape_error and "inner dimensions differ" in static.shape_error
+    assert static.split.startswith("data parallel: 2 shards") and static.split_difference < 1e-5
+    assert [row.label.split()[0] for row in static.remat] == ["without", "the", "under"]
+    rounds = [run.rounds for run in dynamic.runs]
+    assert rounds[0] != rounds[1]  # the loop's count depends on the data
+    assert dynamic.line.startswith("compare/teaching_models.py:") and "while" in dynamic.source
+    assert "cannot use in Python control flow" in dynamic.trace_error
+    assert report.agreement.graph_check.passed and report.agreement.tape_check.passed
+    assert set(report.agreement.gradient_differences) == set(report.graphs[COMPILED].grads)
+    assert report.payoff.same_tokens  # greedy generation: the compiled graphs draw the eager path's tokens
+    if static.kernels is None:
+        assert "not installed" in static.kernels_note
+    else:
+        assert static.kernels > 0
+
+
+def test_break_even_is_the_one_off_cost_over_the_saving():
+    assert break_even(10.0, 3.0) == 4 and break_even(9.0, 3.0) == 3 and break_even(0.5, 3.0) == 1
+    assert break_even(10.0, 0.0) is None and break_even(10.0, -1.0) is None
+
+
+def test_page_holds_every_section_and_the_reports_own_figures(report, page):
+    path, text = page
+    for section in ("figures", "where-time-goes", "payoff", "static-only", *STATIC_ONLY, "dynamic-only",
+                    "agreement", "gradients", "graphs", "growth", "timeline", "culprits", "trace-error"):
+        assert f'id="{section}"' in text, section
+    for question in QUESTIONS.values():
+        assert question in text
+    for heading, paragraph in report.answers():  # the same paragraphs in the table and on the page
+        assert html.escape(paragraph) in text and paragraph.split()[0] in report.table()
+    for row in report.figure_rows():
+        assert "".join(f"<td>{html.escape(cell)}</td>" for cell in row) in text
+    for spread in report.spreads().values():
+        assert html.escape(str(spread)) in text
+    timeline_chart = charts_in(text)[-1]
+    labels = [element.text for element in timeline_chart.iter(f"{SVG}text")]
+    base = report.base
+    assert f"peak {mib(base.timeline.peak_bytes)}" in labels  # the table's "live at the timeline's peak"
+    assert f"planned buffers {mib(base.planned_bytes[COMPILED])}" in labels  # its planned buffers
+    assert f"{base.eager_ops} run, {base.tape_nodes} on tape" in text
+    for section, explanation in LESSON.items():
+        assert html.escape(explanation) in text, section
+
+
+def test_page_links_graphs_that_exist(report, page):
+    path, text = page
+    folder = os.path.dirname(path)
+    targets = re.findall(r'(?:href|src)="([^"]+)"', text)
+    assert len(targets) >= 8 and any(target.endswith("tape.svg") for target in targets)
+    for target in targets:
+        assert os.path.exists(os.path.join(folder, html.unescape(target))), target
+    charts = charts_in(text)
+    assert len(charts) == 5  # time and footprint against layers and against length, and the memory timeline
     for chart in charts[:4]:
-        names = [line.get("data-name") for line in chart.iter(f"{SVG}polyline")]
-        assert names == ["eager", "compiled", "rematerialised"]
+        assert [line.get("data-name") for line in chart.iter(f"{SVG}polyline")] == \
+            ["eager tape", "compiled", "rematerialised"]
+    time_chart = charts[0]  # every point of every series has its interquartile range drawn
+    assert len([bar for bar in time_chart.iter(f"{SVG}path") if bar.get("class") == "spread"]) == 3 * 2
+
+
+def calm(spread: Spread) -> Spread:
+    return Spread(spread.median, spread.median * 0.99, spread.median * 1.01, spread.runs)
+
+
+def with_spreads(report, make):
+    """A copy of `report` (without its graphs) whose every time is make(time)."""
+    changed = copy.deepcopy(dataclasses.replace(report, graphs={}))
+    holders = [m.times for m in (changed.base, *changed.by_layers, *changed.by_length)]
+    holders += [changed.payoff.times, changed.static_only.times]
+    for times in holders:
+        times.update({name: make(spread) for name, spread in times.items()})
+    return changed
+
+
+def test_busy_warning_follows_the_spreads(report):
+    quiet = with_spreads(report, calm)
+    assert quiet.busy_warning() is None
+    assert "WARNING" not in quiet.table() and 'id="busy-warning"' not in render_page(quiet, {}, lesson=False)
+    busy = with_spreads(report, calm)
+    busy.base.times[EAGER] = Spread(10.0, 8.0, 13.0, 3)  # interquartile range 50% of the median
+    warning = busy.busy_warning()
+    assert warning is not None and "eager tape step 50%" in warning and f"{BUSY_SPREAD:.0%}" in warning
+    assert "WARNING: " + warning in busy.table()
+    assert html.escape(warning) in render_page(busy, {}, lesson=False)
+
+
+def test_page_without_lesson_has_no_lesson_text(report):
+    text = render_page(report, {}, lesson=False)
+    assert 'class="lesson"' not in text and not any(html.escape(t) in text for t in LESSON.values())
+
+
+def test_spread_is_median_and_quartiles_and_flags_a_wide_one():
+    seconds = [0.004, 0.0041, 0.0045, 0.005, 0.02]
+    spread = spread_of(seconds)
+    assert (spread.low, spread.median, spread.high) == pytest.approx(np.percentile(seconds, [25, 50, 75]) * 1e3)
+    assert str(spread) == "4.50 ms [4.10-5.00]" and not spread.busy
+    assert Spread(10.0, 9.0, 9.0 + 10 * BUSY_SPREAD, 5).busy is False  # exactly at the threshold: not busy
+    assert Spread(10.0, 9.0, 9.01 + 10 * BUSY_SPREAD, 5).busy is True
+    with pytest.raises(ValueError, match="at least one timing"):
+        spread_of([])
+
+
+def test_tape_graph_is_the_tape_drawn_like_a_traced_graph():
+    model = make_gpt()
+    tokens, targets = make_tokens(17, 2, 8), make_tokens(17, 2, 8, seed=1)
+    token_tensor, target_tensor = graphgpt.Tensor(tokens), graphgpt.Tensor(targets)
+    loss = F.cross_entropy(model(token_tensor), target_tensor)
+    traced = graphgpt.compile(model, tokens, targets, loss=F.cross_entropy, passes=[])
+    graph = tape_graph(loss, dict(model.named_parameters()), {"tokens": token_tensor, "targets": target_tensor},
+                       like=traced.graph)
+    tape, _ = loss._tape()
+    assert [node.op for node in graph.nodes if node.op != "constant"] == [entry.op for entry in tape]
+    assert [value.name for value in graph.inputs] == ["tokens", "targets"]
+    assert {value.name for value in graph.params} == {name for name, _ in model.named_parameters()}
+    assert graph.outputs[0].type.shape == () and graph.header == "eager tape"
+    # Module paths lent by the trace: the tape's matmuls sit in the modules that ran them.
+    assert all(node.provenance.module_path for node in graph.nodes if node.op == "matmul")
+    assert "cluster_blocks" in to_dot(graph).source
+    unlabelled = tape_graph(loss, dict(model.named_parameters()))
+    assert all(not node.provenance.module_path for node in unlabelled.nodes)
 
 
 def test_memory_timeline_matches_the_plan():
@@ -56,27 +206,34 @@ def test_memory_timeline_matches_the_plan():
     assert timeline.peak_bytes == max(timeline.live_bytes)
     assert len(timeline.culprits) == 5 and all(size > 0 for _, size in timeline.culprits)
     assert "blocks." in timeline.describe() and "peak" in timeline.describe()
-    ElementTree.fromstring(timeline.svg())
+    chart = ElementTree.fromstring(timeline.svg(planned_bytes=step.planned_bytes))
+    assert f"planned buffers {mib(step.planned_bytes)}" in [text.text for text in chart.iter(f"{SVG}text")]
 
 
-def test_line_chart_escapes_and_plots_every_series():
-    svg = line_chart({"a<b": [(1, 2.0), (2, 3.0)], "c": [(1, 1.0)]}, "t&t", "x", "y", marker=(1.5, "peak"))
+def test_line_chart_escapes_and_plots_every_series_with_its_spread():
+    svg = line_chart({"a<b": [(1, 2.0), (2, 3.0)], "c": [(1, 1.0)]}, "t&t", "x", "y", marker=(1.5, "peak"),
+                     spreads={"a<b": [(1, 1.5, 2.5), (2, 2.0, 9.0)]}, level=(4.0, "cap"))
     root = ElementTree.fromstring(svg)
     assert [line.get("data-name") for line in root.iter(f"{SVG}polyline")] == ["a<b", "c"]
-    assert "t&t" in [text.text for text in root.iter(f"{SVG}text")]
+    assert [bar.get("data-name") for bar in root.iter(f"{SVG}path")] == ["a<b", "a<b"]
+    texts = [text.text for text in root.iter(f"{SVG}text")]
+    assert "t&t" in texts and "cap" in texts
+    tops = [float(re.findall(r"[\d.]+", bar.get("d"))[1]) for bar in root.iter(f"{SVG}path")]
+    assert all(top >= 56 for top in tops)  # the axis reaches the highest bar (9.0): within the plot's margin
 
 
-def test_cli_compare(tmp_path, capsys):
+def test_cli_compare_writes_the_lesson(tmp_path, capsys):
     out = str(tmp_path / "c.html")
-    assert main(["compare", "--embed", "8", "--layers", "1", "--heads", "2", "--seq-len", "4", "--batch", "1",
-                 "--repeats", "1", "--out", out]) == 0
-    assert "eager tape vs compiled graph" in capsys.readouterr().out
-    assert len(charts_in(open(out).read())) == 5
+    assert main(["compare", "--embed", "8", "--layers", "1", "--heads", "2", "--seq-len", "4", "--batch", "2",
+                 "--repeats", "1", "--lesson", "--out", out]) == 0
+    printed = capsys.readouterr().out
+    assert "eager tape vs compiled graph" in printed and "When does compiling pay off?" in printed
+    text = open(out).read()
+    assert len(charts_in(text)) == 5 and 'class="lesson"' in text
+    assert os.path.exists(str(tmp_path / "c_graphs" / "tape.svg"))
 
 
 def test_interleaved_times_run_every_contender_each_repetition_warm_when_asked():
-    from graphgpt.timing import interleaved_times
-
     calls = []
     runs = {name: (lambda name=name: calls.append(name)) for name in "abc"}
     times = interleaved_times(runs, repeats=4)
@@ -85,3 +242,5 @@ def test_interleaved_times_run_every_contender_each_repetition_warm_when_asked()
     calls.clear()
     interleaved_times(runs, repeats=2, warm_each=True)
     assert len(calls) == 12 and all(calls[index] == calls[index + 1] for index in range(0, 12, 2))
+    keyed = interleaved_times({("size", 1): lambda: None, ("size", 2): lambda: None}, repeats=2)
+    assert set(keyed) == {("size", 1), ("size", 2)}  # any hashable names

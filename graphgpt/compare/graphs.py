@@ -1,0 +1,71 @@
+"""The graphs the report mentions, drawn into a folder beside the page and linked from it: the eager tape of one
+step and the step as traced (side by side), the compiled step, its passes one by one, the rematerialised step,
+the split step's shard and combine graphs, and the step with generated kernels. Each is drawn as an SVG (the page
+shows the first two as pictures); a compiled graph that the interactive explorer can open
+(`compiled.explore(path)`) is linked to its explorer page instead of its SVG.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from graphgpt.ir import Graph
+
+from ..render import render_graph
+from .measurement import COMPILED, REMAT
+
+TAPE, TRACED, SPLIT, NUMBA, PASSES = "tape", "traced", "split", "numba", "passes"
+CAPTIONS = {TAPE: "the eager tape of one step: the operations it recorded, which backward walks in reverse",
+            TRACED: "the training step as traced: forward and generated backward, before any pass",
+            COMPILED: "the compiled training step, after the default passes: what runs",
+            PASSES: "each pass, before and after, with what it removed and created",
+            REMAT: "the rematerialised step: forward ops recomputed in the backward are dashed in amber",
+            SPLIT: "the split step: the shard graph each thread runs, and the combine graph",
+            NUMBA: "the step with generated kernels: fused elementwise chains listed inside their node"}
+
+
+@dataclass
+class DrawnGraph:
+    name: str
+    caption: str
+    picture: str          # the SVG (or .dot without graphviz), relative to the page
+    link: str             # what a click opens: the explorer page if there is one, else the picture
+    nodes: Optional[int]  # None for the passes' index
+
+
+def draw_graphs(graphs: dict, page_path: str) -> dict[str, DrawnGraph]:
+    """Draw every graph of `graphs` (name -> ir.Graph or Compiled) into `<page stem>_graphs/` and return how the
+    page links each, by name; the compiled step also gets its pass-by-pass diagrams."""
+    page_folder = os.path.dirname(os.path.abspath(page_path))
+    folder = os.path.splitext(os.path.abspath(page_path))[0] + "_graphs"
+    os.makedirs(folder, exist_ok=True)
+
+    def relative(path: str) -> str:
+        return os.path.relpath(path, page_folder)
+
+    drawn = {}
+    for name, graph in graphs.items():
+        stem = os.path.join(folder, name)
+        if isinstance(graph, Graph):
+            picture = render_graph(graph, stem + ".svg", title=f"{name}: {len(graph.nodes)} nodes")
+            nodes, link = len(graph.nodes), picture
+        else:
+            picture = graph.render(stem + ".svg")
+            nodes = sum(len(each.nodes) for each in graph.graphs.values())
+            link = _explorer_page(graph, stem) or picture
+        drawn[name] = DrawnGraph(name, CAPTIONS[name], relative(picture), relative(link), nodes)
+    if COMPILED in graphs:
+        index = graphs[COMPILED].render_passes(os.path.join(folder, PASSES))
+        drawn[PASSES] = DrawnGraph(PASSES, CAPTIONS[PASSES], relative(index), relative(index), None)
+    return drawn
+
+
+def _explorer_page(compiled, stem: str) -> Optional[str]:
+    """The explorer's page for `compiled`, where the explorer is built (compiled.explore); else None."""
+    explore = getattr(compiled, "explore", None)
+    if explore is None:
+        return None
+    written = explore(stem + "_explorer")
+    return written if isinstance(written, str) and os.path.exists(written) else None
