@@ -96,8 +96,10 @@ class Compiled:
 
     @property
     def ir(self) -> str:
-        """The text IR of every graph that runs, each headed by its name."""
-        return "\n\n".join(f"# ---- {name} ----\n{graph}" for name, graph in self.graphs.items())
+        """The text IR of every graph that runs, each headed by its name; with generated kernels (backend=
+        "numba"), each node a kernel computes names it, and the kernels' source follows. For a symbolic trace,
+        the graphs as traced (kernels are generated per size: see kernels())."""
+        return self.program.ir()
 
     def signature_mismatch(self, inputs) -> Optional[str]:
         """None when run() takes these inputs as compiled; else why not, in one line: the input count, which

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
@@ -40,7 +40,9 @@ def format_attr(value) -> str:
     return str(value)
 
 
-def format_node(node: Node, show_source: bool = True) -> str:
+def format_node(node: Node, show_source: bool = True, note: str = "") -> str:
+    """One node's line: `%v:type = op[attrs] operands`, then a comment with what differentiates it, its module
+    path and source line, and `note` (e.g. the generated kernel that runs it)."""
     if node.op == "constant":
         head = "constant " + format_attr(node.attrs["value"])
     else:
@@ -58,13 +60,16 @@ def format_node(node: Node, show_source: bool = True) -> str:
         where.append(provenance.module_path)
     if show_source and provenance.source:
         where.append(provenance.source)
+    if note:
+        where.append(note)
     if where:
         line = f"{line:<{COMMENT_COLUMN}} # " + "  ".join(where)
     return line
 
 
-def format_graph(graph: Graph, show_source: bool = True) -> str:
-    """The whole graph as text; `show_source=False` drops file:line comments (for goldens that outlive edits)."""
+def format_graph(graph: Graph, show_source: bool = True, notes: Optional[dict[int, str]] = None) -> str:
+    """The whole graph as text; `show_source=False` drops file:line comments (for goldens that outlive edits);
+    `notes` adds a comment to the lines of some nodes, by output value id."""
     inputs = ", ".join(repr(value) for value in graph.inputs)
     lines = [f"# graph ({graph.header})", f"graph({inputs})"]
     if graph.params:
@@ -72,7 +77,8 @@ def format_graph(graph: Graph, show_source: bool = True) -> str:
         lines.extend(f"    {value!r}," for value in graph.params)
         lines.append(")")
     lines.append("{")
-    lines.extend("  " + format_node(node, show_source) for node in graph.nodes)
+    notes = notes or {}
+    lines.extend("  " + format_node(node, show_source, notes.get(node.output.id, "")) for node in graph.nodes)
     lines.extend(f"  update {parameter.label} <- {value.label}" for parameter, value in graph.updates)
     lines.append("  return " + ", ".join(value.label for value in graph.outputs))
     lines.append("}")

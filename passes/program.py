@@ -22,6 +22,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 
 from graphgpt.ir import Graph, GraphBuilder, TensorType, Value, verify
+from graphgpt.ir.printer import format_graph
 from graphgpt.ir.dims import active_shape_env, is_symbolic, substitute
 from graphgpt.ir.shape_env import Guard, shape_env
 
@@ -178,15 +179,38 @@ class Program:
         """Bytes of the buffers (and kernel scratch) the schedules allocated once and reuse every run."""
         return sum(schedule.planned_bytes for schedule in self.schedules)
 
-    def kernel_sources(self) -> str:
-        """The source of every generated kernel the schedules run, once each, headed by the nodes it computes
-        (empty with the NumPy backend, and for a symbolic program, which has no schedule of its own)."""
-        users: dict[str, list] = {}  # source -> the nodes running it, in schedule order
+    def _kernel_users(self) -> dict[str, list]:
+        """Each generated kernel's source -> the nodes running it, in schedule order; numbered by this order."""
+        users: dict[str, list] = {}
         for schedule in ([] if self.symbolic else self.schedules):
             for node, kernel in schedule.kernels:
                 nodes = users.setdefault(kernel.source, [])
                 if node not in nodes:  # every shard's schedule runs the same nodes
                     nodes.append(node)
+        return users
+
+    def kernel_numbers(self) -> dict[int, int]:
+        """id() of each node a generated kernel computes -> that kernel's number (as kernel_sources numbers them).
+        By node object: a shard graph and the combine graph may use the same value ids."""
+        return {id(node): number for number, nodes in enumerate(self._kernel_users().values(), 1) for node in nodes}
+
+    def ir(self) -> str:
+        """The text IR of every graph that runs, each headed by its name; a node a generated kernel computes
+        says which, and the kernels' source follows."""
+        numbers = self.kernel_numbers()
+
+        def text(graph: Graph) -> str:
+            return format_graph(graph, notes={node.output.id: f"kernel {numbers[id(node)]}" for node in graph.nodes
+                                              if id(node) in numbers})
+
+        graphs = "\n\n".join(f"# ---- {entry.name} ----\n{text(entry.graph)}" for entry in self.graphs)
+        kernels = self.kernel_sources()
+        return f"{graphs}\n\n# ---- generated kernels ----\n{kernels}" if kernels else graphs
+
+    def kernel_sources(self) -> str:
+        """The source of every generated kernel the schedules run, once each, headed by the nodes it computes
+        (empty with the NumPy backend, and for a symbolic program, which has no schedule of its own)."""
+        users = self._kernel_users()
         parts = []
         for number, (source, nodes) in enumerate(users.items(), 1):
             where = ", ".join(f"{node.output.label} ({node.provenance.module_path or node.op})" for node in nodes)

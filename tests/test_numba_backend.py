@@ -10,6 +10,7 @@ compared on the scale of the largest gradient of the model: the key projection's
 exact arithmetic (softmax ignores a constant added to every score), so its own scale is rounding noise.
 """
 
+import re
 import copy
 import subprocess
 import sys
@@ -100,6 +101,22 @@ def test_kernel_listing_shares_identical_kernels():
     assert len(layer_norms) == 1 and "for 5 node(s)" in layer_norms[0]  # every block's two and ln_f: one kernel
     assert "@njit(" in listing and "def softmax(out, x):" in listing and "def gelu(out, a0):" in listing
     assert graphgpt.compile(model, tokens).kernels() == ""  # the NumPy backend generates none
+
+
+def test_the_text_ir_names_each_nodes_kernel_and_lists_their_source():
+    model = make_gpt(embed=24, heads=4)
+    tokens = make_tokens(17, 4, 16)
+    step = graphgpt.compile(model, tokens, tokens, loss=F.cross_entropy, backend="numba", shards=2,
+                            optimizer=graphgpt.optim.SGD(lr=0.1))
+    text, listing = step.ir, step.kernels()
+    headers = [line for line in listing.splitlines() if line.startswith("# ==== kernel ")]
+    assert text.endswith(listing) and "# ---- generated kernels ----" in text
+    for header in headers:  # '# ==== kernel 3 of 11: softmax, for 1 node(s): %46 (blocks.0.attention) ===='
+        number, op = re.match(r"# ==== kernel (\d+) of \d+: (\w+),", header).groups()
+        for label in re.findall(r"(%\d+) \(", header):
+            assert any(line.strip().startswith(f"{label}:") and f"= {op}" in line
+                       and line.endswith(f"  kernel {number}") for line in text.splitlines()), (label, number)
+    assert "kernel" not in graphgpt.compile(model, tokens).ir  # the NumPy backend: no kernel named
 
 
 def test_lazy_and_symbolic_compiles_take_the_backend():
