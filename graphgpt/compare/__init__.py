@@ -82,8 +82,8 @@ def compare(embed: int = 64, layers: int = 2, heads: int = 4, seq_len: int = 32,
     agreement, dynamic_only = measure_agreement(base), measure_dynamic_only()
     loss, tokens, targets = base.eager_loss()
     graphs = {"tape": tape_graph(loss, dict(base.model.named_parameters()), {"tokens": tokens, "targets": targets},
-                                 like=base.plain.graph),
-              "traced": base.plain, COMPILED: base.step, REMAT: base.remat, "split": static_only.split,
+                                 like=base.traced),
+              "traced": base.traced, COMPILED: base.step, REMAT: base.remat, "split": static_only.split,
               "numba": static_only.numba}
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     run = Run(repeats, os.cpu_count() or 1, load_before, os.getloadavg()[0], time.perf_counter() - started, peak_rss)
