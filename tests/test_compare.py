@@ -75,7 +75,8 @@ def test_each_question_is_answered_from_this_run(report):
     assert static.compile_ops_before_error == 0 < static.tape_ops_before_error
     assert "teaching_models.py" in static.shape_error and "inner dimensions differ" in static.shape_error
     assert static.split.startswith("data parallel: 2 shards") and static.split_difference < 1e-5
-    assert [row.label.split()[0] for row in static.remat] == ["without", "the", "under"]
+    assert [row.label.split()[0] for row in static.remat] == ["without", "the", "under", "under"]
+    assert all(row.planned_bytes or row.note.startswith("refused by compile") for row in static.remat)
     rounds = [run.rounds for run in dynamic.runs]
     assert rounds[0] != rounds[1]  # the loop's count depends on the data
     assert dynamic.line.startswith("compare/teaching_models.py:") and "while" in dynamic.source

@@ -1,8 +1,10 @@
 """The graphs the report mentions, drawn into a folder beside the page and linked from it: the eager tape of one
 step and the step as traced (side by side), the compiled step, its passes one by one, the rematerialised step,
-the split step's shard and combine graphs, and the step with generated kernels. Each is drawn as an SVG (the page
-shows the first two as pictures); a compiled graph that the interactive explorer can open
-(`compiled.explore(path)`) is linked to its explorer page instead of its SVG.
+the split step's shard and combine graphs, and the step with generated kernels. Each is drawn as an SVG; the tape
+and the traced step are also drawn collapsed to one box per module (forward and backward apart), which the page
+shows side by side, since two full drawings of hundreds of nodes cannot be read at half a page's width. A
+compiled graph that the interactive explorer can open (`compiled.explore(path)`) is linked to its explorer page
+instead of its SVG.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from ..render import render_graph
 from .measurement import COMPILED, REMAT
 
 TAPE, TRACED, SPLIT, NUMBA, PASSES = "tape", "traced", "split", "numba", "passes"
+SIDE_BY_SIDE = (TAPE, TRACED)
+MODULE_DEPTH = 2  # the overviews' boxes: 'blocks.0', 'lm_head', ...
 CAPTIONS = {TAPE: "the eager tape of one step: the operations it recorded, which backward walks in reverse",
             TRACED: "the training step as traced: forward and generated backward, before any pass",
             COMPILED: "the compiled training step, after the default passes: what runs",
@@ -33,6 +37,7 @@ class DrawnGraph:
     picture: str          # the SVG (or .dot without graphviz), relative to the page
     link: str             # what a click opens: the explorer page if there is one, else the picture
     nodes: Optional[int]  # None for the passes' index
+    overview: str = ""    # drawn collapsed to modules (SIDE_BY_SIDE only), relative to the page
 
 
 def draw_graphs(graphs: dict, page_path: str) -> dict[str, DrawnGraph]:
@@ -49,13 +54,16 @@ def draw_graphs(graphs: dict, page_path: str) -> dict[str, DrawnGraph]:
     for name, graph in graphs.items():
         stem = os.path.join(folder, name)
         if isinstance(graph, Graph):
-            picture = render_graph(graph, stem + ".svg", title=f"{name}: {len(graph.nodes)} nodes")
-            nodes, link = len(graph.nodes), picture
+            nodes = len(graph.nodes)
+            picture = link = render_graph(graph, stem + ".svg", title=f"{name}: {nodes} nodes")
         else:
             picture = graph.render(stem + ".svg")
             nodes = sum(len(each.nodes) for each in graph.graphs.values())
             link = _explorer_page(graph, stem) or picture
-        drawn[name] = DrawnGraph(name, CAPTIONS[name], relative(picture), relative(link), nodes)
+        overview = "" if name not in SIDE_BY_SIDE else relative(render_graph(
+            graph if isinstance(graph, Graph) else graph.graph, stem + "_modules.svg", collapse=MODULE_DEPTH,
+            title=f"{name}: {nodes} nodes, one box per module"))
+        drawn[name] = DrawnGraph(name, CAPTIONS[name], relative(picture), relative(link), nodes, overview)
     if COMPILED in graphs:
         index = graphs[COMPILED].render_passes(os.path.join(folder, PASSES))
         drawn[PASSES] = DrawnGraph(PASSES, CAPTIONS[PASSES], relative(index), relative(index), None)

@@ -41,8 +41,8 @@ LESSON = {
     "graphs": (
         "The two pictures are the same step. On the left, what the tape recorded: only forward operations, "
         "because backward is computed by walking them. On the right, the traced step: the forward and the "
-        "backward as nodes of one graph, which is what lets a compiler optimise both together. Click any picture "
-        "to open it in full."),
+        "backward as nodes of one graph, which is what lets a compiler optimise both together. Each box is a "
+        "module with its node count; click a picture to see every node."),
     "growth": (
         "Bars show the middle half of the runs at each size. Time grows with layers because there are more ops; "
         "with sequence length because each op does more arithmetic. The footprint is planned buffers plus what a "

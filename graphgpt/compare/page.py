@@ -19,14 +19,14 @@ from .static_only import COMPILE_TO_ERROR, NUMBA, SHARDED, TAPE_TO_ERROR
 
 escape = html.escape
 STYLE = """body{font-family:sans-serif;max-width:1200px;margin:auto;padding:0 16px;line-height:1.4}
-td,th{padding:3px 9px;text-align:right} td:first-child,th:first-child{text-align:left}
+td,th{padding:3px 9px;text-align:right} td:first-child,th:first-child,td.text{text-align:left}
 table{border-collapse:collapse} tr:nth-child(even){background:#f4f4f4} th{border-bottom:1px solid #999}
 .answer{background:#eef4fb;border-left:4px solid #1f77b4;padding:8px 12px}
 .lesson{color:#333;font-style:italic;border-left:4px solid #ccc;padding:4px 12px}
 .warning{background:#fdecea;border-left:4px solid #d62728;padding:8px 12px}
 pre{background:#f7f7f7;padding:8px;white-space:pre-wrap}
-.side{display:flex;gap:16px} .side figure{flex:1;margin:0;border:1px solid #ccc}
-.side img{width:100%;height:460px;object-fit:contain;object-position:top;background:#fff}
+.side{display:flex;gap:16px} .side figure{flex:1;min-width:0;margin:0;border:1px solid #ccc}
+.side .scroll{max-height:640px;overflow:auto;background:#fff} .side img{display:block;width:100%}
 .charts{display:flex;flex-wrap:wrap;gap:8px} .charts .chart{flex:1 1 45%} .charts svg{width:100%;height:auto}"""
 
 
@@ -37,9 +37,11 @@ def write_page(report: Report, path: str, lesson: bool) -> str:
     return path
 
 
-def _table(header, rows, table_id: str = "") -> str:
+def _table(header, rows, table_id: str = "", text_columns=()) -> str:
+    """An HTML table; numbers align right, the columns in `text_columns` (sentences) left."""
     head = "".join(f"<th>{escape(str(cell))}</th>" for cell in header)
-    body = "".join("<tr>" + "".join(f"<td>{escape(str(cell))}</td>" for cell in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td{' class=text' * (index in text_columns)}>{escape(str(cell))}</td>"
+                                    for index, cell in enumerate(row)) + "</tr>" for row in rows)
     return f'<table{f" id={chr(34)}{table_id}{chr(34)}" if table_id else ""}><tr>{head}</tr>{body}</table>'
 
 
@@ -107,7 +109,7 @@ def _static_only(report: Report, drawn: dict, explain) -> str:
             ("live at the peak of the memory timeline", mib(static.live_peak_bytes))]),
         "rewrites": _table(("stage", "nodes after", "changes"), [
             (name, nodes, ", ".join(f"{what} {count}" for what, count in changes.items()) or "-")
-            for name, nodes, changes in static.rewrites]) + link(PASSES, COMPILED),
+            for name, nodes, changes in static.rewrites], text_columns=(2,)) + link(PASSES, COMPILED),
         "kernels": (_table(("step", "time [quartiles]"), [("NumPy kernels", static.times[COMPILED]),
                                                           ("generated Numba kernels", static.times[NUMBA])])
                     if static.kernels is not None else "") + link("numba"),
@@ -116,7 +118,7 @@ def _static_only(report: Report, drawn: dict, explain) -> str:
                   if SHARDED in static.times else "") + link("split"),
         "remat": _table(("plan", "planned bytes", "MFLOP", "note"), [
             (row.label, mib(row.planned_bytes), f"{row.flops / 1e6:.2f}" if row.flops else "-", row.note)
-            for row in static.remat]) + link(REMAT),
+            for row in static.remat], text_columns=(3,)) + link(REMAT),
         "shape-errors": (f"<pre>{escape(static.shape_error)}</pre>" + _table(("", "ops computed", "time [quartiles]"), [
             ("eager tape, until the error", static.tape_ops_before_error, static.times[TAPE_TO_ERROR]),
             ("compile, until the error", static.compile_ops_before_error, static.times[COMPILE_TO_ERROR])])),
@@ -153,14 +155,16 @@ def _agreement(report: Report, explain) -> str:
             for name, difference in agreement.gradient_differences.items()]
     header = ("parameter", "compiled vs tape", "graph vs central differences", "tape vs central differences")
     return (f'<section id="agreement"><h2>{QUESTIONS["agreement"]}</h2>{explain("agreement")}'
-            f'<p>|loss difference| {agreement.loss_difference:.1e}</p>{_table(header, rows, "gradients")}'
+            f'<p>|loss difference| {agreement.loss_difference:.1e}</p><details><summary>every gradient '
+            f'({len(rows)} parameters)</summary>{_table(header, rows, "gradients")}</details>'
             f'{_answer("agreement", agreement.paragraph())}</section>')
 
 
 def _graphs(drawn: dict, explain) -> str:
     def figure(item: DrawnGraph) -> str:
-        return (f'<figure><a href="{escape(item.link)}"><img src="{escape(item.picture)}" alt="{escape(item.name)}">'
-                f'</a><figcaption>{escape(item.caption)} ({item.nodes} nodes)</figcaption></figure>')
+        return (f'<figure><div class="scroll"><a href="{escape(item.link)}"><img src="{escape(item.overview)}" '
+                f'alt="{escape(item.name)}"></a></div><figcaption>{escape(item.caption)} ({item.nodes} nodes; one '
+                f'box per module here, every node when opened)</figcaption></figure>')
 
     side = "".join(figure(drawn[name]) for name in (TAPE, TRACED) if name in drawn)
     listed = "".join(f'<li><a href="{escape(item.link)}">{escape(item.caption)}</a>'
