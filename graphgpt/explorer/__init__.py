@@ -1,0 +1,59 @@
+"""The interactive graph explorer: one self-contained HTML page per compiled program, to open in a browser.
+
+The graph opens collapsed to its top-level modules (each box with its node count, FLOPs and bytes); a click
+expands one level, laid out again only where it changed; the backward pass of each module is a box beside it,
+linked node by node to the forward nodes it differentiates and the saved activations it reads; a stepper walks
+through the passes on one layout, marking what each removed, created or fused. Nothing is fetched when it is
+viewed: the viewer's scripts (and dagre, for layout, with its licence in static/vendor) are inside the page.
+
+    compiled = graphgpt.compile(model, tokens, targets, loss=F.cross_entropy)
+    compiled.explore("step.html")            # or: graphgpt view --stage train --out step.html
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from .model import explorer_model
+from .page import ExplorerError, write_page
+
+__all__ = ["explore", "ExplorerError"]
+
+
+def explore(compiled, path: str = "graph.html", graph: Optional[str] = None, stage: Optional[str] = None,
+            title: str = "") -> str:
+    """Write the explorer page of `compiled` (a graphgpt.Compiled) to `path`; returns the path written. Every
+    graph the program runs is in it, with the record of every pass; the page opens on `graph` (a name from
+    compiled.graphs; default the first) after pass `stage` ('traced', or a pass name; default the last: the
+    graph that runs).
+
+    >>> compiled.explore("graph.html")      # doctest: +SKIP
+    'graph.html'
+    """
+    entries = list(compiled.program.graphs)
+    names = [entry.name for entry in entries]
+    if graph is not None and graph not in names:
+        raise ExplorerError(f"explore: expected graph= one of {', '.join(map(repr, names))}, got {graph!r}")
+    chosen = names.index(graph) if graph is not None else 0
+    named_stages = [(entry.name, _measured_stages(compiled, entry.stages)) for entry in entries]
+    stage_names = ["traced" if index == 0 else record.name for index, record in enumerate(entries[chosen].stages)]
+    if stage is not None and stage not in stage_names:
+        raise ExplorerError(f"explore: expected stage= one of {', '.join(map(repr, stage_names))} for graph "
+                            f"{names[chosen]!r}, got {stage!r}")
+    open_stage = stage_names.index(stage) if stage is not None else None
+    model = explorer_model(named_stages, title or _title(compiled), chosen, open_stage)
+    return write_page(model, path)
+
+
+def _measured_stages(compiled, stages):
+    """A symbolic trace's records at the sizes of its latest run (its example's before any), as diagrams show."""
+    if compiled.specializations is None:
+        return stages
+    sizes = compiled.specializations.latest_sizes(compiled.shape_env.hints)
+    return [record.at(sizes) for record in stages]
+
+
+def _title(compiled) -> str:
+    signature = ", ".join(f"{value.name}: {value.type}" for value in compiled.program.inputs)
+    kind = "training step" if compiled.gradient_names else "forward"
+    return f"graphgpt {kind} ({signature})"
