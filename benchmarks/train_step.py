@@ -2,11 +2,14 @@
 
     python benchmarks/train_step.py                 # the medium config: vocab 65, embed 256, 6 layers, 8 heads,
                                                     # T 128, batch 8, float32
-    python benchmarks/train_step.py --tiny          # embed 64, 2 layers, T 32, batch 8 (per-op overhead)
+    python benchmarks/train_step.py --tiny          # embed 64, 2 layers, 4 heads, T 32, batch 8 (per-op overhead)
+    python benchmarks/train_step.py --wide          # vocab 512, embed 512, 4 layers, 8 heads, T 128, batch 8
+    python benchmarks/train_step.py --tiny --backend numba --no-memory --repeats 5 --skip torch-compile
 
-Contenders, all from the same float32 weights and batch:
+Contenders, all from the same float32 weights and batch (benchmarks/step_contenders.py builds them):
   compiled         graphgpt.compile(..., loss=cross_entropy) with the default passes, run as its default
-                   data-parallel split (the medium step: two half-batch shards, one per core)
+                   data-parallel split (the medium step: two half-batch shards, one per core); --backend chooses
+                   what computes its nodes (numpy, the default, or numba's generated kernels), as for the next two
   compiled-whole   the same, shards=1: the whole batch in one schedule, BLAS on every core
   compiled-nopass  no optimisation passes (and the default split)
   eager            graphgpt eager: model(Tensor(x)), loss.backward() on the tape
@@ -15,13 +18,24 @@ Contenders, all from the same float32 weights and batch:
                    averaged: what the compiled step's data-parallel split does, done by hand (for reference:
                    ratios stay against `numpy`, the baseline as written)
   torch            PyTorch eager on CPU (benchmarks/baseline_torch.py), when torch is installed
+  torch-compile    the same forward through torch.compile (inductor, CPU: generated C++/OpenMP loops, GEMMs in
+                   MKL), backward compiled by AOTAutograd; when torch is installed and inductor finds a C++
+                   compiler ($CXX, g++ by default). Compiled cold into a fresh $TORCHINDUCTOR_CACHE_DIR (a
+                   temporary folder), then again warm in a fresh process reading that cache
+  jax              the model written in jax.numpy, jax.jit(jax.value_and_grad(loss)) on XLA's CPU backend
+                   (benchmarks/baseline_jax.py), when jax is installed (`pip install "jax[cpu]"`)
+A contender that cannot run here is named with the reason. Before timing, every contender's loss and gradients
+are checked against the compiled step's (float32: a wrong formula errs by order one, reordered sums by ~1e-5).
 
 Timing: every repetition runs each contender in a fresh random order, one untimed step then one timed step back to
 back (noise on this shared 2-core machine hits all of them alike, no contender always follows the same one, and
-each is measured in its steady state); medians are reported with ratios. GFLOP/s use the graph's FLOP count and are shown next to
-the measured NumPy float32 matmul peak. Peak memory: each contender runs twice more in a fresh subprocess,
-reporting the rise of its peak resident set over the resident set before (weights loaded, graphs compiled):
-for the compiled steps that includes first touching their planned buffers.
+each is measured in its steady state); medians are reported with ratios. GFLOP/s use the graph's FLOP count (the
+same work for every contender) and are shown as a share of the NumPy float32 matmul peak measured in the same run.
+Compile times: graphgpt.compile, jax.jit's XLA compile, torch.compile's first step (cold and warm), then each
+one's first step. Peak memory: each contender runs twice more in a fresh subprocess, reporting the rise of its peak
+resident set over the resident set before (weights loaded, graphs compiled): for the compiled steps that includes
+first touching their planned buffers. Last, where the compiled step's time goes (compiled.profile): GEMMs,
+generated kernels, row-wise, elementwise and copies, and the Python between them.
 """
 
 from __future__ import annotations
@@ -29,89 +43,64 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import graphgpt  # noqa: E402
 from graphgpt.timing import interleaved_times  # noqa: E402
-from graphgpt.nn import functional as F  # noqa: E402
 from graphgpt.passes.analysis import graph_flops  # noqa: E402
-from baseline_numpy import forward_backward  # noqa: E402
+from step_contenders import CONFIGS, build, contender_builders  # noqa: E402
 
-CONFIGS = {
-    "medium": dict(vocab=65, embed=256, layers=6, heads=8, seq_len=128, batch=8),
-    "tiny": dict(vocab=65, embed=64, layers=2, heads=4, seq_len=32, batch=8),
-}
-
-
-def build(config: dict):
-    graphgpt.manual_seed(0)
-    model = graphgpt.nn.GPT(config["vocab"], config["embed"], config["layers"], config["heads"],
-                            max_seq_len=config["seq_len"])
-    rng = np.random.default_rng(0)
-    shape = (config["batch"], config["seq_len"])
-    return model, rng.integers(0, config["vocab"], shape), rng.integers(0, config["vocab"], shape)
+# Agreement with the compiled step, in float32: the loss relative to itself, each gradient relative to its
+# largest entry. Reordered float32 sums differ by ~1e-6-1e-5 here; a wrong formula by order one.
+LOSS_TOLERANCE, GRADIENT_TOLERANCE = 1e-4, 1e-3
+# The compiled contenders whose compile time is reported (build = compile; torch-compile's build is its first step)
+COMPILING = ("compiled", "compiled-whole", "compiled-nopass", "torch-compile", "jax")
 
 
-def contenders(config: dict, model, tokens, targets) -> dict:
-    """name -> a function running one forward+backward step (weights are not updated, so steps are alike)."""
-    compiled = graphgpt.compile(model, tokens, targets, loss=F.cross_entropy)
-    whole = graphgpt.compile(model, tokens, targets, loss=F.cross_entropy, shards=1)
-    unoptimised = graphgpt.compile(model, tokens, targets, loss=F.cross_entropy, passes=[])
-
-    def eager():
-        model.zero_grad()
-        F.cross_entropy(model(graphgpt.Tensor(tokens)), graphgpt.Tensor(targets)).backward()
-
-    steps = {"compiled": lambda: compiled.run(tokens, targets),
-             "compiled-whole": lambda: whole.run(tokens, targets),
-             "compiled-nopass": lambda: unoptimised.run(tokens, targets),
-             "eager": eager}
-    params = model.state_dict()
-    steps["numpy"] = lambda: forward_backward(params, tokens, targets, config["heads"])
-    steps["numpy-split"] = numpy_split_step(params, tokens, targets, config["heads"])
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        print("(torch not installed: `pip install torch==2.13.0` to compare with PyTorch)")
-    else:
-        from baseline_torch import make_torch_step
-        torch_step = make_torch_step(params, config["heads"])
-        steps["torch"] = lambda: torch_step(tokens, targets)
-    return steps, compiled
+def build_contenders(builders: dict) -> tuple[dict, dict]:
+    """Each contender built and run once (first-run allocations, caches), and (build, first step) seconds."""
+    contenders, startup = {}, {}
+    for name, make in builders.items():
+        started = time.perf_counter()
+        contender = make()
+        built = time.perf_counter()
+        contender.run()
+        contenders[name], startup[name] = contender, (built - started, time.perf_counter() - built)
+    return contenders, startup
 
 
-def numpy_split_step(params: dict, tokens, targets, heads: int):
-    """The hand-written step over two half batches on two threads (BLAS limited to one thread each)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from threadpoolctl import ThreadpoolController
-
-    pool, blas = ThreadPoolExecutor(1), ThreadpoolController()
-    half = tokens.shape[0] // 2
-
-    def step():
-        with blas.limit(limits=1, user_api="blas"):
-            other = pool.submit(forward_backward, params, tokens[half:], targets[half:], heads)
-            loss, grads = forward_backward(params, tokens[:half], targets[:half], heads)
-            other_loss, other_grads = other.result()
-        return (loss + other_loss) / 2, {name: (grads[name] + other_grads[name]) / 2 for name in grads}
-    return step
+def gradient_error(grads: dict, reference: dict) -> float:
+    """The largest difference over every gradient, relative to that gradient's largest entry."""
+    if set(grads) != set(reference):
+        return float("inf")
+    return max(float(np.abs(np.asarray(grads[name]) - value).max()) / max(float(np.abs(value).max()), 1e-3)
+               for name, value in reference.items())
 
 
-def check_agreement(steps: dict, compiled, tokens, targets) -> str:
-    """The losses every contender computes for the batch, so a reader sees they do the same work."""
-    reference = float(compiled.run(tokens, targets))
-    losses = {"numpy": lambda: steps["numpy"]()[0], "numpy-split": lambda: steps["numpy-split"]()[0]}
-    if "torch" in steps:
-        losses["torch"] = lambda: steps["torch"]().item()
-    return ", ".join([f"compiled {reference:.6f}"] + [f"{name} {float(run()):.6f}" for name, run in losses.items()])
+def check_agreement(contenders: dict) -> str:
+    """Every contender's loss and gradients against the compiled step's, so a reader sees they do the same work;
+    exits naming the first that does not."""
+    reference_loss, reference_grads = (compiled := contenders["compiled"]).outcome(compiled.run())
+    parts = [f"compiled {reference_loss:.6f}"]
+    for name, contender in contenders.items():
+        if name == "compiled":
+            continue
+        loss, grads = contender.outcome(contender.run())
+        error = gradient_error(grads, reference_grads)
+        if abs(loss - reference_loss) > LOSS_TOLERANCE * abs(reference_loss) or error > GRADIENT_TOLERANCE:
+            sys.exit(f"{name} does not compute the compiled step: loss {loss:.6f} vs {reference_loss:.6f}, "
+                     f"gradients differ by up to {error:.2e} of their largest entries "
+                     f"(tolerated {GRADIENT_TOLERANCE:g})")
+        parts.append(f"{name} {loss:.6f} (gradients within {error:.1e})")
+    return ", ".join(parts)
 
 
 def matmul_peak_gflops(size: int = 1024, repeats: int = 15) -> float:
@@ -125,11 +114,12 @@ def matmul_peak_gflops(size: int = 1024, repeats: int = 15) -> float:
     return 2 * size ** 3 / min(times) / 1e9
 
 
-def measure_memory(config_name: str, contender: str) -> float:
-    """Peak RSS rise (MiB) of one step of `contender`, in a fresh process."""
+def in_fresh_process(function: str, config_name: str, contender: str, backend: str) -> float:
+    """The number `function(config_name, contender, backend)` of this module prints in a fresh process (NaN if
+    it fails); the environment, $TORCHINDUCTOR_CACHE_DIR included, is this process's."""
     code = (f"import sys; sys.argv=['x']; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r});"
-            f"import train_step as t; print(t.memory_child({config_name!r}, {contender!r}))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+            f"import train_step as t; print(t.{function}({config_name!r}, {contender!r}, {backend!r}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
         return float("nan")
     return float(result.stdout.strip().splitlines()[-1])
@@ -143,14 +133,12 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def memory_child(config_name: str, contender: str) -> float:
+def memory_child(config_name: str, contender: str, backend: str) -> float:
     """Peak resident set during two steps, above the resident set before them (MiB). Linux only: writing 5 to
     /proc/self/clear_refs resets the high-water mark after setup (compiling, building the model)."""
     config = CONFIGS[config_name]
     model, tokens, targets = build(config)
-    steps, _ = contenders(config, model, tokens, targets)
-    run = steps[contender]
-    del steps
+    run = contender_builders(config, model, tokens, targets, backend)[0][contender]().run
     baseline = _status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")
@@ -159,51 +147,137 @@ def memory_child(config_name: str, contender: str) -> float:
     return (_status_kib("VmHWM") - baseline) / 1024
 
 
+def build_seconds_child(config_name: str, contender: str, backend: str) -> float:
+    """Seconds to build `contender` in this (fresh) process, its packages already imported: torch.compile's
+    warm compile, when $TORCHINDUCTOR_CACHE_DIR holds what an earlier process compiled."""
+    config = CONFIGS[config_name]
+    model, tokens, targets = build(config)
+    make = contender_builders(config, model, tokens, targets, backend)[0][contender]
+    started = time.perf_counter()
+    make()
+    return time.perf_counter() - started
+
+
+def print_startup(startup: dict, warm_torch_compile: float) -> None:
+    parts = []
+    for name in (name for name in COMPILING if name in startup):
+        compile_seconds, first_step = startup[name]
+        if name == "torch-compile":
+            parts.append(f"torch-compile {compile_seconds:.2f} cold (fresh cache dir), {warm_torch_compile:.2f} "
+                         f"warm (fresh process, same cache dir), first step after {first_step * 1e3:.1f} ms")
+        else:
+            parts.append(f"{name} {compile_seconds:.2f} + first step {first_step * 1e3:.1f} ms")
+    print("compile seconds (graphgpt.compile, jax.jit's XLA compile, torch.compile's first step): " + "; ".join(parts))
+
+
+def print_profile(compiled, tokens, targets, interleaved_seconds: float, repeats: int) -> None:
+    """Where the compiled step's time goes, by category, then what lies between the steps, each figure measured
+    in one window: the steps timed one at a time, the same parts run whole, compiled.run alone right after."""
+    profile = compiled.profile(tokens, targets, repeats=repeats)
+    compiled.run(tokens, targets)
+    alone = statistics.median(interleaved_times({"compiled": lambda: compiled.run(tokens, targets)}, repeats)
+                              ["compiled"])
+    steps, whole = profile.seconds, profile.run_seconds
+    parts = (f"one shard of {compiled.split.shards} alone on one BLAS thread, then the combine graph"
+             if profile.split else "its one schedule, BLAS on every core")
+    print(f"where the compiled step goes (compiled.profile, median of {repeats}; {parts}; shares of the step "
+          f"run alone):")
+    by_category = profile.seconds_by("category")
+    rows = [(name, by_category.get(name, 0.0)) for name in
+            ("GEMM", "generated kernels", "row-wise", "elementwise", "copies and views")]
+    rows += [("steps timed one at a time", steps),
+             ("Python and dispatch overhead", alone - steps),
+             ("  between the kernel calls", whole - steps),
+             ("  in Compiled.run", alone - whole),
+             ("compiled.run alone", alone)]
+    for name, seconds in rows:
+        print(f"  {name:<30} {seconds * 1e3:9.2f} ms {seconds / alone:6.1%}")
+    around_the_parts = ("running the shards side by side on two threads (hand-off, summing their outputs, "
+                        "sharing the cores and memory), checking inputs, copying results" if profile.split
+                        else "checking inputs, binding parameters, copying results")
+    print(f"  (overhead: compiled.run alone less its steps timed one at a time. Between the kernel calls: the "
+          f"parts run whole through their generated code ({whole * 1e3:.2f} ms) less their steps, which the "
+          f"profile times through its interpreter loop, ~1-2 us a step slower, so this can come out negative; "
+          f"NumPy's own per-call dispatch is inside each category. In Compiled.run: {around_the_parts}.)")
+    print(f"  in the interleaved timing above the step took {interleaved_seconds * 1e3:.2f} ms: "
+          f"{(interleaved_seconds - alone) * 1e3:+.2f} ms beside compiled.run alone, from the other contenders' "
+          f"threads still running after their steps and the machine's load then")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="the tiny config (embed 64, 2 layers, T 32)")
-    parser.add_argument("--repeats", type=int, default=9)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    config_choice = parser.add_mutually_exclusive_group()
+    config_choice.add_argument("--tiny", action="store_true", help="the tiny config (embed 64, 2 layers, T 32)")
+    config_choice.add_argument("--wide", action="store_true", help="the wide config (vocab 512, embed 512, 4 layers)")
+    parser.add_argument("--repeats", type=int, default=9, help="interleaved timed steps per contender (default: 9)")
+    parser.add_argument("--profile-repeats", type=int, default=5,
+                        help="repetitions of the compiled step's profile (default: 5)")
+    parser.add_argument("--backend", choices=("numpy", "numba"), default="numpy",
+                        help="what computes graphgpt's compiled steps (default: numpy)")
+    parser.add_argument("--skip", nargs="+", default=[], metavar="CONTENDER",
+                        help="contenders to leave out (e.g. torch-compile: its cold compile takes a minute here); "
+                             "compiled is the reference and stays")
     parser.add_argument("--no-memory", action="store_true", help="skip the subprocess memory measurements")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args()
-    config_name = "tiny" if args.tiny else "medium"
+    config_name = "tiny" if args.tiny else "wide" if args.wide else "medium"
     config = CONFIGS[config_name]
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
-    model, tokens, targets = build(config)
-    steps, compiled = contenders(config, model, tokens, targets)
-    for run in steps.values():  # warm-up: first-run allocations, caches
-        run()
+    # torch.compile compiles cold into an empty cache folder; a fresh process then measures it warm from there
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_cache = tempfile.mkdtemp(prefix="train-step-inductor-")
+    try:
+        model, tokens, targets = build(config)
+        builders, skipped = contender_builders(config, model, tokens, targets, args.backend)
+        unknown = set(args.skip) - set(builders) - set(skipped)
+        if unknown or "compiled" in args.skip:
+            parser.error(f"--skip takes contenders other than compiled ({', '.join(list(builders)[1:])}), "
+                         f"got {', '.join(sorted(unknown)) or 'compiled'}")
+        for name, reason in skipped.items():
+            print(f"({name} skipped: {reason})")
+        builders = {name: make for name, make in builders.items() if name not in args.skip}
+        contenders, startup = build_contenders(builders)
+        agreement = check_agreement(contenders)
+        warm = (in_fresh_process("build_seconds_child", config_name, "torch-compile", args.backend)
+                if "torch-compile" in contenders else float("nan"))
 
-    # A fresh random order each repetition: a fixed cycle would always run the same contender right after
-    # PyTorch, whose OpenMP workers keep spinning for a while after a step and take the cores from whatever runs
-    # next. Each contender runs one untimed step first (it absorbs the previous contender's spinning threads and
-    # leaves its own warm), then the timed one: back to back, as in a training loop.
-    times = interleaved_times(steps, args.repeats, warm_each=True)
-    medians = {name: statistics.median(values) for name, values in times.items()}
+        # A fresh random order each repetition: a fixed cycle would always run the same contender right after
+        # PyTorch, whose OpenMP workers keep spinning for a while after a step and take the cores from whatever
+        # runs next. Each contender runs one untimed step first (it absorbs the previous contender's spinning
+        # threads and leaves its own warm), then the timed one: back to back, as in a training loop.
+        times = interleaved_times({name: c.run for name, c in contenders.items()}, args.repeats, warm_each=True)
+        medians = {name: statistics.median(values) for name, values in times.items()}
 
-    flops = graph_flops(compiled.graph)
-    peak = matmul_peak_gflops()
-    print(f"GPT {config_name}: {json.dumps(config)}; {args.repeats} interleaved repetitions, medians")
-    print(f"one step = {flops / 1e9:.2f} GFLOP (graph count); NumPy float32 matmul peak here {peak:.0f} GFLOP/s")
-    print(f"loss of the batch: {check_agreement(steps, compiled, tokens, targets)}")
-    memory = {} if args.no_memory else {name: measure_memory(config_name, name) for name in steps}
-    header = f"{'contender':<16} {'median ms':>10} {'GFLOP/s':>8} {'peak RSS rise MiB':>18}"
-    reference_names = [name for name in ("torch", "numpy", "eager") if name in medians]
-    header += "".join(f" {'/ ' + name:>10}" for name in reference_names)
-    print(header)
-    for name in steps:
-        row = f"{name:<16} {medians[name] * 1e3:>10.1f} {flops / medians[name] / 1e9:>8.1f} "
-        row += f"{memory.get(name, float('nan')):>18.1f}"
-        row += "".join(f" {medians[name] / medians[ref]:>10.2f}" for ref in reference_names)
-        print(row)
-    # Planned: every schedule that runs (each shard's and the combine graph's); kept: the whole step as one graph.
-    planned, keep_all = compiled.planned_bytes, compiled.program.whole.stages[-1].keep_all_bytes
-    running = ", ".join(f"{name} {len(graph.nodes)} nodes" for name, graph in compiled.graphs.items())
-    print(f"compiled: runs {running}; planned buffers {planned / 2**20:.1f} MiB vs "
-          f"{keep_all / 2**20:.1f} MiB to keep every intermediate of the whole step ({planned / keep_all:.0%}); "
-          f"{compiled.split.describe()}")
+        compiled = contenders["compiled"].compiled
+        flops = graph_flops(compiled.graph)
+        peak = matmul_peak_gflops()
+        print(f"GPT {config_name}: {json.dumps(config)}; graphgpt backend {args.backend}; {args.repeats} "
+              f"interleaved repetitions, medians")
+        print(f"one step = {flops / 1e9:.2f} GFLOP (graph count); NumPy float32 matmul peak here {peak:.0f} GFLOP/s")
+        print(f"loss of the batch: {agreement}")
+        print_startup(startup, warm)
+        memory = {} if args.no_memory else {name: in_fresh_process("memory_child", config_name, name, args.backend)
+                                            for name in contenders}
+        header = f"{'contender':<16} {'median ms':>10} {'GFLOP/s':>8} {'% peak':>7} {'peak RSS rise MiB':>18}"
+        reference_names = [name for name in ("torch", "torch-compile", "jax", "numpy", "eager") if name in medians]
+        header += "".join(f" {'/ ' + name:>15}" for name in reference_names)
+        print(header)
+        for name in contenders:
+            gflops = flops / medians[name] / 1e9
+            row = f"{name:<16} {medians[name] * 1e3:>10.1f} {gflops:>8.1f} {gflops / peak:>7.0%} "
+            row += f"{memory.get(name, float('nan')):>18.1f}"
+            row += "".join(f" {medians[name] / medians[ref]:>15.2f}" for ref in reference_names)
+            print(row)
+        # Planned: every schedule that runs (each shard's and the combine graph's); kept: the whole step as one graph.
+        planned, keep_all = compiled.planned_bytes, compiled.program.whole.stages[-1].keep_all_bytes
+        running = ", ".join(f"{name} {len(graph.nodes)} nodes" for name, graph in compiled.graphs.items())
+        print(f"compiled: runs {running}; planned buffers {planned / 2**20:.1f} MiB vs "
+              f"{keep_all / 2**20:.1f} MiB to keep every intermediate of the whole step ({planned / keep_all:.0%}); "
+              f"{compiled.split.describe()}")
+        print_profile(compiled, tokens, targets, medians["compiled"], args.profile_repeats)
+    finally:
+        shutil.rmtree(inductor_cache, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ ops the backward repeats, optimizer), so a gap is explained by measurement rathe
 Each part of a run is timed alone: an unsplit step's one schedule as it runs; a data-parallel step's first shard
 (on one BLAS thread, as it runs beside the others, which run the same graph at the same time) and its combine
 graph. Steps run through the schedule's interpreter loop (~2 us of Python more per step than the generated code
-that normally runs them). Parameters are copies: profiling a step with an optimizer leaves the model untouched.
+that normally runs them); each repetition also runs the same parts whole, through that generated code, so
+`run_seconds - seconds` is the Python between the steps' kernel calls (NumPy's own per-call dispatch is inside
+each step's time). Parameters are copies: profiling a step with an optimizer leaves the model untouched.
 Times are medians over the repetitions, per step; on a busy machine they are not results.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import statistics
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Sequence
@@ -64,10 +67,17 @@ class Profile:
     steps: list[StepTime]
     repeats: int
     split: bool  # a data-parallel step: the shard's time is one shard's, the others running at the same time
+    run_seconds: float  # the same parts run whole as run() runs them (median per part, summed)
 
     @property
     def seconds(self) -> float:
         return sum(step.seconds for step in self.steps)
+
+    @property
+    def between_steps_seconds(self) -> float:
+        """The parts' whole runs less their steps' summed times: the Python of the run's code between kernel
+        calls (reading slots, the scratch arena). Negative only when noise outweighs it."""
+        return self.run_seconds - self.seconds
 
     def seconds_by(self, key: str) -> dict[str, float]:
         """Seconds summed by 'category', 'role', 'op' or 'graph'."""
@@ -88,6 +98,8 @@ class Profile:
             lines.append(f"  {heading}:")
             lines += [f"    {name:<20} {totals[name] * 1e3:9.2f} ms {totals[name] / total:6.1%}"
                       for name in order if name in totals]
+        lines.append(f"  run whole: {self.run_seconds * 1e3:.1f} ms, of which {self.between_steps_seconds * 1e3:.2f} ms "
+                     f"({self.between_steps_seconds / self.run_seconds:.1%}) is Python between the steps")
         costliest = sorted(self.seconds_by("op").items(), key=lambda item: -item[1])[:8]
         lines.append("  costliest ops: " + ", ".join(f"{op} {seconds * 1e3:.1f} ms" for op, seconds in costliest))
         return "\n".join(lines)
@@ -102,7 +114,7 @@ def profile_program(program, inputs: Sequence[np.ndarray], params: Sequence[np.n
     if not (isinstance(repeats, int) and repeats >= 1):
         raise ValueError(f"repeats must be a whole number of at least 1, got {repeats!r}")
     params = [np.array(array, copy=True) for array in params]  # an optimizer's update writes them
-    steps = []
+    steps, run_seconds = [], 0.0
     for name, schedule, part_inputs, part_params, one_blas_thread in program.parts(inputs, params):
         generated = {id(node) for node, _ in schedule.kernels}
         times: dict[int, list[float]] = defaultdict(list)
@@ -110,10 +122,15 @@ def profile_program(program, inputs: Sequence[np.ndarray], params: Sequence[np.n
         def observe(step, seconds):
             times[id(step)].append(seconds)
 
+        whole_runs = []
         with BLAS_LIMIT.one_thread() if one_blas_thread else contextlib.nullcontext():
             schedule.run(part_inputs, part_params)  # warm: the first run touches every buffer
-            for _ in range(repeats):
+            for _ in range(repeats):  # alternating, so a busy spell falls on both measurements alike
                 schedule.run_observed(part_inputs, part_params, observe)
+                started = time.perf_counter()
+                schedule.run(part_inputs, part_params)
+                whole_runs.append(time.perf_counter() - started)
+        run_seconds += statistics.median(whole_runs)
         steps += [StepTime(name, step.node, category_of(step.node, step.mode, id(step.node) in generated),
                            statistics.median(times[id(step)])) for step in schedule.steps]
-    return Profile(steps, repeats, program.split.shards > 1)
+    return Profile(steps, repeats, program.split.shards > 1, run_seconds)

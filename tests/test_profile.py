@@ -32,6 +32,10 @@ def test_every_step_is_timed_once_and_the_sums_agree():
     table = profile.table()
     costliest = max(profile.seconds_by("op").items(), key=lambda item: item[1])[0]
     assert "by category:" in table and "GEMM" in table and f"costliest ops: {costliest} " in table
+    # the same schedule run whole, through its generated code: what is left over is the Python between the steps
+    assert profile.run_seconds > 0
+    assert profile.between_steps_seconds == pytest.approx(profile.run_seconds - profile.seconds)
+    assert f"run whole: {profile.run_seconds * 1e3:.1f} ms" in table
 
 
 def test_recomputed_forward_ops_are_their_own_role():
