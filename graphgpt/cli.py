@@ -308,7 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_arguments(generate)
     generate.set_defaults(handler=command_generate, check=check_generate_arguments)
 
-    for command in (run, train, render, ir_command, compare, generate):
+    from .explorer.command import add_view_command  # `graphgpt view`: the command's body lives with the explorer
+    view = add_view_command(commands, _add_model_arguments, _add_shards_argument, _check_stage_arguments)
+
+    for command in (run, train, render, ir_command, compare, generate, view):
         command.set_defaults(refuse=command.error, command_parser=command)
     return parser
 

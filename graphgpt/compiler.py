@@ -273,6 +273,18 @@ class Compiled:
             return program_graph_timeline(entry)
         return program_graph_timeline(self._entry(graph))
 
+    def explore(self, path: str = "graph.html", graph: Optional[str] = None, stage: Optional[str] = None) -> str:
+        """Write the interactive explorer of the graphs that run to `path`, one self-contained HTML page (see
+        graphgpt/explorer): collapsed to modules, expanded on click, backward beside forward, a step per pass.
+        It opens on `graph` (a name from `graphs`) after pass `stage` ('traced' or a pass name; default the
+        last). Returns the path written.
+
+        >>> step.explore("step.html")       # doctest: +SKIP
+        """
+        from .explorer import explore
+
+        return explore(self, path, graph=graph, stage=stage)
+
     def render_passes(self, folder: str = "passes", graph: Optional[str] = None) -> str:
         """A diagram per pass over the first graph that runs (or `graph`) (removed nodes marked before, created
         and fused after) and an HTML index of node counts, FLOPs and planned memory; returns the index's path."""

@@ -58,6 +58,16 @@ GraphExplorer.buildGraph = function (model, graphIndex) {
       differentiatedBy.get(value.differentiates).push(value);
     }
   }
+  // Static values: parameters, constants and what is computed from them alone (the causal mask's slice). One read
+  // by many modules (after common subexpressions merge) is drawn light and left out of the layout (layout.js).
+  const isStatic = new Uint8Array(values.length);
+  for (let pass = 0; pass < 2; pass += 1) {  // values created by a pass come last: a second sweep settles them
+    for (const value of values) {
+      isStatic[value.index] = value.kind === "param" || value.op === "constant"
+        || (value.kind === "node" && value.operandsAll.length > 0 && value.operandsAll.every((i) => isStatic[i])) ? 1 : 0;
+    }
+  }
+  for (const value of values) value.isStatic = isStatic[value.index] === 1;
   const readers = values.map(() => []);
   for (const value of values) for (const operand of value.operandsAll) readers[operand].push(value);
   return { raw, name: raw.name, values, boxes, root, stages: raw.stages, differentiatedBy, readers,

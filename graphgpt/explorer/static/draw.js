@@ -45,7 +45,7 @@ GraphExplorer.Drawing = class {
             `<tspan class="stats" dx="10">${E(this.boxStats(stats))}</tspan></text></g>`);
         } else {
           const changes = (stats.removed ? ` −${stats.removed}` : "") + (stats.created ? ` +${stats.created}` : "");
-          if (changes) classes.push("changed");
+          if (changes) classes.push(stats.removed ? "changed" : "changed grown");
           if (!stats.nodes && !stats.removed) classes.push("absent");
           items.push(`<g class="box closed k-${item.kind} ${classes.join(" ")}" data-key="${itemKey}">` +
             `<rect x="${rect.x}" y="${rect.y}" width="${rect.w}" height="${rect.h}" rx="6"/>` +
@@ -75,7 +75,7 @@ GraphExplorer.Drawing = class {
       if (!view.present[reader.index]) continue;
       for (const operand of view.operands[reader.index][1]) {
         const source = graph.values[operand];
-        if (source.kind !== "node") fanOut.set(source, (fanOut.get(source) || new Set()).add(key(GraphExplorer.Drawing.visibleItem(reader))));
+        if (source.isStatic) fanOut.set(source, (fanOut.get(source) || new Set()).add(key(GraphExplorer.Drawing.visibleItem(reader))));
       }
     }
     for (const value of graph.values) {
@@ -93,7 +93,7 @@ GraphExplorer.Drawing = class {
         if (!from || !to) continue;
         if (GraphExplorer.Drawing.secondary(sourceValue, value) && (source !== sourceValue || target !== value)) continue;
         const crossing = sourceValue.role === "forward" && value.role !== "forward" && sourceValue.kind === "node";
-        const fan = sourceValue.kind !== "node" && fanOut.get(sourceValue).size > GraphExplorer.Layout.FAN_OUT;
+        const fan = sourceValue.isStatic && fanOut.get(sourceValue).size > GraphExplorer.Layout.FAN_OUT;
         const classes = [crossing ? "saved-edge" : "", fan ? "fan" : "", highlight.edges.has(edgeKey) ? "lit" : ""].join(" ");
         edges.push(`<path class="edge ${classes}" d="${GraphExplorer.Drawing.curve(from, to)}"/>`);
       }

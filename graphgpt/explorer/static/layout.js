@@ -55,21 +55,28 @@ GraphExplorer.Layout = class {
   /* Lay out one expanded container's children; their sizes must be known (sub-boxes laid out first). */
   layoutContainer(container) {
     const items = [...container.childBoxes, ...container.leaves];
+    const key = GraphExplorer.Layout.key;
+    // A static value read by many items here (the causal mask, read by every block) would pull them apart: it
+    // takes no part in the layout, and is drawn lighter (draw.js).
+    const readersOf = new Map();  // static value -> the items here reading it
+    for (const value of container.members) {
+      const target = this.itemOf(container, value);
+      for (const operand of value.operandsAll) {
+        const source = this.graph.values[operand];
+        if (source.isStatic && target) readersOf.set(source, (readersOf.get(source) || new Set()).add(target));
+      }
+    }
     const edges = new Map();
     for (const value of container.members) {
       const target = this.itemOf(container, value);
       for (const operand of value.operandsAll) {
         const sourceValue = this.graph.values[operand];
         if (GraphExplorer.Drawing.secondary(sourceValue, value) && value.box !== container) continue;
+        if (sourceValue.isStatic && readersOf.get(sourceValue).size > GraphExplorer.Layout.FAN_OUT) continue;
         const source = this.itemOf(container, sourceValue);
-        if (source && target && source !== target) edges.set(`${GraphExplorer.Layout.key(source)}>${GraphExplorer.Layout.key(target)}`, [source, target]);
+        if (source && target && source !== target) edges.set(`${key(source)}>${key(target)}`, [source, target]);
       }
     }
-    // A leaf feeding many items here (the causal mask read by every block) would pull them apart: it takes no
-    // part in the layout, and is drawn lighter (draw.js).
-    const fanOut = new Map();
-    for (const [source] of edges.values()) if (source.leaves === undefined && source.kind !== "node") fanOut.set(source, (fanOut.get(source) || 0) + 1);
-    for (const [edgeKey, [source]] of edges) if ((fanOut.get(source) || 0) > GraphExplorer.Layout.FAN_OUT) edges.delete(edgeKey);
     const twins = container === this.graph.root ? items.filter((item) => item.kind === "backward"
                                                                   || item.kind === "optimizer" || item.kind === "combine") : [];
     const main = items.filter((item) => !twins.includes(item));
