@@ -56,8 +56,8 @@ def gpt_loss(w: dict, tokens, targets, num_heads: int):
 
 def make_jax_step(params: dict, num_heads: int, tokens: np.ndarray, targets: np.ndarray):
     """A function returning (loss, gradients by name) of one forward + backward as JAX arrays, waited for (JAX
-    dispatches asynchronously: a step that returned at once would be timed as nothing). It is traced, lowered and compiled by XLA
-    here, for the shapes of `tokens` and `targets`, so the first call runs as every later one."""
+    dispatches asynchronously: a step that returned at once would be timed as nothing). It is traced, lowered and
+    compiled by XLA here, for the shapes of `tokens` and `targets`, so the first call runs as every later one."""
     weights = {name: jnp.asarray(value) for name, value in params.items()}
     loss_and_grads = jax.jit(jax.value_and_grad(functools.partial(gpt_loss, num_heads=num_heads)))
     # Token ids as int32: JAX's default integer width (64-bit ones need jax_enable_x64, process-wide).

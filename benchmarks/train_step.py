@@ -167,7 +167,8 @@ def print_startup(startup: dict, warm_torch_compile: float) -> None:
                          f"warm (fresh process, same cache dir), first step after {first_step * 1e3:.1f} ms")
         else:
             parts.append(f"{name} {compile_seconds:.2f} + first step {first_step * 1e3:.1f} ms")
-    print("compile seconds (graphgpt.compile, jax.jit's XLA compile, torch.compile's first step): " + "; ".join(parts))
+    print("compile seconds (graphgpt.compile, jax.jit's XLA compile, torch.compile's first step): "
+          + "; ".join(parts))
 
 
 def print_profile(compiled, tokens, targets, interleaved_seconds: float, repeats: int) -> None:

@@ -76,7 +76,8 @@ class Profile:
     @property
     def between_steps_seconds(self) -> float:
         """The parts' whole runs less their steps' summed times: the Python of the run's code between kernel
-        calls (reading slots, the scratch arena). Negative only when noise outweighs it."""
+        calls (reading slots, the scratch arena). Negative when the interpreter's per-step cost, which the steps'
+        times include (~1-2 us a step more than the generated code's), or noise outweighs it."""
         return self.run_seconds - self.seconds
 
     def seconds_by(self, key: str) -> dict[str, float]:
@@ -98,8 +99,9 @@ class Profile:
             lines.append(f"  {heading}:")
             lines += [f"    {name:<20} {totals[name] * 1e3:9.2f} ms {totals[name] / total:6.1%}"
                       for name in order if name in totals]
-        lines.append(f"  run whole: {self.run_seconds * 1e3:.1f} ms, of which {self.between_steps_seconds * 1e3:.2f} ms "
-                     f"({self.between_steps_seconds / self.run_seconds:.1%}) is Python between the steps")
+        between = self.between_steps_seconds
+        lines.append(f"  run whole: {self.run_seconds * 1e3:.1f} ms, of which {between * 1e3:.2f} ms "
+                     f"({between / self.run_seconds:.1%}) is Python between the steps")
         costliest = sorted(self.seconds_by("op").items(), key=lambda item: -item[1])[:8]
         lines.append("  costliest ops: " + ", ".join(f"{op} {seconds * 1e3:.1f} ms" for op, seconds in costliest))
         return "\n".join(lines)

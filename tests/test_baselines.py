@@ -1,6 +1,9 @@
 """The hand-written NumPy baseline of the benchmark computes graphgpt's GPT exactly: its loss and every gradient
 agree with graphgpt's compiled step to float64 precision (so the benchmark compares like with like), and to
-float32 precision in float32. The kernel benchmark's NumPy alternatives compute what the kernels do."""
+float32 precision in float32. So do the training-step benchmark's PyTorch and JAX peers, built as the benchmark
+builds them, on its tiny config (torch.compile's contender runs the same forward as the eager one checked here;
+compiling it takes a minute here, too long for a test). The kernel benchmark's NumPy alternatives compute what the
+kernels do."""
 
 import os
 import sys
@@ -14,6 +17,7 @@ from conftest import make_gpt, make_tokens
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 from baseline_numpy import forward_backward  # noqa: E402
+from step_contenders import CONFIGS, build, contender_builders  # noqa: E402
 
 
 @pytest.mark.parametrize("dtype,rtol", [("float64", 1e-9), ("float32", 2e-4)])
@@ -29,6 +33,23 @@ def test_numpy_baseline_matches_compiled_gradients(dtype, rtol, vocab, embed, la
     for name, gradient in step.grads.items():
         scale = max(np.abs(gradient).max(), 1e-3)
         np.testing.assert_allclose(hand_grads[name], gradient, rtol=rtol, atol=rtol * scale, err_msg=name)
+
+
+@pytest.mark.parametrize("peer,package", [("torch", "torch"), ("jax", "jax")])
+def test_benchmark_peers_compute_the_compiled_step_on_the_tiny_config(peer, package):
+    pytest.importorskip(package, reason=f"the training-step benchmark's {peer} peer needs {package}")
+    config = CONFIGS["tiny"]
+    model, tokens, targets = build(config)
+    builders, _ = contender_builders(config, model, tokens, targets)
+    reference, contender = builders["compiled"](), builders[peer]()
+    loss, grads = reference.outcome(reference.run())
+    peer_loss, peer_grads = contender.outcome(contender.run())
+    assert peer_loss == pytest.approx(loss, rel=2e-4)
+    assert set(peer_grads) == set(grads)
+    for name, gradient in grads.items():
+        scale = max(np.abs(gradient).max(), 1e-3)
+        np.testing.assert_allclose(np.asarray(peer_grads[name]), gradient, rtol=2e-4, atol=2e-4 * scale,
+                                   err_msg=name)
 
 
 def test_kernel_benchmark_compares_each_kernel_with_what_it_replaces(capsys, monkeypatch):
