@@ -206,6 +206,35 @@ def _layer_norm_gamma_grad(e, a: Application) -> str:
     return e.op("ReduceSum", [product, e.ints(rows, "axes")], keepdims=0) if rows else product
 
 
+def _attention_weights(e, a: Application, q: str, k: str, mask: str) -> str:
+    """softmax(q @ k^T * scale + mask): the composite attention decomposes into, in its order."""
+    rank = a.input_types[0].rank
+    swap = list(range(rank - 2)) + [rank - 1, rank - 2]
+    scores = e.op("MatMul", [q, e.op("Transpose", [k], perm=swap)])
+    scaled = e.op("Mul", [scores, e.scalar(a.attrs["scale"], a.input_types[0].dtype)])
+    return e.op("Softmax", [e.op("Add", [scaled, mask])], axis=-1), swap
+
+
+def _attention(e, a: Application) -> str:
+    q, k, v, mask = a.inputs
+    weights, _ = _attention_weights(e, a, q, k, mask)
+    return e.op("MatMul", [weights, v])
+
+
+def _attention_grad(e, a: Application) -> str:
+    """dq, dk, dv stacked on a new first axis, from the whole weights (ONNX has no blocks to keep them small)."""
+    q, k, v, mask, out, dout = a.inputs
+    weights, swap = _attention_weights(e, a, q, k, mask)
+    row_dot = e.op("ReduceSum", [e.op("Mul", [dout, out]), _last_axis(e)], keepdims=1)
+    d_weights = e.op("MatMul", [dout, e.op("Transpose", [v], perm=swap)])
+    d_scores = e.op("Mul", [e.op("Mul", [weights, e.op("Sub", [d_weights, row_dot])]),
+                            e.scalar(a.attrs["scale"], a.input_types[0].dtype)])
+    grads = [e.op("MatMul", [d_scores, k]), e.op("MatMul", [e.op("Transpose", [d_scores], perm=swap), q]),
+             e.op("MatMul", [e.op("Transpose", [weights], perm=swap), dout])]
+    first = e.ints([0], "first_axis")
+    return e.op("Concat", [e.op("Unsqueeze", [grad, first]) for grad in grads], axis=0)
+
+
 MAPPINGS: dict[str, Mapping] = {
     **{op: _one_to_one(onnx_op) for op, onnx_op in ONE_TO_ONE.items()},
     "not_equal": lambda e, a: e.op("Not", [e.op("Equal", a.inputs)]),
@@ -233,4 +262,6 @@ MAPPINGS: dict[str, Mapping] = {
     "gelu_grad": _gelu_grad,
     "layer_norm_grad": _layer_norm_grad,
     "layer_norm_gamma_grad": _layer_norm_gamma_grad,
+    "attention": _attention,
+    "attention_grad": _attention_grad,
 }

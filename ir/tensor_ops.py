@@ -196,6 +196,16 @@ class TensorOps:
         return self._apply("dropout_mask", (self,), {"shape": tuple(as_size(d) for d in shape), "p": float(p),
                                                      "dtype": dtype})
 
+    def attention(self, k, v, mask, scale: float):
+        """softmax(self @ k^T * scale + mask) @ v as one op (ir/ops/attention.py); mask additive."""
+        return self._apply("attention", (self, self._operand(k), self._operand(v), self._operand(mask)),
+                           {"scale": float(scale)})
+
+    def attention_grad(self, k, v, mask, out, dout, scale: float):
+        """(dq, dk, dv) of attention packed as (3, ...): the gradient kernel autodiff emits."""
+        operands = (self, *(self._operand(x) for x in (k, v, mask, out, dout)))
+        return self._apply("attention_grad", operands, {"scale": float(scale)})
+
     def cache_write(self, new, positions):
         """This (batch, heads, length, dim) cache with `new` (batch, heads, n, dim) written at each sequence's
         position (`positions`: one integer per sequence) onwards."""

@@ -21,6 +21,7 @@ from graphgpt.ir.dims import SymbolicShapeError
 from .analysis import graph_flops, keep_all_bytes
 from .memory_plan import MemoryPlan, plan_memory
 from .common_subexpressions import eliminate_common_subexpressions
+from .attention_fusion import fuse_attention
 from .constant_folding import fold_constants
 from .dead_nodes import eliminate_dead_nodes
 from .elementwise_fusion import fuse_elementwise
@@ -36,6 +37,7 @@ PASSES: dict[str, Callable[[Graph], PassResult]] = {
     "eliminate_dead_nodes": eliminate_dead_nodes,
     "fuse_elementwise": fuse_elementwise,
     "fuse_horizontal_matmuls": fuse_horizontal_matmuls,
+    "fuse_attention": fuse_attention,
 }
 # Fast-math flags: each allows rewrites that may change a result's bits, naming the IEEE guarantee it gives up.
 # Without them (the default) every rewrite of every pass gives bit-identical results for every input: -0.0,
@@ -48,7 +50,7 @@ FAST_MATH_FLAGS = {
     "no_infinities": "assume no value is infinite: with no_signed_zeros, x ** 0.5 -> sqrt(x)",
     "reassociate": "regroup sums and products, rounding differently: (x * c1) * c2 -> x * (c1 * c2), matmuls "
                    "sharing an operand as one GEMM, a batched matmul of a transposed operand as one (BLAS adds "
-                   "in another order)",
+                   "in another order), attention fused into one op (its gradient summed block by block)",
     "approximate_functions": "pow by multiplies, rounding after each: x ** 3 -> x * x * x, x ** 4",
 }
 FastMathOption = Union[bool, None, str, Iterable[str]]
@@ -88,15 +90,30 @@ OPTIONAL_PASSES = ("fuse_elementwise",)
 # default pipeline. fuse_horizontal_matmuls: one (M, k) @ (k, n1 + n2 + n3) GEMM sums each product in the order
 # BLAS picks for that size, not always in the order of the three (M, k) @ (k, n) GEMMs (95 of 400 random shapes
 # differed in the last bit; the GPT's shapes happened not to).
-VALUE_CHANGING_PASSES = {"fuse_horizontal_matmuls": "reassociate"}
+VALUE_CHANGING_PASSES = {"fuse_horizontal_matmuls": "reassociate", "fuse_attention": "reassociate"}
+# Passes that rewrite a forward graph into ops with gradient rules of their own, so a training step runs them on
+# the forward graph before the backward is generated (passes/program.py), and a forward program first, before
+# simplify reshapes the pattern they look for (it merges the transpose of k with the heads' split).
+BEFORE_AUTODIFF = ("fuse_attention",)
 # Passes whose rewrites read the fast-math flags, given them as `fast_math=` (named or passed as functions).
 FLAG_READING_PASSES = (simplify,)
 
 
 def default_pipeline(fast_math: FastMathOption = False) -> tuple[str, ...]:
-    """DEFAULT_PIPELINE, and the value-changing passes the fast-math flags allow."""
+    """DEFAULT_PIPELINE, and the value-changing passes the fast-math flags allow (those of BEFORE_AUTODIFF
+    first)."""
     flags = fast_math_flags(fast_math)
-    return DEFAULT_PIPELINE + tuple(name for name, flag in VALUE_CHANGING_PASSES.items() if flag in flags)
+    allowed = [name for name, flag in VALUE_CHANGING_PASSES.items() if flag in flags]
+    return (tuple(name for name in allowed if name in BEFORE_AUTODIFF) + DEFAULT_PIPELINE
+            + tuple(name for name in allowed if name not in BEFORE_AUTODIFF))
+
+
+def split_before_autodiff(passes: Sequence[Union[str, Callable]]) -> tuple[list, list]:
+    """(the passes of BEFORE_AUTODIFF, the others), each in the order given."""
+    def early(entry) -> bool:
+        return (entry if isinstance(entry, str) else entry.__name__) in BEFORE_AUTODIFF
+
+    return [entry for entry in passes if early(entry)], [entry for entry in passes if not early(entry)]
 
 
 # Rewrites enable each other (a simplification exposes a constant to fold, a fold a duplicate to merge): run

@@ -14,6 +14,7 @@ optimizer's update); the whole-batch step graph is kept beside them for study, b
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from .autodiff import append_backward
 from .backends import backend_named
 from .data_parallel import prove_split, scale_shard_graph, shard_extent, shard_mismatch
 from .manager import (FastMathOption, StageRecord, default_pipeline, fast_math_flags, format_report, record_stage,
-                      run_pipeline)
+                      run_pipeline, split_before_autodiff)
 from .memory_plan import MemoryPlan
 from .optimizer_update import UpdateRule, append_update
 from .rematerialize import MemoryBudgetError, RematOptions, rematerialize
@@ -256,10 +257,30 @@ class Program:
 
 
 def _optimise(graph: Graph, passes: Passes, verify_each: bool, fast_math: frozenset[str],
-              remat: RematOptions = RematOptions(), name: str = "") -> list[StageRecord]:
+              remat: RematOptions = RematOptions(), name: str = "",
+              before_autodiff: Optional[dict[str, int]] = None) -> list[StageRecord]:
     """The pipeline's records, then rematerialisation's (a training graph of concrete sizes: a symbolic one is
-    rematerialised per size, by Program.specialize)."""
-    return _rematerialized(run_pipeline(verify(graph), passes, verify_each, fast_math)[1], remat, verify_each, name)
+    rematerialised per size, by Program.specialize). `before_autodiff`: what the passes run on the forward graph
+    changed, reported with the input."""
+    records = run_pipeline(verify(graph), passes, verify_each, fast_math)[1]
+    if before_autodiff:
+        records[0] = dataclasses.replace(records[0], summary={f"{what} before autodiff": count
+                                                               for what, count in before_autodiff.items()})
+    return _rematerialized(records, remat, verify_each, name)
+
+
+def _before_autodiff(forward: Graph, passes: Sequence, verify_each: bool,
+                     fast_math: frozenset[str]) -> tuple[Graph, dict[str, int]]:
+    """`forward` after the passes that must see it before the backward is generated (BEFORE_AUTODIFF in
+    passes/manager.py), and what they changed."""
+    if not passes:
+        return forward, {}
+    graph, records = run_pipeline(verify(forward), passes, verify_each, fast_math)
+    changed: dict[str, int] = {}
+    for record in records[1:]:
+        for what, count in record.summary.items():
+            changed[what] = changed.get(what, 0) + count
+    return graph, changed
 
 
 REMATERIALIZE = "rematerialize"
@@ -332,22 +353,25 @@ def build_training_program(forward: Graph, wrt: Sequence[str], rule: Optional[Up
     flags = fast_math_flags(fast_math)
     kernels = backend_named(backend)
     passes = _with_backend_passes(passes, flags, kernels)
+    early, passes = split_before_autodiff(default_pipeline(flags) if passes is None else passes)
     wanted = available_cores() if shards is None else shards
     if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted < 1:
         raise ValueError(f"shards must be a positive integer or None, got {shards!r}")
-    step = training_step(forward, wrt, rule)
+    fused_forward, fused = _before_autodiff(forward, early, verify_each, flags)
+    step = training_step(fused_forward, wrt, rule)
 
     env = active_shape_env()  # a symbolic trace's: the whole step may be optimised later, on first use
 
     def optimise_whole(runs: bool = True) -> ProgramGraph:
         with shape_env(env) if env is not None else contextlib.nullcontext():
             try:
-                stages = _optimise(step, passes, verify_each, flags, remat, "training step")
+                stages = _optimise(step, passes, verify_each, flags, remat, "training step", fused)
             except MemoryBudgetError:
                 if runs:
                     raise
                 # Only for study beside a split step (whose shards met the budget): the policy, without it.
-                stages = _optimise(step, passes, verify_each, flags, RematOptions.of(remat.policy), "training step")
+                stages = _optimise(step, passes, verify_each, flags, RematOptions.of(remat.policy), "training step",
+                                   fused)
             whole = ProgramGraph("training step", stages)
             verify(whole.graph)
         return whole
@@ -380,9 +404,11 @@ def build_training_program(forward: Graph, wrt: Sequence[str], rule: Optional[Up
 
     batch = forward.inputs[0].type.shape[0]
     scaled = scale_shard_graph(shard_forward, forward, proof)
+    scaled, shard_fused = _before_autodiff(scaled, early, verify_each, flags)
     shard_backward = append_backward(scaled, wrt)
     name = shard_name(batch, wanted)
-    shard = ProgramGraph(name, _optimise(shard_backward.graph, passes, verify_each, flags, remat, name), runs=wanted)
+    shard = ProgramGraph(name, _optimise(shard_backward.graph, passes, verify_each, flags, remat, name, shard_fused),
+                         runs=wanted)
     combine = ProgramGraph("combine", _optimise(
         combine_shards(verify(shard.graph), wanted, wrt, rule, shard_backward.unreached), passes, verify_each,
         flags))

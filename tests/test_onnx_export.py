@@ -134,6 +134,10 @@ OP_CASES = {
     "gelu_grad": ("gelu_grad", [normal(3, 8), normal(3, 8)], {}),
     "layer_norm_grad": ("layer_norm_grad", [normal(2, 3, 8), normal(2, 3, 8), normal(8)], {"eps": 1e-5}),
     "layer_norm_gamma_grad": ("layer_norm_gamma_grad", [normal(2, 3, 8), normal(2, 3, 8)], {"eps": 1e-5}),
+    "attention": ("attention", [normal(2, 3, 5, 4), normal(2, 3, 6, 4), normal(2, 3, 6, 2), normal(5, 6)],
+                  {"scale": 0.5}),
+    "attention_grad": ("attention_grad", [normal(2, 5, 4)] * 3 + [normal(5, 5)] + [normal(2, 5, 4)] * 2,
+                       {"scale": 0.5}),
 }
 
 

@@ -61,6 +61,9 @@ CASES = {  # op -> list of (inputs, attrs)
     "layer_norm": [([normal(2, 3, 5), normal(5), normal(5)], {"eps": 1e-5})],
     "cross_entropy": [([normal(2, 3, 5), np.array([[0, 4, 2], [1, 1, 3]])], {})],
     "concat": [([normal(2, 3), normal(2, 1), normal(2, 2)], {"axis": 1})],
+    # q, k, v of one shape (the fused gradient kernel) with a bias mask, then keys of another length (composite)
+    "attention": [([normal(2, 5, 3), normal(2, 5, 3), normal(2, 5, 3), normal(5, 5)], {"scale": 0.5}),
+                  ([normal(1, 2, 4, 3), normal(1, 2, 6, 3), normal(1, 2, 6, 2), normal(4, 6)], {"scale": 0.7})],
     # tanh(x * b) + x, with x read twice and b broadcast
     "fused_elementwise": [([normal(2, 3), normal(3)], {"program": (("mul", (0, 1)), ("tanh", (2,)), ("add", (3, 0)))})],
 }
@@ -68,8 +71,8 @@ CASES = {  # op -> list of (inputs, attrs)
 # the KV cache's write, which only decoding (without gradients) uses.
 NO_GRADIENT = {"less", "less_equal", "greater", "greater_equal", "equal", "not_equal", "one_hot", "constant",
                "reciprocal_size", "dropout_mask", "cache_write"}
-# Backward kernels have no rule (no second derivatives); the gelu and layer_norm rows above check them.
-BACKWARD_KERNELS = {"gelu_grad", "layer_norm_grad", "layer_norm_gamma_grad"}
+# Backward kernels have no rule (no second derivatives); the gelu, layer_norm and attention rows check them.
+BACKWARD_KERNELS = {"gelu_grad", "layer_norm_grad", "layer_norm_gamma_grad", "attention_grad"}
 
 
 def test_every_op_is_covered():

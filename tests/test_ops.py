@@ -157,6 +157,20 @@ def cache_write64(cache, new, positions):
     return out
 
 
+def attention_weights64(q, k, mask, scale):
+    return per_row(softmax_row, q @ np.swapaxes(k, -1, -2) * scale + mask, -1)
+
+
+def attention64(q, k, v, mask, scale):
+    return attention_weights64(q, k, mask, scale) @ v
+
+
+def attention_grad64(q, k, v, mask, out, dout, scale):
+    weights = attention_weights64(q, k, mask, scale)
+    d_scores = weights * (dout @ np.swapaxes(v, -1, -2) - (dout * out).sum(-1, keepdims=True)) * scale
+    return np.stack([d_scores @ k, np.swapaxes(d_scores, -1, -2) @ q, np.swapaxes(weights, -1, -2) @ dout])
+
+
 def index_grid(slices):
     return np.ix_(*[np.arange(start, stop, step) for start, stop, step in slices])
 
@@ -297,6 +311,11 @@ CASES += [
     case("cache_write", f32(2, 3, 6, 4), f32(2, 3, 2, 4), i64(2, low=0, high=5), ref=cache_write64),
     case("cache_write", f64(1, 2, 5, 3), f64(1, 2, 1, 3), i32(1, low=0, high=5), ref=cache_write64),
     case("cache_write", f32(3, 1, 4, 2), f32(3, 1, 4, 2), i64(3, low=0, high=1), ref=cache_write64),  # n = length
+    case("attention", f32(2, 3, 5, 4), f32(2, 3, 5, 4), f32(2, 3, 5, 4), f32(5, 5), scale=0.5, ref=attention64),
+    case("attention", f64(2, 4, 3), f64(2, 6, 3), f64(2, 6, 2), f64(2, 1, 6), scale=1.5, ref=attention64),
+    case("attention_grad", *[f32(2, 3, 5, 4)] * 3, f32(5, 5), *[f32(2, 3, 5, 4)] * 2, scale=0.5,
+         ref=attention_grad64),
+    case("attention_grad", *[f64(3, 4, 2)] * 3, f64(1, 4), *[f64(3, 4, 2)] * 2, scale=0.25, ref=attention_grad64),
     case("scatter_add", f32(2, 3, 4), i64(2, 3, low=0, high=4), num_rows=6, ref=scatter_add64),  # repeated rows
     case("scatter_add", f64(4, 2), i32(4, low=0, high=3), num_rows=3, ref=scatter_add64),
     case("scatter_add", f64(3), i64(low=0, high=2), num_rows=2, ref=scatter_add64),
