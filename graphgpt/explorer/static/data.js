@@ -105,10 +105,11 @@ GraphExplorer.stageView = function (graph, step) {
     const saved = here && view.isSaved(value);
     for (let box = value.box; box; box = box.parent) {
       const stats = view.stats.get(box);
-      if (here && value.kind === "node") {
+      if (here && value.kind === "node") {  // this stage's FLOPs and bytes: a pass may change a node it keeps
+        const variant = operands[value.index];
         stats.nodes += 1;
-        stats.flops += typeof value.flops === "number" ? value.flops : 0;
-        stats.bytes += typeof value.bytes === "number" ? value.bytes : 0;
+        stats.flops += typeof variant[3] === "number" ? variant[3] : 0;
+        stats.bytes += typeof variant[4] === "number" ? variant[4] : 0;
       }
       if (saved) { stats.saved += 1; stats.savedBytes += value.bytes; }
       if (mark === "removed") stats.removed += 1;

@@ -47,8 +47,8 @@ GraphExplorer.Panels = {
       ["op", value.kind === "node" ? E(value.op) : ""], ["type", E(value.type)], ["attributes", E(value.attributes)],
       ["role", E(value.role)], ["module", E(value.module || (value.kind === "node" ? "(top level)" : ""))],
       ["box", E(value.box.path || "(top)")], ["source", source],
-      ["FLOPs", value.kind === "node" ? E(GraphExplorer.formatFlops(value.flops)) : ""],
-      ["bytes", E(GraphExplorer.formatBytes(value.bytes))],
+      ["FLOPs", value.kind === "node" ? E(GraphExplorer.formatFlops(variant[3])) : ""],
+      ["bytes", E(GraphExplorer.formatBytes(variant[4]))],
       ["saved", view.isSaved(value) ? `saved activation: kept from the forward pass for the backward, ${E(GraphExplorer.formatBytes(value.bytes))}` : ""],
       ["planned", P.planText(graph, value)], ["in stages", E(present.join(", "))],
     ]);
