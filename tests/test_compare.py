@@ -125,6 +125,8 @@ def test_page_links_graphs_that_exist(report, page):
     assert len(targets) >= 8 and any(target.endswith("tape.svg") for target in targets)
     for target in targets:
         assert os.path.exists(os.path.join(folder, html.unescape(target))), target
+    if hasattr(graphgpt.Compiled, "explore"):  # compiled graphs open in the explorer, the tape as its drawing
+        assert {"traced.html", "compiled.html", "rematerialised.html"} <= {os.path.basename(t) for t in targets}
     charts = charts_in(text)
     assert len(charts) == 5  # time and footprint against layers and against length, and the memory timeline
     for chart in charts[:4]:
