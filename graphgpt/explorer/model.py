@@ -3,7 +3,8 @@
 For every graph the Program runs, one table of values: the union of the graph after every pass (traced -> each
 pass), so the page lays it out once and marks in place what each pass removed, created or fused. Each value has
 its op, type, role, box in the hierarchy (hierarchy.py), source line, module path, FLOPs, bytes, the forward node
-it differentiates, the stages in which it is a saved activation, its text IR line, operands, FLOPs and bytes per stage (variants: a pass may keep a node and change it), and in
+it differentiates, the stages in which it is a saved activation, its text IR line, operands, FLOPs, bytes, op and type per stage (variants: a pass may keep a node's id and
+change it: simplify turns a batched matmul into a reshape of a 2-D one), and in
 the last stage its planned storage and live range. Strings that repeat (ops, types, paths, source lines) go
 through one string table.
 
@@ -107,7 +108,9 @@ def graph_model(name: str, stages: Sequence[StageRecord], strings: StringTable) 
                 variant[0] |= bit
             else:  # a pass may keep a node's id and change its operands or type (a flattened matmul)
                 variant = last_variant[value.id] = [bit, operands, line, _number(_flops(node)),
-                                                    _number(value.type.nbytes)]
+                                                    _number(value.type.nbytes),
+                                                    strings.add(node.op if node else ""), strings.add(str(value.type)),
+                                                    strings.add(_attributes(node))]
                 row[13].append(variant)
     order = {value_id: position for position, value_id in enumerate(rows)}
     for row in rows.values():
@@ -134,13 +137,17 @@ def _new_row(value: Value, box: int, strings: StringTable) -> list:
     node = value.producer if value.kind == "node" else None
     provenance = node.provenance if node is not None else None
     source = f"{provenance.filename}:{provenance.lineno}" if provenance and provenance.filename else ""
-    attributes = "" if node is None or node.op == "constant" else \
-        "  ".join(f"{key}={format_attr(item)}" for key, item in node.attrs.items())
     return [value.id, value.label, KINDS.index(value.kind), strings.add(node.op if node else ""),
             strings.add(str(value.type)), strings.add(provenance.role if provenance else value.kind), box,
             strings.add(source), strings.add(provenance.module_path if provenance else ""), _number(_flops(node)),
             _number(value.type.nbytes), provenance.differentiates if provenance else None, 0, [], 0,
-            strings.add(attributes)]
+            strings.add(_attributes(node))]
+
+
+def _attributes(node) -> str:
+    if node is None or node.op == "constant":  # a constant's value is in its text IR line
+        return ""
+    return "  ".join(f"{key}={format_attr(item)}" for key, item in node.attrs.items())
 
 
 def _flops(node) -> int:

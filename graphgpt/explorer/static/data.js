@@ -46,7 +46,12 @@ GraphExplorer.buildGraph = function (model, graphIndex) {
       plan: row[field.plan], attributes: strings[row[field.attributes]],
     };
     const operands = new Set();
-    for (const variant of value.variants) for (const operand of variant[1]) operands.add(operand);
+    for (const variant of value.variants) {
+      for (const operand of variant[1]) operands.add(operand);
+      variant.op = strings[variant[5]];
+      variant.type = strings[variant[6]];
+      variant.attributes = strings[variant[7]];
+    }
     value.operandsAll = Array.from(operands);
     value.box.leaves.push(value);
     return value;
@@ -92,7 +97,9 @@ GraphExplorer.stageView = function (graph, step) {
     for (const index of record.created) marks.set(index, record.fused ? "fused" : "created");
     for (const index of record.removed) marks.set(index, "removed");
   }
-  const view = { step, stage, bit, present, operands, marks, record, planned: step > last,
+  // The value as this step has it (its last form where this step has it not: a removed node, drawn faint).
+  const variantOf = (value) => operands[value.index] || value.variants[value.variants.length - 1];
+  const view = { step, stage, bit, present, operands, marks, record, planned: step > last, variantOf,
                  isSaved: (value) => (value.saved & bit) !== 0, stats: new Map() };
   // Per box: nodes, FLOPs and bytes of the values present, and the changes this step made inside it.
   const blank = () => ({ nodes: 0, flops: 0, bytes: 0, created: 0, removed: 0, saved: 0, savedBytes: 0 });

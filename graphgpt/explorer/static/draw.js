@@ -60,9 +60,10 @@ GraphExplorer.Drawing = class {
         const saved = view.present[item.index] && view.isSaved(item);
         if (saved) classes.push("saved");
         const role = item.kind === "node" ? (item.op === "constant" ? "constant" : item.role) : item.kind;
-        const title = item.kind === "node" ? `${item.label} ${item.op}` : item.label;
-        const detail = saved ? `${item.type} · saved ${GraphExplorer.formatBytes(item.bytes)}`
-          : view.planned && item.plan && item.plan[1] >= 0 ? `${item.type} · buf ${item.plan[1]}` : item.type;
+        const variant = view.variantOf(item);
+        const title = item.kind === "node" ? `${item.label} ${variant.op}` : item.label;
+        const detail = saved ? `${variant.type} · saved ${GraphExplorer.formatBytes(variant[4])}`
+          : view.planned && item.plan && item.plan[1] >= 0 ? `${variant.type} · buf ${item.plan[1]}` : variant.type;
         items.push(`<g class="leaf r-${role} ${classes.join(" ")}" data-key="${itemKey}">` +
           `<rect x="${rect.x}" y="${rect.y}" width="${rect.w}" height="${rect.h}" rx="5"/>` +
           `<text class="name" x="${rect.x + 8}" y="${rect.y + 15}">${E(title)}</text>` +

@@ -25,10 +25,15 @@ GraphExplorer.Layout = class {
   static get HEADER() { return 34; }
   static get FAN_OUT() { return 2; }
 
+  /* Wide enough for the node's label in every stage (one layout for all of them). */
   leafSize(value) {
-    const title = value.kind === "node" ? `${value.label} ${value.op}` : value.label;
-    const detail = value.saved ? `${value.type} · saved ${GraphExplorer.formatBytes(value.bytes)}` : value.type;
-    return { w: Math.ceil(Math.max(this.measure(title), this.measure(detail), 40) + 18), h: 36 };
+    let width = 40;
+    for (const variant of value.variants) {
+      const title = value.kind === "node" ? `${value.label} ${variant.op}` : value.label;
+      const detail = value.saved ? `${variant.type} · saved ${GraphExplorer.formatBytes(variant[4])}` : `${variant.type} · buf 9999`;
+      width = Math.max(width, this.measure(title), this.measure(detail));
+    }
+    return { w: Math.ceil(width + 18), h: 36 };
   }
 
   /* The item a value is drawn as inside `container`: itself, or the child box holding it. */

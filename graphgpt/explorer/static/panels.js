@@ -37,14 +37,14 @@ GraphExplorer.Panels = {
 
   valueDetails(app, value) {
     const E = GraphExplorer.escape, P = GraphExplorer.Panels, view = app.view, graph = app.graph;
-    const variant = view.operands[value.index] || value.variants[value.variants.length - 1];
+    const variant = view.variantOf(value);
     const present = graph.stages.map((stage, index) => (value.variants.some((v) => v[0] & (1 << index)) ? stage.name : null)).filter(Boolean);
-    let html = `<h2>${E(value.label)} ${E(value.kind === "node" ? value.op : value.kind)}</h2>`;
+    let html = `<h2>${E(value.label)} ${E(value.kind === "node" ? variant.op : value.kind)}</h2>`;
     if (!view.present[value.index]) html += `<p class="warn">not in the graph at this step (${E(view.record.name)})</p>`;
     html += `<pre class="ir">${E(variant[2])}</pre>`;
     const source = value.source ? `<code>${E(value.source)}</code>` : "";
     html += P.rows([
-      ["op", value.kind === "node" ? E(value.op) : ""], ["type", E(value.type)], ["attributes", E(value.attributes)],
+      ["op", value.kind === "node" ? E(variant.op) : ""], ["type", E(variant.type)], ["attributes", E(variant.attributes)],
       ["role", E(value.role)], ["module", E(value.module || (value.kind === "node" ? "(top level)" : ""))],
       ["box", E(value.box.path || "(top)")], ["source", source],
       ["FLOPs", value.kind === "node" ? E(GraphExplorer.formatFlops(variant[3])) : ""],
