@@ -162,6 +162,15 @@ def test_busy_warning_follows_the_spreads(report):
     assert html.escape(warning) in render_page(busy, {}, lesson=False)
 
 
+def test_page_without_numba_says_so(report):
+    note = "Numba is not installed here: pip install -e '.[numba]' to see the generated kernels and their time."
+    without = dataclasses.replace(report, static_only=dataclasses.replace(
+        report.static_only, kernels=None, kernels_note=note, times={
+            name: spread for name, spread in report.static_only.times.items() if name != "numba kernels"}))
+    assert without.static_only.paragraphs()["kernels"] == note
+    assert html.escape(note) in render_page(without, {}, lesson=False) and note in " ".join(without.table().split())
+
+
 def test_page_without_lesson_has_no_lesson_text(report):
     text = render_page(report, {}, lesson=False)
     assert 'class="lesson"' not in text and not any(html.escape(t) in text for t in LESSON.values())
@@ -227,10 +236,12 @@ def test_line_chart_escapes_and_plots_every_series_with_its_spread():
 
 def test_cli_compare_writes_the_lesson(tmp_path, capsys):
     out = str(tmp_path / "c.html")
-    assert main(["compare", "--embed", "8", "--layers", "1", "--heads", "2", "--seq-len", "4", "--batch", "2",
+    assert main(["compare", "--embed", "8", "--layers", "1", "--heads", "2", "--seq-len", "4", "--batch", "1",
                  "--repeats", "1", "--lesson", "--out", out]) == 0
     printed = capsys.readouterr().out
     assert "eager tape vs compiled graph" in printed and "When does compiling pay off?" in printed
+    # A batch of one cannot be split: the report says why, in compile's words, and goes on.
+    assert "compile(..., shards=2) refused: cannot split this training step into 2" in printed
     text = open(out).read()
     assert len(charts_in(text)) == 5 and 'class="lesson"' in text
     assert os.path.exists(str(tmp_path / "c_graphs" / "tape.svg"))
