@@ -1,6 +1,6 @@
 """Where does the time go? The same model at three sequence lengths (the comparison's length series): the tape
-runs about the same number of ops at every length, each paying Python dispatch, a type check, a fresh result array
-and a tape entry, while the arithmetic per op grows with the length; the schedule paid its per-op work once, when
+runs the same number of ops at every length, each paying Python dispatch, a type check and a fresh result array
+(and a tape entry, for the forward ops backward walks), while the arithmetic per op grows with the length; the schedule paid its per-op work once, when
 it lowered the graph to a flat list of NumPy calls into planned buffers. Time per op for both, and the tape's extra
 time per op, (eager - compiled) / ops, from the interleaved step times.
 """
@@ -42,9 +42,10 @@ class TimePerOp:
                 f"{_microseconds(map(self.eager_per_op_us, self.sizes))} an op; the compiled schedule ran "
                 f"{', '.join(str(m.optimised_nodes) for m in self.sizes)} nodes at "
                 f"{_microseconds(map(self.compiled_per_node_us, self.sizes))} a node. The tape's extra time per op "
-                f"is {_microseconds(map(self.overhead_per_op_us, self.sizes))}: Python dispatch, a type check, a "
-                f"fresh result array ({base.tape_nodes} results, {base.tape_result_bytes / 2**20:.2f} MiB kept for "
-                f"backward at {base.config['seq_len']} tokens) and a tape entry, paid again every step. The schedule "
+                f"is {_microseconds(map(self.overhead_per_op_us, self.sizes))}: Python dispatch, a type check and "
+                f"a fresh result array for every op, and a tape entry for each of the {base.tape_nodes} forward ops "
+                f"backward walks (their results, {base.tape_result_bytes / 2**20:.2f} MiB at "
+                f"{base.config['seq_len']} tokens, kept until backward), paid again every step. The schedule "
                 f"did that work once, lowering the graph to a flat list of NumPy calls writing into "
                 f"{base.planned_buffers} buffers planned ahead, and saves "
                 f"{', '.join(f'{self.overhead_share(m):.0%}' for m in self.sizes)} of the tape's step time: as "
