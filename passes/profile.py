@@ -28,7 +28,7 @@ import numpy as np
 
 from graphgpt.ir import Node, OpKind, get_op
 
-from .sharded_run import BLAS_LIMIT
+from .blas_threads import BLAS_LIMIT
 from .steps import VIEW
 
 # What kind of work a step is, for the table: the order rows are printed in.

@@ -30,6 +30,7 @@ from graphgpt.ir.shape_env import Guard, shape_env
 from .analysis import graph_flops
 from .autodiff import append_backward
 from .backends import backend_named
+from .blas_threads import BLAS_LIMIT, SMALL_RUN_FLOPS
 from .data_parallel import prove_split, scale_shard_graph, shard_extent, shard_mismatch
 from .manager import (FastMathOption, StageRecord, default_pipeline, fast_math_flags, format_report, record_stage,
                       run_pipeline, split_before_autodiff)
@@ -120,6 +121,10 @@ class Program:
             shard, combine = graphs
             self._runner = ShardedRun(shard.graph, shard.plan, combine.graph, combine.plan, split.shards,
                                       self.param_names, check_numerics, backend)
+        # An unsplit graph too small to gain from BLAS threads runs on one (passes/blas_threads.py); a split
+        # step's shards do anyway.
+        self.one_blas_thread = (not self.symbolic and len(graphs) == 1
+                                and graph_flops(graphs[0].graph) < SMALL_RUN_FLOPS)
 
     def specialize(self, sizes: dict[str, int]) -> "Program":
         """This symbolic program at concrete sizes: each graph specialised (passes/specialize.py), then planned and
@@ -224,7 +229,7 @@ class Program:
         one run, to run each alone (passes/profile.py): the one schedule, or the first shard's and the combine
         graph's (a split step's shards are run here once, one after another, to feed the combine graph)."""
         if isinstance(self._runner, Schedule):
-            return [(self.graphs[0].name, self._runner, list(inputs), list(params), False)]
+            return [(self.graphs[0].name, self._runner, list(inputs), list(params), self.one_blas_thread)]
         (shard, shard_inputs, shard_params), (combine, sums, combine_params) = self._runner.parts(inputs, params)
         return [(self.graphs[0].name, shard, shard_inputs, shard_params, True),
                 (self.graphs[1].name, combine, sums, combine_params, False)]
@@ -232,6 +237,9 @@ class Program:
     def run(self, inputs: Sequence[np.ndarray], params: Sequence[np.ndarray]) -> list[np.ndarray]:
         """One run. Not reentrant: the schedules write into buffers planned once (graphgpt.Compiled lets one
         run at a time in)."""
+        if self.one_blas_thread:
+            with BLAS_LIMIT.one_thread():
+                return self._runner.run(inputs, params)
         return self._runner.run(inputs, params)
 
     def describe(self, sizes: Optional[dict[str, int]] = None) -> str:
@@ -251,6 +259,9 @@ class Program:
             parts.append(f"rematerialisation ({self.remat.describe()}): made for each concrete size on first use")
         if self.gradient_names:
             parts.append(self.split.describe())
+        if self.one_blas_thread:
+            parts.append(f"BLAS: one thread ({graph_flops(self.graphs[0].graph) / 1e9:.2f} GFLOP per run is too "
+                         f"little to share)")
         if self.fast_math:
             parts.append(f"fast math: {', '.join(sorted(self.fast_math))} (results may differ in the last bits)")
         return "\n".join(parts)

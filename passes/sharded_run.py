@@ -8,22 +8,20 @@ two shards on one BLAS thread each keep both cores busy all the time (benchmarks
 NumPy and OpenBLAS release the GIL inside their calls, so Python threads run the shards truly in parallel.
 
 While shards run, BLAS is limited to one thread (two threads each asking OpenBLAS for two threads would
-oversubscribe the cores). The limit is process-wide, so it is counted: the first run to enter sets it, the last
-to leave restores it, however runs of different programs interleave.
+oversubscribe the cores): passes/blas_threads.py.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor, wait
-from contextlib import contextmanager
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from graphgpt.ir import Graph
 
+from .blas_threads import BLAS_LIMIT
 from .memory_plan import MemoryPlan
 from .schedule import Schedule
 
@@ -33,38 +31,6 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-class _BlasLimit:
-    """One BLAS thread while any sharded run is inside `one_thread()`; restored when the last one leaves."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._holders = 0
-        self._limit = None
-        self._controller = None
-
-    @contextmanager
-    def one_thread(self) -> Iterator[None]:
-        with self._lock:
-            if self._holders == 0:
-                if self._controller is None:
-                    from threadpoolctl import ThreadpoolController
-
-                    self._controller = ThreadpoolController()
-                self._limit = self._controller.limit(limits=1, user_api="blas")
-            self._holders += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._holders -= 1
-                if self._holders == 0:
-                    self._limit.restore_original_limits()
-                    self._limit = None
-
-
-BLAS_LIMIT = _BlasLimit()  # one per process, as the BLAS thread pool it guards
 
 
 class ShardedRun:
