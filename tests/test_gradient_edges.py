@@ -159,7 +159,8 @@ def test_flattening_a_batched_matmul_with_an_empty_inner_axis():
     differently) took B*T as size // max(k, 1) = 0 when k = 0, and the reshape back failed."""
     a, b = np.zeros((2, 3, 0), np.float32), np.ones((0, 4), np.float32)
     compiled = graphgpt.compile(lambda a, b: a @ b, a, b, fast_math={"reassociate"})
-    assert compiled.program.whole.stages[1].summary["flatten batched matmul"] == 1  # the rule did fire
+    [simplified] = [stage for stage in compiled.program.whole.stages if stage.name == "simplify"]
+    assert simplified.summary["flatten batched matmul"] == 1  # the rule did fire
     np.testing.assert_array_equal(compiled.run(a, b), np.zeros((2, 3, 4)))
     value, gradients = compiled_value_and_gradients(lambda a, b: (a @ b).sum(), [a, b], fast_math={"reassociate"})
     assert value == 0 and gradients[0].shape == a.shape and gradients[1].shape == b.shape

@@ -54,6 +54,14 @@ def scratch_cases():
     for shape in FUSED_SHAPES:
         for program in FUSED_PROGRAMS:
             cases.append(("fused_elementwise", [normal(*shape), normal(*shape[-1:])], {"program": program}))
+    # Attention: one block of query rows (a decode step), and 600 rows in blocks of 13 ending with a short one.
+    for q_shape, keys in (((2, 3, 1, 8), 40), ((4, 8, 600, 8), 600)):
+        k = normal(*q_shape[:-2], keys, q_shape[-1])
+        mask = normal(q_shape[-2], keys)
+        cases.append(("attention", [normal(*q_shape), k, normal(*k.shape), mask], {"scale": 0.35}))
+        if keys == q_shape[-2]:
+            grads_inputs = [normal(*q_shape) for _ in range(3)] + [mask] + [normal(*q_shape) for _ in range(2)]
+            cases.append(("attention_grad", grads_inputs, {"scale": 0.35}))
     return cases
 
 
