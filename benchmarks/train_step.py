@@ -172,35 +172,46 @@ def print_startup(startup: dict, warm_torch_compile: float) -> None:
           + "; ".join(parts))
 
 
-def print_profile(compiled, tokens, targets, interleaved_seconds: float, repeats: int) -> None:
-    """Where the compiled step's time goes, by category, then what lies between the steps, each figure measured
-    in one window: the steps timed one at a time, the same parts run whole, compiled.run alone right after."""
+def print_profile(compiled, tokens, targets, interleaved_seconds: float, repeats: int, run_repeats: int) -> None:
+    """Where the compiled step's time goes, by category, then what lies around its steps, each layer measured in
+    one window: the steps timed one at a time (the profile), the same parts run whole through their generated code
+    (the profile too), the program's run (the split's shards side by side), and compiled.run, the last two
+    interleaved (`run_repeats` times each)."""
     profile = compiled.profile(tokens, targets, repeats=repeats)
-    compiled.run(tokens, targets)
-    alone = statistics.median(interleaved_times({"compiled": lambda: compiled.run(tokens, targets)}, repeats)
-                              ["compiled"])
+    arrays = [np.asarray(tokens), np.asarray(targets)]
+    params = list(compiled.parameter_values().values())  # in the program's order; a step without an update
+    runs = interleaved_times({"compiled.run": lambda: compiled.run(tokens, targets),
+                              "program.run": lambda: compiled.program.run(arrays, params)}, run_repeats,
+                          warm_each=True)
+    alone, program = (statistics.median(runs[name]) for name in ("compiled.run", "program.run"))
     steps, whole = profile.seconds, profile.run_seconds
     parts = (f"one shard of {compiled.split.shards} alone on one BLAS thread, then the combine graph"
              if profile.split else "its one schedule, BLAS on every core")
-    print(f"where the compiled step goes (compiled.profile, median of {repeats}; {parts}; shares of the step "
-          f"run alone):")
+    print(f"where the compiled step goes (compiled.profile, median of {repeats}; {parts}; shares of compiled.run "
+          f"timed alone):")
     by_category = profile.seconds_by("category")
     rows = [(name, by_category.get(name, 0.0)) for name in
             ("GEMM", "generated kernels", "row-wise", "elementwise", "copies and views")]
     rows += [("steps timed one at a time", steps),
-             ("Python and dispatch overhead", alone - steps),
+             ("Python and dispatch overhead", (whole - steps) + (alone - program)),
              ("  between the kernel calls", whole - steps),
-             ("  in Compiled.run", alone - whole),
-             ("compiled.run alone", alone)]
+             ("  in Compiled.run", alone - program)]
+    # What program.run adds to the parts run alone: for an unsplit step they are the same run timed twice
+    rows.append(("shards side by side" if profile.split else "the same run timed twice", program - whole))
+    rows.append(("compiled.run alone", alone))
     for name, seconds in rows:
         print(f"  {name:<30} {seconds * 1e3:9.2f} ms {seconds / alone:6.1%}")
-    around_the_parts = ("running the shards side by side on two threads (hand-off, summing their outputs, "
-                        "sharing the cores and memory), checking inputs, copying results" if profile.split
-                        else "checking inputs, binding parameters, copying results")
-    print(f"  (overhead: compiled.run alone less its steps timed one at a time. Between the kernel calls: the "
-          f"parts run whole through their generated code ({whole * 1e3:.2f} ms) less their steps, which the "
-          f"profile times through its interpreter loop, ~1-2 us a step slower, so this can come out negative; "
-          f"NumPy's own per-call dispatch is inside each category. In Compiled.run: {around_the_parts}.)")
+    what_program_run_adds = (
+        f"Shards side by side: program.run less one shard alone and the combine graph: the {compiled.split.shards} "
+        f"shards on their threads at once (sharing the cores and memory, handing off, summing their outputs)"
+        if profile.split else
+        "The same run timed twice: program.run less the profile's whole run of the same schedule, the noise of "
+        "this window")
+    print(f"  (between the kernel calls: the parts run whole through their generated code ({whole * 1e3:.2f} ms) "
+          f"less their steps, which the profile times through its interpreter loop, ~1-2 us a step slower, so "
+          f"this can come out negative; NumPy's own per-call dispatch is inside each category. In Compiled.run: "
+          f"compiled.run less program.run ({program * 1e3:.2f} ms): checking inputs, binding parameters, copying "
+          f"results. {what_program_run_adds}.)")
     print(f"  in the interleaved timing above the step took {interleaved_seconds * 1e3:.2f} ms: "
           f"{(interleaved_seconds - alone) * 1e3:+.2f} ms beside compiled.run alone, from the other contenders' "
           f"threads still running after their steps and the machine's load then")
@@ -281,7 +292,7 @@ def main() -> None:
         print(f"compiled: runs {running}; planned buffers {planned / 2**20:.1f} MiB vs "
               f"{keep_all / 2**20:.1f} MiB to keep every intermediate of the whole step ({planned / keep_all:.0%}); "
               f"{compiled.split.describe()}")
-        print_profile(compiled, tokens, targets, medians["compiled"], args.profile_repeats)
+        print_profile(compiled, tokens, targets, medians["compiled"], args.profile_repeats, args.repeats)
     finally:
         shutil.rmtree(inductor_cache, ignore_errors=True)
 
