@@ -1,10 +1,10 @@
 """Timing contenders side by side: every repetition runs each contender once, in a fresh random order, so a busy
 spell of a shared machine falls on all of them alike rather than on whichever ran during it. One place for the
 loop that graphgpt compare and the benchmarks share, and the spread of what it measured (median and interquartile
-range), which says whether the machine was busy meanwhile.
+range), which says whether something else ran meanwhile.
 
     times = interleaved_times({"eager": step_eager, "compiled": step_compiled}, repeats=7)
-    spread = spread_of(times["compiled"])     # spread.median, spread.low, spread.high (ms); spread.busy
+    spread = spread_of(times["compiled"])     # spread.median, spread.low, spread.high (ms); spread.wide
 """
 
 from __future__ import annotations
@@ -35,10 +35,12 @@ def interleaved_times(runs: Mapping[str, Callable[[], object]], repeats: int, wa
     return times
 
 
-# A time whose interquartile range is more than this fraction of its median was taken while something else ran.
-# Measured on a 2-core machine, graphgpt compare's 23 times over 7 interleaved runs: in a quiet spell their ranges
-# were 7% of the median (the middle one) and 15% at most; with other work running, 25-45% typically, and more.
-BUSY_SPREAD = 0.25
+# A time whose interquartile range is more than this fraction of its median spread wide: something else ran while
+# it was measured. Measured on a 2-core machine, graphgpt compare's 23 times over 7 interleaved runs: in a quiet
+# spell their ranges were 7% of the median (the middle one) and 15% at most; with other work running, 25-45%
+# typically, and more. A few wide times in a quiet spell are a noisy contender (threads, allocation); many at once,
+# a busy machine (compare/report.py).
+WIDE_SPREAD = 0.25
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,9 @@ class Spread:
         return (self.high - self.low) / self.median if self.median > 0 else 0.0
 
     @property
-    def busy(self) -> bool:
-        """Whether the spread says the machine was busy while these runs were timed (see BUSY_SPREAD)."""
-        return self.relative > BUSY_SPREAD
+    def wide(self) -> bool:
+        """Whether these runs spread wide (see WIDE_SPREAD): something else ran while they were timed."""
+        return self.relative > WIDE_SPREAD
 
     def __str__(self) -> str:
         """'4.31 ms [4.20-4.52]': median, then first and third quartiles."""

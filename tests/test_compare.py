@@ -20,13 +20,13 @@ from graphgpt.compare.lesson import LESSON
 from graphgpt.compare.measurement import COMPILED, EAGER, REMAT, mib
 from graphgpt.compare.page import render_page
 from graphgpt.compare.payoff import break_even
-from graphgpt.compare.report import QUESTIONS, STATIC_ONLY
+from graphgpt.compare.report import BUSY_SHARE, QUESTIONS, SPREAD_RULE, STATIC_ONLY
 from graphgpt.memory_timeline import memory_timeline
 from graphgpt.nn import functional as F
 from graphgpt.render import to_dot
 from graphgpt.svg_chart import line_chart
 from graphgpt.tape_graph import tape_graph
-from graphgpt.timing import BUSY_SPREAD, Spread, interleaved_times, spread_of
+from graphgpt.timing import WIDE_SPREAD, Spread, interleaved_times, spread_of
 from conftest import make_gpt, make_tokens
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -152,12 +152,37 @@ def with_spreads(report, make):
 
 def test_busy_warning_follows_the_spreads(report):
     quiet = with_spreads(report, calm)
-    assert quiet.busy_warning() is None
-    assert "WARNING" not in quiet.table() and 'id="busy-warning"' not in render_page(quiet, {}, lesson=False)
-    busy = with_spreads(report, calm)
-    busy.base.times[EAGER] = Spread(10.0, 8.0, 13.0, 3)  # interquartile range 50% of the median
+    assert quiet.busy_warning() is None and quiet.spread_note() is None
+    assert "WARNING" not in quiet.table() and "Note:" not in quiet.table()
+    page = render_page(quiet, {}, lesson=False)
+    assert 'id="busy-warning"' not in page and 'id="spread-note"' not in page
+    assert html.escape(SPREAD_RULE) in page and SPREAD_RULE in quiet.table()
+
+    noisy = with_spreads(report, calm)  # one wide time: a noisy contender, not a busy machine
+    noisy.base.times[EAGER] = Spread(10.0, 8.0, 13.0, 3)  # interquartile range 50% of the median
+    note = noisy.spread_note()
+    assert noisy.busy_warning() is None and note is not None and "eager tape step 50%" in note
+    assert "Note: " + note in noisy.table() and html.escape(note) in render_page(noisy, {}, lesson=False)
+
+    def wide(spread: Spread) -> Spread:
+        return Spread(spread.median, spread.median * 0.7, spread.median * 1.3, spread.runs)
+
+    def with_wide(count: int, total: int = 20):
+        """The report, its times replaced by `total` of which the first `count` spread wide."""
+        changed = with_spreads(report, calm)
+        times = {f"time {index}": (wide if index < count else calm)(Spread(10.0, 10.0, 10.0, 7))
+                 for index in range(total)}
+        changed.spreads = lambda: times
+        return changed
+
+    at_share = int(BUSY_SHARE * 20)
+    assert with_wide(at_share).busy_warning() is None and with_wide(at_share).spread_note() is not None
+    assert with_wide(at_share + 1).busy_warning() is not None and with_wide(at_share + 1).spread_note() is None
+    count = len(report.spreads())
+    busy = with_spreads(report, wide)
     warning = busy.busy_warning()
-    assert warning is not None and "eager tape step 50%" in warning and f"{BUSY_SPREAD:.0%}" in warning
+    assert warning is not None and f"{count} of {count} times" in warning and f"{WIDE_SPREAD:.0%}" in warning
+    assert busy.spread_note() is None
     assert "WARNING: " + warning in busy.table()
     assert html.escape(warning) in render_page(busy, {}, lesson=False)
 
@@ -180,9 +205,9 @@ def test_spread_is_median_and_quartiles_and_flags_a_wide_one():
     seconds = [0.004, 0.0041, 0.0045, 0.005, 0.02]
     spread = spread_of(seconds)
     assert (spread.low, spread.median, spread.high) == pytest.approx(np.percentile(seconds, [25, 50, 75]) * 1e3)
-    assert str(spread) == "4.50 ms [4.10-5.00]" and not spread.busy
-    assert Spread(10.0, 9.0, 9.0 + 10 * BUSY_SPREAD, 5).busy is False  # exactly at the threshold: not busy
-    assert Spread(10.0, 9.0, 9.01 + 10 * BUSY_SPREAD, 5).busy is True
+    assert str(spread) == "4.50 ms [4.10-5.00]" and not spread.wide
+    assert Spread(10.0, 9.0, 9.0 + 10 * WIDE_SPREAD, 5).wide is False  # exactly at the threshold: not wide
+    assert Spread(10.0, 9.0, 9.01 + 10 * WIDE_SPREAD, 5).wide is True
     with pytest.raises(ValueError, match="at least one timing"):
         spread_of([])
 

@@ -24,6 +24,7 @@ table{border-collapse:collapse} tr:nth-child(even){background:#f4f4f4} th{border
 .answer{background:#eef4fb;border-left:4px solid #1f77b4;padding:8px 12px}
 .lesson{color:#333;font-style:italic;border-left:4px solid #ccc;padding:4px 12px}
 .warning{background:#fdecea;border-left:4px solid #d62728;padding:8px 12px}
+.note{background:#fff8e1;border-left:4px solid #ff7f0e;padding:8px 12px}
 pre{background:#f7f7f7;padding:8px;white-space:pre-wrap}
 .side{display:flex;gap:16px} .side figure{flex:1;min-width:0;margin:0;border:1px solid #ccc}
 .side .scroll{max-height:640px;overflow:auto;background:#fff} .side img{display:block;width:100%}
@@ -54,7 +55,7 @@ def render_page(report: Report, drawn: dict, lesson: bool) -> str:
         return f'<p class="lesson" data-lesson="{section}">{escape(LESSON[section])}</p>' if lesson else ""
 
     b = report.base
-    warning = report.busy_warning()
+    warning, note = report.busy_warning(), report.spread_note()
     parts = [f'<!doctype html><html><head><meta charset="utf-8"><title>static graph vs dynamic tape</title>'
              f'<style>{STYLE}</style></head><body>',
              f"<h1>Static graph vs dynamic tape</h1>",
@@ -62,6 +63,7 @@ def render_page(report: Report, drawn: dict, lesson: bool) -> str:
              f'and backward) of the same weights and batch, through the eager tape and through compiled graphs.</p>',
              f'<p id="run">{escape(report.run.describe())}. {escape(SPREAD_RULE)}</p>',
              f'<p class="warning" id="busy-warning">{escape(warning)}</p>' if warning else "",
+             f'<p class="note" id="spread-note">{escape(note)}</p>' if note else "",
              explain("intro"), "<h2>The figures</h2>", explain("table"),
              _table(("", *(NAMES[c] for c in CONTENDERS)), report.figure_rows(), "figures"),
              "<p>rematerialised: the compiled step recomputing cheap forward values in the backward "
