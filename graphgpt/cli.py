@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
                                               "a table, writes an HTML report linking every graph it mentions.")
     # The comparison's vocabulary and seed are fixed (compare.VOCAB, seed 0): no options that would be ignored.
     _add_model_arguments(compare, ("embed", "layers", "heads", "seq_len", "batch"))
-    _add_number(compare, "--repeats", "repeats", 7, "timed repetitions per measurement, interleaved")
+    _add_number(compare, "--repeats", "repeats", 15, "timed repetitions per measurement, interleaved")
     compare.add_argument("--out", default="compare.html", type=non_empty("a file name"),
                          help="HTML report (default compare.html), its graphs drawn into <name>_graphs/ beside it")
     compare.add_argument("--lesson", action="store_true", help="short explanations between the figures, for a class")

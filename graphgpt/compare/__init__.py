@@ -50,9 +50,12 @@ def _check_arguments(sizes: dict, series: dict) -> None:
 
 
 def compare(embed: int = 64, layers: int = 2, heads: int = 4, seq_len: int = 32, batch: int = 4,
-            repeats: int = 7, layer_counts=(1, 2, 4), lengths=(16, 32, 64)) -> Report:
+            repeats: int = 15, layer_counts=(1, 2, 4), lengths=(16, 32, 64)) -> Report:
     """Measure everything the report shows, in one run. All times (every size's steps, compiling, generating)
-    come from one interleaved pass of `repeats` rounds, so a busy spell falls on all of them alike."""
+    come from one interleaved pass of `repeats` rounds, so a busy spell falls on all of them alike. 15 rounds
+    (about 11 s on a quiet 2-core machine) span enough of a run's time that four runs gave overlapping quartiles
+    for every step time; 7 rounds (8 s) did not: the compiled step's ranges of two runs were 4.20-4.40 and
+    4.69-5.40 ms."""
     _check_arguments(dict(embed=embed, layers=layers, heads=heads, seq_len=seq_len, batch=batch, repeats=repeats),
                      dict(layer_counts=layer_counts, lengths=lengths))
     started, load_before = time.perf_counter(), os.getloadavg()[0]

@@ -25,8 +25,8 @@ STATIC_ONLY = {"memory-plan": "memory planned ahead", "rewrites": "rewrites, by 
                "kernels": "fusion and generated kernels", "split": "the data-parallel split, proved from the graph",
                "remat": "rematerialisation under a budget", "shape-errors": "shape errors found before running"}
 # The machine was busy when more than this share of the times spread wide together; fewer wide times are noisy
-# contenders (the split step's threads, say), named in a note. In four runs in a quiet spell 5, 7, 8 and 17 of 30
-# times were wide; under other work, 12 to 29.
+# contenders (the split step's threads, say), named in a note. Measured: in quiet spells 1 to 8 of the 30 times
+# were wide; when something else ran, 12 to 29.
 BUSY_SHARE = 0.25
 SPREAD_RULE = (f"Times are medians of interleaved runs with their interquartile range [first-third quartile]. A "
                f"time whose range is more than {WIDE_SPREAD:.0%} of its median spread wide; when more than "
