@@ -22,7 +22,7 @@ from graphgpt.trace_entry import trace
 from graphgpt.ir import verify
 from graphgpt.nn import functional as F
 from graphgpt.passes import infer_shapes
-from graphgpt.passes.program import build_forward_program
+from graphgpt.passes.program_build import build_forward_program
 
 LAYER_COUNTS = (1, 2, 4, 8, 12, 24)
 WIDTH, HEADS, VOCAB, SEQ_LEN, BATCH = 128, 4, 65, 64, 8

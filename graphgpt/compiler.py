@@ -21,7 +21,8 @@ import numpy as np
 from graphgpt.ir import Graph, ShapeError, TensorType, verify
 from graphgpt.ir.shape_env import ShapeEnv, shape_env
 from graphgpt.passes import infer_shapes
-from graphgpt.passes.program import Program, ProgramGraph, build_forward_program, build_training_program
+from graphgpt.passes.program import Program, ProgramGraph
+from graphgpt.passes.program_build import build_forward_program, build_training_program
 from graphgpt.passes.rematerialize import RematOptions
 from graphgpt.passes.specialize import bind_sizes, describe_sizes
 

@@ -37,7 +37,7 @@ from .nn.kv_cache import KVCache
 from .trace_entry import module_tensors, trace
 from .training.sampling import check_prompt, check_sampling, next_token
 from graphgpt.passes import infer_shapes
-from graphgpt.passes.program import build_forward_program
+from graphgpt.passes.program_build import build_forward_program
 
 
 class CompiledGeneration:

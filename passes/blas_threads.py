@@ -7,7 +7,9 @@ interleaved with the machine loaded (benchmarks/train_step.py --tiny measures it
 
 The limit is process-wide, as the BLAS thread pool it guards is, so it is counted: the first run to enter sets
 one thread, the last to leave restores what was there, however runs of different programs interleave. The
-libraries are looked up once (threadpoolctl); entering and leaving then costs two calls into each.
+libraries are looked up once (threadpoolctl), on first use: NumPy's BLAS, which computes graphgpt's matmuls, is
+loaded by then; a library loaded later (torch's, scipy's) is not graphgpt's and is left alone. Entering and
+leaving then costs two calls into each.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 # A run of fewer FLOPs than this (one unsplit graph) runs on one BLAS thread; a step this size or larger is
-# split into shards when it can be (passes/program.py MIN_SPLIT_FLOPS), each on one BLAS thread anyway.
+# split into shards when it can be (passes/program_build.py MIN_SPLIT_FLOPS), each on one BLAS thread anyway.
 SMALL_RUN_FLOPS = 4 * 10**9
 
 
@@ -30,7 +32,8 @@ class BlasLimit:
         self._libraries = None  # threadpoolctl's controllers of the BLAS libraries, found on first use
         self._saved: list[tuple[object, int]] = []
 
-    def _blas_libraries(self) -> list:
+    def blas_libraries(self) -> list:
+        """threadpoolctl's controllers of the BLAS libraries this limit sets (found on first use)."""
         if self._libraries is None:
             from threadpoolctl import ThreadpoolController
 
@@ -42,7 +45,7 @@ class BlasLimit:
     def one_thread(self) -> Iterator[None]:
         with self._lock:
             if self._holders == 0:
-                self._saved = [(library, library.num_threads) for library in self._blas_libraries()]
+                self._saved = [(library, library.num_threads) for library in self.blas_libraries()]
                 for library, _ in self._saved:
                     library.set_num_threads(1)
             self._holders += 1

@@ -17,7 +17,7 @@ import numpy as np
 import graphgpt
 from graphgpt.passes.autodiff import append_backward
 from graphgpt.passes.infer_shapes import infer_shapes
-from graphgpt.passes.program import build_forward_program
+from graphgpt.passes.program_build import build_forward_program
 
 
 def float_positions(arrays: Sequence[np.ndarray]) -> list[int]:

@@ -26,7 +26,7 @@ from graphgpt.onnx_export import ExportError  # noqa: E402
 from graphgpt.onnx_ops import MAPPINGS  # noqa: E402
 from graphgpt.passes.elementwise_fusion import fuse_elementwise  # noqa: E402
 from graphgpt.passes.manager import DEFAULT_PIPELINE  # noqa: E402
-from graphgpt.passes.program import build_forward_program  # noqa: E402
+from graphgpt.passes.program_build import build_forward_program  # noqa: E402
 from graphgpt.tensor import Tensor  # noqa: E402
 
 RTOL = 1e-5

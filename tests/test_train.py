@@ -253,7 +253,7 @@ def test_resume_on_another_core_count_repeats_the_split_bit_for_bit(data_file, t
     """Item 13: resumed on 1 core, a run split in two shards on 2 cores used to continue unsplit, summing
     gradients in another order (weights 2.9e-6 apart). The checkpoint records the split; the resumed run
     repeats it."""
-    from graphgpt.passes import program
+    from graphgpt.passes import program_build as program
 
     monkeypatch.setattr(program, "MIN_SPLIT_FLOPS", 0)  # split the tiny step, as a big step is split
     monkeypatch.setattr(program, "available_cores", lambda: 1)
