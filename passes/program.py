@@ -169,8 +169,9 @@ class Program:
         """Bytes of the buffers (and kernel scratch) the schedules allocated once and reuse every run."""
         return sum(schedule.planned_bytes for schedule in self.schedules)
 
-    def _kernel_users(self) -> dict[str, list]:
-        """Each generated kernel's source -> the nodes running it, in schedule order; numbered by this order."""
+    def generated_kernels(self) -> dict[str, list]:
+        """Each generated kernel's source -> the nodes running it, in schedule order; kernel numbers (from 1)
+        follow this order."""
         users: dict[str, list] = {}
         for schedule in ([] if self.symbolic else self.schedules):
             for node, kernel in schedule.kernels:
@@ -182,7 +183,7 @@ class Program:
     def kernel_numbers(self) -> dict[int, int]:
         """id() of each node a generated kernel computes -> that kernel's number (as kernel_sources numbers them).
         By node object: a shard graph and the combine graph may use the same value ids."""
-        return {id(node): number for number, nodes in enumerate(self._kernel_users().values(), 1) for node in nodes}
+        return {id(node): number for number, nodes in enumerate(self.generated_kernels().values(), 1) for node in nodes}
 
     def ir(self) -> str:
         """The text IR of every graph that runs, each headed by its name; a node a generated kernel computes
@@ -200,7 +201,7 @@ class Program:
     def kernel_sources(self) -> str:
         """The source of every generated kernel the schedules run, once each, headed by the nodes it computes
         (empty with the NumPy backend, and for a symbolic program, which has no schedule of its own)."""
-        users = self._kernel_users()
+        users = self.generated_kernels()
         parts = []
         for number, (source, nodes) in enumerate(users.items(), 1):
             where = ", ".join(f"{node.output.label} ({node.provenance.module_path or node.op})" for node in nodes)

@@ -6,6 +6,7 @@ own performance timing) are printed, never asserted. Screenshots go to $GRAPHGPT
 folder), named in the output. Skipped where selenium, Chromium or its driver is missing."""
 
 import os
+import re
 import shutil
 import time
 
@@ -192,4 +193,29 @@ def test_the_pass_stepper_marks_what_a_pass_removed_on_the_same_layout(opened, s
     print("\nscreenshot:", os.path.join(screenshots, "pass_step.png"))
     opened.find_element(By.ID, "step-back").click()  # to fold_constants, which changed nothing here
     assert names[step - 1] == "fold_constants" and drawn(opened, "g.leaf.removed") == 0
+    assert errors(opened) == []
+
+
+def test_a_node_a_generated_kernel_computes_shows_its_source(browser, tmp_path, screenshots):
+    """backend="numba": the details of a layer norm say which generated kernel runs it and hold its source."""
+    pytest.importorskip("numba", reason="generated kernels need numba (pip install '.[numba]')")
+    graphgpt.manual_seed(0)
+    model = graphgpt.nn.GPT(65, 32, 2, 4, max_seq_len=8)
+    tokens = np.random.default_rng(0).integers(0, 65, size=(2, 8))
+    step = graphgpt.compile(model, tokens, tokens, loss=F.cross_entropy, shards=1, backend="numba")
+    numbered = re.search(r"# ==== kernel (\d+) of \d+: layer_norm,", step.kernels())
+    opened = browser
+    opened.get("file://" + step.explore(str(tmp_path / "numba.html")))
+    deadline = time.time() + 30
+    while not opened.execute_script("return document.body.getAttribute('data-ready')"):
+        assert time.time() < deadline, "the explorer did not finish opening within 30 s"
+        time.sleep(0.02)
+    search = opened.find_element(By.ID, "search")
+    search.send_keys("layer_norm")
+    search.send_keys(Keys.ENTER)
+    details = opened.find_element(By.ID, "details")
+    assert f"generated kernel {numbered.group(1)} (compiled.kernels())" in details.text
+    opened.find_element(By.CSS_SELECTOR, "#details details.kernel summary").click()
+    assert "def layer_norm(" in opened.find_element(By.CSS_SELECTOR, "#details details.kernel pre").text
+    opened.save_screenshot(os.path.join(screenshots, "kernel_source.png"))
     assert errors(opened) == []

@@ -160,6 +160,37 @@ def test_a_forward_compile_and_a_split_step_explore(tmp_path):
     assert [graph["name"] for graph in page["graphs"]] == list(split.graphs)
 
 
+def carried_model(path):
+    page = open(path, encoding="utf-8").read()
+    packed = re.search(r'<script type="application/octet-stream" id="explorer-model">([^<]*)</script>', page)
+    return json.loads(gzip.decompress(base64.b64decode(packed.group(1))))
+
+
+def test_generated_kernels_are_carried_with_the_values_they_compute(tmp_path):
+    """backend="numba": each graph lists its kernels by the number compiled.kernels() and the text IR give them,
+    with their source and the values they compute; the NumPy backend's page lists none."""
+    pytest.importorskip("numba", reason="generated kernels need numba (pip install '.[numba]')")
+    model = make_gpt(layers=1)
+    tokens = make_tokens(17, 4, 8)
+    split = graphgpt.compile(model, tokens, tokens, loss=F.cross_entropy, shards=2, backend="numba",
+                             optimizer=graphgpt.optim.SGD(lr=0.1))
+    carried = carried_model(split.explore(str(tmp_path / "numba.html")))
+    listing, text = split.kernels(), split.ir
+    seen = 0
+    for graph in carried["graphs"]:
+        for number, source, computed in graph["kernels"]:
+            assert source in listing and f"# ==== kernel {number} of " in listing
+            for position in computed:
+                label = graph["values"][position][1]
+                assert any(line.strip().startswith(f"{label}:") and line.endswith(f"  kernel {number}")
+                           for line in text.splitlines()), (label, number)
+                seen += 1
+    shard, *_, combine = split.program.schedules  # every shard's schedule runs the same nodes
+    assert seen == len(shard.kernels) + len(combine.kernels) > 0
+    assert all(graph["kernels"] == [] for graph in carried_model(
+        graphgpt.compile(model, tokens).explore(str(tmp_path / "numpy.html")))["graphs"])
+
+
 def test_refusals_say_what_was_expected_and_what_came(step, tmp_path):
     with pytest.raises(ExplorerError, match=r"expected a file name ending in \.html, got '.*g\.svg'"):
         step.explore(str(tmp_path / "g.svg"))

@@ -36,13 +36,27 @@ def explore(compiled, path: str = "graph.html", graph: Optional[str] = None, sta
         raise ExplorerError(f"explore: expected graph= one of {', '.join(map(repr, names))}, got {graph!r}")
     chosen = names.index(graph) if graph is not None else 0
     named_stages = [(entry.name, _measured_stages(compiled, entry.stages)) for entry in entries]
+    kernels = [_kernels_of(compiled.program, entry.graph) for entry in entries]
     stage_names = ["traced" if index == 0 else record.name for index, record in enumerate(entries[chosen].stages)]
     if stage is not None and stage not in stage_names:
         raise ExplorerError(f"explore: expected stage= one of {', '.join(map(repr, stage_names))} for graph "
                             f"{names[chosen]!r}, got {stage!r}")
     open_stage = stage_names.index(stage) if stage is not None else None
-    model = explorer_model(named_stages, title or _title(compiled), chosen, open_stage)
+    model = explorer_model(named_stages, title or _title(compiled), chosen, open_stage, kernels)
     return write_page(model, path)
+
+
+def _kernels_of(program, graph) -> list[tuple[int, str, list[int]]]:
+    """(number, as compiled.kernels() and the text IR number it; source; ids of the values it computes) of each
+    generated kernel running nodes of `graph` (backend="numba"; none with the NumPy backend, or for a symbolic
+    trace, whose kernels are made per size)."""
+    in_graph = {id(node) for node in graph.nodes}
+    kernels = []
+    for number, (source, nodes) in enumerate(program.generated_kernels().items(), 1):
+        computed = [node.output.id for node in nodes if id(node) in in_graph]
+        if computed:
+            kernels.append((number, source, computed))
+    return kernels
 
 
 def _measured_stages(compiled, stages):

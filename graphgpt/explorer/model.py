@@ -5,7 +5,8 @@ pass), so the page lays it out once and marks in place what each pass removed, c
 its op, type, role, box in the hierarchy (hierarchy.py), source line, module path, FLOPs, bytes, the forward node
 it differentiates, the stages in which it is a saved activation, its text IR line, operands, FLOPs, bytes, op and type per stage (variants: a pass may keep a node's id and
 change it: simplify turns a batched matmul into a reshape of a 2-D one), and in
-the last stage its planned storage and live range. Strings that repeat (ops, types, paths, source lines) go
+the last stage its planned storage and live range; and the source of each generated kernel with the values it
+computes. Strings that repeat (ops, types, paths, source lines) go
 through one string table.
 
     model = explorer_model(compiled)              # {'graphs': [...], 'strings': [...], ...}
@@ -84,8 +85,10 @@ def _leaf_line(value: Value) -> str:
     return f"{value.label}:{value.type}  ({value.kind if value.kind != 'param' else 'parameter'})"
 
 
-def graph_model(name: str, stages: Sequence[StageRecord], strings: StringTable) -> dict:
-    """The model of one graph that runs, from the records of every pass that made it."""
+def graph_model(name: str, stages: Sequence[StageRecord], strings: StringTable,
+                kernels: Sequence[tuple[int, str, Sequence[int]]] = ()) -> dict:
+    """The model of one graph that runs, from the records of every pass that made it, and the generated kernels
+    (number, source, ids of the values each computes) its schedule runs."""
     rows: dict[int, list] = {}  # value id -> row (VALUE_FIELDS)
     boxes = _Boxes()
     last_variant: dict[int, list] = {}
@@ -128,6 +131,8 @@ def graph_model(name: str, stages: Sequence[StageRecord], strings: StringTable) 
         "updates": [[order[parameter.id], order[new.id]] for parameter, new in stages[-1].graph.updates],
         "outputs": [order[value.id] for value in stages[-1].graph.outputs],
         "buffers": list(stages[-1].plan.buffer_bytes),
+        "kernels": [[number, source, [order[value_id] for value_id in computed]]
+                    for number, source, computed in kernels],
         # ops that make no copy: the page follows a backward node's operands through them to the saved activations
         "view_ops": sorted({node.op for record in stages for node in record.graph.nodes if get_op(node.op).view}),
     }
@@ -186,11 +191,15 @@ def _stage_row(index: int, record: StageRecord, order: dict[int, int]) -> dict:
 
 
 def explorer_model(named_stages: Sequence[tuple[str, Sequence[StageRecord]]], title: str = "",
-                   open_graph: int = 0, open_stage: Optional[int] = None) -> dict:
-    """The whole page's model: each graph (name, its stage records) and the string table; the page opens on
-    graph `open_graph` at stage `open_stage` (default: its last, the graph that runs)."""
+                   open_graph: int = 0, open_stage: Optional[int] = None,
+                   kernels: Optional[Sequence[Sequence[tuple[int, str, Sequence[int]]]]] = None) -> dict:
+    """The whole page's model: each graph (name, its stage records, and `kernels[i]`: its generated kernels) and
+    the string table; the page opens on graph `open_graph` at stage `open_stage` (default: its last, the graph
+    that runs)."""
     strings = StringTable()
-    graphs = [graph_model(name, stages, strings) for name, stages in named_stages]
+    kernels = kernels or [()] * len(named_stages)
+    graphs = [graph_model(name, stages, strings, graph_kernels)
+              for (name, stages), graph_kernels in zip(named_stages, kernels)]
     return {"version": FORMAT_VERSION, "title": title, "fields": list(VALUE_FIELDS), "kinds": list(KINDS),
             "box_kinds": list(BOX_KINDS), "strings": strings.strings, "graphs": graphs,
             "open": {"graph": open_graph, "stage": open_stage}}

@@ -13,7 +13,8 @@ GraphExplorer.loadModel = async function (elementId) {
 };
 
 /* One graph of the model, ready to draw. values[i]: {index, id, label, kind, op, type, role, box, source, module,
-   flops, bytes, differentiates, saved, variants, plan, attributes, operandsAll}. boxes[b]: {index, name, path,
+   flops, bytes, differentiates, saved, variants, plan, attributes, operandsAll, kernel (the generated kernel computing
+   it, if any: {number, source, computed})}. boxes[b]: {index, name, path,
    parent, kind, twin, childBoxes, leaves, depth}; the root is boxes.root. */
 GraphExplorer.buildGraph = function (model, graphIndex) {
   const raw = model.graphs[graphIndex];
@@ -56,6 +57,8 @@ GraphExplorer.buildGraph = function (model, graphIndex) {
     value.box.leaves.push(value);
     return value;
   });
+  const kernels = (raw.kernels || []).map(([number, source, computed]) => ({ number, source, computed }));
+  for (const kernel of kernels) for (const position of kernel.computed) values[position].kernel = kernel;
   const differentiatedBy = new Map();  // forward value index -> backward values differentiating it
   for (const value of values) {
     if (value.differentiates >= 0) {
@@ -76,7 +79,7 @@ GraphExplorer.buildGraph = function (model, graphIndex) {
   const readers = values.map(() => []);
   for (const value of values) for (const operand of value.operandsAll) readers[operand].push(value);
   return { raw, name: raw.name, values, boxes, root, stages: raw.stages, differentiatedBy, readers,
-           buffers: raw.buffers, updates: raw.updates, viewOps: new Set(raw.view_ops) };
+           buffers: raw.buffers, updates: raw.updates, viewOps: new Set(raw.view_ops), kernels };
 };
 
 /* The step the page shows: a stage index, or stages.length for "planned" (the last stage with its memory plan). */

@@ -1,5 +1,6 @@
 /* The panels around the drawing: the details of the selected node or box (its text IR line, op, type, attributes,
-   source line, module path, FLOPs, bytes, planned buffer and live range; the backward nodes differentiating a
+   source line, module path, FLOPs, bytes, planned buffer and live range, the generated kernel running it and its
+   source; the backward nodes differentiating a
    forward node and the saved activations they read, or the forward node a backward node differentiates), the
    search box and its results, and the pass stepper with its per-pass table. Each renders into its own element
    from the explorer's state; links carry data-goto="<item key>" for the explorer to follow. */
@@ -51,7 +52,11 @@ GraphExplorer.Panels = {
       ["bytes", E(GraphExplorer.formatBytes(variant[4]))],
       ["saved", view.isSaved(value) ? `saved activation: kept from the forward pass for the backward, ${E(GraphExplorer.formatBytes(value.bytes))}` : ""],
       ["planned", P.planText(graph, value)], ["in stages", E(present.join(", "))],
+      ["runs as", value.kernel ? E(`generated kernel ${value.kernel.number} (compiled.kernels()), shared by ` +
+        `${value.kernel.computed.length} node${value.kernel.computed.length > 1 ? "s" : ""}`) : ""],
     ]);
+    if (value.kernel) html += `<details class="kernel"><summary>kernel ${value.kernel.number} source</summary>` +
+      `<pre class="ir">${E(value.kernel.source)}</pre></details>`;
     const operands = (variant[1] || []).map((index) => `<li>${P.link(graph.values[index])}</li>`).join("");
     if (operands) html += `<h3>Operands</h3><ul>${operands}</ul>`;
     const readers = graph.readers[value.index].filter((reader) => view.present[reader.index]);
