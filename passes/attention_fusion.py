@@ -26,7 +26,8 @@ from typing import Optional
 
 import numpy as np
 
-from graphgpt.ir import Graph, Node, ShapeError, Value, get_op
+from graphgpt.ir import Graph, Node, ShapeError, TensorType, Value, get_op
+from graphgpt.ir.ops.rules import broadcast_shapes
 
 from .dead_nodes import eliminate_dead_nodes
 from .result import PassResult
@@ -123,16 +124,25 @@ def _combined_mask(masks: list[tuple[str, Value]], context: RewriteContext, dtyp
     return combined if combined is not None else context.constant(np.zeros((1, 1), dtype))
 
 
+def _combined_mask_type(masks: list[tuple[str, Value]], dtype: str) -> TensorType:
+    """The type _combined_mask's mask will have (ShapeError if the masks do not combine), known before any node
+    is made: a pass that fuses nothing must leave the graph as it was."""
+    if any(how == "add" and mask.type.dtype != dtype for how, mask in masks):
+        raise ShapeError(f"an added mask is not {dtype}")
+    return TensorType(broadcast_shapes(*(mask.type.shape for _, mask in masks)) if masks else (1, 1), dtype)
+
+
 def _fused(node: Node, inputs, context: RewriteContext, uses: Counter) -> Optional[Value]:
     parts = _match(node, uses)
     if parts is None:
         return None
     q, k, v = (context.mapped(parts[name]) for name in ("q", "k", "v"))
-    mask = _combined_mask(parts["masks"], context, q.type.numpy_dtype)
     try:
-        get_op("attention").infer_type([q.type, k.type, v.type, mask.type], {"scale": parts["scale"]})
-    except ShapeError:  # batch axes that broadcast, a mask of another dtype: left composite
+        mask_type = _combined_mask_type(parts["masks"], q.type.dtype)
+        get_op("attention").infer_type([q.type, k.type, v.type, mask_type], {"scale": parts["scale"]})
+    except ShapeError:  # batch axes that broadcast, masks of another dtype or shape: left composite
         return None
+    mask = _combined_mask(parts["masks"], context, q.type.numpy_dtype)
     return context.emit("attention", [q, k, v, mask], {"scale": parts["scale"]})
 
 

@@ -142,10 +142,18 @@ def test_what_must_stay_composite_is_left_alone():
         weights = (q @ k.transpose(-2, -1) * 0.5).softmax(-1)
         return (weights * 0.9) @ v  # anything between the weights and their product
 
+    def keys_shared_by_the_batch(q, k, v):  # k and v broadcast over q's batch: the fused op wants them equal
+        allowed = graphgpt.Tensor(np.tril(np.ones((4, 4), bool)))  # a bool mask: fusing it would make nodes
+        return allowed.where(q @ k.transpose(-2, -1) * 0.5, -math.inf).softmax(-1) @ v
+
     arrays = [np.ones((2, 4, 3), np.float32)] * 3
-    for function in (returns_weights, drops_weights_out):
-        graph = graphgpt.compile(function, *arrays, passes=[]).graph
-        assert fuse_attention(graph).summary == {"attention fused": 0}, function.__name__
+    shared = [np.ones((2, 4, 3), np.float32), np.ones((1, 4, 3), np.float32), np.ones((1, 4, 3), np.float32)]
+    for function, inputs in ((returns_weights, arrays), (drops_weights_out, arrays),
+                             (keys_shared_by_the_batch, shared)):
+        graph = graphgpt.compile(function, *inputs, passes=[]).graph
+        result = fuse_attention(graph)
+        assert result.summary == {"attention fused": 0}, function.__name__
+        assert [node.op for node in result.graph.nodes] == [node.op for node in graph.nodes]  # nothing left behind
     symbolic = graphgpt.compile(returns_weights, *arrays, dynamic=True, fast_math=REASSOCIATE)
     assert "attention" not in {node.op for node in symbolic.program.graphs[0].graph.nodes}
 
