@@ -11,7 +11,7 @@ Contenders, all from the same float32 weights and batch (benchmarks/step_contend
                    data-parallel split (the medium step: two half-batch shards, one per core); --backend chooses
                    what computes its nodes (numpy, the default, or numba's generated kernels), as for the next two
   compiled-whole   the same, shards=1: the whole batch in one schedule, BLAS on every core (one thread for a
-                   step too small to share its GEMMs, as graphgpt chooses)
+                   small step while the machine is busy, as graphgpt chooses)
   compiled-nopass  no optimisation passes (and the default split)
   eager            graphgpt eager: model(Tensor(x)), loss.backward() on the tape
   numpy            a hand-written vectorised NumPy forward+backward (benchmarks/baseline_numpy.py)
@@ -187,7 +187,7 @@ def print_profile(compiled, tokens, targets, interleaved_seconds: float, repeats
     alone, program = (statistics.median(runs[name]) for name in ("compiled.run", "program.run"))
     steps, whole = profile.seconds, profile.run_seconds
     parts = (f"one shard of {compiled.split.shards} alone on one BLAS thread, then the combine graph"
-             if profile.split else "its one schedule, " + ("on one BLAS thread (too small to share its GEMMs)"
+             if profile.split else "its one schedule, " + ("on one BLAS thread (a small step, the machine busy)"
                                                             if compiled.program.one_blas_thread
                                                             else "BLAS on every core"))
     print(f"where the compiled step goes (compiled.profile, median of {repeats}; {parts}; shares of compiled.run "

@@ -1,9 +1,10 @@
-"""How many BLAS threads a run gets. Two places ask for one thread: the shards of a data-parallel step (each
-shard's thread already keeps a core busy: two threads each asking OpenBLAS for two would oversubscribe the cores)
-and a graph too small to gain from BLAS threads (SMALL_RUN_FLOPS). On a small step BLAS's second thread has
-little to share and, on a busy machine, spins waiting for a core: the README's training step (0.76 GFLOP) ran
-75 ms a step with two BLAS threads against 41 ms with one, the tiny one (0.18 GFLOP) 32 against 22 ms, measured
-interleaved with the machine loaded (benchmarks/train_step.py --tiny measures it idle).
+"""How many BLAS threads a run gets. The shards of a data-parallel step get one each (each shard's thread already
+keeps a core busy: two threads each asking OpenBLAS for two would oversubscribe the cores). A graph too small to
+split (SMALL_RUN_FLOPS) keeps BLAS's threads while the machine has cores to spare and gets one while it is busy
+(LoadWatch): on an idle machine the README's training step (0.76 GFLOP) ran 19.4 ms with two BLAS threads against
+22.4 ms with one, but with other work running the second thread spins waiting for a core: 75 against 41 ms
+(interleaved medians; the tiny step: 5.2 against 5.6 idle, 32 against 22 loaded). OpenBLAS gave the same bits
+with one thread and two on the GPT's GEMM shapes (it splits rows and columns, not the summed axis).
 
 The limit is process-wide, as the BLAS thread pool it guards is, so it is counted: the first run to enter sets
 one thread, the last to leave restores what was there, however runs of different programs interleave. The
@@ -14,13 +15,56 @@ leaving then costs two calls into each.
 
 from __future__ import annotations
 
+import math
+import os
 import threading
+import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
-# A run of fewer FLOPs than this (one unsplit graph) runs on one BLAS thread; a step this size or larger is
-# split into shards when it can be (passes/program_build.py MIN_SPLIT_FLOPS), each on one BLAS thread anyway.
+# A run of fewer FLOPs than this (one unsplit graph) runs on one BLAS thread while the machine is busy; a step this
+# size or larger is split into shards when it can be (passes/program_build.py MIN_SPLIT_FLOPS), each on one BLAS
+# thread anyway.
 SMALL_RUN_FLOPS = 4 * 10**9
+# The machine turns busy when the 1-minute load average exceeds its cores by BUSY_ABOVE (others' work on top of
+# ours: our BLAS threads count in it too), and idle again when it falls below the cores less IDLE_BELOW (ours, on
+# one thread, no longer has company). The gap keeps one thread's own lighter load from switching it back.
+BUSY_ABOVE, IDLE_BELOW = 0.75, 0.25
+LOAD_CHECK_SECONDS = 1.0  # the load average moves over a minute: looking more often would only cost time
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class LoadWatch:
+    """Whether the machine is busier than its cores, from the 1-minute load average with hysteresis, looked at
+    at most once per LOAD_CHECK_SECONDS. Without a load average (not on Unix), never busy."""
+
+    def __init__(self, cores: Optional[int] = None, load: Callable[[], tuple] = getattr(os, "getloadavg", None),
+                 clock: Callable[[], float] = time.monotonic):
+        self._cores = cores if cores is not None else available_cores()
+        self._load, self._clock = load, clock
+        self._lock = threading.Lock()
+        self._busy, self._checked = False, -math.inf
+
+    def busy(self) -> bool:
+        with self._lock:
+            now = self._clock()
+            if self._load is not None and now - self._checked >= LOAD_CHECK_SECONDS:
+                self._checked = now
+                try:
+                    load = self._load()[0]
+                except OSError:
+                    return self._busy
+                if self._busy:
+                    self._busy = load >= self._cores - IDLE_BELOW
+                else:
+                    self._busy = load > self._cores + BUSY_ABOVE
+            return self._busy
 
 
 class BlasLimit:
@@ -61,3 +105,4 @@ class BlasLimit:
 
 
 BLAS_LIMIT = BlasLimit()  # one per process, as the BLAS thread pools it guards
+MACHINE_LOAD = LoadWatch()  # one per process: the machine's load is the same for every program

@@ -25,7 +25,7 @@ from graphgpt.ir.printer import format_graph
 from graphgpt.ir.dims import is_symbolic, substitute
 
 from .analysis import graph_flops
-from .blas_threads import BLAS_LIMIT, SMALL_RUN_FLOPS
+from .blas_threads import BLAS_LIMIT, MACHINE_LOAD, SMALL_RUN_FLOPS
 from .data_parallel import shard_extent
 from .manager import StageRecord, format_report, record_stage
 from .memory_plan import MemoryPlan
@@ -105,10 +105,14 @@ class Program:
             shard, combine = graphs
             self._runner = ShardedRun(shard.graph, shard.plan, combine.graph, combine.plan, split.shards,
                                       self.param_names, check_numerics, backend)
-        # An unsplit graph too small to gain from BLAS threads runs on one (passes/blas_threads.py); a split
-        # step's shards do anyway.
-        self.one_blas_thread = (not self.symbolic and len(graphs) == 1
-                                and graph_flops(graphs[0].graph) < SMALL_RUN_FLOPS)
+        # An unsplit graph too small to split runs on one BLAS thread while the machine is busy
+        # (passes/blas_threads.py); a split step's shards do anyway.
+        self.small_run = not self.symbolic and len(graphs) == 1 and graph_flops(graphs[0].graph) < SMALL_RUN_FLOPS
+
+    @property
+    def one_blas_thread(self) -> bool:
+        """Whether a run now takes one BLAS thread: a small graph on a busy machine."""
+        return self.small_run and MACHINE_LOAD.busy()
 
     def specialize(self, sizes: dict[str, int]) -> "Program":
         """This symbolic program at concrete sizes: each graph specialised (passes/specialize.py), then planned and
@@ -244,9 +248,10 @@ class Program:
             parts.append(f"rematerialisation ({self.remat.describe()}): made for each concrete size on first use")
         if self.gradient_names:
             parts.append(self.split.describe())
-        if self.one_blas_thread:
-            parts.append(f"BLAS: one thread ({graph_flops(self.graphs[0].graph) / 1e9:.2f} GFLOP per run is too "
-                         f"little to share)")
+        if self.small_run:
+            parts.append(f"BLAS: one thread while the machine is busier than its cores, else BLAS's own "
+                         f"({graph_flops(self.graphs[0].graph) / 1e9:.2f} GFLOP per run; busy now: "
+                         f"{'yes' if MACHINE_LOAD.busy() else 'no'})")
         if self.fast_math:
             parts.append(f"fast math: {', '.join(sorted(self.fast_math))} (results may differ in the last bits)")
         return "\n".join(parts)

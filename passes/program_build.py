@@ -24,7 +24,7 @@ from .manager import FastMathOption, StageRecord, default_pipeline, fast_math_fl
 from .optimizer_update import UpdateRule, append_update
 from .program import Program, ProgramGraph, Split, rematerialized, shard_name
 from .rematerialize import MemoryBudgetError, RematOptions
-from .sharded_run import available_cores
+from .blas_threads import available_cores
 
 # Below this many floating-point operations per step, splitting loses: small arrays make short NumPy calls that
 # keep the GIL (NumPy releases it only for larger loops), so the shards' threads take turns instead of running

@@ -13,7 +13,6 @@ oversubscribe the cores): passes/blas_threads.py.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Optional, Sequence
 
@@ -24,13 +23,6 @@ from graphgpt.ir import Graph
 from .blas_threads import BLAS_LIMIT
 from .memory_plan import MemoryPlan
 from .schedule import Schedule
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 class ShardedRun:

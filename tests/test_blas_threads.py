@@ -1,5 +1,6 @@
-"""BLAS threads per run (passes/blas_threads.py): a graph too small to share its GEMMs runs on one BLAS thread and
-says so in its report, a larger unsplit one keeps BLAS's threads, the limit is restored after every run (also
+"""BLAS threads per run (passes/blas_threads.py): a graph too small to split runs on one BLAS thread while the
+machine is busy and on BLAS's threads while it is idle (the load watch's hysteresis tested on its own), and says so
+in its report; a larger unsplit one keeps BLAS's threads, the limit is restored after every run (also
 after a failing one), and runs from several threads at once leave the threads as they found them."""
 
 import threading
@@ -40,21 +41,51 @@ class Recorder:
         return Scope()
 
 
-def test_a_small_step_runs_on_one_blas_thread_and_a_large_one_keeps_them(monkeypatch):
+class Busy:
+    """A stand-in load watch."""
+
+    def __init__(self, busy: bool):
+        self.answer = busy
+
+    def busy(self) -> bool:
+        return self.answer
+
+
+def test_a_small_step_runs_on_one_blas_thread_on_a_busy_machine_and_a_large_one_keeps_them(monkeypatch):
     recorder = Recorder(blas_threads.BLAS_LIMIT)
     monkeypatch.setattr("graphgpt.passes.program.BLAS_LIMIT", recorder)
+    monkeypatch.setattr("graphgpt.passes.program.MACHINE_LOAD", Busy(True))
     before = blas_threads_now()
     assert before, "NumPy's BLAS was not found by threadpoolctl"
     model = make_gpt(vocab=11, embed=8, layers=1, heads=2)
     tokens = make_tokens(11, 2, 5)
     small = graphgpt.compile(model, tokens, tokens, loss=F.cross_entropy, shards=1)
-    assert small.program.one_blas_thread and "BLAS: one thread" in small.report()
+    assert small.program.one_blas_thread and "BLAS: one thread while the machine is busier" in small.report()
+    assert "busy now: yes" in small.report()
     small.run(tokens, tokens)
     assert recorder.inside == [[1] * len(before)] and blas_threads_now() == before
+    monkeypatch.setattr("graphgpt.passes.program.MACHINE_LOAD", Busy(False))  # idle: BLAS keeps its threads
+    small.run(tokens, tokens)
+    assert len(recorder.inside) == 1 and not small.program.one_blas_thread and "busy now: no" in small.report()
+    monkeypatch.setattr("graphgpt.passes.program.MACHINE_LOAD", Busy(True))
     monkeypatch.setattr("graphgpt.passes.program.SMALL_RUN_FLOPS", 0)  # as if every graph were large
     large = graphgpt.compile(model, tokens, tokens, loss=F.cross_entropy, shards=1)
     large.run(tokens, tokens)
     assert not large.program.one_blas_thread and len(recorder.inside) == 1 and "BLAS: one" not in large.report()
+
+
+def test_the_machine_turns_busy_above_its_cores_and_idle_below_them():
+    """Hysteresis: on 2 cores busy above a load of 2.75, idle again below 1.75; looked at once a second."""
+    now, load = [0.0], [1.0]
+    watch = blas_threads.LoadWatch(cores=2, load=lambda: (load[0], 0.0, 0.0), clock=lambda: now[0])
+    steps = [(1.0, False), (2.5, False), (2.8, True), (2.0, True), (1.8, True), (1.7, False), (2.7, False)]
+    for value, busy in steps:
+        now[0] += blas_threads.LOAD_CHECK_SECONDS
+        load[0] = value
+        assert watch.busy() == busy, (value, busy)
+    load[0] = 9.0  # within the second: not looked at again
+    assert watch.busy() is False
+    assert blas_threads.LoadWatch(cores=2, load=None).busy() is False  # no load average: never busy
 
 
 def test_the_threads_come_back_after_a_failing_run():
