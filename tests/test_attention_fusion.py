@@ -26,7 +26,8 @@ REASSOCIATE = {"reassociate"}
 def assert_within_reordering(actual, expected, what=""):
     scale = max(float(np.abs(expected).max()), np.finfo(np.float32).tiny)
     difference = float(np.abs(np.asarray(actual, np.float64) - expected).max())
-    assert difference <= 64 * EPS32 * scale, f"{what}: differs by {difference:.3g}, {difference / scale / EPS32:.1f} eps"
+    assert difference <= 64 * EPS32 * scale, \
+        f"{what}: differs by {difference:.3g}, {difference / scale / EPS32:.1f} eps"
 
 
 def assert_gradients_within_reordering(actual: dict, expected: dict):

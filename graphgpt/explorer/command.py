@@ -32,7 +32,8 @@ def add_view_command(commands, add_model_arguments: Callable, add_shards_argumen
                       help="the graph the page opens on: the forward as traced, the training step as traced, or "
                            "the training step after the passes (default train)")
     add_shards_argument(view, "as compile decides; a split step shows its shard and combine graphs")
-    view.add_argument("--out", default="graph.html", type=html_file, help="the page to write, ending in .html (default graph.html)")
+    view.add_argument("--out", default="graph.html", type=html_file,
+                      help="the page to write, ending in .html (default graph.html)")
     view.set_defaults(handler=command_view, batch=1, seq_len=8, layers=2, embed=16,
                       check=lambda args: check_stage_arguments(args) or check_view_arguments(args))
     return view

@@ -3,11 +3,11 @@
 For every graph the Program runs, one table of values: the union of the graph after every pass (traced -> each
 pass), so the page lays it out once and marks in place what each pass removed, created or fused. Each value has
 its op, type, role, box in the hierarchy (hierarchy.py), source line, module path, FLOPs, bytes, the forward node
-it differentiates, the stages in which it is a saved activation, its text IR line, operands, FLOPs, bytes, op and type per stage (variants: a pass may keep a node's id and
-change it: simplify turns a batched matmul into a reshape of a 2-D one), and in
-the last stage its planned storage and live range; and the source of each generated kernel with the values it
-computes. Strings that repeat (ops, types, paths, source lines) go
-through one string table.
+it differentiates, the stages in which it is a saved activation; its text IR line, operands, FLOPs, bytes, op and
+type per stage (variants: a pass may keep a node's id and change it: simplify turns a batched matmul into a
+reshape of a 2-D one); and in the last stage its planned storage and live range. Each graph also carries the
+source of each generated kernel with the values it computes. Strings that repeat (ops, types, paths, source
+lines) go through one string table.
 
     model = explorer_model(compiled)              # {'graphs': [...], 'strings': [...], ...}
 """

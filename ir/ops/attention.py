@@ -69,7 +69,8 @@ def _infer_attention_grad(q, k, v, mask, out, dout, scale: float) -> TensorType:
 
 
 def _block_rows(q_shape: tuple, keys: int) -> int:
-    """Query rows per block: the block's scores of every batch and head fill at most blockwise.BLOCK_ELEMENTS (read at each call: tests vary it)."""
+    """Query rows per block: the block's scores of every batch and head fill at most blockwise.BLOCK_ELEMENTS
+    (read at each call: tests vary it)."""
     slabs = math.prod(q_shape[:-2])
     return max(1, min(q_shape[-2], blockwise.BLOCK_ELEMENTS // max(slabs * keys, 1)))
 
