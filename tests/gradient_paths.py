@@ -38,13 +38,14 @@ def eager_value_and_gradients(function: Callable, arrays: Sequence[np.ndarray]
 
 
 def compiled_value_and_gradients(function: Callable, arrays: Sequence[np.ndarray],
-                                 passes: Optional[Sequence] = None, fast_math=False
+                                 passes: Optional[Sequence] = None, fast_math=False, backend=None
                                  ) -> tuple[np.ndarray, list[np.ndarray]]:
     """function traced, its backward pass generated, the passes run (None: the default pipeline; `fast_math`
-    as graphgpt.compile takes it), and the program's schedule run on the arrays."""
+    and `backend` as graphgpt.compile takes them), and the program's schedule run on the arrays."""
     graph = infer_shapes(graphgpt.trace(function, *arrays).graph)
     names = [graph.inputs[position].name for position in float_positions(arrays)]
-    program = build_forward_program(append_backward(graph, names).graph, passes, fast_math=fast_math)
+    program = build_forward_program(append_backward(graph, names).graph, passes, fast_math=fast_math,
+                                    backend=backend)
     value, *gradients = program.run(list(arrays), [])
     return value, gradients
 

@@ -158,5 +158,26 @@ def test_unknown_or_missing_backend_is_refused(monkeypatch):
     with pytest.raises(ValueError, match="unknown backend 'cuda'; expected one of 'numpy', 'numba'"):
         graphgpt.compile(model, tokens, backend="cuda")
     monkeypatch.setattr(backends, "numba_available", lambda: False)
-    with pytest.raises(backends.BackendUnavailableError, match=r"pip install 'graphgpt\[numba\]'"):
+    with pytest.raises(backends.BackendUnavailableError, match=r"pip install numba, or compile with backend='numpy'"):
         graphgpt.compile(model, tokens, backend="numba")
+
+
+def test_the_default_is_the_fastest_backend_installed(monkeypatch):
+    """Generated kernels where numba is installed, the NumPy interpreter without it; $GRAPHGPT_BACKEND chooses
+    another (the suite's conftest sets numpy: here it is taken away)."""
+    model = make_gpt(embed=24, heads=4)
+    tokens = make_tokens(17, 2, 8)
+    monkeypatch.delenv(backends.BACKEND_VARIABLE)
+    assert backends.default_backend() == "numba"
+    generated = graphgpt.compile(model, tokens)
+    assert "def layer_norm(" in generated.kernels()
+    assert_close(generated(tokens), graphgpt.compile(model, tokens, backend="numpy")(tokens), "float32")
+    monkeypatch.setattr(backends, "numba_available", lambda: False)
+    assert backends.default_backend() == "numpy"
+    assert graphgpt.compile(model, tokens).kernels() == ""
+    monkeypatch.setattr(backends, "numba_available", lambda: True)
+    monkeypatch.setenv(backends.BACKEND_VARIABLE, "numpy")
+    assert graphgpt.compile(model, tokens).kernels() == ""
+    monkeypatch.setenv(backends.BACKEND_VARIABLE, "cuda")
+    with pytest.raises(ValueError, match=r"\$GRAPHGPT_BACKEND must be one of numpy, numba, got 'cuda'"):
+        graphgpt.compile(model, tokens)

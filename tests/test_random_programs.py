@@ -103,6 +103,35 @@ def test_random_programs_match_torch(recipe, special):
     check_program(recipe, seed=2, gradients=False, special=special, against_torch=True)
 
 
+def check_generated_kernels(recipe, seed: int, special: bool) -> None:
+    """The numba backend's value and gradients against the NumPy backend's, both with the default pipeline: within
+    float64 rounding of reordered sums (a generated kernel sums a row in vector lanes) and of exp, log, tanh and
+    pow from another library (rtol 1e-9, as fast math's reorderings), with NaN and infinities in the same places."""
+    function = build(recipe)
+    arrays = inputs_for(recipe, seed, special)
+    with warnings.catch_warnings():
+        if special:
+            warnings.simplefilter("ignore", RuntimeWarning)
+        value, gradients = compiled_value_and_gradients(function, arrays, backend="numpy")
+        generated, generated_gradients = compiled_value_and_gradients(function, arrays, backend="numba")
+    try:
+        for what, actual, expected in [("the result", generated, value)] + [
+                (f"gradient {position}", actual, expected)
+                for position, (actual, expected) in enumerate(zip(generated_gradients, gradients))]:
+            assert_agree(actual, expected, f"generated kernels changed {what}", rtol=1e-9, atol=1e-12)
+    except AssertionError as error:
+        traced = graphgpt.trace(function, *arrays).graph
+        raise AssertionError(f"{error}\ninputs: {arrays}\nthe program, as traced:\n{traced}") from None
+
+
+# Fewer programs than above: each compiles its own kernels (a fraction of a second of JIT each, cached on disk).
+@EXAMPLES(max_examples=40)
+@given(recipes(), st.booleans())
+def test_random_programs_agree_with_generated_kernels(recipe, special):
+    pytest.importorskip("numba", reason="the generated kernels need numba")
+    check_generated_kernels(recipe, seed=3, special=special)
+
+
 def test_the_checks_catch_a_broken_pass(monkeypatch):
     """A pass that changes results must make check_program fail (the harness can fail)."""
     from graphgpt.passes import manager

@@ -286,6 +286,40 @@ def test_resuming_a_checkpoint_that_does_not_record_its_split_says_results_may_d
            "machine's, results will differ from an uninterrupted run in the last bits" in log
 
 
+def test_resume_repeats_the_checkpoints_backend_bit_for_bit(data_file, tmp_path, monkeypatch):
+    """Generated kernels sum in another order than NumPy's: a run whose steps ran on numba resumes on numba even
+    where the default has become numpy, and says so when --backend asks for the other one."""
+    pytest.importorskip("numba", reason="generated kernels need numba")
+    from graphgpt.passes.backends import BACKEND_VARIABLE
+
+    monkeypatch.delenv(BACKEND_VARIABLE)  # the default where numba is installed: generated kernels
+    generated, _ = run_quietly(tiny_options(data_file, tmp_path / "whole", steps=8))
+    reference, _ = run_quietly(tiny_options(data_file, tmp_path / "numpy", steps=8, backend="numpy"))
+    assert generated.losses != reference.losses  # the premise: the backends differ in the last bits
+    np.testing.assert_allclose(generated.losses, reference.losses, rtol=1e-5)
+    run_quietly(tiny_options(data_file, tmp_path / "moved", steps=4))
+    assert load_checkpoint(str(tmp_path / "moved" / LATEST)).metadata["options"]["backend"] == "numba"
+    monkeypatch.setenv(BACKEND_VARIABLE, "numpy")  # resumed where the default is numpy
+    resumed, log = run_quietly(tiny_options(data_file, tmp_path / "moved", steps=6, resume=True))
+    assert "last bits" not in log and resumed.losses == generated.losses[4:6]
+    switched, log = run_quietly(tiny_options(data_file, tmp_path / "moved", steps=8, resume=True, backend="numpy"))
+    assert "--backend numpy computes the steps, the checkpoint's ran on numba: results will differ from an " \
+           "uninterrupted run in the last bits" in log
+    assert load_checkpoint(str(tmp_path / "moved" / LATEST)).metadata["options"]["backend"] == "numpy"
+
+
+def test_a_checkpoint_naming_an_unknown_backend_is_refused(data_file, tmp_path):
+    from graphgpt.training.checkpoint import save_checkpoint
+
+    run_quietly(tiny_options(data_file, tmp_path, steps=4))
+    saved = load_checkpoint(str(tmp_path / LATEST))
+    metadata = {key: value for key, value in saved.metadata.items() if key not in ("format", "version")}
+    metadata["options"] = dict(metadata["options"], backend="cuda")
+    save_checkpoint(str(tmp_path / LATEST), saved.model_state, saved.optimizer_state, metadata)
+    with pytest.raises(CheckpointError, match="option backend must be one of numpy, numba, got 'cuda'"):
+        run_quietly(tiny_options(data_file, tmp_path, steps=6, resume=True))
+
+
 class SignalledStep:
     """A compiled training step that, after running its `at`-th step, receives `signals` as from Ctrl-C or
     `kill`: the first while that step is still under way, the others (if any) in quick succession."""

@@ -255,7 +255,7 @@ def test_a_config_file_sets_every_option_and_flags_override_it(data_file, tmp_pa
 
 
 @pytest.mark.parametrize("content,message", [
-    ("stepz = 4\n", "key 'stepz'; graphgpt train takes batch, best, checkpoint_dir, "),
+    ("stepz = 4\n", "key 'stepz'; graphgpt train takes backend, batch, best, checkpoint_dir, "),
     ("steps = 0\n", "key steps: expected a whole number of at least 1, got a whole number 0"),
     ("steps = 2.5\n", "key steps: expected a whole number of at least 1, got a number 2.5"),
     ('steps = "4"\n', "key steps: expected a whole number of at least 1, got text '4'"),
@@ -265,6 +265,7 @@ def test_a_config_file_sets_every_option_and_flags_override_it(data_file, tmp_pa
     ("best = 1\n", "key best: expected true or false, got a whole number 1"),
     ('data = ""\n', "key data: expected a file name, got an empty string"),
     ("data = 3\n", "key data: expected text, got a whole number 3"),
+    ('backend = "cuda"\n', "key backend: expected one of numpy, numba, got 'cuda'"),
     ("[model]\nembed = 32\n", "unknown key 'model'"),
     ("config = 'other.toml'\n", "unknown key 'config'"),
     ("steps = \n", "not valid TOML: "),

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..ir.untrusted import open_regular_file, parse_json
 from ..optim import SGD, Adam, AdamW, Optimizer
+from ..passes.backends import BACKENDS
 from .atomic_file import atomic_file
 
 FORMAT_NAME = "graphgpt-checkpoint"
@@ -377,6 +378,8 @@ def _validate_options(options: dict, config: dict, hyperparameters: dict, path: 
            f"option batch must be a whole number of at least 1, got {options['batch']!r:.40}")
     _check(_is_integer(options["seed"]) and options["seed"] >= 0, path,  # what np.random.default_rng takes
            f"option seed must be a whole number of at least 0, got {options['seed']!r:.40}")
+    _check(options.get("backend") in (None, *BACKENDS), path,  # older checkpoints do not record it
+           f"option backend must be one of {', '.join(BACKENDS)}, got {options.get('backend')!r:.40}")
 
 
 def _validate_sampler_state(state: dict, path: str) -> None:

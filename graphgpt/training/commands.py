@@ -155,6 +155,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--best", action="store_true",
                         help="also keep best.npz, the checkpoint of the lowest validation loss so far")
     add_prompt_arguments(parser, "a line of the held-out text")
+    add_backend_argument(parser)
     parser.add_argument("--resume", action="store_true",
                         help="continue from the checkpoint in --checkpoint-dir with its model, optimizer settings, "
                              "learning-rate schedule and data-parallel split (so the result is bit for bit an "
@@ -163,6 +164,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",
                         help="no progress bar (validation losses, the final report and samples still print)")
     add_config_argument(parser)
+
+
+def add_backend_argument(parser: argparse.ArgumentParser) -> None:
+    from ..passes.backends import BACKENDS
+
+    parser.add_argument("--backend", choices=BACKENDS, default=None,
+                        help="what computes the compiled graphs' nodes: numpy (the reference) or numba (generated "
+                             "kernels) (default: numba where the numba package is installed, else numpy)")
 
 
 def add_prompt_arguments(parser: argparse.ArgumentParser, default_prompt: str) -> None:
@@ -188,9 +197,7 @@ def add_generate_arguments(generate: argparse.ArgumentParser) -> None:
     _add_number(generate, "--top-k", "top_k", 10, "keep the k likeliest characters, 0 for all")
     _add_number(generate, "--seed", "seed", 0, "sampling seed of the first sample; the next ones take the "
                 "following seeds")
-    generate.add_argument("--backend", choices=("numpy", "numba"), default="numpy",
-                          help="what computes the compiled graphs' nodes: numpy (the reference) or numba "
-                               "(generated kernels; pip install -e '.[numba]') (default numpy)")
+    add_backend_argument(generate)
     generate.add_argument("--no-cache", action="store_true",
                           help="run the model eagerly on the whole context for every new token (no KV cache, not "
                                "compiled), for comparison; the same seed gives the same text either way")

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+from ..passes.backends import BACKENDS
 from .checkpoint import CONFIG_LIMITS
 from .corpus import DataError
 
@@ -37,6 +38,7 @@ class TrainOptions:
     prompt_file: Optional[str] = None  # one prompt per non-empty line
     best: bool = False                 # also keep best.npz, the checkpoint of the lowest validation loss
     progress: bool = True
+    backend: Optional[str] = None      # what computes the step: "numpy" or "numba"; None: the fastest installed
 
 
 @dataclass(frozen=True)
@@ -116,5 +118,7 @@ def validate_options(options: TrainOptions) -> None:
         if getattr(options, name) is not None and not (isinstance(getattr(options, name), str) and
                                                        getattr(options, name)):
             raise DataError(f"{option_flag(name)} must be non-empty text, got {getattr(options, name)!r:.40}")
+    if options.backend is not None and options.backend not in BACKENDS:
+        raise DataError(f"--backend must be one of {', '.join(BACKENDS)}, got {options.backend!r:.40}")
     if options.prompt is not None and options.prompt_file is not None:
         raise DataError("--prompt and --prompt-file both give the samples' prompts: give one of them")

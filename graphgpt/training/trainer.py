@@ -31,6 +31,8 @@ from ..nn import GPT, Module
 from ..nn import functional as F
 from ..generation import compile_generation, sample_text
 from ..optim import AdamW
+from ..passes.backends import default_backend
+from ..passes.numba_backend import numba_available
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .corpus import BatchSampler, DataError, Vocabulary, read_text, split, unigram_cross_entropy
 from .interruptions import StopSignals, TrainingState
@@ -151,9 +153,33 @@ def _check_writable(folder: str) -> None:
                 pass
 
 
-def _compile_step(model: GPT, optimizer: AdamW, example: np.ndarray, shards: Optional[int], check_numerics=False):
+def _compile_step(model: GPT, optimizer: AdamW, example: np.ndarray, shards: Optional[int], backend: str,
+                  check_numerics=False):
     return compile_graph(model, example, example, loss=F.cross_entropy, optimizer=optimizer, shards=shards,
-                         check_numerics=check_numerics)
+                         check_numerics=check_numerics, backend=backend)
+
+
+def _choose_backend(options: TrainOptions, checkpoint, out: TextIO) -> str:
+    """What computes the steps: when resuming, the checkpoint's backend (generated kernels sum in another order
+    than NumPy's, so changing it would change the last bits of every later weight) unless --backend names
+    another; else --backend, or the fastest installed. Says in one line when a resumed run cannot repeat it."""
+    chosen = options.backend or default_backend()
+    if checkpoint is None:
+        return chosen
+    recorded = checkpoint.metadata["options"].get("backend")
+    differs = "results will differ from an uninterrupted run in the last bits"
+    if recorded is None:
+        out.write(f"the checkpoint does not record its backend: if its steps ran on another than {chosen}, "
+                  f"{differs}\n")
+    elif options.backend is not None and options.backend != recorded:
+        out.write(f"--backend {options.backend} computes the steps, the checkpoint's ran on {recorded}: {differs}\n")
+    elif recorded == "numba" and not numba_available():
+        out.write(f"the checkpoint's steps ran on numba, which is not installed here: numpy computes them, and "
+                  f"{differs}\n")
+        return "numpy"
+    else:
+        return recorded
+    return chosen
 
 
 def _choose_split(checkpoint, compile_step, out: TextIO):
@@ -237,11 +263,13 @@ def train(options: TrainOptions, out: Optional[TextIO] = None) -> TrainResult:
     optimizer = AdamW(lr=options.lr, weight_decay=options.weight_decay, clip_grad_norm=options.clip)
     example = np.zeros((options.batch, options.seq_len), np.int64)  # compiling needs only shapes and dtypes
 
+    options = replace(options, backend=_choose_backend(options, checkpoint, out))  # recorded in checkpoints
+
     def compile_step(shards: Optional[int], check_numerics=False):
-        return _compile_step(model, optimizer, example, shards, check_numerics)
+        return _compile_step(model, optimizer, example, shards, options.backend, check_numerics)
 
     step = _choose_split(checkpoint, compile_step, out)
-    evaluate = compile_graph(LossOf(model), example, example)
+    evaluate = compile_graph(LossOf(model), example, example, backend=options.backend)
     first_step = 0
     if checkpoint is not None:
         model.load_state_dict(checkpoint.model_state)
@@ -357,7 +385,8 @@ def _report(result: TrainResult, model: GPT, vocabulary: Vocabulary, prompts: li
     out.write(f"final validation loss {result.validation_loss:.4f} nats/char; unigram (character frequency) "
               f"baseline {result.unigram_loss:.4f}\n")
     count = options.num_samples if options.sample_chars else 0
-    generation = compile_generation(model) if count else None  # KV-cached decoding: graphgpt/generation.py
+    generation = (compile_generation(model, backend=options.backend)  # KV-cached decoding: graphgpt/generation.py
+                  if count else None)
     for seed in range(count):
         prompt = prompts[seed % len(prompts)]
         result.samples.append(sample_text(generation, vocabulary, prompt, options.sample_chars, temperature=0.8,
