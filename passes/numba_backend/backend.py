@@ -2,9 +2,10 @@
 kernel each gets.
 
 A schedule (passes/schedule.py) asks `kernel_for(node)` for every node that computes into a buffer; a node whose
-op has a generator here (layer norm and its gradient, softmax over the last axis, GELU and its gradient, fused
-elementwise programs), of float32 or float64, gets a generated kernel, compiled on its first call. Every other
-node (matmuls, views, reductions, ...) keeps NumPy and BLAS.
+op has a generator here (layer norm and its gradients, softmax over the last axis, GELU and its gradient, fused
+elementwise programs, sums over leading axes, scatter_add), of float32 or float64 (and integer indices), gets a
+generated kernel, compiled on its first call. Every other node (matmuls, views, other reductions, ...) keeps NumPy
+and BLAS.
 
 A kernel computing exp or tanh per element (softmax, GELU and its gradient, fused programs holding exp, log,
 tanh or pow) is used up to TRANSCENDENTAL_MAX_ELEMENTS elements: beyond, NumPy's SIMD float32 functions (16
@@ -18,6 +19,7 @@ PARALLEL_MIN_ELEMENTS elements runs its rows on every core (`prange`): alone it 
 (layer norm over 256K elements 92 -> 52 us), but inside a training step Numba's OpenMP threads and OpenBLAS's,
 both spinning while they wait for work, took each other's cores: the tiny GPT's step went from 8 to 32 ms. Inside
 a data-parallel shard (passes/sharded_run.py) kernels are always single-threaded: the shards keep every core busy.
+The reductions (reduction_kernels.py) always run on one thread.
 
 With this backend the pipeline also fuses elementwise chains of any size (fuse_elementwise_for_kernels): a
 fused program is one loop here, where NumPy runs it block by block and gains only on arrays larger than its
@@ -30,17 +32,19 @@ from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 from graphgpt.ir import Graph, Node
-from graphgpt.ir.types import FLOAT_DTYPES
+from graphgpt.ir.types import FLOAT_DTYPES, INTEGER_DTYPES
 
 from ..elementwise_fusion import fuse_elementwise
 from ..result import PassResult
 from .elementwise_kernels import fused_elementwise_source, gelu_grad_source, gelu_source
 from .engine import load_kernel
+from .reduction_kernels import layer_norm_gamma_grad_source, scatter_add_source, sum_source
 from .rowwise_kernels import layer_norm_grad_source, layer_norm_source, softmax_source
 
 # op -> its source generator: (node, parallel) -> KernelSource, or None where the node is not for it
 SOURCES = {"layer_norm": layer_norm_source, "layer_norm_grad": layer_norm_grad_source, "softmax": softmax_source,
-           "gelu": gelu_source, "gelu_grad": gelu_grad_source, "fused_elementwise": fused_elementwise_source}
+           "gelu": gelu_source, "gelu_grad": gelu_grad_source, "fused_elementwise": fused_elementwise_source,
+           "sum": sum_source, "layer_norm_gamma_grad": layer_norm_gamma_grad_source, "scatter_add": scatter_add_source}
 
 # Elements from which a kernel runs its rows on every core (threads=True only).
 PARALLEL_MIN_ELEMENTS = 1 << 16
@@ -83,8 +87,8 @@ class NumbaBackend:
         """The generated kernel computing `node` into its buffer, or None if it keeps its NumPy kernel."""
         generate = SOURCES.get(node.op)
         out = node.output.type
-        if generate is None or out.dtype not in FLOAT_DTYPES or any(
-                value.type.dtype != out.dtype for value in node.inputs):
+        if generate is None or out.dtype not in FLOAT_DTYPES or any(  # integer inputs are indices (scatter_add's)
+                value.type.dtype not in (out.dtype, *INTEGER_DTYPES) for value in node.inputs):
             return None
         source = generate(node, self.threads and out.size >= PARALLEL_MIN_ELEMENTS)
         if source is None or (source.transcendental and out.size > TRANSCENDENTAL_MAX_ELEMENTS):

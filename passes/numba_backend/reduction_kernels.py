@@ -1,0 +1,234 @@
+"""Generated kernels for the reductions of a training step's backward: sum over leading axes (a bias's gradient),
+layer norm's gradient with respect to gamma, and scatter_add (an embedding's gradient). Each reads its input once,
+on one thread (a sum into a shared result row does not split over rows without a second pass).
+
+Where NumPy's order of summation can be followed, the kernel follows it and gives NumPy's bits:
+
+  - sum over leading axes: NumPy's iterator walks a C-contiguous input in memory order, adding each row into the
+    result row elementwise, starting from 0; the kernel adds the rows in that order. (When the result has a single
+    element, NumPy sums pairwise instead: that case keeps NumPy's kernel.)
+  - scatter_add: NumPy's kernel (ir/ops/shape_ops.py) sorts the rows stably by index and adds each run with
+    np.add.reduceat: the run's first row plus the pairwise sum (numpy/_core/src/umath/loops_utils.h.src), column
+    by column, of the others. The kernel groups the rows by a stable counting sort and adds them in that order,
+    8 rows of lanes at a time (PAIRWISE_SUM_ROWS).
+
+For another layout (a transposed view, a broadcast) NumPy orders a sum by the layout's strides, so the sum takes
+the op's own NumPy kernel there. That check runs in a Python function around the compiled one (the `entry`), as
+does scatter_add's error for an index out of range, raised by the op's own check.
+
+layer_norm_gamma_grad sums g x^ over rows; NumPy's kernel sums with BLAS matrix-vector products (along rows for
+the mean and variance, then across rows), in BLAS's own order, so there the kernel differs by a reordered sum:
+with u the unit roundoff, n rows of width W, s = 1 / std and a = mean |x| of each row, each output element is
+within u sum_rows |g| (s W a + |x^| (W / 2 + n + 7)) of the exact value (to first order in u), as NumPy's is.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from graphgpt.ir import Node
+
+from .rowwise_kernels import _normalized_rows
+from .source_text import (ROW_SUM, ROW_SUM_OF_PRODUCTS, KernelSource, body_indent, decorator, module_text,
+                          reductions, row_loop, row_view)
+
+# NumPy's pairwise summation (numpy/_core/src/umath/loops_utils.h.src): fewer than 8 terms one by one from 0; up
+# to 128, 8 accumulators over the terms modulo 8, combined as ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7)),
+# then the remainder one by one; beyond, the sum of two halves, the first a multiple of 8 long. Never
+# reassociated: the order is the point. NumPy recurses into the halves; the kernel walks the same tree from a plan
+# (the cached machine code of a recursive function crashes when Numba loads it: numba/numba#6061).
+PAIRWISE_PLAN = """{decorator}
+def pairwise_plan(start, count):
+    # NumPy's halving of count terms into blocks of at most 128, in the order its recursion adds them: rows
+    # (start, count) of a block to sum, and (0, -1) for "add the last two partial sums"
+    plan = np.empty((2 * (count // 32 + 2), 2), np.int64)
+    pending = np.empty((130, 3), np.int64)  # (start, count, halved): two per level of a tree of depth <= 64
+    pending[0, 0], pending[0, 1], pending[0, 2] = start, count, 0
+    top, steps = 1, 0
+    while top > 0:
+        first, length, halved = pending[top - 1, 0], pending[top - 1, 1], pending[top - 1, 2]
+        if length <= 128 or halved:
+            plan[steps, 0], plan[steps, 1] = (first, length) if length <= 128 else (0, -1)
+            steps += 1
+            top -= 1
+            continue
+        pending[top - 1, 2] = 1
+        half = length // 2
+        half -= half % 8
+        pending[top, 0], pending[top, 1], pending[top, 2] = first + half, length - half, 0
+        pending[top + 1, 0], pending[top + 1, 1], pending[top + 1, 2] = first, half, 0
+        top += 2
+    return plan[:steps]"""
+
+# That summation over whole rows, elementwise (np.add.reduceat adds a run column by column, each column pairwise):
+# total = the sum of rows[order[start:start + count]], the 8 accumulators being the rows of `lanes`.
+PAIRWISE_SUM_ROWS = """{decorator}
+def pairwise_block_rows(total, rows, order, start, count, lanes):
+    width = total.shape[0]
+    if count < 8:
+        total[:] = 0
+        for k in range(start, start + count):
+            row = rows[order[k]]
+            for j in range(width):
+                total[j] += row[j]
+        return
+    for lane in range(8):
+        lanes[lane, :] = rows[order[start + lane]]
+    stop = start + count - count % 8
+    for k in range(start + 8, stop, 8):
+        for lane in range(8):
+            row = rows[order[k + lane]]
+            accumulator = lanes[lane]
+            for j in range(width):
+                accumulator[j] += row[j]
+    for j in range(width):
+        total[j] = ((lanes[0, j] + lanes[1, j]) + (lanes[2, j] + lanes[3, j])) + (
+            (lanes[4, j] + lanes[5, j]) + (lanes[6, j] + lanes[7, j]))
+    for k in range(stop, start + count):
+        row = rows[order[k]]
+        for j in range(width):
+            total[j] += row[j]
+
+
+{decorator}
+def pairwise_sum_rows(total, rows, order, start, count, lanes):
+    if count <= 128:
+        pairwise_block_rows(total, rows, order, start, count, lanes)
+        return
+    plan = pairwise_plan(start, count)
+    partial = np.empty((64, total.shape[0]), total.dtype)
+    top = 0
+    for step in range(plan.shape[0]):
+        if plan[step, 1] < 0:
+            top -= 1
+            for j in range(total.shape[0]):
+                partial[top - 1, j] = partial[top - 1, j] + partial[top, j]
+        else:
+            pairwise_block_rows(partial[top], rows, order, plan[step, 0], plan[step, 1], lanes)
+            top += 1
+    total[:] = partial[0]"""
+
+
+def _exact(template: str) -> str:
+    """A helper source summing in its written order (never reassociated), on its caller's thread."""
+    return template.format(decorator=decorator(False))
+
+
+def _numpy_fallback(op: str, condition: str, entry: str, arguments: str, attrs: dict) -> list[str]:
+    """The Python function a schedule calls: the compiled kernel where `condition` holds, else the op's NumPy
+    kernel (ir/ops), whose order of summation the kernel follows only under that condition."""
+    attributes = ", ".join(f"{name}={value!r}" for name, value in attrs.items())
+    return ["from graphgpt.ir.ops import get_op",
+            "",
+            f"numpy_kernel = get_op({op!r}).compute_into",
+            "",
+            "",
+            f"def {op}({arguments}):",
+            f"    if {condition}:",
+            f"        {entry}({arguments})",
+            "    else:",
+            f"        numpy_kernel({arguments}, {attributes})"]
+
+
+def sum_source(node: Node, parallel: bool) -> Optional[KernelSource]:
+    """A sum over leading axes (every axis up to some axis before the last), with or without keepdims; None for
+    other axes, which keep NumPy's kernel (along the last axis NumPy's pairwise sums are as fast as a kernel
+    repeating them: 145 us each over 16x4x64x64)."""
+    x = node.inputs[0].type
+    axes, keepdims = tuple(node.attrs["axes"]), node.attrs["keepdims"]
+    if not axes or axes != tuple(range(len(axes))) or len(axes) >= len(x.shape):
+        return None
+    # Four rows at a time, added in their order: a quarter of the loads and stores of the result row.
+    kernel = [decorator(False),
+              "def sum_rows(out, x):",
+              "    kept = out.size",
+              "    rows = x.reshape(x.size // kept, kept)",
+              "    total = out.reshape(kept)",
+              "    total[:] = 0",
+              "    stop = rows.shape[0] - rows.shape[0] % 4",
+              "    for row in range(0, stop, 4):",
+              "        for j in range(kept):",
+              "            total[j] = (((total[j] + rows[row, j]) + rows[row + 1, j]) + rows[row + 2, j]) + (",
+              "                rows[row + 3, j])",
+              "    for row in range(stop, rows.shape[0]):",
+              "        for j in range(kept):",
+              "            total[j] += rows[row, j]"]
+    title = [f"sum over axes {list(axes)}, keepdims {keepdims}: {x.dtype}, one thread",
+             "row after row in memory order from 0, as NumPy sums a C-contiguous input whose result has more than "
+             "one element; otherwise NumPy's own sum"]
+    condition = "x.flags.c_contiguous and out.flags.c_contiguous and out.size > 1"
+    wrapper = _numpy_fallback("sum", condition, "sum_rows", "out, x", {"axes": axes, "keepdims": keepdims})
+    return KernelSource("sum", "sum", module_text(title, [], [*kernel, "", "", *wrapper]))
+
+
+def layer_norm_gamma_grad_source(node: Node, parallel: bool) -> KernelSource:
+    """The gradient of layer norm with respect to gamma: the sum over rows of g x^, x^ recomputed row by row."""
+    x = node.inputs[1].type
+    eps = node.attrs["eps"]
+    rank = len(x.shape)
+    loop, indices = row_loop(rank, False, shape_of="x")
+    indent = body_indent(rank)
+    kernel = [decorator(False),
+              "def layer_norm_gamma_grad(out, g, x):",
+              "    out[:] = 0",
+              "    out_row = np.empty_like(out)  # x - mean of the current row (named as _normalized_rows writes it)",
+              *loop,
+              f"{indent}x_row = {row_view('x', indices)}",
+              f"{indent}g_row = {row_view('g', indices)}",
+              *_normalized_rows(indent, x.dtype, eps, normalize=False),
+              f"{indent}for j in range(width):",
+              f"{indent}    out[j] += (out_row[j] * inverse_std) * g_row[j]"]
+    title = [f"layer_norm_gamma_grad: {x.dtype}, rank {rank}, eps {eps!r}, one thread",
+             "the sum over rows of g x^, as ir/ops/gradients.py computes it (its sums in another order)"]
+    return KernelSource("layer_norm_gamma_grad", "layer_norm_gamma_grad",
+                        module_text(title, reductions(ROW_SUM, ROW_SUM_OF_PRODUCTS), kernel))
+
+
+def scatter_add_source(node: Node, parallel: bool) -> KernelSource:
+    """A (num_rows, width) table of zeros with each row of updates added at its index, in np.add.reduceat's order.
+    The compiled kernel takes the updates as (rows, width) and the indices flat; an index out of range leaves it
+    undone and the op's own check raises."""
+    updates = node.inputs[0].type
+    kernel = [decorator(False),
+              "def scatter_rows(out, rows, indices):",
+              "    table = out.shape[0]",
+              "    for k in range(indices.shape[0]):",
+              "        if indices[k] < 0 or indices[k] >= table:",
+              "            return False",
+              "    # a stable counting sort: the positions of the rows of each index, in their order",
+              "    starts = np.zeros(table + 1, np.int64)",
+              "    for k in range(indices.shape[0]):",
+              "        starts[indices[k] + 1] += 1",
+              "    for index in range(table):",
+              "        starts[index + 1] += starts[index]",
+              "    filled = starts[:-1].copy()",
+              "    order = np.empty(indices.shape[0], np.int64)",
+              "    for k in range(indices.shape[0]):",
+              "        order[filled[indices[k]]] = k",
+              "        filled[indices[k]] += 1",
+              "    lanes = np.empty((8, out.shape[1]), out.dtype)",
+              "    rest = np.empty(out.shape[1], out.dtype)",
+              "    for index in range(table):",
+              "        start, count = starts[index], starts[index + 1] - starts[index]",
+              "        out_row = out[index]",
+              "        if count == 0:",
+              "            out_row[:] = 0",
+              "            continue",
+              "        out_row[:] = rows[order[start]]",
+              "        if count > 1:",
+              "            pairwise_sum_rows(rest, rows, order, start + 1, count - 1, lanes)",
+              "            for j in range(out_row.shape[0]):",
+              "                out_row[j] += rest[j]",
+              "    return True"]
+    wrapper = ["from graphgpt.ir.ops.shape_ops import _check_indices",
+               "",
+               "",
+               "def scatter_add(out, updates, indices):",
+               "    flat = indices.reshape(-1)",
+               "    if not scatter_rows(out, updates.reshape(flat.shape[0], out.shape[1]), flat):",
+               "        _check_indices(indices, out.shape[0], 'scatter_add')  # raises, as NumPy's kernel does"]
+    title = [f"scatter_add: {updates.dtype}, one thread",
+             "each index's rows: the first plus the pairwise sum of the others, as np.add.reduceat adds them "
+             "in ir/ops/shape_ops.py"]
+    helpers = [_exact(PAIRWISE_PLAN), _exact(PAIRWISE_SUM_ROWS)]
+    return KernelSource("scatter_add", "scatter_add", module_text(title, helpers, [*kernel, "", "", *wrapper]))
