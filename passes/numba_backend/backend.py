@@ -3,9 +3,9 @@ kernel each gets.
 
 A schedule (passes/schedule.py) asks `kernel_for(node)` for every node that computes into a buffer; a node whose
 op has a generator here (layer norm and its gradients, softmax over the last axis, GELU and its gradient, fused
-elementwise programs, sums over leading axes, scatter_add), of float32 or float64 (and integer indices), gets a
-generated kernel, compiled on its first call. Every other node (matmuls, views, other reductions, ...) keeps NumPy
-and BLAS.
+elementwise programs, sums over leading axes, scatter_add, fused attention and its gradient), of float32 or
+float64 (and integer indices), gets a generated kernel, compiled on its first call. Every other node (matmuls,
+views, other reductions, ...) keeps NumPy and BLAS.
 
 A kernel computing exp or tanh per element (softmax, GELU and its gradient, fused programs holding exp, log,
 tanh or pow) is used up to TRANSCENDENTAL_MAX_ELEMENTS elements: beyond, NumPy's SIMD float32 functions (16
@@ -13,6 +13,15 @@ lanes) beat the kernel's float64 ones (8 lanes, computed so to round correctly),
 longer makes up for it. Measured per call on this machine, float32 rows of 256, generated / NumPy: GELU 8 / 11 us
 at 4K elements, 31 / 21 us at 16K, 562 / 346 us at 256K; softmax 15 / 23, 57 / 48, 940 / 521 us; GELU's gradient
 10 / 34, 43 / 53, 577 / 522 us (layer norm, without exp: 2 / 36, 7 / 49, 90 / 325 us).
+
+Fused attention (attention_kernels.py) is held to the same limit, by measurement: a query row at a time, its
+products are short vector loops where NumPy's fused kernel (ir/ops/attention.py) runs BLAS's GEMMs, and exp32
+alone takes a third of its time. Per call, float32, causal, generated / NumPy's fused / the composite (matmul,
+softmax, matmul; BLAS on one thread), forward and backward: q (1,4,8,16) 8 / 34 / 24 and 17 / 64 / 19 us;
+(1,4,32,16) 36 / 49 / 40 and 72 / 91 / 30 us; (4,4,32,16) 137 / 110 / 98 and 280 / 195 / 73 us; the default
+`graphgpt train` model's (16,4,64,16) 1.43 / 0.94 / 1.02 and 2.78 / 2.04 / 0.79 ms; (8,8,128,32) 7.7 / 6.1 / 4.7
+and 16.7 / 13.6 / 7.1 ms. That step ran 19.4 ms with the generated kernels, 16.9 with NumPy's fused ones, 15.0
+with the composite (interleaved medians on a shared 2-core machine).
 
 Threads: by default every kernel runs on its caller's thread. With `threads=True`, a kernel over at least
 PARALLEL_MIN_ELEMENTS elements runs its rows on every core (`prange`): alone it gains up to 2x on two cores
@@ -36,6 +45,7 @@ from graphgpt.ir.types import FLOAT_DTYPES, INTEGER_DTYPES
 
 from ..elementwise_fusion import fuse_elementwise
 from ..result import PassResult
+from .attention_kernels import attention_grad_source, attention_source
 from .elementwise_kernels import fused_elementwise_source, gelu_grad_source, gelu_source
 from .engine import load_kernel
 from .reduction_kernels import layer_norm_gamma_grad_source, scatter_add_source, sum_source
@@ -44,7 +54,8 @@ from .rowwise_kernels import layer_norm_grad_source, layer_norm_source, softmax_
 # op -> its source generator: (node, parallel) -> KernelSource, or None where the node is not for it
 SOURCES = {"layer_norm": layer_norm_source, "layer_norm_grad": layer_norm_grad_source, "softmax": softmax_source,
            "gelu": gelu_source, "gelu_grad": gelu_grad_source, "fused_elementwise": fused_elementwise_source,
-           "sum": sum_source, "layer_norm_gamma_grad": layer_norm_gamma_grad_source, "scatter_add": scatter_add_source}
+           "sum": sum_source, "layer_norm_gamma_grad": layer_norm_gamma_grad_source, "scatter_add": scatter_add_source,
+           "attention": attention_source, "attention_grad": attention_grad_source}
 
 # Elements from which a kernel runs its rows on every core (threads=True only).
 PARALLEL_MIN_ELEMENTS = 1 << 16

@@ -81,6 +81,28 @@ def layer_norm_grad_source(node: Node, parallel: bool) -> KernelSource:
     return KernelSource("layer_norm_grad", "layer_norm_grad", module_text(title, helpers, kernel))
 
 
+def softmax_row(x: str, out: str, width: str, dtype: str) -> list[str]:
+    """Lines (unindented) setting the row `out` to the softmax of the row `x` (`out` may be `x`), both of length
+    `width`, with ir/ops/composites.py's rules: a row holding NaN gives NaN, a fully masked one (all -inf) zeros.
+    Its module needs reductions(ROW_SUM) and float32_helpers(dtype, "exp")."""
+    return ["# the row's max, NaN aside (a select LLVM vectorises): a row holding NaN comes out NaN all the same, its",
+            "# exp and total NaN, as with np.maximum.reduce's NaN max; 0 for a fully masked row, so that x - max",
+            "# stays -inf there rather than -inf - -inf = NaN",
+            f"peak = np.{dtype}(-np.inf)",
+            f"for j in range({width}):",
+            f"    value = {x}[j]",
+            "    peak = value if value > peak else peak",
+            "if peak == -np.inf:",
+            f"    peak = {float_literal(0.0, dtype)}",
+            f"for j in range({width}):",
+            f"    {out}[j] = " + exp_call(f"{x}[j] - peak", dtype),
+            f"total = row_sum({out})",
+            "if total == 0:  # a fully masked row: its zeros stay zeros",
+            f"    total = {float_literal(1.0, dtype)}",
+            f"for j in range({width}):",
+            f"    {out}[j] = {out}[j] / total"]
+
+
 def softmax_source(node: Node, parallel: bool) -> Optional[KernelSource]:
     """Softmax over the last axis (None along another axis: that stays NumPy's). A row holding NaN gives NaN, a
     fully masked row (all -inf) zeros, as ir/ops/composites.py's softmax does."""
@@ -90,23 +112,7 @@ def softmax_source(node: Node, parallel: bool) -> Optional[KernelSource]:
         return None
     opening, indent = _opening("softmax(out, x)", rank, parallel, ["x", "out"])
     dtype = x.dtype
-    body = ["# the row's max (NaN once a NaN is met, as np.maximum.reduce); 0 for a fully masked row, so that",
-            "# x - max stays -inf there rather than -inf - -inf = NaN",
-            f"peak = np.{dtype}(-np.inf)",
-            "for j in range(width):",
-            "    value = x_row[j]",
-            "    if value > peak or value != value:",
-            "        peak = value",
-            "if peak == -np.inf:",
-            f"    peak = {float_literal(0.0, dtype)}",
-            "for j in range(width):",
-            "    out_row[j] = " + exp_call("x_row[j] - peak", dtype),
-            "total = row_sum(out_row)",
-            "if total == 0:  # a fully masked row: its zeros stay zeros",
-            f"    total = {float_literal(1.0, dtype)}",
-            "for j in range(width):",
-            "    out_row[j] = out_row[j] / total"]
-    kernel = [*opening, *(indent + line for line in body)]
+    kernel = [*opening, *(indent + line for line in softmax_row("x_row", "out_row", "width", dtype))]
     title = [f"softmax over the last axis: {dtype}, rank {rank}, {_threads(parallel)}",
              "exp(x - max) / sum, a fully masked row (all -inf) giving zeros, as ir/ops/composites.py computes it"]
     helpers = reductions(ROW_SUM) + float32_helpers(dtype, "exp")

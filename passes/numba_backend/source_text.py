@@ -29,16 +29,20 @@ class KernelSource:
     transcendental: bool = False
 
 
-def decorator(parallel: bool, reassociate: bool = False) -> str:
+def decorator(parallel: bool, reassociate: bool = False, inline: bool = False) -> str:
     """The @njit line. error_model="numpy": a division by zero gives inf or NaN, as in NumPy, never raises.
     nogil: a data-parallel shard's kernels run at once on their threads. cache: compiled once per machine.
     `reassociate` (reductions only) lets LLVM sum a row in vector lanes, in another order than one by one: the
-    only thing a kernel computes in a different order than NumPy does, and only inside a sum."""
+    only thing a kernel computes in a different order than NumPy does, and only inside a sum. `inline` (helpers
+    only): Numba copies the function into each caller, where LLVM left a call to a helper called in an inner loop
+    (the caller's flags then apply to it)."""
     options = ['cache=True', 'nogil=True', 'error_model="numpy"']
     if parallel:
         options.append("parallel=True")
     if reassociate:
         options.append('fastmath={"reassoc"}')
+    if inline:
+        options.append('inline="always"')
     return f"@njit({', '.join(options)})"
 
 
@@ -56,11 +60,12 @@ def module_text(title: Sequence[str], helpers: Sequence[str], kernel: Sequence[s
     return "\n".join(lines) + "\n"
 
 
-def row_loop(rank: int, parallel: bool, shape_of: str = "out") -> tuple[list[str], list[str]]:
+def row_loop(rank: int, parallel: bool, shape_of: str = "out", shape: str = "") -> tuple[list[str], list[str]]:
     """Lines opening the loop over rows of arrays of `rank` (>= 1), and the index names of the leading axes.
 
     The lines end inside the loop body (indented 8 spaces; for rank 1 there is no loop: the body is indented 4 and
-    the whole array is the one row). `width` is the last axis's length.
+    the whole array is the one row). `width` is the last axis's length. The sizes are `shape_of`'s shape, or the
+    tuple expression `shape` (`q.shape[:-1]`: a loop over the matrices of q, width its rows).
 
     >>> print("\\n".join(row_loop(3, True)[0]))
         d0, d1, width = out.shape
@@ -68,12 +73,13 @@ def row_loop(rank: int, parallel: bool, shape_of: str = "out") -> tuple[list[str
             i1 = row % d1
             i0 = row // d1
     """
+    shape = shape or f"{shape_of}.shape"
     if rank == 1:
-        return [f"    width = {shape_of}.shape[0]"], []
+        return [f"    width = {shape}[0]"], []
     leading = [f"d{axis}" for axis in range(rank - 1)]
     indices = [f"i{axis}" for axis in range(rank - 1)]
     loop = "prange" if parallel else "range"
-    lines = [f"    {', '.join(leading)}, width = {shape_of}.shape",
+    lines = [f"    {', '.join(leading)}, width = {shape}",
              f"    for row in {loop}({' * '.join(leading)}):"]
     rest = "row"
     for axis in range(rank - 2, 0, -1):  # the last leading axis varies fastest (C order)
