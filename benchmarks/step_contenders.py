@@ -28,6 +28,8 @@ CONFIGS = {
     "medium": dict(vocab=65, embed=256, layers=6, heads=8, seq_len=128, batch=8),
     "tiny": dict(vocab=65, embed=64, layers=2, heads=4, seq_len=32, batch=8),
     "wide": dict(vocab=512, embed=512, layers=4, heads=8, seq_len=128, batch=8),
+    # graphgpt train's default model and batch (graphgpt/training/options.py), on its default text's 99 characters
+    "train": dict(vocab=99, embed=64, layers=2, heads=4, seq_len=64, batch=16),
 }
 
 

@@ -4,12 +4,15 @@
                                                     # T 128, batch 8, float32
     python benchmarks/train_step.py --tiny          # embed 64, 2 layers, 4 heads, T 32, batch 8 (per-op overhead)
     python benchmarks/train_step.py --wide          # vocab 512, embed 512, 4 layers, 8 heads, T 128, batch 8
-    python benchmarks/train_step.py --tiny --backend numba --no-memory --repeats 5 --skip torch-compile
+    python benchmarks/train_step.py --train         # graphgpt train's default model: embed 64, 2 layers, T 64,
+                                                    # batch 16
+    python benchmarks/train_step.py --tiny --backend numpy --no-memory --repeats 5 --skip torch-compile
 
 Contenders, all from the same float32 weights and batch (benchmarks/step_contenders.py builds them):
   compiled         graphgpt.compile(..., loss=cross_entropy) with the default passes, run as its default
                    data-parallel split (the medium step: two half-batch shards, one per core); --backend chooses
-                   what computes its nodes (numpy, the default, or numba's generated kernels), as for the next two
+                   what computes its nodes (numba's generated kernels, the default where numba is installed, or the
+                   NumPy interpreter), as for the next two
   compiled-whole   the same, shards=1: the whole batch in one schedule, BLAS on every core (one thread for a
                    small step while the machine is busy, as graphgpt chooses)
   compiled-nopass  no optimisation passes (and the default split)
@@ -58,6 +61,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from graphgpt.timing import interleaved_times  # noqa: E402
 from graphgpt.passes.analysis import graph_flops  # noqa: E402
+from graphgpt.passes.backends import BACKENDS, default_backend  # noqa: E402
 from step_contenders import CONFIGS, build, contender_builders  # noqa: E402
 
 # Agreement with the compiled step, in float32: the loss relative to itself, each gradient relative to its
@@ -225,18 +229,20 @@ def main() -> None:
     config_choice = parser.add_mutually_exclusive_group()
     config_choice.add_argument("--tiny", action="store_true", help="the tiny config (embed 64, 2 layers, T 32)")
     config_choice.add_argument("--wide", action="store_true", help="the wide config (vocab 512, embed 512, 4 layers)")
+    config_choice.add_argument("--train", action="store_true",
+                               help="graphgpt train's default model (embed 64, 2 layers, T 64, batch 16)")
     parser.add_argument("--repeats", type=int, default=9, help="interleaved timed steps per contender (default: 9)")
     parser.add_argument("--profile-repeats", type=int, default=5,
                         help="repetitions of the compiled step's profile (default: 5)")
-    parser.add_argument("--backend", choices=("numpy", "numba"), default="numpy",
-                        help="what computes graphgpt's compiled steps (default: numpy)")
+    parser.add_argument("--backend", choices=BACKENDS, default=default_backend(),
+                        help="what computes graphgpt's compiled steps (default: %(default)s, the fastest installed)")
     parser.add_argument("--skip", nargs="+", default=[], metavar="CONTENDER",
                         help="contenders to leave out (e.g. torch-compile: its cold compile takes a minute here); "
                              "compiled is the reference and stays")
     parser.add_argument("--no-memory", action="store_true", help="skip the subprocess memory measurements")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args()
-    config_name = "tiny" if args.tiny else "wide" if args.wide else "medium"
+    config_name = "tiny" if args.tiny else "wide" if args.wide else "train" if args.train else "medium"
     config = CONFIGS[config_name]
     if args.threads:
         import torch
