@@ -231,7 +231,7 @@ def run_config(name: str, config: dict, repeats: int) -> None:
         numba_generation = graphgpt.compile_generation(model, backend="numba")
         runs["kv-numba"] = lambda: numba_generation.generate(prompt, new_tokens, top_k=1)
     else:
-        print("(numba not installed: no kv-numba column; `pip install -e '.[numba]'` for generated kernels)")
+        print("(numba not installed: no kv-numba column; `pip install numba` for generated kernels)")
     runs["numpy-kv"] = lambda: numpy_kv_generate(params, prompt, new_tokens, heads)[0]
     print(f"\nGPT {name}: {config}; {repeats} interleaved repetitions, medians")
     torch_generate = None

@@ -348,10 +348,11 @@ def compile(model: Optional[Callable] = None, *example_inputs, loss: Optional[Ca
     included, until the plan fits, and compile raises graphgpt.MemoryBudgetError saying the smallest plan it
     reached and what fills it if none does. Gradients stay bit-identical.
 
-    `backend` computes the nodes: "numpy" (the default; the reference) runs every op's NumPy kernel; "numba"
-    (`pip install 'graphgpt[numba]'`) runs generated Numba kernels for layer norm, softmax, GELU, their gradients
-    and fused elementwise chains (one loop each, compiled on first use and cached on disk), NumPy and BLAS for the
-    rest. `compiled.kernels()` prints their source.
+    `backend` computes the nodes: "numba" runs generated Numba kernels for layer norm, softmax, GELU, their
+    gradients, fused elementwise chains, sums over leading axes, scatter_add and fused attention (one loop each,
+    compiled on first use and cached on disk), NumPy and BLAS for the rest; "numpy" (the reference) runs every
+    op's NumPy kernel. None (the default) is the fastest installed: numba where the numba package is, else numpy,
+    unless $GRAPHGPT_BACKEND names one (passes/backends.py). `compiled.kernels()` prints the generated source.
 
     >>> fwd = graphgpt.compile(model, tokens)                                  # doctest: +SKIP
     >>> fwd.run(tokens).shape                                                  # doctest: +SKIP

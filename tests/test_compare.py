@@ -188,7 +188,7 @@ def test_busy_warning_follows_the_spreads(report):
 
 
 def test_page_without_numba_says_so(report):
-    note = "Numba is not installed here: pip install -e '.[numba]' to see the generated kernels and their time."
+    note = "Numba is not installed here: pip install numba to see the generated kernels and their time."
     without = dataclasses.replace(report, static_only=dataclasses.replace(
         report.static_only, kernels=None, kernels_note=note, times={
             name: spread for name, spread in report.static_only.times.items() if name != "numba kernels"}))

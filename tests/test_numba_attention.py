@@ -15,7 +15,7 @@ is rounding noise). Measured: at most 8 eps in these tests, 6 in the training st
 import numpy as np
 import pytest
 
-pytest.importorskip("numba", reason="the numba backend needs numba: pip install 'graphgpt[numba]'")
+pytest.importorskip("numba", reason="the numba backend needs numba: pip install numba")
 
 import graphgpt  # noqa: E402
 from graphgpt.nn import functional as F  # noqa: E402

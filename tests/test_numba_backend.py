@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("numba", reason="the numba backend needs numba: pip install 'graphgpt[numba]'")
+pytest.importorskip("numba", reason="the numba backend needs numba: pip install numba")
 
 import graphgpt  # noqa: E402
 from graphgpt.nn import functional as F  # noqa: E402

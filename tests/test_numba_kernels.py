@@ -21,7 +21,7 @@ What may differ, and by how much (u is the dtype's unit roundoff, eps / 2; n the
 import numpy as np
 import pytest
 
-pytest.importorskip("numba", reason="the numba backend needs numba: pip install 'graphgpt[numba]'")
+pytest.importorskip("numba", reason="the numba backend needs numba: pip install numba")
 
 from graphgpt.ir import GraphBuilder, TensorType, get_op  # noqa: E402
 from graphgpt.ir.ops.elementwise import GELU_CUBIC, GELU_SQRT_2_OVER_PI  # noqa: E402

@@ -14,7 +14,7 @@ kernel and the generated one are both held to it against a reference computed in
 import numpy as np
 import pytest
 
-pytest.importorskip("numba", reason="the numba backend needs numba: pip install 'graphgpt[numba]'")
+pytest.importorskip("numba", reason="the numba backend needs numba: pip install numba")
 
 import graphgpt  # noqa: E402
 from graphgpt.ir import GraphBuilder, TensorType, get_op  # noqa: E402

@@ -192,7 +192,7 @@ class StaticOnlyRuns:
         numba = self.numba
         kernels = None if numba is None else numba.kernels().count("# ==== kernel ")
         fused = 0 if numba is None else sum(node.op == "fused_elementwise" for node in numba.graph.nodes)
-        note = ("Numba is not installed here: pip install -e '.[numba]' to see the generated kernels and their "
+        note = ("Numba is not installed here: pip install numba to see the generated kernels and their "
                 "time." if numba is None else "Kernels are compiled on first use and cached on disk.")
         return StaticOnly(subject.step.stages[-1].keep_all_bytes, measured.planned_bytes[COMPILED],
                           measured.timeline.peak_bytes, measured.planned_buffers, measured.tape_result_bytes,
