@@ -26,7 +26,11 @@ with the composite (interleaved medians on a shared 2-core machine).
 Threads: by default every kernel runs on its caller's thread. With `threads=True`, a kernel over at least
 PARALLEL_MIN_ELEMENTS elements runs its rows on every core (`prange`): alone it gains up to 2x on two cores
 (layer norm over 256K elements 92 -> 52 us), but inside a training step Numba's OpenMP threads and OpenBLAS's,
-both spinning while they wait for work, took each other's cores: the tiny GPT's step went from 8 to 32 ms. Inside
+both spinning while they wait for work, took each other's cores: the tiny GPT's step went from 8 to 32 ms, the
+`graphgpt train` model's from 15 to 154 ms. The spinning is GNU OpenMP's (its default wait policy): with
+OMP_WAIT_POLICY=PASSIVE set before the process starts, that step ran 14.9 ms threaded against 15.5 on one thread
+(and Numba's workqueue layer 15.8 against 14.4), so threads gain nothing here even then; the variable is the
+user's to set (it changes every OpenMP library of the process), not this backend's. Inside
 a data-parallel shard (passes/sharded_run.py) kernels are always single-threaded: the shards keep every core busy.
 The reductions (reduction_kernels.py) always run on one thread.
 
