@@ -3,11 +3,14 @@ the tiny and medium training steps, and what it costs (import, compile cold and 
 
     python benchmarks/numba_kernels.py                 # everything (a few minutes)
     python benchmarks/numba_kernels.py --quick         # fewer repeats, no medium training step
+    python benchmarks/numba_kernels.py --kernels-only  # the kernels against NumPy and numexpr, nothing else
 
 Contenders:
-  kernels       each op's NumPy kernel (its compute_into) against its generated kernel, on one thread and, for
-                the training-sized array, with its rows on every core (prange); a decode-sized row (1 x 128)
-                and a training-sized array (8*128 x 256)
+  kernels       each op's NumPy kernel (its compute_into: in-place ufunc chains with out=, in cache-sized row
+                blocks) against the same computed by numexpr (benchmarks/numexpr_kernels.py; when installed:
+                pip install numexpr) and against its generated kernel, each on one thread and on every core
+                (numexpr's threads, the kernel's rows in prange) where the array has more than one row; a
+                decode-sized row (1 x 128) and a training-sized array (8*128 x 256)
   decode        graphgpt.compile_generation(GPT(65, 128, 2, 4, max_seq_len=256), backend=...).generate(prompt,
                 200, top_k=1): tokens/s, greedy (the tokens are checked equal)
   training      benchmarks/train_step.py's tiny and medium steps (forward + backward, cross-entropy) compiled with
@@ -46,6 +49,8 @@ from graphgpt.passes.manager import DEFAULT_PIPELINE  # noqa: E402
 from graphgpt.passes.numba_backend.backend import SOURCES, NumbaBackend  # noqa: E402
 from graphgpt.passes.numba_backend.engine import load_kernel  # noqa: E402
 from graphgpt.timing import interleaved_times  # noqa: E402
+from numexpr_kernels import NUMEXPR_KERNELS  # noqa: E402
+from numexpr_kernels import unavailable_reason as numexpr_unavailable  # noqa: E402
 from train_step import CONFIGS, build  # noqa: E402
 
 # op, attributes, input shapes as functions of (rows, width)
@@ -76,6 +81,17 @@ def kernel_contenders(name: str, rows: int, width: int) -> dict:
     out = np.empty((rows, width), np.float32)
     numpy_kernel = get_op(op).compute_into
     runs = {"numpy": lambda: numpy_kernel(out, *arrays, **attrs)}
+    if numexpr_unavailable() is None:
+        expected = np.empty_like(out)
+        numpy_kernel(expected, *arrays, **attrs)
+        for label, threads in (("numexpr 1 thread", 1), ("numexpr threads", os.cpu_count())):
+            if threads > 1 and rows == 1:
+                continue
+            NUMEXPR_KERNELS[name](out, *arrays, threads=threads)
+            error = float(np.max(np.abs(out - expected)) / np.max(np.abs(expected)))
+            if not error < 1e-5:  # float32 reordered sums differ by ~1e-7 of the scale; a wrong formula by ~1
+                raise AssertionError(f"numexpr's {name} differs from the NumPy kernel by {error:.1e} of its scale")
+            runs[label] = lambda threads=threads: NUMEXPR_KERNELS[name](out, *arrays, threads=threads)
     for label, parallel in (("numba 1 thread", False), ("numba prange", True)):
         if parallel and rows == 1:
             continue
@@ -88,18 +104,20 @@ def kernel_contenders(name: str, rows: int, width: int) -> dict:
 
 def kernels_table(repeats: int) -> None:
     print("== kernels: median us per call, float32 ==")
-    labels = ["numpy", "numba 1 thread", "numba prange"]
-    print(f"{'kernel':<26} {'size':<22}" + "".join(f" {label:>15}" for label in labels) + f" {'numpy / best':>13}")
+    labels = ["numpy", "numexpr 1 thread", "numexpr threads", "numba 1 thread", "numba prange"]
+    if numexpr_unavailable() is not None:
+        print(f"(no numexpr columns: {numexpr_unavailable()})")
+    print(f"{'kernel':<26} {'size':<22}" + "".join(f" {label:>15}" for label in labels) + f" {'numpy / best numba':>19}")
     for size, (rows, width) in SIZES.items():
         for name in KERNELS:
             runs = kernel_contenders(name, rows, width)
             calls = 2000 if rows == 1 else 20
             timed = {label: (lambda run=run: [run() for _ in range(calls)]) for label, run in runs.items()}
             medians = {label: median_ms(times) * 1e3 / calls
-                       for label, times in interleaved_times(timed, repeats).items()}
-            best = min(value for label, value in medians.items() if label != "numpy")
+                       for label, times in interleaved_times(timed, repeats, warm_each=True).items()}
+            best = min(value for label, value in medians.items() if label.startswith("numba"))
             row = "".join(f" {medians[label]:>15.1f}" if label in medians else f" {'-':>15}" for label in labels)
-            print(f"{name:<26} {size:<22}{row} {medians['numpy'] / best:>13.2f}")
+            print(f"{name:<26} {size:<22}{row} {medians['numpy'] / best:>19.2f}")
 
 
 def decode_table(repeats: int) -> None:
@@ -183,11 +201,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats; no medium training step")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--kernels-only", action="store_true", help="only the kernels table")
     args = parser.parse_args()
     repeats = args.repeats or (3 if args.quick else 7)
     print(f"graphgpt.compile(..., backend='numpy' | 'numba'); {repeats} interleaved repetitions, medians; "
           f"{os.cpu_count()} cores (figures move with the machine's load)")
     kernels_table(repeats)
+    if args.kernels_only:
+        return
     decode_table(repeats)
     training_table("tiny", repeats)
     if not args.quick:

@@ -5,7 +5,9 @@ A schedule (passes/schedule.py) asks `kernel_for(node)` for every node that comp
 op has a generator here (layer norm and its gradients, softmax over the last axis, GELU and its gradient, fused
 elementwise programs, sums over leading axes, scatter_add, fused attention and its gradient), of float32 or
 float64 (and integer indices), gets a generated kernel, compiled on its first call. Every other node (matmuls,
-views, other reductions, ...) keeps NumPy and BLAS.
+views, other reductions, ...) keeps NumPy and BLAS. Numba rather than numexpr or NumPy's out= chains: by
+measurement (benchmarks/numba_kernels.py --kernels-only, figures in the README's Backends section), as one loop
+holds a row's reductions and its elementwise work, and a call costs under a microsecond.
 
 A kernel computing exp or tanh per element (softmax, GELU and its gradient, fused programs holding exp, log,
 tanh or pow) is used up to TRANSCENDENTAL_MAX_ELEMENTS elements: beyond, NumPy's SIMD float32 functions (16
