@@ -165,7 +165,7 @@ def test_the_source_holds_the_scale_and_the_masks_pattern_not_sizes():
 
 def test_training_sizes_keep_numpys_fused_kernels():
     """Measured (backend.py's docstring): the generated kernels win on small attention only, so they are used up
-    to TRANSCENDENTAL_MAX_ELEMENTS output elements, as kernels computing exp per element are."""
+    to SMALL_ONLY_MAX_ELEMENTS output elements."""
     numba_backend = backend.NumbaBackend()
     small = make_node("attention", [(1, 4, 32, 16)] * 3 + [(32, 32)], "float32", {"scale": SCALE})
     default_train = make_node("attention", [(16, 4, 64, 16)] * 3 + [(64, 64)], "float32", {"scale": SCALE})

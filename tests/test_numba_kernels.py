@@ -6,8 +6,9 @@ What may differ, and by how much (u is the dtype's unit roundoff, eps / 2; n the
   dtype: bit-identical;
 - exp, log, tanh and pow are computed otherwise than by NumPy, which has its own SIMD versions, documented within
   2.52 ULP of the exact value for float32 exp and 3.83 for log (measured here: tanh 1.37). The kernels' float32
-  exp and tanh are computed in float64 and rounded once (passes/numba_backend/source_text.py): within half a ULP,
-  checked over every float32 input (and on a sample below); log, pow and float64's functions are the C library's,
+  exp and tanh are Cephes's, in vectorised float32 (passes/numba_backend/source_text.py): within EXP32_ULP and
+  TANH32_ULP, measured over every float32 input (and checked on a sample below); log, pow and float64's
+  functions are the C library's,
   within 1-2 ULP (glibc manual, "Errors in Math Functions"). So two results are at most LIBRARY_ULP_GAP = 5 ULP
   apart (measured on 4M inputs: 3, 4, 1 and 1 ULP for exp, log, tanh and pow). The gap is propagated through the
   arithmetic after the function, to first order;
@@ -30,6 +31,9 @@ from graphgpt.passes.numba_backend.engine import load_kernel  # noqa: E402
 
 DTYPES = ("float32", "float64")
 LIBRARY_ULP_GAP = 5
+# The kernels' float32 exp and tanh, ULP from the exact value at worst over every float32 input (1.0103 and
+# 1.3303 measured): with NumPy's 2.52 and 1.37, the two sides stay within LIBRARY_ULP_GAP.
+EXP32_ULP, TANH32_ULP = 1.02, 1.34
 
 
 def make_node(op, input_shapes, dtype, attrs=None):
@@ -142,9 +146,9 @@ def test_library_functions_within_their_ulp_gap(function, dtype):
     assert_within(generated, reference, LIBRARY_ULP_GAP * spacing(reference, dtype))
 
 
-def test_float32_exp_and_tanh_round_correctly():
-    """The kernels' own float32 exp and tanh, on a dense sample of every binade they see: within half a ULP of
-    the exact value (the whole float32 range was checked once: 0.500 ULP at worst for both)."""
+def test_float32_exp_and_tanh_within_their_ulp_bounds():
+    """The kernels' own float32 exp and tanh, on a dense sample of every binade they see: within EXP32_ULP and
+    TANH32_ULP of the exact value, bounds measured over the whole float32 range."""
     from graphgpt.passes.numba_backend.source_text import float32_helpers, module_text
 
     rng = np.random.default_rng(13)
@@ -155,11 +159,12 @@ def test_float32_exp_and_tanh_round_correctly():
         "        exps[i] = exp32(x[i])", "        tanhs[i] = tanh32(x[i])"])
     exps, tanhs = np.empty_like(x), np.empty_like(x)
     load_kernel(source, "both")(exps, tanhs, x)
-    for ours, exact in ((exps, np.exp(x.astype(np.float64))), (tanhs, np.tanh(x.astype(np.float64)))):
+    for ours, exact, bound in ((exps, np.exp(x.astype(np.float64)), EXP32_ULP),
+                               (tanhs, np.tanh(x.astype(np.float64)), TANH32_ULP)):
         normal = np.abs(exact) >= np.finfo(np.float32).tiny  # subnormal results: their spacing is fixed
         finite = normal & (np.abs(exact) < np.finfo(np.float32).max)
         ulps = np.abs(ours[finite] - exact[finite]) / spacing(exact[finite], "float32")
-        assert ulps.max() <= 0.5 + 1e-6
+        assert ulps.max() <= bound
 
 
 # -- GELU and its gradient: the tanh gap, propagated ------------------------------------------------------------

@@ -185,10 +185,10 @@ def _source(node: Node, parallel: bool, what: str, parts: _Parts) -> KernelSourc
              f"{_broadcast_pattern(mask)} (_ any size, 1 a size-1 axis), {threads}", what]
     helpers = (reductions(ROW_SUM, ROW_SUM_OF_PRODUCTS) + [ADD_SCALED.format(decorator=decorator(False, inline=True))]
                + float32_helpers(q.dtype, "exp"))
-    # `transcendental`: kept to backend.TRANSCENDENTAL_MAX_ELEMENTS elements, as measured (backend.py's docstring):
+    # `small_only`: kept to backend.SMALL_ONLY_MAX_ELEMENTS elements, as measured (backend.py's docstring):
     # NumPy's fused kernel is faster beyond, where its GEMMs are BLAS's and its exp NumPy's SIMD one.
     return KernelSource(node.op, node.op, module_text(title, helpers, _kernel(node, parallel, parts)),
-                        transcendental=True)
+                        small_only=True)
 
 
 def attention_source(node: Node, parallel: bool) -> KernelSource:

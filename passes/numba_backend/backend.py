@@ -9,21 +9,22 @@ views, other reductions, ...) keeps NumPy and BLAS. Numba rather than numexpr or
 measurement (benchmarks/numba_kernels.py --kernels-only, figures in the README's Backends section), as one loop
 holds a row's reductions and its elementwise work, and a call costs under a microsecond.
 
-A kernel computing exp or tanh per element (softmax, GELU and its gradient, fused programs holding exp, log,
-tanh or pow) is used up to TRANSCENDENTAL_MAX_ELEMENTS elements: beyond, NumPy's SIMD float32 functions (16
-lanes) beat the kernel's float64 ones (8 lanes, computed so to round correctly), and one pass over memory no
-longer makes up for it. Measured per call on this machine, float32 rows of 256, generated / NumPy: GELU 8 / 11 us
-at 4K elements, 31 / 21 us at 16K, 562 / 346 us at 256K; softmax 15 / 23, 57 / 48, 940 / 521 us; GELU's gradient
-10 / 34, 43 / 53, 577 / 522 us (layer norm, without exp: 2 / 36, 7 / 49, 90 / 325 us).
+A kernel calling a scalar library function per element (log or pow; exp or tanh in float64: the float32 ones
+are source_text's vectorised exp32 and tanh32) is used up to SMALL_ONLY_MAX_ELEMENTS elements: beyond, NumPy's
+SIMD functions beat the scalar calls by more than one pass over memory saves. Float32 softmax, GELU and GELU's
+gradient run generated kernels at every size, by measurement (per call, float32, 8*128 x 256, generated / NumPy,
+interleaved medians): softmax 272 / 352 us (and 271 / 526 us on rows of 64, the attention weights' width), GELU
+266 / 252 us, its gradient 284 / 397 us, where the float64-computed exp and tanh they had before took 562, 940
+and 577 us. (Layer norm, without exp: 87 / 280 us.)
 
-Fused attention (attention_kernels.py) is held to the same limit, by measurement: a query row at a time, its
+Fused attention (attention_kernels.py) is held to that limit, by measurement: a query row at a time, its
 products are short vector loops where NumPy's fused kernel (ir/ops/attention.py) runs BLAS's GEMMs, and exp32
 alone takes a third of its time. Per call, float32, causal, generated / NumPy's fused / the composite (matmul,
 softmax, matmul; BLAS on one thread), forward and backward: q (1,4,8,16) 8 / 34 / 24 and 17 / 64 / 19 us;
 (1,4,32,16) 36 / 49 / 40 and 72 / 91 / 30 us; (4,4,32,16) 137 / 110 / 98 and 280 / 195 / 73 us; the default
 `graphgpt train` model's (16,4,64,16) 1.43 / 0.94 / 1.02 and 2.78 / 2.04 / 0.79 ms; (8,8,128,32) 7.7 / 6.1 / 4.7
 and 16.7 / 13.6 / 7.1 ms. That step ran 19.4 ms with the generated kernels, 16.9 with NumPy's fused ones, 15.0
-with the composite (interleaved medians on a shared 2-core machine).
+with the composite (interleaved medians on a shared 2-core machine; measured with the float64-computed exp).
 
 Threads: by default every kernel runs on its caller's thread. With `threads=True`, a kernel over at least
 PARALLEL_MIN_ELEMENTS elements runs its rows on every core (`prange`): alone it gains up to 2x on two cores
@@ -66,7 +67,7 @@ SOURCES = {"layer_norm": layer_norm_source, "layer_norm_grad": layer_norm_grad_s
 # Elements from which a kernel runs its rows on every core (threads=True only).
 PARALLEL_MIN_ELEMENTS = 1 << 16
 # Elements up to which a kernel computing exp or tanh per element is used (see the module docstring).
-TRANSCENDENTAL_MAX_ELEMENTS = 1 << 13
+SMALL_ONLY_MAX_ELEMENTS = 1 << 13
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,6 @@ class NumbaBackend:
                 value.type.dtype not in (out.dtype, *INTEGER_DTYPES) for value in node.inputs):
             return None
         source = generate(node, self.threads and out.size >= PARALLEL_MIN_ELEMENTS)
-        if source is None or (source.transcendental and out.size > TRANSCENDENTAL_MAX_ELEMENTS):
+        if source is None or (source.small_only and out.size > SMALL_ONLY_MAX_ELEMENTS):
             return None
         return GeneratedKernel(source.op, source.text, load_kernel(source.text, source.entry))

@@ -19,7 +19,7 @@ from graphgpt.ir import Node, TensorType
 from graphgpt.ir.ops.elementwise import GELU_CUBIC, GELU_SQRT_2_OVER_PI
 
 from .source_text import (KernelSource, body_indent, decorator, float_literal, module_text, row_loop, row_view,
-                          exp_call, float32_helpers, tanh_call)
+                          exp_call, float32_helpers, library_calls, tanh_call)
 
 # The ops a fused program may hold (OpDef.fusible), as an expression of their operands' scalars.
 UNARY_EXPRESSIONS = {"neg": "-{0}", "exp": "{exp}", "log": "np.log({0})", "tanh": "{tanh}",
@@ -29,7 +29,6 @@ BINARY_EXPRESSIONS = {"add": "{0} + {1}", "sub": "{0} - {1}", "mul": "{0} * {1}"
                       # np.maximum: NaN if either is NaN, and the second operand when they compare equal (so
                       # maximum(-0.0, 0.0) is 0.0 and maximum(0.0, -0.0) is -0.0, as NumPy gives them)
                       "maximum": "{0} if {0} > {1} or {0} != {0} else {1}"}
-TRANSCENDENTAL_OPS = {"exp", "log", "tanh", "pow"}
 
 # body(scalar names of the inputs, indent) -> lines ending with the output element in `result`
 Body = Callable[[Sequence[str], str], list[str]]
@@ -102,7 +101,7 @@ def fused_elementwise_source(node: Node, parallel: bool) -> Optional[KernelSourc
     ops = {op for op, _ in program}
     helpers = float32_helpers(out.dtype, *(ops & {"exp", "tanh"}))
     return KernelSource("fused_elementwise", "fused_elementwise", module_text(title, helpers, kernel),
-                        transcendental=bool(ops & TRANSCENDENTAL_OPS))
+                        small_only=library_calls(out.dtype, ops))
 
 
 def _broadcast_pattern(type: TensorType) -> str:
@@ -133,7 +132,8 @@ def gelu_source(node: Node, parallel: bool) -> KernelSource:
     title = [f"gelu: {dtype}, rank {len(out.shape)}, {_threads(parallel)}",
              "0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as ir/ops/elementwise.py gelu_into computes it"]
     kernel = _elementwise_kernel("gelu", out, [out], parallel, body)
-    return KernelSource("gelu", "gelu", module_text(title, float32_helpers(dtype, "tanh"), kernel), transcendental=True)
+    return KernelSource("gelu", "gelu", module_text(title, float32_helpers(dtype, "tanh"), kernel),
+                        small_only=library_calls(dtype, {"tanh"}))
 
 
 def gelu_grad_source(node: Node, parallel: bool) -> KernelSource:
@@ -165,4 +165,4 @@ def gelu_grad_source(node: Node, parallel: bool) -> KernelSource:
              "ir/ops/gradients.py computes it"]
     kernel = _elementwise_kernel("gelu_grad", out, [out, out], parallel, body)
     return KernelSource("gelu_grad", "gelu_grad", module_text(title, float32_helpers(dtype, "tanh"), kernel),
-                        transcendental=True)
+                        small_only=library_calls(dtype, {"tanh"}))

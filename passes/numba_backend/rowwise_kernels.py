@@ -16,8 +16,8 @@ from typing import Optional, Sequence
 from graphgpt.ir import Node
 
 from .source_text import (ROW_SUM, ROW_SUM_OF_PRODUCTS, ROW_SUM_OF_TRIPLE_PRODUCTS, KernelSource, body_indent,
-                          decorator, exp_call, float32_helpers, float_literal, module_text, reductions, row_loop,
-                          row_view)
+                          decorator, exp_call, float32_helpers, float_literal, library_calls, module_text, reductions,
+                          row_loop, row_view)
 
 
 def _threads(parallel: bool) -> str:
@@ -116,4 +116,5 @@ def softmax_source(node: Node, parallel: bool) -> Optional[KernelSource]:
     title = [f"softmax over the last axis: {dtype}, rank {rank}, {_threads(parallel)}",
              "exp(x - max) / sum, a fully masked row (all -inf) giving zeros, as ir/ops/composites.py computes it"]
     helpers = reductions(ROW_SUM) + float32_helpers(dtype, "exp")
-    return KernelSource("softmax", "softmax", module_text(title, helpers, kernel), transcendental=True)
+    return KernelSource("softmax", "softmax", module_text(title, helpers, kernel),
+                        small_only=library_calls(dtype, {"exp"}))

@@ -20,27 +20,29 @@ IMPORTS = ["import numpy as np", "from numba import njit, prange"]
 @dataclass(frozen=True)
 class KernelSource:
     """A generated kernel: its module source, the function a schedule step calls (`entry`), and its op.
-    `transcendental`: it computes exp, tanh, log or pow per element, which NumPy's SIMD versions do faster on
-    large arrays (see backend.TRANSCENDENTAL_MAX_ELEMENTS)."""
+    `small_only`: NumPy's kernel is faster on large arrays, so this one runs up to backend.SMALL_ONLY_MAX_ELEMENTS
+    (a kernel calling a scalar library function per element, see library_calls; fused attention, by measurement)."""
 
     op: str
     entry: str
     text: str
-    transcendental: bool = False
+    small_only: bool = False
 
 
-def decorator(parallel: bool, reassociate: bool = False, inline: bool = False) -> str:
+def decorator(parallel: bool, reassociate: bool = False, inline: bool = False, contract: bool = False) -> str:
     """The @njit line. error_model="numpy": a division by zero gives inf or NaN, as in NumPy, never raises.
     nogil: a data-parallel shard's kernels run at once on their threads. cache: compiled once per machine.
     `reassociate` (reductions only) lets LLVM sum a row in vector lanes, in another order than one by one: the
     only thing a kernel computes in a different order than NumPy does, and only inside a sum. `inline` (helpers
     only): Numba copies the function into each caller, where LLVM left a call to a helper called in an inner loop
-    (the caller's flags then apply to it)."""
+    (the caller's flags then apply to it). `contract` (the float32 exp and tanh only): LLVM may fuse a multiply
+    and an add into one instruction, rounding once (their polynomials' accuracy was measured so)."""
     options = ['cache=True', 'nogil=True', 'error_model="numpy"']
     if parallel:
         options.append("parallel=True")
-    if reassociate:
-        options.append('fastmath={"reassoc"}')
+    if reassociate or contract:
+        options.append("fastmath={" + ", ".join(f'"{flag}"' for flag, on in (("reassoc", reassociate),
+                                                                            ("contract", contract)) if on) + "}")
     if inline:
         options.append('inline="always"')
     return f"@njit({', '.join(options)})"
@@ -126,38 +128,56 @@ def row_sum_of_triple_products(a, b, c):
     return total'''
 
 
-# float32 exp and tanh from arithmetic and integer shifts only, so that LLVM vectorises the loops calling them:
-# the C library's expf and tanhf are scalar calls, which made a GELU over 256K elements 17x slower than NumPy's
-# SIMD tanh. Both are computed in float64 (exp as 2^n exp(r), |r| <= ln2 / 2, exp(r) by its Taylor polynomial to
-# degree 10: relative error below 1e-12) and rounded once to float32, so they are within about half a ULP of the
-# exact value (checked over every float32 input: see tests/test_numba_kernels.py). NaN, infinities, zeros of
-# either sign and tiny inputs (where tanh x rounds to x) are passed through or clamped as the functions require.
-EXP_IN_FLOAT64 = '''{decorator}
-def exp_in_float64(y):
-    # exp(y) for y in [-15, 27]: 2^n exp(r) with n in [-22, 40], 2^n made exactly as (1 << (n + 22)) 2^-22
-    n = np.int64(np.floor(y * 1.4426950408889634 + 0.5))
-    r = (y - n * 0.6931471803691238) - n * 1.9082149292705877e-10
-    p = 1.0 + r * (1.0 + r * (0.5 + r * (0.16666666666666666 + r * (0.041666666666666664 + r * (0.008333333333333333 + r * (0.001388888888888889 + r * (0.0001984126984126984 + r * (2.48015873015873e-05 + r * (2.7557319223985893e-06 + r * (2.755731922398589e-07))))))))))
-    return p * (np.float64(np.int64(1) << (n + 22)) * 2.384185791015625e-07)'''
+# float32 exp and tanh from float32 arithmetic and bit operations only, so that LLVM vectorises the loops calling
+# them (16 lanes): the C library's expf and tanhf are scalar calls, which made a GELU over 256K elements 17x slower
+# than NumPy's SIMD tanh. They are Cephes's expf and tanhf (S. Moshier), written branch-free: exp as 2^n e^r with
+# x = n ln2 + r, |r| <= ln2 / 2 (ln2 in two parts, Cody and Waite), e^r = 1 + r + r^2 P(r) with P of degree 5,
+# and 2^n made from its exponent bits in two factors, so that results down to the subnormals come out; tanh as
+# 1 - 2 / (e^2|x| + 1) from |x| = 0.625 on, an odd polynomial of degree 11 below. Measured over every float32
+# input (tests/test_numba_kernels.py checks a dense sample of each binade): exp within 1.01 ULP of the exact value
+# and tanh within 1.33, where NumPy's own SIMD functions are within 2.54 and 1.37 (so the two sides are within
+# LIBRARY_ULP_GAP = 5 ULP of each other). Per call over 256K elements: exp 90 us against NumPy's 140, tanh 180
+# against 105 (its exp, division and polynomial all computed, then one chosen). NaN, infinities, zeros of either
+# sign and tiny inputs (where tanh x rounds to x) are passed through or clamped as the functions require. (Before,
+# both were computed in float64 and rounded once: within half a ULP, but exp took 5x as long as NumPy's.)
+BIT_CAST_IMPORT = "from graphgpt.passes.numba_backend.bit_casts import float32_from_bits"
 
 EXP_FLOAT32 = '''{decorator}
 def exp32(x):
-    v = np.float64(x)
-    v = -120.0 if not v >= -120.0 else (100.0 if v > 100.0 else v)  # exp rounds to 0 below, to inf above
-    e = exp_in_float64(v * 0.125)  # in range for every v, then squared three times
-    e = e * e
-    e = e * e
-    return x if x != x else np.float32(e * e)'''
+    v = np.float32(-104.0) if not x >= np.float32(-104.0) else (np.float32(89.0) if x > np.float32(89.0) else x)
+    n = np.floor(v * np.float32(1.4426950408889634) + np.float32(0.5))
+    r = v - n * np.float32(0.693359375)
+    r = r - n * np.float32(-2.12194440e-4)
+    p = ((((np.float32(1.9875691500e-4) * r + np.float32(1.3981999507e-3)) * r + np.float32(8.3334519073e-3)) * r
+          + np.float32(4.1665795894e-2)) * r + np.float32(1.6666665459e-1)) * r + np.float32(5.0000001201e-1)
+    p = p * (r * r) + r + np.float32(1.0)
+    k = np.int32(n)  # in [-150, 128]: 2^k as two normal factors, 2^(k >> 1) 2^(k - (k >> 1))
+    half = k >> np.int32(1)
+    low = float32_from_bits((half + np.int32(127)) << np.int32(23))
+    high = float32_from_bits((k - half + np.int32(127)) << np.int32(23))
+    return x if x != x else (p * low) * high'''
 
 TANH_FLOAT32 = '''{decorator}
 def tanh32(x):
-    a = np.float64(x)
-    a = -a if a < 0.0 else a
-    a = 10.0 if not a <= 10.0 else a  # tanh rounds to 1 from 9.01; NaN computes garbage, not returned
-    t = 1.0 - 2.0 / (exp_in_float64(2.0 * a) + 1.0)
-    t = t if x > 0 else -t
+    a = -x if x < np.float32(0.0) else x
+    a = np.float32(10.0) if not a <= np.float32(10.0) else a  # tanh rounds to 1 from 9.01; NaN: x is returned
+    large = np.float32(1.0) - np.float32(2.0) / (exp32(a + a) + np.float32(1.0))
+    large = large if x > np.float32(0.0) else -large
+    z = x * x
+    small = ((((np.float32(-5.70498872745e-3) * z + np.float32(2.06390887954e-2)) * z
+               - np.float32(5.37397155531e-2)) * z + np.float32(1.33314422036e-1)) * z
+             - np.float32(3.33332819422e-1)) * z * x + x
+    t = large if a >= np.float32(0.625) else small
     # below 2^-12, tanh x rounds to x (keeping -0.0); NaN fails the comparison and is returned
-    return np.float32(t) if abs(x) >= np.float32(0.000244140625) else x'''
+    return t if abs(x) >= np.float32(0.000244140625) else x'''
+
+
+def library_calls(dtype: str, functions) -> bool:
+    """Whether computing `functions` ("exp", "tanh", "log", "pow") per element in `dtype` calls the C library's
+    scalar functions (log and pow always, exp and tanh but in float32), which NumPy's SIMD versions outrun on
+    large arrays by more than one pass over memory saves."""
+    functions = set(functions)
+    return bool(functions & {"log", "pow"} or (dtype != "float32" and functions & {"exp", "tanh"}))
 
 
 def exp_call(argument: str, dtype: str) -> str:
@@ -175,8 +195,10 @@ def float32_helpers(dtype: str, *functions: str) -> list[str]:
     """The helper functions exp_call and tanh_call need in `dtype`, for `functions` ("exp", "tanh")."""
     if dtype != "float32" or not functions:
         return []
-    templates = [EXP_IN_FLOAT64] + [{"exp": EXP_FLOAT32, "tanh": TANH_FLOAT32}[name] for name in sorted(functions)]
-    return [template.format(decorator=decorator(False)) for template in templates]
+    helpers = [BIT_CAST_IMPORT, EXP_FLOAT32.format(decorator=decorator(False, contract=True))]
+    if "tanh" in functions:  # tanh calls exp32
+        helpers.append(TANH_FLOAT32.format(decorator=decorator(False, inline=True)))
+    return helpers
 
 
 def reductions(*templates: str) -> list[str]:
