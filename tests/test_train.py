@@ -308,6 +308,24 @@ def test_resume_repeats_the_checkpoints_backend_bit_for_bit(data_file, tmp_path,
     assert load_checkpoint(str(tmp_path / "moved" / LATEST)).metadata["options"]["backend"] == "numpy"
 
 
+def test_the_first_run_on_a_machine_says_its_first_step_compiles_kernels(data_file, tmp_path, monkeypatch):
+    """Compiling the generated kernels makes a first step on a fresh machine take seconds: said before it, and
+    only when there is something to compile (a second run loads them from the disk cache)."""
+    pytest.importorskip("numba", reason="generated kernels need numba")
+    from graphgpt.passes.numba_backend import engine
+
+    monkeypatch.setenv(engine.CACHE_FOLDER_VARIABLE, str(tmp_path / "kernels"))  # a machine that compiled none yet
+    monkeypatch.setattr(engine, "_imported", {})  # and a process that imported none (as other tests here did)
+    _, first = run_quietly(tiny_options(data_file, tmp_path / "first", steps=2, backend="numba"))
+    said = re.search(r"(\d+) generated kernels are new on this machine: the first step compiles them \(once: "
+                     r"they are kept in (.+)\)", first)
+    assert said and int(said.group(1)) > 0 and said.group(2) == str(tmp_path / "kernels")
+    _, second = run_quietly(tiny_options(data_file, tmp_path / "second", steps=2, backend="numba"))
+    assert "generated kernels are new" not in second
+    _, reference = run_quietly(tiny_options(data_file, tmp_path / "numpy", steps=2, backend="numpy"))
+    assert "generated kernels" not in reference
+
+
 def test_a_checkpoint_naming_an_unknown_backend_is_refused(data_file, tmp_path):
     from graphgpt.training.checkpoint import save_checkpoint
 

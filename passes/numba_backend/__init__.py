@@ -8,12 +8,13 @@ NumPy kernels; matmuls and everything else stay NumPy and BLAS.
     reduction_kernels.py    sum over leading axes, layer_norm_gamma_grad, scatter_add
     attention_kernels.py    attention, attention_grad (a query row at a time)
     engine.py               source -> compiled function, cached in the process and on disk
+    bit_casts.py            float32_from_bits, the bit cast the float32 exp builds 2^n with
     backend.py              which node gets which kernel, with how many threads
 
 Importing this package does not import numba; compiling a kernel does.
 """
 
 from .backend import GeneratedKernel, NumbaBackend
-from .engine import kernel_cache_folder, numba_available
+from .engine import kernel_cache_folder, numba_available, sources_written
 
-__all__ = ["GeneratedKernel", "NumbaBackend", "kernel_cache_folder", "numba_available"]
+__all__ = ["GeneratedKernel", "NumbaBackend", "kernel_cache_folder", "numba_available", "sources_written"]
