@@ -315,7 +315,7 @@ def test_the_first_run_on_a_machine_says_its_first_step_compiles_kernels(data_fi
     from graphgpt.passes.numba_backend import engine
 
     monkeypatch.setenv(engine.CACHE_FOLDER_VARIABLE, str(tmp_path / "kernels"))  # a machine that compiled none yet
-    monkeypatch.setattr(engine, "_imported", {})  # and a process that imported none (as other tests here did)
+    monkeypatch.setattr(engine, "_imported", {})  # and a fresh process (other tests here imported the same kernels)
     _, first = run_quietly(tiny_options(data_file, tmp_path / "first", steps=2, backend="numba"))
     said = re.search(r"(\d+) generated kernels are new on this machine: the first step compiles them \(once: "
                      r"they are kept in (.+)\)", first)

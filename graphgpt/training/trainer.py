@@ -32,7 +32,7 @@ from ..nn import functional as F
 from ..generation import compile_generation, sample_text
 from ..optim import AdamW
 from ..passes.backends import default_backend
-from ..passes.numba_backend import kernel_cache_folder, numba_available, sources_written
+from ..passes.numba_backend import cached_kernel_files, kernel_cache_folder, kernel_file_name, numba_available
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .corpus import BatchSampler, DataError, Vocabulary, read_text, split, unigram_cross_entropy
 from .interruptions import StopSignals, TrainingState
@@ -268,13 +268,14 @@ def train(options: TrainOptions, out: Optional[TextIO] = None) -> TrainResult:
     def compile_step(shards: Optional[int], check_numerics=False):
         return _compile_step(model, optimizer, example, shards, options.backend, check_numerics)
 
-    written_before = sources_written()
+    cached = cached_kernel_files()
     step = _choose_split(checkpoint, compile_step, out)
     evaluate = compile_graph(LossOf(model), example, example, backend=options.backend)
-    new_kernels = sources_written() - written_before
+    new_kernels = {source for compiled in (step, evaluate) for source in compiled.program.generated_kernels()
+                   if kernel_file_name(source) not in cached}
     if new_kernels:  # else the first step pauses with nothing said
-        out.write(f"{new_kernels} generated kernels are new on this machine: the first step compiles them (once: "
-                  f"they are kept in {kernel_cache_folder()})\n")
+        out.write(f"{len(new_kernels)} generated kernels are new on this machine: the first step compiles them "
+                  f"(once: they are kept in {kernel_cache_folder()})\n")
     first_step = 0
     if checkpoint is not None:
         model.load_state_dict(checkpoint.model_state)

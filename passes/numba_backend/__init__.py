@@ -15,6 +15,7 @@ Importing this package does not import numba; compiling a kernel does.
 """
 
 from .backend import GeneratedKernel, NumbaBackend
-from .engine import kernel_cache_folder, numba_available, sources_written
+from .engine import cached_kernel_files, kernel_cache_folder, kernel_file_name, numba_available
 
-__all__ = ["GeneratedKernel", "NumbaBackend", "kernel_cache_folder", "numba_available", "sources_written"]
+__all__ = ["GeneratedKernel", "NumbaBackend", "cached_kernel_files", "kernel_cache_folder", "kernel_file_name",
+           "numba_available"]

@@ -67,7 +67,7 @@ SOURCES = {"layer_norm": layer_norm_source, "layer_norm_grad": layer_norm_grad_s
 
 # Elements from which a kernel runs its rows on every core (threads=True only).
 PARALLEL_MIN_ELEMENTS = 1 << 16
-# Elements up to which a kernel computing exp or tanh per element is used (see the module docstring).
+# Elements up to which a small_only kernel is used, NumPy's kernel beyond (see the module docstring).
 SMALL_ONLY_MAX_ELEMENTS = 1 << 13
 
 

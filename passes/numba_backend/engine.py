@@ -30,7 +30,6 @@ CACHE_FOLDER_VARIABLE = "GRAPHGPT_KERNEL_CACHE"
 _imported: dict[str, Callable] = {}  # source -> its module's entry function (see the module docstring)
 _imported_lock = threading.Lock()
 _fallback_folder: Optional[Path] = None  # this process's temporary folder, when the cache folder is not writable
-_sources_written = 0  # kernel sources this process found missing and wrote: compiled afresh at their first call
 
 
 def numba_available() -> bool:
@@ -68,29 +67,30 @@ def _write_once(folder: Path, name: str, source: str) -> Path:
     return path
 
 
+def kernel_file_name(source: str) -> str:
+    """The name of the file holding `source` in the kernel cache folder: named by a hash of the source."""
+    return f"kernel_{hashlib.sha256(source.encode()).hexdigest()[:24]}.py"
+
+
+def cached_kernel_files() -> frozenset[str]:
+    """The names of the kernel sources in the cache folder now: a kernel whose file is not among them has no
+    machine code on this machine yet, and is compiled at its first call (~0.5 s)."""
+    try:
+        return frozenset(path.name for path in kernel_cache_folder().glob("kernel_*.py"))
+    except OSError:
+        return frozenset()
+
+
 def _source_file(source: str) -> Path:
     """The file of the kernel cache folder holding `source` (or of this process's fallback folder)."""
-    global _fallback_folder, _sources_written
-    name = f"kernel_{hashlib.sha256(source.encode()).hexdigest()[:24]}.py"
+    global _fallback_folder
+    name = kernel_file_name(source)
     try:
-        path = kernel_cache_folder() / name
-        existed = path.exists()
-        path = _write_once(kernel_cache_folder(), name, source)
+        return _write_once(kernel_cache_folder(), name, source)
     except OSError:
         if _fallback_folder is None:
             _fallback_folder = Path(tempfile.mkdtemp(prefix="graphgpt-kernels-"))
-        existed = False
-        path = _write_once(_fallback_folder, name, source)
-    _sources_written += not existed
-    return path
-
-
-def sources_written() -> int:
-    """How many kernel sources this process has written so far because no earlier run had (their machine code is
-    compiled at their first call, ~0.5 s each): a caller compares the count before and after compiling to say
-    that its first run will compile kernels."""
-    with _imported_lock:
-        return _sources_written
+        return _write_once(_fallback_folder, name, source)
 
 
 def load_kernel(source: str, entry: str) -> Callable:
