@@ -66,14 +66,17 @@ PAIRWISE_SUM_ROWS = """{decorator}
 def pairwise_block_rows(total, rows, order, start, count, lanes):
     width = total.shape[0]
     if count < 8:
-        total[:] = 0
+        for j in range(width):
+            total[j] = 0
         for k in range(start, start + count):
             row = rows[order[k]]
             for j in range(width):
                 total[j] += row[j]
         return
     for lane in range(8):
-        lanes[lane, :] = rows[order[start + lane]]
+        row = rows[order[start + lane]]
+        for j in range(width):
+            lanes[lane, j] = row[j]
     stop = start + count - count % 8
     for k in range(start + 8, stop, 8):
         for lane in range(8):
@@ -106,7 +109,8 @@ def pairwise_sum_rows(total, rows, order, start, count, lanes):
         else:
             pairwise_block_rows(partial[top], rows, order, plan[step, 0], plan[step, 1], lanes)
             top += 1
-    total[:] = partial[0]"""
+    for j in range(total.shape[0]):
+        total[j] = partial[0, j]"""
 
 
 def _exact(template: str) -> str:
@@ -212,9 +216,12 @@ def scatter_add_source(node: Node, parallel: bool) -> KernelSource:
               "        start, count = starts[index], starts[index + 1] - starts[index]",
               "        out_row = out[index]",
               "        if count == 0:",
-              "            out_row[:] = 0",
+              "            for j in range(out_row.shape[0]):",
+              "                out_row[j] = 0",
               "            continue",
-              "        out_row[:] = rows[order[start]]",
+              "        first = rows[order[start]]",
+              "        for j in range(out_row.shape[0]):",
+              "            out_row[j] = first[j]",
               "        if count > 1:",
               "            pairwise_sum_rows(rest, rows, order, start + 1, count - 1, lanes)",
               "            for j in range(out_row.shape[0]):",
