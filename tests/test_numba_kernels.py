@@ -36,9 +36,11 @@ LIBRARY_ULP_GAP = 5
 EXP32_ULP, TANH32_ULP = 1.02, 1.34
 
 
-def make_node(op, input_shapes, dtype, attrs=None):
+def make_node(op, input_shapes, dtype, attrs=None, input_dtypes=None):
+    """A node of `op` over inputs of these shapes, of `dtype` (or each of `input_dtypes`)."""
     builder = GraphBuilder()
-    inputs = [builder.add_input(f"a{k}", TensorType(shape, dtype)) for k, shape in enumerate(input_shapes)]
+    dtypes = input_dtypes or [dtype] * len(input_shapes)
+    inputs = [builder.add_input(f"a{k}", TensorType(shape, dtypes[k])) for k, shape in enumerate(input_shapes)]
     return builder.add_node(op, inputs, attrs or {}).producer
 
 
@@ -303,3 +305,70 @@ def test_softmax(shape, dtype):
 
 def test_softmax_along_another_axis_keeps_numpy():
     assert SOURCES["softmax"](make_node("softmax", [(3, 4)], "float32", {"axis": 0}), False) is None
+
+
+# -- cross entropy's loss: reordered row sums, exp and log per the library gap, the mean summed in float64 --------
+
+def cross_entropy_node(shapes, dtype):
+    return make_node("cross_entropy", shapes, dtype, input_dtypes=[dtype, "int64"])
+
+
+def cross_entropy_case(shape, dtype, seed):
+    logits = random(shape, dtype, seed, scale=3.0)
+    targets = np.random.default_rng(seed + 1).integers(0, shape[-1], shape[:-1])
+    return logits, targets
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(5, 33), (2, 3, 17), (4, 64, 99), (9,)])
+def test_cross_entropy(shape, dtype):
+    logits, targets = cross_entropy_case(shape, dtype, 21)
+    if logits.ndim > 1:
+        logits[..., 0, 1:] = -np.inf  # masked classes, the target's own aside
+        logits[..., 0, 0] = 0.5
+        targets[..., 0] = 0
+    node = cross_entropy_node([shape, shape[:-1]], dtype)
+    generated, reference = both(node, [logits, targets])
+    u, n = unit_roundoff(dtype), shape[-1]
+    rows = logits.reshape(-1, n).astype(np.float64)
+    shifted = rows - rows.max(axis=1, keepdims=True)
+    total = np.exp(shifted).sum(axis=1)
+    picked = np.take_along_axis(shifted, targets.reshape(-1, 1), axis=1)[:, 0] - np.log(total)
+    # Each row's log-probability: the sum of exps within the library gap of each term and two reordered sums
+    # (relative, so in log absolute), log's own library gap, and the subtraction's rounding on each side. The mean:
+    # NumPy sums pairwise in the dtype (within (r + 1) u sum|p| of the exact sum), the kernel in float64, and each
+    # side divides and rounds once.
+    row_gap = (2 * LIBRARY_ULP_GAP * u + 2 * (n + 1) * u + LIBRARY_ULP_GAP * spacing(np.log(total), dtype)
+               + 2 * spacing(picked, dtype))
+    r = picked.size
+    bound = (row_gap.sum() + (r + 1) * u * np.abs(picked).sum()) / r + 2 * spacing(reference, dtype)
+    assert_within(generated, reference, np.asarray(bound))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy_special_rows_as_numpy(dtype):
+    """A fully masked row gives an infinite loss, a row holding NaN a NaN one, no positions NaN, as NumPy's."""
+    for row_value, expected in ((-np.inf, np.inf), (np.nan, np.nan)):
+        logits, targets = cross_entropy_case((3, 7), dtype, 5)
+        logits[1] = row_value
+        node = cross_entropy_node([(3, 7), (3,)], dtype)
+        generated, reference = both(node, [logits, targets])
+        assert_same_bits(generated, reference)
+        assert_same_bits(generated, np.asarray(expected, dtype))
+    node = cross_entropy_node([(0, 7), (0,)], dtype)
+    generated, reference = both(node, [np.zeros((0, 7), dtype), np.zeros((0,), np.int64)])
+    assert np.isnan(generated) and np.isnan(reference)
+
+
+@pytest.mark.parametrize("bad", [-1, 7])
+def test_cross_entropy_target_out_of_range_raises_numpys_error(bad):
+    logits, targets = cross_entropy_case((3, 7), "float32", 5)
+    targets[2] = bad
+    node = cross_entropy_node([(3, 7), (3,)], "float32")
+    source = SOURCES["cross_entropy"](node, False)
+    out = np.zeros((), np.float32)
+    with pytest.raises(IndexError) as generated:
+        load_kernel(source.text, source.entry)(out, logits, targets)
+    with pytest.raises(IndexError) as reference:
+        get_op("cross_entropy").compute_into(out, logits, targets)
+    assert str(generated.value) == str(reference.value)

@@ -30,7 +30,7 @@ from graphgpt.ir import Node
 
 from .rowwise_kernels import _normalized_rows
 from .source_text import (ROW_SUM, ROW_SUM_OF_PRODUCTS, KernelSource, body_indent, decorator, module_text,
-                          reductions, row_loop, row_view)
+                          numpy_fallback, reductions, row_loop, row_view)
 
 # NumPy's pairwise summation (numpy/_core/src/umath/loops_utils.h.src): fewer than 8 terms one by one from 0; up
 # to 128, 8 accumulators over the terms modulo 8, combined as ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7)),
@@ -118,22 +118,6 @@ def _exact(template: str) -> str:
     return template.format(decorator=decorator(False))
 
 
-def _numpy_fallback(op: str, condition: str, entry: str, arguments: str, attrs: dict) -> list[str]:
-    """The Python function a schedule calls: the compiled kernel where `condition` holds, else the op's NumPy
-    kernel (ir/ops), whose order of summation the kernel follows only under that condition."""
-    attributes = ", ".join(f"{name}={value!r}" for name, value in attrs.items())
-    return ["from graphgpt.ir.ops import get_op",
-            "",
-            f"numpy_kernel = get_op({op!r}).compute_into",
-            "",
-            "",
-            f"def {op}({arguments}):",
-            f"    if {condition}:",
-            f"        {entry}({arguments})",
-            "    else:",
-            f"        numpy_kernel({arguments}, {attributes})"]
-
-
 def sum_source(node: Node, parallel: bool) -> Optional[KernelSource]:
     """A sum over leading axes (every axis up to some axis before the last), with or without keepdims; None for
     other axes, which keep NumPy's kernel (along the last axis NumPy's pairwise sums are as fast as a kernel
@@ -161,7 +145,7 @@ def sum_source(node: Node, parallel: bool) -> Optional[KernelSource]:
              "row after row in memory order from 0, as NumPy sums a C-contiguous input whose result has more than "
              "one element; otherwise NumPy's own sum"]
     condition = "x.flags.c_contiguous and out.flags.c_contiguous and out.size > 1"
-    wrapper = _numpy_fallback("sum", condition, "sum_rows", "out, x", {"axes": axes, "keepdims": keepdims})
+    wrapper = numpy_fallback("sum", condition, "sum_rows", "out, x", {"axes": axes, "keepdims": keepdims})
     return KernelSource("sum", "sum", module_text(title, [], [*kernel, "", "", *wrapper]))
 
 

@@ -1,10 +1,11 @@
-"""Generated kernels for the row-wise ops: layer norm, its gradient with respect to x, and softmax over the last
-axis. Each reads a row a few times while it is in the L1 cache and writes it once: one pass over memory, where
+"""Generated kernels for the row-wise ops: layer norm, its gradient with respect to x, softmax over the last
+axis, and cross entropy's loss. Each reads a row a few times while it is in the L1 cache and writes it once: one pass over memory, where
 the NumPy kernels of ir/ops/composites.py and ir/ops/gradients.py make one pass per ufunc.
 
 Each kernel repeats the NumPy kernel's arithmetic step for step, in the same dtype and order (so the elementwise
 parts round identically); what differs is the order of each sum along a row (NumPy sums with a BLAS
 matrix-vector product, the kernel in vector lanes) and, for softmax, how exp is computed (source_text.exp_call).
+Cross entropy's mean over positions is summed in float64 and rounded once (NumPy sums pairwise in the dtype).
 
     print(layer_norm_source(node, parallel=True).text)
 """
@@ -81,10 +82,10 @@ def layer_norm_grad_source(node: Node, parallel: bool) -> KernelSource:
     return KernelSource("layer_norm_grad", "layer_norm_grad", module_text(title, helpers, kernel))
 
 
-def softmax_row(x: str, out: str, width: str, dtype: str) -> list[str]:
-    """Lines (unindented) setting the row `out` to the softmax of the row `x` (`out` may be `x`), both of length
-    `width`, with ir/ops/composites.py's rules: a row holding NaN gives NaN, a fully masked one (all -inf) zeros.
-    Its module needs reductions(ROW_SUM) and float32_helpers(dtype, "exp")."""
+def _shifted_exps(x: str, out: str, width: str, dtype: str) -> list[str]:
+    """Lines (unindented) setting `peak` to the row `x`'s max as ir/ops/composites.py's _row_max takes it, the row
+    `out` to exp(x - peak) and `total` to its sum, 1 where it is 0 (a fully masked row). Its module needs
+    reductions(ROW_SUM) and float32_helpers(dtype, "exp")."""
     return ["# the row's max, NaN aside (a select LLVM vectorises): a row holding NaN comes out NaN all the same, its",
             "# exp and total NaN, as with np.maximum.reduce's NaN max; 0 for a fully masked row, so that x - max",
             "# stays -inf there rather than -inf - -inf = NaN",
@@ -97,8 +98,15 @@ def softmax_row(x: str, out: str, width: str, dtype: str) -> list[str]:
             f"for j in range({width}):",
             f"    {out}[j] = " + exp_call(f"{x}[j] - peak", dtype),
             f"total = row_sum({out})",
-            "if total == 0:  # a fully masked row: its zeros stay zeros",
-            f"    total = {float_literal(1.0, dtype)}",
+            "if total == 0:  # a fully masked row",
+            f"    total = {float_literal(1.0, dtype)}"]
+
+
+def softmax_row(x: str, out: str, width: str, dtype: str) -> list[str]:
+    """Lines (unindented) setting the row `out` to the softmax of the row `x` (`out` may be `x`), both of length
+    `width`, with ir/ops/composites.py's rules: a row holding NaN gives NaN, a fully masked one (all -inf) zeros.
+    Its module needs reductions(ROW_SUM) and float32_helpers(dtype, "exp")."""
+    return [*_shifted_exps(x, out, width, dtype),
             f"for j in range({width}):",
             f"    {out}[j] = {out}[j] / total"]
 
@@ -117,4 +125,42 @@ def softmax_source(node: Node, parallel: bool) -> Optional[KernelSource]:
              "exp(x - max) / sum, a fully masked row (all -inf) giving zeros, as ir/ops/composites.py computes it"]
     helpers = reductions(ROW_SUM) + float32_helpers(dtype, "exp")
     return KernelSource("softmax", "softmax", module_text(title, helpers, kernel),
+                        small_only=library_calls(dtype, {"exp"}))
+
+
+def cross_entropy_source(node: Node, parallel: bool) -> KernelSource:
+    """The mean over positions of -log softmax(logits)[target], one row at a time: the row's log-sum-exp, less the
+    target's logit (log once per row: a library call, but not per element). One thread: the rows' losses are
+    summed into one number. No positions (NaN) and a target out of range (the op's error) are the op's NumPy
+    kernel's."""
+    dtype = node.inputs[0].type.dtype
+    kernel = [decorator(False),
+              "def cross_entropy_rows(out, logits, targets):",
+              "    rows, classes = logits.shape",
+              f"    exps = np.empty(classes, np.{dtype})",
+              "    picked = 0.0  # the sum of the targets' log-probabilities, in float64",
+              "    for row in range(rows):",
+              "        target = targets[row]",
+              "        if target < 0 or target >= classes:",
+              "            return False",
+              "        x_row = logits[row]",
+              *("        " + line for line in _shifted_exps("x_row", "exps", "classes", dtype)),
+              "        # log softmax at the target, rounded as ir/ops/composites.py's _log_softmax_into rounds it",
+              "        picked += (x_row[target] - peak) - np.log(total)",
+              "    out[0] = -(picked / rows)",
+              "    return True"]
+    wrapper = ["from graphgpt.ir.ops import get_op",
+               "",
+               "numpy_kernel = get_op('cross_entropy').compute_into",
+               "",
+               "",
+               "def cross_entropy(out, logits, targets):",
+               "    classes = logits.shape[-1]",
+               "    if targets.size == 0 or not cross_entropy_rows(out.reshape(1), logits.reshape(-1, classes),",
+               "                                                   targets.reshape(-1)):",
+               "        numpy_kernel(out, logits, targets)  # NaN for no positions; raises for a target out of range"]
+    title = [f"cross_entropy over the last axis: {dtype}, one thread",
+             "-mean(log softmax(logits)[target]), as ir/ops/composites.py computes it (the mean summed in float64)"]
+    helpers = reductions(ROW_SUM) + float32_helpers(dtype, "exp")
+    return KernelSource("cross_entropy", "cross_entropy", module_text(title, helpers, [*kernel, "", "", *wrapper]),
                         small_only=library_calls(dtype, {"exp"}))

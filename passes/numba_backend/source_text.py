@@ -62,6 +62,22 @@ def module_text(title: Sequence[str], helpers: Sequence[str], kernel: Sequence[s
     return "\n".join(lines) + "\n"
 
 
+def numpy_fallback(op: str, condition: str, entry: str, arguments: str, attrs: dict) -> list[str]:
+    """The Python function a schedule calls: the compiled kernel where `condition` holds, else the op's NumPy
+    kernel (ir/ops), whose order of summation the kernel follows only under that condition."""
+    attributes = ", ".join(f"{name}={value!r}" for name, value in attrs.items())
+    return ["from graphgpt.ir.ops import get_op",
+            "",
+            f"numpy_kernel = get_op({op!r}).compute_into",
+            "",
+            "",
+            f"def {op}({arguments}):",
+            f"    if {condition}:",
+            f"        {entry}({arguments})",
+            "    else:",
+            f"        numpy_kernel({arguments}, {attributes})"]
+
+
 def row_loop(rank: int, parallel: bool, shape_of: str = "out", shape: str = "") -> tuple[list[str], list[str]]:
     """Lines opening the loop over rows of arrays of `rank` (>= 1), and the index names of the leading axes.
 
