@@ -129,12 +129,15 @@ def _cache_write(e, a: Application) -> str:
     return e.op("ScatterND", [cache, e.op("Concat", [batch_and_head, where], axis=-1), new])
 
 
-def _one_hot(e, a: Application) -> str:
+def _one_hot_of(e, indices: str, indices_type, num_classes: int, dtype: str) -> str:
     """indices[..., None] == arange(num_classes), cast to the dtype."""
-    (indices,), (indices_type,) = a.inputs, a.input_types
-    classes = e.array(np.arange(a.attrs["num_classes"], dtype=indices_type.numpy_dtype), "classes")
+    classes = e.array(np.arange(num_classes, dtype=indices_type.numpy_dtype), "classes")
     column = e.op("Unsqueeze", [indices, _last_axis(e)])
-    return e.op("Cast", [e.op("Equal", [column, classes])], to=e.dtype(a.attrs["dtype"]))
+    return e.op("Cast", [e.op("Equal", [column, classes])], to=e.dtype(dtype))
+
+
+def _one_hot(e, a: Application) -> str:
+    return _one_hot_of(e, a.inputs[0], a.input_types[0], a.attrs["num_classes"], a.attrs["dtype"])
 
 
 def _cross_entropy(e, a: Application) -> str:
@@ -143,6 +146,23 @@ def _cross_entropy(e, a: Application) -> str:
     log_probs = e.op("LogSoftmax", [logits], axis=-1)
     picked = e.op("GatherElements", [log_probs, _as_index_column(e, targets, a.input_types[1])], axis=-1)
     return e.op("Neg", [e.op("ReduceMean", [picked], keepdims=0)])
+
+
+def _cross_entropy_grad(e, a: Application) -> str:
+    """(softmax(logits) - onehot(targets)) g / positions, the positions counted at run time (ONNX's Size)."""
+    g, logits, targets = a.inputs
+    dtype = a.output_type.dtype
+    onehot = _one_hot_of(e, targets, a.input_types[2], a.input_types[1].shape[-1], dtype)
+    difference = e.op("Sub", [e.op("Softmax", [logits], axis=-1), onehot])
+    per_position = e.op("Reciprocal", [e.op("Cast", [e.op("Size", [targets])], to=e.dtype(dtype))])
+    return e.op("Mul", [difference, e.op("Mul", [g, per_position])])
+
+
+def _softmax_grad(e, a: Application) -> str:
+    """y (g - sum(g y)) along the axis."""
+    g, y = a.inputs
+    total = e.op("ReduceSum", [e.op("Mul", [g, y]), e.ints([a.attrs["axis"]], "axes")], keepdims=1)
+    return e.op("Mul", [y, e.op("Sub", [g, total])])
 
 
 def _fused_elementwise(e, a: Application) -> str:
@@ -260,6 +280,8 @@ MAPPINGS: dict[str, Mapping] = {
     "reciprocal_size": lambda e, a: e.op("Constant", [], value=np.asarray(1.0 / a.attrs["size"], a.attrs["dtype"])),
     "fused_elementwise": _fused_elementwise,
     "gelu_grad": _gelu_grad,
+    "softmax_grad": _softmax_grad,
+    "cross_entropy_grad": _cross_entropy_grad,
     "layer_norm_grad": _layer_norm_grad,
     "layer_norm_gamma_grad": _layer_norm_gamma_grad,
     "attention": _attention,

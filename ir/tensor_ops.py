@@ -171,6 +171,12 @@ class TensorOps:
     def layer_norm_gamma_grad(self, x, eps: float):
         return self._apply("layer_norm_gamma_grad", (self, self._operand(x)), {"eps": float(eps)})
 
+    def softmax_grad(self, y, axis: int):
+        return self._apply("softmax_grad", (self, self._operand(y)), {"axis": axis})
+
+    def cross_entropy_grad(self, logits, targets):
+        return self._apply("cross_entropy_grad", (self, self._operand(logits), self._operand(targets)))
+
     def cross_entropy(self, targets):
         """Mean cross-entropy of these logits against integer class targets."""
         return self._apply("cross_entropy", (self, self._operand(targets)))

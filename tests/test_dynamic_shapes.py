@@ -79,8 +79,8 @@ def test_dynamic_training_step_equals_a_static_one_at_every_size(gpt, traces):
         for (name, mine), (_, theirs) in zip(gpt.named_parameters(), twin.named_parameters()):
             np.testing.assert_array_equal(mine.data, theirs.data, err_msg=name)
     assert traces == {"forward": 0, "training step": 1 + 4}  # the dynamic step once, the static twin per size
-    assert "reciprocal_size[dtype=float32,size=B*T]" in str(step.graph).replace(" ", "") or \
-        "reciprocal_size" in str(step.graph)
+    # the loss's 1 / (B T) is counted from the targets at run time, never a size baked in at tracing
+    assert step.graph.op_counts()["cross_entropy_grad"] == 1
 
 
 def test_report_and_memory_are_measured_at_the_latest_size(gpt):

@@ -79,8 +79,8 @@ def flags(*shape):
 
 
 def example(kind, type: TensorType, rng: np.random.Generator) -> np.ndarray:
-    if kind == "normal":
-        return (rng.standard_normal(type.shape) * 2).astype(type.numpy_dtype)
+    if kind == "normal":  # asarray: a 0-d draw is a NumPy scalar, which onnxruntime does not take as a feed
+        return np.asarray(rng.standard_normal(type.shape) * 2).astype(type.numpy_dtype)
     if kind == "positive":
         return rng.uniform(0.1, 3.0, type.shape).astype(type.numpy_dtype)
     if kind == "few":
@@ -132,6 +132,8 @@ OP_CASES = {
     "reciprocal_size": ("reciprocal_size", [], {"size": 7, "dtype": "float32"}),
     "fused_elementwise": ("fused_elementwise", [positive(3, 4), positive(4)], {"program": EVERY_FUSIBLE_OP}),
     "gelu_grad": ("gelu_grad", [normal(3, 8), normal(3, 8)], {}),
+    "softmax_grad": ("softmax_grad", [normal(2, 3, 5), positive(2, 3, 5)], {"axis": 1}),
+    "cross_entropy_grad": ("cross_entropy_grad", [normal(), normal(2, 3, 6), indices(6, 2, 3)], {}),
     "layer_norm_grad": ("layer_norm_grad", [normal(2, 3, 8), normal(2, 3, 8), normal(8)], {"eps": 1e-5}),
     "layer_norm_gamma_grad": ("layer_norm_gamma_grad", [normal(2, 3, 8), normal(2, 3, 8)], {"eps": 1e-5}),
     "attention": ("attention", [normal(2, 3, 5, 4), normal(2, 3, 6, 4), normal(2, 3, 6, 2), normal(5, 6)],

@@ -150,6 +150,8 @@ DATA_PARALLEL_REFUSED = {
     "scatter_add": "the gradient of embedding: made by autodiff, never traced in a forward graph",
     "layer_norm_grad": "a backward kernel, made by autodiff only",
     "layer_norm_gamma_grad": "a backward kernel, made by autodiff only",
+    "softmax_grad": "a backward kernel, made by autodiff only",
+    "cross_entropy_grad": "a backward kernel, made by autodiff only",
     "attention": "made by fuse_attention after the proof, which walks the forward graph as traced (composite)",
     "attention_grad": "a backward kernel, made by autodiff only",
     "cache_write": "writes generation state (a KV cache) by a graph update, which a split step refuses; "

@@ -71,8 +71,10 @@ CASES = {  # op -> list of (inputs, attrs)
 # the KV cache's write, which only decoding (without gradients) uses.
 NO_GRADIENT = {"less", "less_equal", "greater", "greater_equal", "equal", "not_equal", "one_hot", "constant",
                "reciprocal_size", "dropout_mask", "cache_write"}
-# Backward kernels have no rule (no second derivatives); the gelu, layer_norm and attention rows check them.
-BACKWARD_KERNELS = {"gelu_grad", "layer_norm_grad", "layer_norm_gamma_grad", "attention_grad"}
+# Backward kernels have no rule (no second derivatives); the gelu, softmax, cross_entropy, layer_norm and attention
+# rows check them.
+BACKWARD_KERNELS = {"gelu_grad", "softmax_grad", "cross_entropy_grad", "layer_norm_grad", "layer_norm_gamma_grad",
+                    "attention_grad"}
 
 
 def test_every_op_is_covered():

@@ -137,6 +137,24 @@ def cross_entropy64(logits, targets):
     return np.mean(losses)
 
 
+def softmax_grad64(g, y, axis):
+    """g times softmax's explicit Jacobian at its output y, row by row: d y_j / d x_i = y_j (delta_ij - y_i)."""
+    def row_gradient(row):
+        row_g, row_y = row[:row.size // 2], row[row.size // 2:]
+        return (np.diag(row_y) - np.outer(row_y, row_y)) @ row_g
+    both = np.concatenate([g, y], axis=axis)
+    return per_row(lambda row: np.concatenate([row_gradient(row), np.zeros(row.size // 2)]), both, axis).take(
+        range(g.shape[axis]), axis=axis)
+
+
+def cross_entropy_grad64(g, logits, targets):
+    """g / positions times (softmax - onehot), row by row in float64."""
+    rows = logits.reshape(-1, logits.shape[-1])
+    result = np.array([softmax_row(row) - np.eye(rows.shape[1])[target] for row, target in
+                       zip(rows, targets.reshape(-1))], dtype=logits.dtype).reshape(logits.shape)
+    return result * g / max(targets.size, 1)
+
+
 def gather_rows(weight, indices):
     rows = [weight[index] for index in indices.reshape(-1)]
     return np.array(rows, dtype=weight.dtype).reshape(indices.shape + weight.shape[1:])
@@ -341,13 +359,20 @@ CASES += [
     case("layer_norm", f32(2, 3, 8), f32(8), f32(8), eps=1e-5, ref=layer_norm64),
     case("layer_norm", f64(4), f64(4), f64(4), eps=1e-3, ref=layer_norm64),
     case("layer_norm", f32(3, 1), f32(1), f32(1), eps=0.1, ref=layer_norm64),  # one feature: variance 0
-    # Backward kernels (the gradients of gelu and layer_norm).
+    # Backward kernels (the gradients of gelu, softmax, cross_entropy and layer_norm).
     case("gelu_grad", f32(3, 5), f32(3, 5, low=-4, high=4), ref=gelu_grad64),
     case("gelu_grad", f64(4), f64(4, low=-4, high=4), ref=gelu_grad64),
     case("gelu_grad", f32(), f32(), ref=gelu_grad64),
     case("layer_norm_grad", f32(2, 3, 8), f32(2, 3, 8), f32(8), eps=1e-5, ref=layer_norm_grad64),
     case("layer_norm_grad", f64(4), f64(4), f64(4), eps=1e-3, ref=layer_norm_grad64),
     case("layer_norm_grad", f32(3, 1), f32(3, 1), f32(1), eps=0.1, ref=layer_norm_grad64),  # one feature
+    case("softmax_grad", f32(2, 3, 6), Rand((2, 3, 6), "float32", 0.0, 0.4), axis=2, ref=softmax_grad64),
+    case("softmax_grad", f64(4, 5), Rand((4, 5), "float64", 0.0, 0.4), axis=0, ref=softmax_grad64),
+    case("softmax_grad", f32(5), Rand((5,), "float32", 0.0, 0.4), axis=0, ref=softmax_grad64),
+    case("cross_entropy_grad", f32(), f32(2, 3, 6, low=-20, high=20), i64(2, 3, low=0, high=6),
+         ref=cross_entropy_grad64),
+    case("cross_entropy_grad", f64(), f64(4, 5), i32(4, low=0, high=5), ref=cross_entropy_grad64),
+    case("cross_entropy_grad", f32(), f32(5), i64(low=0, high=5), ref=cross_entropy_grad64),
     case("layer_norm_gamma_grad", f32(2, 3, 8), f32(2, 3, 8), eps=1e-5, ref=layer_norm_gamma_grad64),
     case("layer_norm_gamma_grad", f64(4), f64(4), eps=1e-3, ref=layer_norm_gamma_grad64),
     case("layer_norm_gamma_grad", f32(3, 1), f32(3, 1), eps=0.1, ref=layer_norm_gamma_grad64),
@@ -434,6 +459,9 @@ ZERO_SIZE_CASES: list[Case] = [
     case("gelu_grad", f32(0, 3), f32(0, 3), ref=gelu_grad64),
     case("layer_norm_grad", f32(0, 4), f32(0, 4), f32(4), eps=1e-5, ref=layer_norm_grad64),
     case("layer_norm_grad", f64(3, 0), f64(3, 0), f64(0), eps=1e-5, ref=layer_norm_grad64),
+    case("softmax_grad", f32(0, 3), f32(0, 3), axis=1, ref=softmax_grad64),
+    case("softmax_grad", f64(3, 0), f64(3, 0), axis=1, ref=softmax_grad64),
+    case("cross_entropy_grad", f32(), f32(0, 5), i64(0, low=0, high=5), ref=cross_entropy_grad64),
     case("layer_norm_gamma_grad", f32(0, 4), f32(0, 4), eps=1e-5, ref=layer_norm_gamma_grad64),
     case("layer_norm_gamma_grad", f64(3, 0), f64(3, 0), eps=1e-5, ref=layer_norm_gamma_grad64),
     case("cross_entropy", f32(0, 5), i64(0, low=0, high=5), ref=cross_entropy64),

@@ -145,6 +145,8 @@ def _build_table():
         "concat": lambda *tensors, axis: torch.cat(tensors, dim=axis),
         "gelu_grad": _vector_jacobian(_gelu),
         "layer_norm_grad": _vector_jacobian(lambda x, gamma, eps: _layer_norm(x, gamma, None, eps)),
+        "softmax_grad": lambda g, y, axis: torch._softmax_backward_data(g, y, axis, y.dtype),
+        "cross_entropy_grad": _vector_jacobian(_cross_entropy),
         "layer_norm_gamma_grad": _gamma_gradient,
         "fused_elementwise": _fused,
     }

@@ -51,7 +51,7 @@ def _log_softmax_into(out: np.ndarray, x: np.ndarray, axis: int) -> None:
 
 define_op("softmax", kind=OpKind.OPAQUE, arity=1, attrs={"axis": A.INT}, infer=_infer_along_axis,
           compute_into=_softmax_into, cost=lambda out, x, axis: 5 * x.size,  # max, sub, exp, sum, div
-          vjp=lambda g, out, x, axis: (lambda: out * (g - (g * out).sum(axis, keepdims=True)),),
+          vjp=lambda g, out, x, axis: (lambda: g.softmax_grad(out, axis),),
           doc="softmax along one axis, max-shifted for stability")
 define_op("log_softmax", kind=OpKind.OPAQUE, arity=1, attrs={"axis": A.INT}, infer=_infer_along_axis,
           compute_into=_log_softmax_into, cost=lambda out, x, axis: 5 * x.size,
@@ -119,12 +119,16 @@ def _infer_cross_entropy(logits: TensorType, targets: TensorType) -> TensorType:
     return TensorType((), logits.dtype)
 
 
-def _cross_entropy_into(out: np.ndarray, logits: np.ndarray, targets: np.ndarray) -> None:
-    """Mean over every position of -log softmax(logits)[target]."""
-    classes = logits.shape[-1]
+def check_targets(targets: np.ndarray, classes: int) -> None:
+    """Raise IndexError unless every target is a class index in 0..classes - 1."""
     if targets.size and (targets.min() < 0 or targets.max() >= classes):
         raise IndexError(f"cross_entropy target out of range: targets must lie in 0..{classes - 1}, "
                          f"got values from {int(targets.min())} to {int(targets.max())}")
+
+
+def _cross_entropy_into(out: np.ndarray, logits: np.ndarray, targets: np.ndarray) -> None:
+    """Mean over every position of -log softmax(logits)[target]."""
+    check_targets(targets, logits.shape[-1])
     if targets.size == 0:
         out[...] = np.nan  # the mean over no positions, as torch gives it (np.mean would warn twice)
         return
@@ -135,12 +139,7 @@ def _cross_entropy_into(out: np.ndarray, logits: np.ndarray, targets: np.ndarray
 
 
 def _cross_entropy_vjp(g, out, logits, targets):
-    def gradient_logits():
-        # softmax - onehot: exact and stable, with no log or division by a probability.
-        positions = max(targets.size, 1)
-        onehot = targets.one_hot(logits.shape[-1], logits.dtype)
-        return (logits.softmax(-1) - onehot) * (g * g.reciprocal_of(positions))
-    return (gradient_logits, None)
+    return (lambda: g.cross_entropy_grad(logits, targets), None)
 
 
 define_op("cross_entropy", kind=OpKind.OPAQUE, arity=2, infer=_infer_cross_entropy,

@@ -1,5 +1,6 @@
-"""Backward kernels: one op each for the gradient of GELU and for those of layer norm (with respect to x and to
-gamma), which the gradient rules emit in place of the dozen or more primitive nodes the same algebra would take.
+"""Backward kernels: one op each for the gradient of GELU, of softmax, of cross entropy (with respect to the
+logits) and of layer norm (with respect to x and to gamma), which the gradient rules emit in place of the four to
+twenty primitive nodes the same algebra would take.
 
 Each computes what the primitive chain computes, reorganised to stream over its operands fewer times and to hold
 intermediates in at most two scratch arrays (PyTorch's GeluBackward and NativeLayerNormBackward are the same
@@ -14,11 +15,11 @@ from ..errors import ShapeError
 from ..types import TensorType
 from . import attrs as A
 from .blockwise import RowBlocking
-from .composites import normalize_rows
+from .composites import _infer_cross_entropy, _softmax_into, check_targets, normalize_rows
 from .elementwise import GELU_CUBIC, GELU_SQRT_2_OVER_PI
 from .reductions import ones_vector, sum_along
 from .registry import OpKind, define_op
-from .rules import require_float, same_dtype
+from .rules import check_axis, require_float, same_dtype
 
 
 def _infer_same_as_x(g: TensorType, x: TensorType, *rest: TensorType, **attrs) -> TensorType:
@@ -122,3 +123,50 @@ define_op("layer_norm_gamma_grad", kind=OpKind.OPAQUE, arity=2, attrs={"eps": A.
           infer=_infer_layer_norm_gamma_grad, compute_into=_layer_norm_gamma_grad_into,
           scratch=LAYER_NORM_GAMMA_GRAD_BLOCKS.scratch_bytes, cost=lambda out, g, x, eps: 7 * x.size,
           doc="layer_norm_gamma_grad(g, x): the gradient of layer_norm with respect to gamma")
+
+
+def _infer_softmax_grad(g: TensorType, y: TensorType, axis: int) -> TensorType:
+    _infer_same_as_x(g, y)
+    check_axis(y, axis)
+    return y
+
+
+def _softmax_grad_into(out: np.ndarray, g: np.ndarray, y: np.ndarray, axis: int) -> None:
+    """y (g - sum(g y)) along `axis`: the gradient of softmax, given its output y and the incoming gradient g."""
+    if out.size == 0:
+        return
+    np.multiply(g, y, out=out)
+    total = sum_along(out, axis)  # rows just written, in cache: see reductions.py
+    np.subtract(g, total, out=out)
+    out *= y
+
+
+define_op("softmax_grad", kind=OpKind.OPAQUE, arity=2, attrs={"axis": A.INT}, infer=_infer_softmax_grad,
+          compute_into=_softmax_grad_into, cost=lambda out, g, y, axis: 4 * y.size,  # product, sum, sub, mul
+          doc="softmax_grad(g, y): the gradient of softmax along one axis, y its output")
+
+
+def _infer_cross_entropy_grad(g: TensorType, logits: TensorType, targets: TensorType) -> TensorType:
+    _infer_cross_entropy(logits, targets)
+    if g.shape != () or g.dtype != logits.dtype:
+        raise ShapeError(f"the gradient of the loss must be a scalar of the logits' dtype {logits.dtype}, got {g}")
+    return logits
+
+
+def _cross_entropy_grad_into(out: np.ndarray, g: np.ndarray, logits: np.ndarray, targets: np.ndarray) -> None:
+    """(softmax(logits) - onehot(targets)) g / positions: exact and stable, with no log or division by a
+    probability. The scale is g times 1 / positions rounded to the dtype, as the mean's gradient makes it."""
+    check_targets(targets, logits.shape[-1])
+    if out.size == 0:
+        return
+    _softmax_into(out, logits, logits.ndim - 1)
+    picked = np.take_along_axis(out, targets[..., None], axis=-1)
+    picked -= 1
+    np.put_along_axis(out, targets[..., None], picked, axis=-1)
+    out *= g * out.dtype.type(1.0 / targets.size)
+
+
+define_op("cross_entropy_grad", kind=OpKind.OPAQUE, arity=3, infer=_infer_cross_entropy_grad,
+          compute_into=_cross_entropy_grad_into,
+          cost=lambda out, g, logits, targets: 6 * logits.size,  # softmax's five, the scale
+          doc="cross_entropy_grad(g, logits, targets): the gradient of cross_entropy with respect to the logits")
