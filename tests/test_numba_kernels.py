@@ -305,6 +305,26 @@ def test_softmax(shape, dtype):
 
 def test_softmax_along_another_axis_keeps_numpy():
     assert SOURCES["softmax"](make_node("softmax", [(3, 4)], "float32", {"axis": 0}), False) is None
+    assert SOURCES["softmax_grad"](make_node("softmax_grad", [(3, 4)] * 2, "float32", {"axis": 0}), False) is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(5, 33), (2, 3, 4, 17), (9,), (0, 3), (3, 0)])
+def test_softmax_grad(shape, dtype):
+    g, y = random(shape, dtype, 13), np.abs(random(shape, dtype, 14, scale=0.3))
+    if g.size:
+        g.reshape(-1)[1] = np.inf  # an infinite gradient: inf and NaN as NumPy's
+    node = make_node("softmax_grad", [shape, shape], dtype, {"axis": len(shape) - 1})
+    with np.errstate(invalid="ignore"):  # the infinite gradient's row: inf - inf on both sides
+        generated, reference = both(node, [g, y])
+        u, n = unit_roundoff(dtype), shape[-1]
+        g64, y64 = g.astype(np.float64), y.astype(np.float64)
+        total = (g64 * y64).sum(-1, keepdims=True)
+        # y (g - total): the totals differ by a reordered sum of the rounded products; then a subtraction and a
+        # multiplication, each rounded on each side
+        total_gap = 2 * (n + 1) * u * np.abs(g64 * y64).sum(-1, keepdims=True)
+        bound = y64 * (total_gap + 2 * u * np.abs(g64 - total)) + 2 * u * np.abs(reference.astype(np.float64))
+    assert_within(generated, reference, np.nan_to_num(bound, nan=np.inf, posinf=np.inf))
 
 
 # -- cross entropy's loss: reordered row sums, exp and log per the library gap, the mean summed in float64 --------
@@ -372,3 +392,41 @@ def test_cross_entropy_target_out_of_range_raises_numpys_error(bad):
     with pytest.raises(IndexError) as reference:
         get_op("cross_entropy").compute_into(out, logits, targets)
     assert str(generated.value) == str(reference.value)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(5, 33), (2, 3, 17), (4, 64, 99), (9,)])
+def test_cross_entropy_grad(shape, dtype):
+    logits, targets = cross_entropy_case(shape, dtype, 31)
+    if logits.ndim > 1:
+        logits.reshape(-1, shape[-1])[-1] = -np.inf  # a fully masked row: zeros, less 1 at the target
+    g = np.asarray(1.7, dtype)
+    node = make_node("cross_entropy_grad", [(), shape, shape[:-1]], dtype, input_dtypes=[dtype, dtype, "int64"])
+    generated, reference = both(node, [g, logits, targets])
+    u, n = unit_roundoff(dtype), shape[-1]
+    scale = float(g * np.asarray(1.0 / targets.size, dtype))
+    probabilities = np.nan_to_num(reference.astype(np.float64)) / scale + np.eye(n)[targets]
+    # the softmax's gap (test_softmax's bound), then the subtraction at the target and the scaling, each rounded on
+    # each side
+    softmax_gap = probabilities * (4 * LIBRARY_ULP_GAP * u + 2 * (n + 1) * u + 2 * u)
+    bound = scale * (softmax_gap + 2 * u * np.abs(probabilities - np.eye(n)[targets])) + 2 * spacing(reference, dtype)
+    assert_within(generated, reference, bound)
+    if logits.ndim > 1:
+        last = generated.reshape(-1, n)[-1]
+        assert np.all(last == -scale * np.eye(n, dtype=dtype)[targets.reshape(-1)[-1]])
+
+
+def test_cross_entropy_grad_target_out_of_range_and_no_positions_as_numpy():
+    node = make_node("cross_entropy_grad", [(), (3, 7), (3,)], "float32", input_dtypes=["float32", "float32", "int64"])
+    source = SOURCES["cross_entropy_grad"](node, False)
+    kernel = load_kernel(source.text, source.entry)
+    logits, targets = cross_entropy_case((3, 7), "float32", 5)
+    targets[1] = 7
+    out, g = np.zeros((3, 7), np.float32), np.asarray(1.0, np.float32)
+    with pytest.raises(IndexError) as generated:
+        kernel(out, g, logits, targets)
+    with pytest.raises(IndexError) as reference:
+        get_op("cross_entropy_grad").compute_into(out, g, logits, targets)
+    assert str(generated.value) == str(reference.value)
+    empty = np.zeros((0, 7), np.float32)
+    kernel(empty, g, empty, np.zeros((0,), np.int64))  # no positions: nothing to compute, nothing raised

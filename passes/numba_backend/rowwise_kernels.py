@@ -1,5 +1,5 @@
-"""Generated kernels for the row-wise ops: layer norm, its gradient with respect to x, softmax over the last
-axis, and cross entropy's loss. Each reads a row a few times while it is in the L1 cache and writes it once: one pass over memory, where
+"""Generated kernels for the row-wise ops: layer norm and its gradient with respect to x, softmax and its gradient
+over the last axis, and cross entropy's loss and its gradient. Each reads a row a few times while it is in the L1 cache and writes it once: one pass over memory, where
 the NumPy kernels of ir/ops/composites.py and ir/ops/gradients.py make one pass per ufunc.
 
 Each kernel repeats the NumPy kernel's arithmetic step for step, in the same dtype and order (so the elementwise
@@ -163,4 +163,59 @@ def cross_entropy_source(node: Node, parallel: bool) -> KernelSource:
              "-mean(log softmax(logits)[target]), as ir/ops/composites.py computes it (the mean summed in float64)"]
     helpers = reductions(ROW_SUM) + float32_helpers(dtype, "exp")
     return KernelSource("cross_entropy", "cross_entropy", module_text(title, helpers, [*kernel, "", "", *wrapper]),
+                        small_only=library_calls(dtype, {"exp"}))
+
+
+def softmax_grad_source(node: Node, parallel: bool) -> Optional[KernelSource]:
+    """y (g - sum(g y)) over the last axis (None along another axis: that stays NumPy's), as
+    ir/ops/gradients.py computes it; only the sum's order differs."""
+    y = node.inputs[1].type
+    rank = len(y.shape)
+    if node.attrs["axis"] not in (-1, rank - 1):
+        return None
+    opening, indent = _opening("softmax_grad(out, g, y)", rank, parallel, ["g", "y", "out"])
+    kernel = [*opening,
+              f"{indent}total = row_sum_of_products(g_row, y_row)",
+              f"{indent}for j in range(width):",
+              f"{indent}    out_row[j] = (g_row[j] - total) * y_row[j]"]
+    title = [f"softmax_grad over the last axis: {y.dtype}, rank {rank}, {_threads(parallel)}",
+             "y (g - sum(g y)), as ir/ops/gradients.py computes it"]
+    return KernelSource("softmax_grad", "softmax_grad", module_text(title, reductions(ROW_SUM_OF_PRODUCTS), kernel))
+
+
+def cross_entropy_grad_source(node: Node, parallel: bool) -> KernelSource:
+    """(softmax(logits) - onehot(targets)) times g / positions, one row at a time, as ir/ops/gradients.py computes
+    it; the softmax as softmax_source's. An output with no elements or not C-contiguous, and a target out of range
+    (the op's error), are the op's NumPy kernel's."""
+    dtype = node.inputs[1].type.dtype
+    kernel = [decorator(False),
+              "def cross_entropy_grad_rows(out, logits, targets, scale):",
+              "    rows, classes = logits.shape",
+              "    for row in range(rows):",
+              "        target = targets[row]",
+              "        if target < 0 or target >= classes:",
+              "            return False",
+              "        x_row = logits[row]",
+              "        out_row = out[row]",
+              *("        " + line for line in softmax_row("x_row", "out_row", "classes", dtype)),
+              f"        out_row[target] = out_row[target] - {float_literal(1.0, dtype)}",
+              "        for j in range(classes):",
+              "            out_row[j] = out_row[j] * scale",
+              "    return True"]
+    wrapper = ["from graphgpt.ir.ops import get_op",
+               "",
+               "numpy_kernel = get_op('cross_entropy_grad').compute_into",
+               "",
+               "",
+               "def cross_entropy_grad(out, g, logits, targets):",
+               "    classes = logits.shape[-1]",
+               "    if out.size == 0 or not out.flags.c_contiguous or not cross_entropy_grad_rows(",
+               "            out.reshape(-1, classes), logits.reshape(-1, classes), targets.reshape(-1),",
+               "            g * out.dtype.type(1.0 / targets.size)):  # a scalar of the dtype, as NumPy's kernel rounds it",
+               "        numpy_kernel(out, g, logits, targets)  # raises for a target out of range"]
+    title = [f"cross_entropy_grad: {dtype}, one thread",
+             "(softmax(logits) - onehot(targets)) g / positions, as ir/ops/gradients.py computes it"]
+    helpers = reductions(ROW_SUM) + float32_helpers(dtype, "exp")
+    return KernelSource("cross_entropy_grad", "cross_entropy_grad",
+                        module_text(title, helpers, [*kernel, "", "", *wrapper]),
                         small_only=library_calls(dtype, {"exp"}))
