@@ -26,10 +26,11 @@ from .program import Program, ProgramGraph, Split, rematerialized, shard_name
 from .rematerialize import MemoryBudgetError, RematOptions
 from .blas_threads import available_cores
 
-# Below this many floating-point operations per step, splitting loses: small arrays make short NumPy calls that
-# keep the GIL (NumPy releases it only for larger loops), so the shards' threads take turns instead of running
-# together. Measured, split / whole step time: 1.56 at 0.18 GFLOP (the tiny GPT), 1.44 at 1.4 GFLOP, 0.78 at
-# 5.8, 0.75 at 10.7 and 0.70 at 31.9 (the medium GPT).
+# Below this many floating-point operations per step, splitting loses with the NumPy backend: small arrays make
+# short NumPy calls that keep the GIL (NumPy releases it only for larger loops), so the shards' threads take turns
+# instead of running together. Measured, split / whole step time: 1.56 at 0.18 GFLOP (the tiny GPT), 1.44 at 1.4
+# GFLOP, 0.78 at 5.8, 0.75 at 10.7 and 0.70 at 31.9 (the medium GPT). A backend whose kernels release the GIL
+# gains from smaller steps on (its `min_split_flops`: NumbaBackend's).
 MIN_SPLIT_FLOPS = 4 * 10**9
 
 Passes = Optional[Sequence[Union[str, Callable]]]
@@ -100,7 +101,7 @@ def build_training_program(forward: Graph, wrt: Sequence[str], rule: Optional[Up
     graph `forward`, split into data-parallel shards when proved exact (see passes/data_parallel.py).
 
     `shards`: None splits into as many shards as there are cores when the proof holds and the step is big enough
-    to gain (MIN_SPLIT_FLOPS); 1 never splits; k > 1 asks for k shards and raises ValueError with the reason if
+    to gain (MIN_SPLIT_FLOPS, or the backend's min_split_flops); 1 never splits; k > 1 asks for k shards and raises ValueError with the reason if
     the proof fails. `trace_shard(k)` traces the same model and loss at 1/k of the batch (shapes inferred).
     `fast_math`: the value-changing rewrites the passes may make (passes/manager.py FAST_MATH_FLAGS).
     `remat`: rematerialisation (passes/rematerialize.py), run after the passes on each graph with a backward pass
@@ -143,8 +144,10 @@ def build_training_program(forward: Graph, wrt: Sequence[str], rule: Optional[Up
     # As traced: the passes change it little, and need not run on a step that splits. At the example's sizes
     # for a symbolic trace (dynamic='seq').
     flops = substitute(graph_flops(step), env.hints) if env is not None else graph_flops(step)
-    if shards is None and flops < MIN_SPLIT_FLOPS:
-        return unsplit(f"{flops / 1e9:.2f} GFLOP per step is too little to gain")
+    least = MIN_SPLIT_FLOPS if kernels is None else kernels.min_split_flops
+    if shards is None and flops < least:
+        return unsplit(f"{flops / 1e9:.2f} GFLOP per step is too little to gain (below {least / 1e9:g} with the "
+                       f"{kernels.name if kernels is not None else 'numpy'} backend)")
     if trace_shard is None:
         return unsplit("no way to trace the model at the shard's batch was given")
     proof, problem = prove_split(forward, wanted)
