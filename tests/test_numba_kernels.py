@@ -27,6 +27,7 @@ pytest.importorskip("numba", reason="the numba backend needs numba: pip install 
 from graphgpt.ir import GraphBuilder, TensorType, get_op  # noqa: E402
 from graphgpt.ir.ops.elementwise import GELU_CUBIC, GELU_SQRT_2_OVER_PI  # noqa: E402
 from graphgpt.passes.numba_backend.backend import SOURCES  # noqa: E402
+from graphgpt.passes.numba_backend.elementwise_kernels import LONE_OP_MIN_ELEMENTS  # noqa: E402
 from graphgpt.passes.numba_backend.engine import load_kernel  # noqa: E402
 
 DTYPES = ("float32", "float64")
@@ -118,6 +119,23 @@ def test_arithmetic_programs_are_bit_identical(name, dtype):
     arrays = [special_values(shape, dtype, seed) for seed, shape in enumerate(shapes)]
     with np.errstate(all="ignore"):
         assert_same_bits(*both(node, arrays))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "div", "maximum"])
+def test_lone_ops_broadcasting_an_input_are_bit_identical(op, dtype):
+    """A lone elementwise node broadcasting an input (a bias add) runs a one-instruction kernel when large."""
+    for shapes in ([(8, 64, 64), (64,)], [(64,), (4, 64, 64)], [(8, 1, 64), (8, 64, 1)], [(8, 64, 64), (8, 64, 1)]):
+        node = make_node(op, shapes, dtype)
+        assert node.output.type.size >= LONE_OP_MIN_ELEMENTS
+        arrays = [special_values(shape, dtype, seed) for seed, shape in enumerate(shapes)]
+        with np.errstate(all="ignore"):
+            assert_same_bits(*both(node, arrays))
+
+
+def test_lone_ops_keep_numpy_without_a_broadcast_or_when_small():
+    for shapes in ([(8, 64, 64), (8, 64, 64)], [(8, 64, 64), ()], [(4, 64), (64,)]):
+        assert SOURCES["add"](make_node("add", shapes, "float32"), False) is None, shapes
 
 
 def test_maximum_picks_numpys_zero_and_nan():

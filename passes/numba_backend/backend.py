@@ -3,11 +3,12 @@ kernel each gets.
 
 A schedule (passes/schedule.py) asks `kernel_for(node)` for every node that computes into a buffer; a node whose
 op has a generator here (layer norm, softmax over the last axis, cross entropy and GELU, and their gradients, fused
-elementwise programs, sums over leading axes, scatter_add, fused attention and its gradient), of float32 or
-float64 (and integer indices), gets a generated kernel, compiled on its first call. Every other node (matmuls,
-views, other reductions, ...) keeps NumPy and BLAS. Numba rather than numexpr or NumPy's out= chains: by
-measurement (benchmarks/numba_kernels.py --kernels-only, figures in the README's Backends section), as one loop
-holds a row's reductions and its elementwise work, and a call costs under a microsecond.
+elementwise programs and large lone elementwise ops that broadcast an input, sums over leading axes, scatter_add,
+fused attention and its gradient), of float32 or float64 (and integer indices), gets a generated kernel,
+compiled on its first call. Every other node (matmuls, views, other reductions, ...) keeps NumPy and BLAS. Numba
+rather than numexpr or NumPy's out= chains: by measurement (benchmarks/numba_kernels.py --kernels-only, figures
+in the README's Backends section), as one loop holds a row's reductions and its elementwise work, and a call costs
+under a microsecond.
 
 A kernel calling a scalar library function per element (log or pow; exp or tanh in float64: the float32 ones
 are source_text's vectorised exp32 and tanh32) is used up to SMALL_ONLY_MAX_ELEMENTS elements: beyond, NumPy's
@@ -54,7 +55,8 @@ from graphgpt.ir.types import FLOAT_DTYPES, INTEGER_DTYPES
 from ..elementwise_fusion import fuse_elementwise
 from ..result import PassResult
 from .attention_kernels import attention_grad_source, attention_source
-from .elementwise_kernels import fused_elementwise_source, gelu_grad_source, gelu_source
+from .elementwise_kernels import (BINARY_EXPRESSIONS, UNARY_EXPRESSIONS, fused_elementwise_source, gelu_grad_source,
+                                  gelu_source, lone_elementwise_source)
 from .engine import load_kernel
 from .reduction_kernels import layer_norm_gamma_grad_source, scatter_add_source, sum_source
 from .rowwise_kernels import (cross_entropy_grad_source, cross_entropy_source, layer_norm_grad_source,
@@ -66,7 +68,8 @@ SOURCES = {"layer_norm": layer_norm_source, "layer_norm_grad": layer_norm_grad_s
            "sum": sum_source, "layer_norm_gamma_grad": layer_norm_gamma_grad_source, "scatter_add": scatter_add_source,
            "attention": attention_source, "attention_grad": attention_grad_source,
            "cross_entropy": cross_entropy_source, "cross_entropy_grad": cross_entropy_grad_source,
-           "softmax_grad": softmax_grad_source}
+           "softmax_grad": softmax_grad_source,
+           **{op: lone_elementwise_source for op in (*UNARY_EXPRESSIONS, *BINARY_EXPRESSIONS)}}
 
 # Elements from which a kernel runs its rows on every core (threads=True only).
 PARALLEL_MIN_ELEMENTS = 1 << 16
