@@ -10,7 +10,7 @@ Where NumPy's order of summation can be followed, the kernel follows it and give
   - scatter_add: NumPy's kernel (ir/ops/shape_ops.py) sorts the rows stably by index and adds each run with
     np.add.reduceat: the run's first row plus the pairwise sum (numpy/_core/src/umath/loops_utils.h.src), column
     by column, of the others. The kernel groups the rows by a stable counting sort and adds them in that order,
-    8 rows of lanes at a time (PAIRWISE_SUM_ROWS).
+    8 rows of lanes at a time (PAIRWISE_BLOCKS_LINES).
 
 For another layout (a transposed view, a broadcast) NumPy orders a sum by the layout's strides, so the sum takes
 the op's own NumPy kernel there. That check runs in a Python function around the compiled one (the `entry`), as
@@ -36,86 +36,66 @@ from .source_text import (ROW_SUM, ROW_SUM_OF_PRODUCTS, KernelSource, body_inden
 # to 128, 8 accumulators over the terms modulo 8, combined as ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7)),
 # then the remainder one by one; beyond, the sum of two halves, the first a multiple of 8 long. Never
 # reassociated: the order is the point. NumPy recurses into the halves; the kernel walks the same tree from a plan
-# (the cached machine code of a recursive function crashes when Numba loads it: numba/numba#6061).
-PAIRWISE_PLAN = """{decorator}
-def pairwise_plan(start, count):
-    # NumPy's halving of count terms into blocks of at most 128, in the order its recursion adds them: rows
-    # (start, count) of a block to sum, and (0, -1) for "add the last two partial sums"
-    plan = np.empty((2 * (count // 32 + 2), 2), np.int64)
-    pending = np.empty((130, 3), np.int64)  # (start, count, halved): two per level of a tree of depth <= 64
-    pending[0, 0], pending[0, 1], pending[0, 2] = start, count, 0
-    top, steps = 1, 0
-    while top > 0:
-        first, length, halved = pending[top - 1, 0], pending[top - 1, 1], pending[top - 1, 2]
-        if length <= 128 or halved:
-            plan[steps, 0], plan[steps, 1] = (first, length) if length <= 128 else (0, -1)
-            steps += 1
-            top -= 1
-            continue
-        pending[top - 1, 2] = 1
-        half = length // 2
-        half -= half % 8
-        pending[top, 0], pending[top, 1], pending[top, 2] = first + half, length - half, 0
-        pending[top + 1, 0], pending[top + 1, 1], pending[top + 1, 2] = first, half, 0
-        top += 2
-    return plan[:steps]"""
+# (the cached machine code of a recursive function crashes when Numba loads it: numba/numba#6061), over whole rows
+# elementwise (np.add.reduceat adds a run column by column, each column pairwise). All in the one function: a
+# helper function per step took Numba 2.7 s to compile, against about 1 s.
+PAIRWISE_PLAN_LINES = """\
+# NumPy's halving of the count rows from start into blocks of at most 128, in the order its recursion adds them:
+# rows (start, count) of a block to sum, and (0, -1) for "add the last two partial sums"
+pending[0, 0], pending[0, 1], pending[0, 2] = start, count, 0
+top, steps = 1, 0
+while top > 0:
+    first, length, halved = pending[top - 1, 0], pending[top - 1, 1], pending[top - 1, 2]
+    if length <= 128 or halved:
+        plan[steps, 0], plan[steps, 1] = (first, length) if length <= 128 else (0, -1)
+        steps += 1
+        top -= 1
+        continue
+    pending[top - 1, 2] = 1
+    half = length // 2
+    half -= half % 8
+    pending[top, 0], pending[top, 1], pending[top, 2] = first + half, length - half, 0
+    pending[top + 1, 0], pending[top + 1, 1], pending[top + 1, 2] = first, half, 0
+    top += 2"""
 
-# That summation over whole rows, elementwise (np.add.reduceat adds a run column by column, each column pairwise):
-# total = the sum of rows[order[start:start + count]], the 8 accumulators being the rows of `lanes`.
-PAIRWISE_SUM_ROWS = """{decorator}
-def pairwise_block_rows(total, rows, order, start, count, lanes):
-    width = total.shape[0]
-    if count < 8:
+# The plan's blocks added on a stack of partial sums (rows of `partial`), each block with the 8 accumulators as
+# the rows of `lanes`; the sum ends in partial[0].
+PAIRWISE_BLOCKS_LINES = """\
+top = 0
+for step in range(steps):
+    first, length = plan[step, 0], plan[step, 1]
+    if length < 0:
+        top -= 1
+        for j in range(width):
+            partial[top - 1, j] = partial[top - 1, j] + partial[top, j]
+        continue
+    total = partial[top]
+    top += 1
+    if length < 8:
         for j in range(width):
             total[j] = 0
-        for k in range(start, start + count):
+        for k in range(first, first + length):
             row = rows[order[k]]
             for j in range(width):
                 total[j] += row[j]
-        return
+        continue
     for lane in range(8):
-        row = rows[order[start + lane]]
+        row = rows[order[first + lane]]
         for j in range(width):
             lanes[lane, j] = row[j]
-    stop = start + count - count % 8
-    for k in range(start + 8, stop, 8):
+    stop = first + length - length % 8
+    for k in range(first + 8, stop, 8):
         for lane in range(8):
             row = rows[order[k + lane]]
-            accumulator = lanes[lane]
             for j in range(width):
-                accumulator[j] += row[j]
+                lanes[lane, j] += row[j]
     for j in range(width):
         total[j] = ((lanes[0, j] + lanes[1, j]) + (lanes[2, j] + lanes[3, j])) + (
             (lanes[4, j] + lanes[5, j]) + (lanes[6, j] + lanes[7, j]))
-    for k in range(stop, start + count):
+    for k in range(stop, first + length):
         row = rows[order[k]]
         for j in range(width):
-            total[j] += row[j]
-
-
-{decorator}
-def pairwise_sum_rows(total, rows, order, start, count, lanes):
-    if count <= 128:
-        pairwise_block_rows(total, rows, order, start, count, lanes)
-        return
-    plan = pairwise_plan(start, count)
-    partial = np.empty((64, total.shape[0]), total.dtype)
-    top = 0
-    for step in range(plan.shape[0]):
-        if plan[step, 1] < 0:
-            top -= 1
-            for j in range(total.shape[0]):
-                partial[top - 1, j] = partial[top - 1, j] + partial[top, j]
-        else:
-            pairwise_block_rows(partial[top], rows, order, plan[step, 0], plan[step, 1], lanes)
-            top += 1
-    for j in range(total.shape[0]):
-        total[j] = partial[0, j]"""
-
-
-def _exact(template: str) -> str:
-    """A helper source summing in its written order (never reassociated), on its caller's thread."""
-    return template.format(decorator=decorator(False))
+            total[j] += row[j]"""
 
 
 def sum_source(node: Node, parallel: bool) -> Optional[KernelSource]:
@@ -179,7 +159,7 @@ def scatter_add_source(node: Node, parallel: bool) -> KernelSource:
     updates = node.inputs[0].type
     kernel = [decorator(False),
               "def scatter_rows(out, rows, indices):",
-              "    table = out.shape[0]",
+              "    table, width = out.shape",
               "    for k in range(indices.shape[0]):",
               "        if indices[k] < 0 or indices[k] >= table:",
               "            return False",
@@ -189,27 +169,35 @@ def scatter_add_source(node: Node, parallel: bool) -> KernelSource:
               "        starts[indices[k] + 1] += 1",
               "    for index in range(table):",
               "        starts[index + 1] += starts[index]",
-              "    filled = starts[:-1].copy()",
+              "    filled = np.empty(table, np.int64)",
+              "    for index in range(table):",
+              "        filled[index] = starts[index]",
               "    order = np.empty(indices.shape[0], np.int64)",
               "    for k in range(indices.shape[0]):",
               "        order[filled[indices[k]]] = k",
               "        filled[indices[k]] += 1",
-              "    lanes = np.empty((8, out.shape[1]), out.dtype)",
-              "    rest = np.empty(out.shape[1], out.dtype)",
+              "    lanes = np.empty((8, width), out.dtype)",
+              "    partial = np.empty((64, width), out.dtype)  # two per level of a tree of depth <= 32",
+              "    plan = np.empty((2 * (indices.shape[0] // 32 + 2), 2), np.int64)",
+              "    pending = np.empty((130, 3), np.int64)  # (start, count, halved)",
               "    for index in range(table):",
               "        start, count = starts[index], starts[index + 1] - starts[index]",
               "        out_row = out[index]",
               "        if count == 0:",
-              "            for j in range(out_row.shape[0]):",
+              "            for j in range(width):",
               "                out_row[j] = 0",
               "            continue",
-              "        first = rows[order[start]]",
-              "        for j in range(out_row.shape[0]):",
-              "            out_row[j] = first[j]",
-              "        if count > 1:",
-              "            pairwise_sum_rows(rest, rows, order, start + 1, count - 1, lanes)",
-              "            for j in range(out_row.shape[0]):",
-              "                out_row[j] += rest[j]",
+              "        first_row = rows[order[start]]",
+              "        for j in range(width):",
+              "            out_row[j] = first_row[j]",
+              "        if count == 1:",
+              "            continue",
+              "        # the others' pairwise sum, added to the first row",
+              "        start, count = start + 1, count - 1",
+              *("        " + line for line in PAIRWISE_PLAN_LINES.splitlines()),
+              *("        " + line for line in PAIRWISE_BLOCKS_LINES.splitlines()),
+              "        for j in range(width):",
+              "            out_row[j] += partial[0, j]",
               "    return True"]
     wrapper = ["from graphgpt.ir.ops.shape_ops import _check_indices",
                "",
@@ -221,5 +209,4 @@ def scatter_add_source(node: Node, parallel: bool) -> KernelSource:
     title = [f"scatter_add: {updates.dtype}, one thread",
              "each index's rows: the first plus the pairwise sum of the others, as np.add.reduceat adds them "
              "in ir/ops/shape_ops.py"]
-    helpers = [_exact(PAIRWISE_PLAN), _exact(PAIRWISE_SUM_ROWS)]
-    return KernelSource("scatter_add", "scatter_add", module_text(title, helpers, [*kernel, "", "", *wrapper]))
+    return KernelSource("scatter_add", "scatter_add", module_text(title, [], [*kernel, "", "", *wrapper]))
