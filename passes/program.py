@@ -29,6 +29,7 @@ from .blas_threads import BLAS_LIMIT, MACHINE_LOAD, SMALL_RUN_FLOPS
 from .data_parallel import shard_extent
 from .manager import StageRecord, format_report, record_stage
 from .memory_plan import MemoryPlan
+from .numba_backend.engine import imported_sources, module_name
 from .rematerialize import MemoryBudgetError, RematOptions, rematerialize
 from .saved_activations import describe_rematerialization
 from .schedule import Schedule
@@ -206,11 +207,13 @@ class Program:
         """The source of every generated kernel the schedules run, once each, headed by the nodes it computes
         (empty with the NumPy backend, and for a symbolic program, which has no schedule of its own)."""
         users = self.generated_kernels()
-        parts = []
+        parts, imported = [], []
         for number, (source, nodes) in enumerate(users.items(), 1):
             where = ", ".join(f"{node.output.label} ({node.provenance.module_path or node.op})" for node in nodes)
             parts.append(f"# ==== kernel {number} of {len(users)}: {nodes[0].op}, for {len(nodes)} node(s): "
                          f"{where} ====\n{source}")
+            imported += [text for text in imported_sources(source) if text not in imported]
+        parts += [f"# ==== {module_name(text)}, imported by the kernels above ====\n{text}" for text in imported]
         return "\n".join(parts)
 
     def parts(self, inputs: Sequence[np.ndarray], params: Sequence[np.ndarray]) -> list[tuple]:

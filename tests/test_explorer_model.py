@@ -176,17 +176,22 @@ def test_generated_kernels_are_carried_with_the_values_they_compute(tmp_path):
                              optimizer=graphgpt.optim.SGD(lr=0.1))
     carried = carried_model(split.explore(str(tmp_path / "numba.html")))
     listing, text = split.kernels(), split.ir
-    seen = 0
+    seen = with_helpers = 0
     for graph in carried["graphs"]:
         for number, source, computed in graph["kernels"]:
-            assert source in listing and f"# ==== kernel {number} of " in listing
+            # the kernel's module as compiled.kernels() lists it, then each module it imports (the helpers)
+            own, *imported = source.split("\n# ---- graphgpt_kernel_")
+            assert own in listing and f"# ==== kernel {number} of " in listing
+            assert bool(imported) == ("\nfrom graphgpt_kernel_" in own)
+            assert all(module.split(", imported above ----\n", 1)[1] in listing for module in imported)
+            with_helpers += bool(imported)
             for position in computed:
                 label = graph["values"][position][1]
                 assert any(line.strip().startswith(f"{label}:") and line.endswith(f"  kernel {number}")
                            for line in text.splitlines()), (label, number)
                 seen += 1
     shard, *_, combine = split.program.schedules  # every shard's schedule runs the same nodes
-    assert seen == len(shard.kernels) + len(combine.kernels) > 0
+    assert seen == len(shard.kernels) + len(combine.kernels) > 0 and with_helpers > 0
     assert all(graph["kernels"] == [] for graph in carried_model(
         graphgpt.compile(model, tokens).explore(str(tmp_path / "numpy.html")))["graphs"])
 

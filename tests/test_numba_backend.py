@@ -152,6 +152,44 @@ print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
     assert len(list(tmp_path.glob("kernel_*.py"))) == 1
 
 
+def test_kernels_share_one_compiled_helper_module_cached_on_disk(tmp_path):
+    """Float32 kernels import exp32 and the row sums from one helper module (compiled once, not once per kernel);
+    a second process loads both the kernel and the helpers from the cache folder."""
+    script = f"""
+import os, sys
+os.environ["GRAPHGPT_KERNEL_CACHE"] = {str(tmp_path)!r}
+import numpy as np
+from graphgpt.ir import GraphBuilder, TensorType
+from graphgpt.passes.numba_backend import NumbaBackend
+kernels = []
+for op in ("softmax", "gelu"):
+    builder = GraphBuilder()
+    node = builder.add_node(op, [builder.add_input("x", TensorType((3, 5), "float32"))], {{"axis": 1}} if op == "softmax"
+                            else {{}}).producer
+    kernels.append(NumbaBackend().kernel_for(node))
+x = np.linspace(-3, 3, 15, dtype=np.float32).reshape(3, 5)
+for kernel in kernels:
+    kernel.function(np.empty_like(x), x)
+helpers = [sys.modules[kernel.function.py_func.__module__].exp32 for kernel in kernels]
+stats = kernels[0].function.stats
+print(helpers[0] is helpers[1], sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
+"""
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+            for _ in range(2)]
+    assert runs[0].stdout.split() == ["True", "0", "1"]  # one exp32 for both; compiled, and written to the cache
+    assert runs[1].stdout.split() == ["True", "1", "0"]  # loaded from it
+    assert len(list(tmp_path.glob("kernel_*.py"))) == 3  # two kernels and their helpers
+
+
+def test_a_kernel_importing_an_unknown_module_is_refused():
+    from graphgpt.passes.numba_backend.engine import load_kernel
+
+    source = "from graphgpt_kernel_0123456789abcdef01234567 import exp32\n\ndef f():\n    pass\n"
+    with pytest.raises(ImportError, match=r"imports graphgpt_kernel_0123456789abcdef01234567, which no "
+                                          r"register_module call made known"):
+        load_kernel(source, "f")
+
+
 def test_unknown_or_missing_backend_is_refused(monkeypatch):
     model = make_gpt()
     tokens = make_tokens(17, 2, 8)

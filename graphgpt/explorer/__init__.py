@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from graphgpt.passes.numba_backend.engine import imported_sources, module_name
+
 from .model import explorer_model
 from .page import ExplorerError, write_page
 
@@ -54,8 +56,10 @@ def _kernels_of(program, graph) -> list[tuple[int, str, list[int]]]:
     kernels = []
     for number, (source, nodes) in enumerate(program.generated_kernels().items(), 1):
         computed = [node.output.id for node in nodes if id(node) in in_graph]
-        if computed:
-            kernels.append((number, source, computed))
+        if computed:  # the kernel's module, then the helpers it imports: the reader sees all it runs
+            shown = "\n".join([source, *(f"# ---- {module_name(text)}, imported above ----\n{text}"
+                                         for text in imported_sources(source))])
+            kernels.append((number, shown, computed))
     return kernels
 
 

@@ -39,7 +39,7 @@ from graphgpt.ir import Node, TensorType
 
 from .elementwise_kernels import _broadcast_pattern
 from .rowwise_kernels import softmax_row
-from .source_text import (ROW_SUM, ROW_SUM_OF_PRODUCTS, KernelSource, body_indent, decorator, float32_helpers,
+from .source_text import (KernelSource, body_indent, decorator, float32_helpers,
                           float_literal, module_text, reductions, row_loop, row_view)
 
 # y += a x along a row: the products of the kernels are written with it. Inlined: LLVM left it a call in the
@@ -134,7 +134,7 @@ def _kernel(node: Node, parallel: bool, parts: _Parts) -> list[str]:
     reading = _mask_reading(mask, q.shape[:-1] + (node.inputs[1].type.shape[-2],), heads)
     mask_lines = reading.per_head + _extents(reading)
     counted = [line for view, columns in parts.counted
-               for line in [f"for j in range(rows):", f"    for c in range({columns}):",
+               for line in ["for j in range(rows):", f"    for c in range({columns}):",
                             f"        unbounded += not abs({view}[j, c]) <= limit"]]
     head = [*([] if reading.shared else mask_lines),
             f"keys_t = np.empty((depth, keys), np.{dtype})",
@@ -183,7 +183,7 @@ def _source(node: Node, parallel: bool, what: str, parts: _Parts) -> KernelSourc
     threads = "(batch, head) matrices in parallel (prange)" if parallel and len(q.shape) > 2 else "one thread"
     title = [f"{node.op}: {q.dtype}, rank {len(q.shape)}, scale {node.attrs['scale']!r}, mask "
              f"{_broadcast_pattern(mask)} (_ any size, 1 a size-1 axis), {threads}", what]
-    helpers = (reductions(ROW_SUM, ROW_SUM_OF_PRODUCTS) + [ADD_SCALED.format(decorator=decorator(False, inline=True))]
+    helpers = (reductions("row_sum", "row_sum_of_products") + [ADD_SCALED.format(decorator=decorator(False, inline=True))]
                + float32_helpers(q.dtype, "exp"))
     # `small_only`: kept to backend.SMALL_ONLY_MAX_ELEMENTS elements, as measured (backend.py's docstring):
     # NumPy's fused kernel is faster beyond, where its GEMMs are BLAS's and its exp NumPy's SIMD one.

@@ -11,6 +11,12 @@ this process is used instead (each process then compiles afresh).
 Within a process, each source is imported once: nodes whose kernels have the same source (every layer's layer
 norm) share one function and its compiled code. The table of imported kernels is process-wide, like a cache
 of functools.lru_cache: keyed by the source itself, whose compiled code never changes, and behind a lock.
+
+A kernel module may import another module of this kind (the helpers every kernel calls: source_text.py) by its
+module name, `graphgpt_kernel_<hash>`: register_module makes that source known, and load_kernel imports it
+before the kernel that needs it. Named by a hash of its text, a changed helper module is another module, and the
+kernels importing it other sources: Numba's cache, which does not follow a function's calls into other files,
+never pairs a kernel with a helper it was not compiled with.
 """
 
 from __future__ import annotations
@@ -19,16 +25,20 @@ import contextlib
 import hashlib
 import importlib.util
 import os
+import re
 import sys
 import tempfile
 import threading
 from pathlib import Path
+from types import ModuleType
 from typing import Callable, Optional
 
 CACHE_FOLDER_VARIABLE = "GRAPHGPT_KERNEL_CACHE"
 
-_imported: dict[str, Callable] = {}  # source -> its module's entry function (see the module docstring)
+_imported: dict[str, ModuleType] = {}  # source -> its module, imported (see the module docstring)
+_registered: dict[str, str] = {}  # module name -> source, of the modules kernel modules import (register_module)
 _imported_lock = threading.Lock()
+_IMPORT_LINE = re.compile(r"^from (graphgpt_kernel_[0-9a-f]+) import ", re.MULTILINE)
 _fallback_folder: Optional[Path] = None  # this process's temporary folder, when the cache folder is not writable
 
 
@@ -93,17 +103,53 @@ def _source_file(source: str) -> Path:
         return _write_once(_fallback_folder, name, source)
 
 
+def module_name(source: str) -> str:
+    """The name the module of `source` is imported under: `graphgpt_kernel_<hash>`."""
+    return f"graphgpt_{kernel_file_name(source)[:-len('.py')]}"
+
+
+def register_module(source: str) -> str:
+    """Make the module `source` importable by kernel modules (`from <its name> import ...`); returns its name."""
+    name = module_name(source)
+    with _imported_lock:
+        _registered[name] = source
+    return name
+
+
+def imported_sources(source: str) -> list[str]:
+    """The sources of the registered modules `source` imports (and those they import), each once: what a reader
+    needs beside a kernel's own text."""
+    found: list[str] = []
+    for needed in _IMPORT_LINE.findall(source):
+        text = _registered.get(needed)
+        if text is not None and text not in found:
+            found += [text] + [inner for inner in imported_sources(text) if inner not in found]
+    return found
+
+
+def _import(source: str) -> ModuleType:
+    """The module of `source`, imported from its file once (the modules it imports first); the caller holds the
+    lock."""
+    module = _imported.get(source)
+    if module is not None:
+        return module
+    name = module_name(source)
+    for needed in _IMPORT_LINE.findall(source):
+        if needed not in _registered:
+            raise ImportError(f"kernel module {name} imports {needed}, which no register_module call made known")
+        _import(_registered[needed])
+    path = _source_file(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    # Registered as an imported module: Numba finds a cached function's globals through its module name.
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    _imported[source] = module
+    return module
+
+
 def load_kernel(source: str, entry: str) -> Callable:
     """The function `entry` of the kernel module `source`: a Numba dispatcher that compiles (or loads from the disk
     cache) on its first call, for the types of that call's arrays."""
     with _imported_lock:
-        function = _imported.get(source)
-        if function is None:
-            path = _source_file(source)
-            spec = importlib.util.spec_from_file_location(f"graphgpt_{path.stem}", path)
-            module = importlib.util.module_from_spec(spec)
-            # Registered as an imported module: Numba finds a cached function's globals through its module name.
-            sys.modules[spec.name] = module
-            spec.loader.exec_module(module)
-            function = _imported[source] = getattr(module, entry)
-        return function
+        return getattr(_import(source), entry)

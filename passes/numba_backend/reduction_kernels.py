@@ -29,7 +29,7 @@ from typing import Optional
 from graphgpt.ir import Node
 
 from .rowwise_kernels import _normalized_rows
-from .source_text import (ROW_SUM, ROW_SUM_OF_PRODUCTS, KernelSource, body_indent, decorator, module_text,
+from .source_text import (KernelSource, body_indent, decorator, module_text,
                           numpy_fallback, reductions, row_loop, row_view)
 
 # NumPy's pairwise summation (numpy/_core/src/umath/loops_utils.h.src): fewer than 8 terms one by one from 0; up
@@ -149,7 +149,7 @@ def layer_norm_gamma_grad_source(node: Node, parallel: bool) -> KernelSource:
     title = [f"layer_norm_gamma_grad: {x.dtype}, rank {rank}, eps {eps!r}, one thread",
              "the sum over rows of g x^, as ir/ops/gradients.py computes it (its sums in another order)"]
     return KernelSource("layer_norm_gamma_grad", "layer_norm_gamma_grad",
-                        module_text(title, reductions(ROW_SUM, ROW_SUM_OF_PRODUCTS), kernel))
+                        module_text(title, reductions("row_sum", "row_sum_of_products"), kernel))
 
 
 def scatter_add_source(node: Node, parallel: bool) -> KernelSource:

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from graphgpt.ir import Node
 
-from .source_text import (ROW_SUM, ROW_SUM_OF_PRODUCTS, ROW_SUM_OF_TRIPLE_PRODUCTS, KernelSource, body_indent,
+from .source_text import (KernelSource, body_indent,
                           decorator, exp_call, float32_helpers, float_literal, library_calls, module_text, reductions,
                           row_loop, row_view)
 
@@ -60,7 +60,7 @@ def layer_norm_source(node: Node, parallel: bool) -> KernelSource:
     title = [f"layer_norm over the last axis: {x.dtype}, rank {rank}, eps {eps!r}, {_threads(parallel)}",
              "(x - mean) / sqrt(biased variance + eps) * gamma + beta, as ir/ops/composites.py computes it"]
     return KernelSource("layer_norm", "layer_norm",
-                        module_text(title, reductions(ROW_SUM, ROW_SUM_OF_PRODUCTS), kernel))
+                        module_text(title, reductions("row_sum", "row_sum_of_products"), kernel))
 
 
 def layer_norm_grad_source(node: Node, parallel: bool) -> KernelSource:
@@ -78,14 +78,14 @@ def layer_norm_grad_source(node: Node, parallel: bool) -> KernelSource:
               f"{indent}    out_row[j] = (g_row[j] * gamma[j] - out_row[j] * projection - mean_scaled) * inverse_std"]
     title = [f"layer_norm_grad over the last axis: {x.dtype}, rank {rank}, eps {eps!r}, {_threads(parallel)}",
              "(g gamma - x^ mean(g gamma x^) - mean(g gamma)) / std, as ir/ops/gradients.py computes it"]
-    helpers = reductions(ROW_SUM, ROW_SUM_OF_PRODUCTS, ROW_SUM_OF_TRIPLE_PRODUCTS)
+    helpers = reductions("row_sum", "row_sum_of_products", "row_sum_of_triple_products")
     return KernelSource("layer_norm_grad", "layer_norm_grad", module_text(title, helpers, kernel))
 
 
 def _shifted_exps(x: str, out: str, width: str, dtype: str) -> list[str]:
     """Lines (unindented) setting `peak` to the row `x`'s max as ir/ops/composites.py's _row_max takes it, the row
     `out` to exp(x - peak) and `total` to its sum, 1 where it is 0 (a fully masked row). Its module needs
-    reductions(ROW_SUM) and float32_helpers(dtype, "exp")."""
+    reductions("row_sum") and float32_helpers(dtype, "exp")."""
     return ["# the row's max, NaN aside (a select LLVM vectorises): a row holding NaN comes out NaN all the same, its",
             "# exp and total NaN, as with np.maximum.reduce's NaN max; 0 for a fully masked row, so that x - max",
             "# stays -inf there rather than -inf - -inf = NaN",
@@ -105,7 +105,7 @@ def _shifted_exps(x: str, out: str, width: str, dtype: str) -> list[str]:
 def softmax_row(x: str, out: str, width: str, dtype: str) -> list[str]:
     """Lines (unindented) setting the row `out` to the softmax of the row `x` (`out` may be `x`), both of length
     `width`, with ir/ops/composites.py's rules: a row holding NaN gives NaN, a fully masked one (all -inf) zeros.
-    Its module needs reductions(ROW_SUM) and float32_helpers(dtype, "exp")."""
+    Its module needs reductions("row_sum") and float32_helpers(dtype, "exp")."""
     return [*_shifted_exps(x, out, width, dtype),
             f"for j in range({width}):",
             f"    {out}[j] = {out}[j] / total"]
@@ -123,7 +123,7 @@ def softmax_source(node: Node, parallel: bool) -> Optional[KernelSource]:
     kernel = [*opening, *(indent + line for line in softmax_row("x_row", "out_row", "width", dtype))]
     title = [f"softmax over the last axis: {dtype}, rank {rank}, {_threads(parallel)}",
              "exp(x - max) / sum, a fully masked row (all -inf) giving zeros, as ir/ops/composites.py computes it"]
-    helpers = reductions(ROW_SUM) + float32_helpers(dtype, "exp")
+    helpers = reductions("row_sum") + float32_helpers(dtype, "exp")
     return KernelSource("softmax", "softmax", module_text(title, helpers, kernel),
                         small_only=library_calls(dtype, {"exp"}))
 
@@ -161,7 +161,7 @@ def cross_entropy_source(node: Node, parallel: bool) -> KernelSource:
                "        numpy_kernel(out, logits, targets)  # NaN for no positions; raises for a target out of range"]
     title = [f"cross_entropy over the last axis: {dtype}, one thread",
              "-mean(log softmax(logits)[target]), as ir/ops/composites.py computes it (the mean summed in float64)"]
-    helpers = reductions(ROW_SUM) + float32_helpers(dtype, "exp")
+    helpers = reductions("row_sum") + float32_helpers(dtype, "exp")
     return KernelSource("cross_entropy", "cross_entropy", module_text(title, helpers, [*kernel, "", "", *wrapper]),
                         small_only=library_calls(dtype, {"exp"}))
 
@@ -180,7 +180,7 @@ def softmax_grad_source(node: Node, parallel: bool) -> Optional[KernelSource]:
               f"{indent}    out_row[j] = (g_row[j] - total) * y_row[j]"]
     title = [f"softmax_grad over the last axis: {y.dtype}, rank {rank}, {_threads(parallel)}",
              "y (g - sum(g y)), as ir/ops/gradients.py computes it"]
-    return KernelSource("softmax_grad", "softmax_grad", module_text(title, reductions(ROW_SUM_OF_PRODUCTS), kernel))
+    return KernelSource("softmax_grad", "softmax_grad", module_text(title, reductions("row_sum_of_products"), kernel))
 
 
 def cross_entropy_grad_source(node: Node, parallel: bool) -> KernelSource:
@@ -215,7 +215,7 @@ def cross_entropy_grad_source(node: Node, parallel: bool) -> KernelSource:
                "        numpy_kernel(out, g, logits, targets)  # raises for a target out of range"]
     title = [f"cross_entropy_grad: {dtype}, one thread",
              "(softmax(logits) - onehot(targets)) g / positions, as ir/ops/gradients.py computes it"]
-    helpers = reductions(ROW_SUM) + float32_helpers(dtype, "exp")
+    helpers = reductions("row_sum") + float32_helpers(dtype, "exp")
     return KernelSource("cross_entropy_grad", "cross_entropy_grad",
                         module_text(title, helpers, [*kernel, "", "", *wrapper]),
                         small_only=library_calls(dtype, {"exp"}))

@@ -1,5 +1,6 @@
 """The pieces every generated kernel's source is written from: its header and imports, the @njit line, float
-literals of its dtype, the loop over rows with the row views of its arrays, and the reductions along a row.
+literals of its dtype, the loop over rows with the row views of its arrays; and the helper module, one for all
+kernels, defining the reductions along a row and float32 exp and tanh, which kernels import (helper_import).
 
 A kernel is written for a rank and a dtype, never for sizes: sizes are read from the arrays' shapes at run time,
 so the same source (and the same compiled machine code) serves every node of its op, dtype and rank, such as
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
+
+from .engine import register_module
 
 # What every kernel module imports: NumPy for its scalar functions and dtypes, Numba for the compiler.
 IMPORTS = ["import numpy as np", "from numba import njit, prange"]
@@ -210,18 +213,47 @@ def tanh_call(argument: str, dtype: str) -> str:
     return f"tanh32({argument})" if dtype == "float32" else f"np.tanh({argument})"
 
 
+# The helpers, each with its @njit line: the reductions reassociating (never parallel: they run inside a row of a
+# kernel's loop); exp32 contracting; tanh32, which calls exp32, inlined into its caller (with the caller's flags:
+# no contract, as measured): LLVM left it a scalar call inside the caller's loop, making GELU 10x slower.
+HELPERS = {"row_sum": (ROW_SUM, dict(reassociate=True)),
+           "row_sum_of_products": (ROW_SUM_OF_PRODUCTS, dict(reassociate=True)),
+           "row_sum_of_triple_products": (ROW_SUM_OF_TRIPLE_PRODUCTS, dict(reassociate=True)),
+           "exp32": (EXP_FLOAT32, dict(contract=True)),
+           "tanh32": (TANH_FLOAT32, dict(inline=True))}
+
+
+def helper_module_text() -> str:
+    """The module defining every helper, which kernel modules import from (helper_import): each helper is then
+    compiled once per process and, through Numba's disk cache, once per machine, where a copy in every kernel's
+    module was compiled again with each (1.75 s of the medium training step's cold compile, 17 kernels)."""
+    title = ["the helpers generated kernels call: sums along a row, float32 exp and tanh (source_text.py)"]
+    definitions = [template.format(decorator=decorator(False, **flags)) for template, flags in HELPERS.values()]
+    return module_text(title, [BIT_CAST_IMPORT, *definitions[:-1]], definitions[-1].splitlines())
+
+
+def helper_import(*names: str) -> list[str]:
+    """The line importing these helpers into a kernel's module (its `helpers`), from the helper module by the
+    name engine.load_kernel registers it under (named by a hash of its text, as every kernel module is)."""
+    unknown = set(names) - set(HELPERS)
+    if unknown:
+        raise ValueError(f"no kernel helpers named {sorted(unknown)}; known: {sorted(HELPERS)}")
+    return [f"from {HELPER_MODULE} import {', '.join(names)}"]
+
+
 def float32_helpers(dtype: str, *functions: str) -> list[str]:
-    """The helper functions exp_call and tanh_call need in `dtype`, for `functions` ("exp", "tanh")."""
+    """The import of the helper functions exp_call and tanh_call need in `dtype`, for `functions` ("exp",
+    "tanh")."""
     if dtype != "float32" or not functions:
         return []
-    helpers = [BIT_CAST_IMPORT, EXP_FLOAT32.format(decorator=decorator(False, contract=True))]
-    if "tanh" in functions:  # tanh calls exp32. Inlined (with the caller's flags: no contract, as measured):
-        # LLVM left it a scalar call inside the caller's loop, making GELU 10x slower
-        helpers.append(TANH_FLOAT32.format(decorator=decorator(False, inline=True)))
-    return helpers
+    return helper_import("exp32", *(["tanh32"] if "tanh" in functions else []))
 
 
-def reductions(*templates: str) -> list[str]:
-    """The sources of these reduction helpers, with their @njit line (reassociating, never parallel: they run
-    inside a row of a kernel's loop)."""
-    return [template.format(decorator=decorator(False, reassociate=True)) for template in templates]
+def reductions(*names: str) -> list[str]:
+    """The import of these reduction helpers ("row_sum", "row_sum_of_products", "row_sum_of_triple_products")."""
+    return helper_import(*names)
+
+
+# The helper module's name, made known to engine.load_kernel once (a registry of sources, like its table of
+# imported kernels).
+HELPER_MODULE = register_module(helper_module_text())
