@@ -17,8 +17,8 @@ from typing import Optional, Sequence
 from graphgpt.ir import Node
 
 from .source_text import (KernelSource, body_indent,
-                          decorator, exp_call, float32_helpers, float_literal, library_calls, module_text, reductions,
-                          row_loop, row_view)
+                          decorator, exp_call, float32_helpers, float_literal, library_calls, module_text,
+                          numpy_kernel_line, reductions, row_loop, row_view)
 
 
 def _threads(parallel: bool) -> str:
@@ -149,11 +149,7 @@ def cross_entropy_source(node: Node, parallel: bool) -> KernelSource:
               "        picked += (x_row[target] - peak) - np.log(total)",
               "    out[0] = -(picked / rows)",
               "    return True"]
-    wrapper = ["from graphgpt.ir.ops import get_op",
-               "",
-               "numpy_kernel = get_op('cross_entropy').compute_into",
-               "",
-               "",
+    wrapper = [*numpy_kernel_line("cross_entropy"),
                "def cross_entropy(out, logits, targets):",
                "    classes = logits.shape[-1]",
                "    if targets.size == 0 or not cross_entropy_rows(out.reshape(1), logits.reshape(-1, classes),",
@@ -161,9 +157,7 @@ def cross_entropy_source(node: Node, parallel: bool) -> KernelSource:
                "        numpy_kernel(out, logits, targets)  # NaN for no positions; raises for a target out of range"]
     title = [f"cross_entropy over the last axis: {dtype}, one thread",
              "-mean(log softmax(logits)[target]), as ir/ops/composites.py computes it (the mean summed in float64)"]
-    helpers = reductions("row_sum") + float32_helpers(dtype, "exp")
-    return KernelSource("cross_entropy", "cross_entropy", module_text(title, helpers, [*kernel, "", "", *wrapper]),
-                        small_only=library_calls(dtype, {"exp"}))
+    return _exp_rows_module("cross_entropy", dtype, title, [*kernel, "", "", *wrapper])
 
 
 def softmax_grad_source(node: Node, parallel: bool) -> Optional[KernelSource]:
@@ -202,11 +196,7 @@ def cross_entropy_grad_source(node: Node, parallel: bool) -> KernelSource:
               "        for j in range(classes):",
               "            out_row[j] = out_row[j] * scale",
               "    return True"]
-    wrapper = ["from graphgpt.ir.ops import get_op",
-               "",
-               "numpy_kernel = get_op('cross_entropy_grad').compute_into",
-               "",
-               "",
+    wrapper = [*numpy_kernel_line("cross_entropy_grad"),
                "def cross_entropy_grad(out, g, logits, targets):",
                "    classes = logits.shape[-1]",
                "    if out.size == 0 or not out.flags.c_contiguous or not cross_entropy_grad_rows(",
@@ -215,7 +205,11 @@ def cross_entropy_grad_source(node: Node, parallel: bool) -> KernelSource:
                "        numpy_kernel(out, g, logits, targets)  # raises for a target out of range"]
     title = [f"cross_entropy_grad: {dtype}, one thread",
              "(softmax(logits) - onehot(targets)) g / positions, as ir/ops/gradients.py computes it"]
+    return _exp_rows_module("cross_entropy_grad", dtype, title, [*kernel, "", "", *wrapper])
+
+
+def _exp_rows_module(op: str, dtype: str, title: list[str], lines: list[str]) -> KernelSource:
+    """The module of a row kernel taking exp of its rows and summing them (cross entropy's two), whose entry is
+    named as its op: per element, exp is a library call outside float32 (see library_calls)."""
     helpers = reductions("row_sum") + float32_helpers(dtype, "exp")
-    return KernelSource("cross_entropy_grad", "cross_entropy_grad",
-                        module_text(title, helpers, [*kernel, "", "", *wrapper]),
-                        small_only=library_calls(dtype, {"exp"}))
+    return KernelSource(op, op, module_text(title, helpers, lines), small_only=library_calls(dtype, {"exp"}))

@@ -65,15 +65,17 @@ def module_text(title: Sequence[str], helpers: Sequence[str], kernel: Sequence[s
     return "\n".join(lines) + "\n"
 
 
+def numpy_kernel_line(op: str) -> list[str]:
+    """Lines binding `numpy_kernel` to the op's own NumPy kernel (ir/ops), for a kernel module's Python wrapper to
+    fall back on (a case the compiled kernel leaves to it), ending with the blank lines before the wrapper."""
+    return ["from graphgpt.ir.ops import get_op", "", f"numpy_kernel = get_op({op!r}).compute_into", "", ""]
+
+
 def numpy_fallback(op: str, condition: str, entry: str, arguments: str, attrs: dict) -> list[str]:
     """The Python function a schedule calls: the compiled kernel where `condition` holds, else the op's NumPy
     kernel (ir/ops), whose order of summation the kernel follows only under that condition."""
     attributes = ", ".join(f"{name}={value!r}" for name, value in attrs.items())
-    return ["from graphgpt.ir.ops import get_op",
-            "",
-            f"numpy_kernel = get_op({op!r}).compute_into",
-            "",
-            "",
+    return [*numpy_kernel_line(op),
             f"def {op}({arguments}):",
             f"    if {condition}:",
             f"        {entry}({arguments})",
