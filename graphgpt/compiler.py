@@ -332,7 +332,8 @@ def compile(model: Optional[Callable] = None, *example_inputs, loss: Optional[Ca
     when passes/data_parallel.py proves the split exact (every example computed alone, the loss a sum of batch
     means and sums with batch-independent coefficients); it raises if not. Every input is cut along axis 0. The
     default splits into as many shards as there are cores when that is proved and the step is big enough to
-    gain (MIN_SPLIT_FLOPS); 1 never splits. `compiled.split` says which, and why.
+    gain (passes/program_build.py MIN_SPLIT_FLOPS with the NumPy backend; the numba backend's min_split_flops, as
+    its kernels release the GIL); 1 never splits. `compiled.split` says which, and why.
 
     `dynamic` ("batch", "seq", both as a tuple, or True for both) traces those axes with symbolic sizes B (axis 0
     of every input) and T (axis 1): one graph (`f32[B,T,64]`) then serves every size that passes the guards the
