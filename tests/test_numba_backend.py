@@ -219,3 +219,21 @@ def test_the_default_is_the_fastest_backend_installed(monkeypatch):
     monkeypatch.setenv(backends.BACKEND_VARIABLE, "cuda")
     with pytest.raises(ValueError, match=r"\$GRAPHGPT_BACKEND must be one of numpy, numba, got 'cuda'"):
         graphgpt.compile(model, tokens)
+
+
+def test_the_numba_backend_splits_smaller_steps_than_numpys(monkeypatch):
+    """graphgpt train's step (0.78 GFLOP) splits by default with the numba backend (its kernels release the GIL),
+    not with NumPy's, which says why in its threshold."""
+    from graphgpt.passes import program_build
+
+    monkeypatch.setattr(program_build, "available_cores", lambda: 2)
+    graphgpt.manual_seed(0)
+    model = graphgpt.nn.GPT(99, 64, 2, 4, max_seq_len=64)
+    tokens = make_tokens(99, 16, 64)
+    steps = {backend: graphgpt.compile(model, tokens, tokens, loss=F.cross_entropy, backend=backend)
+             for backend in ("numba", "numpy")}
+    assert steps["numba"].split.shards == 2
+    assert steps["numpy"].split.shards == 1
+    assert steps["numpy"].split.reason == "0.78 GFLOP per step is too little to gain (below 4 with the numpy backend)"
+    tiny = graphgpt.compile(model, tokens[:2, :32], tokens[:2, :32], loss=F.cross_entropy, backend="numba")
+    assert tiny.split.shards == 1 and "below 0.5 with the numba backend" in tiny.split.reason
