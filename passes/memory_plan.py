@@ -60,6 +60,17 @@ class MemoryPlan:
     # Kernel scratch (ir/scratch.py): the largest any node declares, as a schedule runs one kernel at a time.
     scratch_bytes: int = 0
 
+    def written_over(self, node) -> Optional[int]:
+        """The position of the input whose memory `node`'s output takes (written in place over it as it dies, or
+        into the parameter it reads), or None when the output has memory of its own."""
+        storage = self.storage[node.output.id]
+        for position, value in enumerate(node.inputs):
+            own = self.storage[value.id]
+            if (storage.kind == "into_param" and value.id == storage.source) or (
+                    storage.kind == own.kind == "buffer" and own.buffer == storage.buffer):
+                return position
+        return None
+
     @property
     def planned_bytes(self) -> int:
         return self.arena_bytes + self.scratch_bytes
@@ -136,7 +147,7 @@ def _place_updates(graph: Graph, plan: MemoryPlan) -> None:
         # Reading the old value at this very node is fine only for a single ufunc reading it in the same layout,
         # or for a state update given it as its first input (it then writes only what changes).
         if reads_old and not any(value.id == parameter.id and value.type == new.type
-                                 for value in _inputs_out_may_be(node)):
+                                 and _read_as_itself(node, value, root) for value in _inputs_out_may_be(node)):
             continue
         plan.storage[new.id] = Storage("into_param", source=parameter.id)  # a result: live to the end already
         plan.updates_in_place += 1
@@ -186,7 +197,7 @@ def _in_place_runs(graph: Graph, plan: MemoryPlan) -> list[list]:
         last = last_use.get(value.id, index)
         dying = next((run_of[operand.id] for operand in _inputs_out_may_be(node)
                       if operand.id in run_of and root[operand.id] == operand.id and operand.type == value.type
-                      and last_use.get(operand.id) == index), None)
+                      and last_use.get(operand.id) == index and _read_as_itself(node, operand, root)), None)
         if dying is None:
             run_of[value.id] = len(runs)
             runs.append([index, last, value.type.nbytes, [value.id]])
@@ -196,6 +207,14 @@ def _in_place_runs(graph: Graph, plan: MemoryPlan) -> list[list]:
             run_of[value.id] = dying
             plan.in_place_nodes += 1
     return runs
+
+
+def _read_as_itself(node, operand, root: dict[int, int]) -> bool:
+    """Whether `node` reads the memory of `operand` only as `operand` itself, never through a view of it (its
+    transpose, say): only then may the output be written over it element by element, each element read before
+    it is written. (NumPy's single ufuncs copy an overlapping input first; a generated loop, or the fused op's
+    blocks, would read elements already overwritten.)"""
+    return all(value.id == operand.id for value in node.inputs if root[value.id] == root[operand.id])
 
 
 def _inputs_out_may_be(node) -> tuple:

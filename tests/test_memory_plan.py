@@ -128,3 +128,57 @@ def test_planned_buffers_are_carved_at_their_offsets_and_aligned():
         assert buffer.nbytes == size and buffer.ctypes.data == base + offset and offset % BUFFER_ALIGNMENT == 0
     assert schedule.scratch.ctypes.data == base + plan.arena_bytes  # after every buffer
     assert plan.arena_bytes < sum(plan.buffer_bytes)  # buffers of disjoint lifetimes share memory
+
+
+def backends_to_run():
+    """The NumPy backend, and the numba backend's generated kernels when numba is installed."""
+    names = ["numpy"]
+    try:
+        import numba  # noqa: F401
+        names.append("numba")
+    except ImportError:
+        pass
+    return names
+
+
+def graph_reading_a_value_and_its_transpose(into_param: bool):
+    """out = y * y - y^T with y dying at that one fused node (or y the parameter the result updates): writing
+    out over y element by element would read elements of y^T already overwritten."""
+    from graphgpt.ir import GraphBuilder, TensorType
+    builder = GraphBuilder()
+    x = builder.add_input("x", TensorType((48, 48), "float32"))
+    p = builder.add_param("p", TensorType((48, 48), "float32"))
+    y = p if into_param else builder.add_node("add", [x, p])
+    transposed = builder.add_node("transpose", [y], {"perm": (1, 0)})
+    out = builder.add_node("fused_elementwise", [y, transposed, x],
+                           {"program": (("mul", (0, 0)), ("sub", (3, 1)), ("add", (4, 2)))})
+    if into_param:
+        return builder.finish([x], [(p, out)]), out
+    return builder.finish([out]), out
+
+
+@pytest.mark.parametrize("into_param", [False, True])
+@pytest.mark.parametrize("backend", backends_to_run())
+def test_an_output_is_never_written_over_memory_it_also_reads_through_a_view(into_param, backend):
+    from graphgpt.passes import backends
+    graph, out = graph_reading_a_value_and_its_transpose(into_param)
+    plan = plan_memory(graph)
+    assert plan.written_over(out.producer) is None
+    rng = np.random.default_rng(0)
+    x, p = (rng.standard_normal((48, 48)).astype(np.float32) for _ in range(2))
+    y = p if into_param else x + p
+    expected = y * y - y.T + x
+    parameter = p.copy()
+    outputs = Schedule(graph, plan, backend=backends.backend_named(backend)).run([x], [parameter])
+    np.testing.assert_allclose(parameter if into_param else outputs[0], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_an_output_written_over_a_dying_input_is_known_to_the_schedule():
+    """Without the view, out takes y's buffer, and the plan says which input it writes over."""
+    from graphgpt.ir import GraphBuilder, TensorType
+    builder = GraphBuilder()
+    x = builder.add_input("x", TensorType((48, 48), "float32"))
+    y = builder.add_node("add", [x, x])
+    out = builder.add_node("fused_elementwise", [x, y], {"program": (("mul", (1, 1)), ("sub", (2, 0)))})
+    plan = plan_memory(builder.finish([out]))
+    assert plan.written_over(out.producer) == 1 and plan.written_over(y.producer) is None
