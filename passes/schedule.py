@@ -120,7 +120,8 @@ class Schedule:
             kernel = backend.kernel_for(node) if backend is not None else None
             if kernel is not None:
                 self.kernels.append((node, kernel))  # its attributes are written into its source
-            function, attrs = (kernel.function, {}) if kernel is not None else (writer(op), node.attrs)
+            function, attrs = ((kernel.function_for(self.plan.written_over(node)), {}) if kernel is not None
+                               else (writer(op), node.attrs))
             if storage.kind == "into_param":
                 step = Step(INTO_PARAM, function, inputs, attrs, slot, None, param_position[storage.source], node)
             else:

@@ -237,3 +237,34 @@ def test_the_numba_backend_splits_smaller_steps_than_numpys(monkeypatch):
     assert steps["numpy"].split.reason == "0.78 GFLOP per step is too little to gain (below 4 with the numpy backend)"
     tiny = graphgpt.compile(model, tokens[:2, :32], tokens[:2, :32], loss=F.cross_entropy, backend="numba")
     assert tiny.split.shards == 1 and "below 0.5 with the numba backend" in tiny.split.reason
+
+
+def test_a_kernel_written_over_its_input_runs_its_aliased_entry_with_the_same_bits():
+    """Where the memory plan writes an elementwise kernel's output over an input (in place, or into the parameter
+    an update reads), the schedule calls the kernel's `_over_a<k>` entry, the same loop given one array for both
+    (which LLVM vectorises; given two that overlap it runs its scalar loop): the same results, bit for bit, as
+    the kernel writing into memory of its own."""
+    from graphgpt.ir import GraphBuilder, TensorType
+    from graphgpt.passes.schedule import Schedule
+    builder = GraphBuilder()
+    x = builder.add_input("x", TensorType((40, 24), "float32"))
+    p = builder.add_param("p", TensorType((40, 24), "float32"))
+    y = builder.add_node("add", [x, p])
+    program = (("sqrt", (1,)), ("mul", (2, 0)), ("div", (3, 1)))
+    written_over = builder.add_node("fused_elementwise", [x, y], {"program": program})  # y dies here
+    updated = builder.add_node("fused_elementwise", [written_over, p], {"program": program})  # into p
+    graph = builder.finish([written_over], [(p, updated)])
+    schedule = Schedule(graph, backend=backends.backend_named("numba"))
+    entries = {step.node.output.id: step.function.__name__ for step in schedule.steps}
+    assert entries[written_over.id] == "fused_elementwise_over_a1"
+    assert entries[updated.id] == "fused_elementwise_over_a1"
+    rng = np.random.default_rng(0)
+    x_array, p_array = (np.abs(rng.standard_normal((40, 24))).astype(np.float32) for _ in range(2))
+    parameter = p_array.copy()
+    out, = schedule.run([x_array], [parameter])
+    own = dict(schedule.kernels)[written_over.producer].function  # the entry writing into its own memory
+    expected_out, expected_p = np.empty_like(x_array), np.empty_like(x_array)
+    own(expected_out, x_array, x_array + p_array)
+    own(expected_p, expected_out, p_array)
+    np.testing.assert_array_equal(out, expected_out)
+    np.testing.assert_array_equal(parameter, expected_p)

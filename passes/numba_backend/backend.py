@@ -46,7 +46,7 @@ caches (passes/elementwise_fusion.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, ClassVar, Optional
 
 from graphgpt.ir import Graph, Node
@@ -80,11 +80,17 @@ SMALL_ONLY_MAX_ELEMENTS = 1 << 13
 @dataclass(frozen=True)
 class GeneratedKernel:
     """A node's kernel: its op, its module source (printable), and the compiled function a schedule calls as
-    `function(out, *inputs)`."""
+    `function(out, *inputs)`; where the output is written over input k (in place), `writing_over[k]` instead
+    (elementwise_kernels.py: the same loop, vectorised although the two alias)."""
 
     op: str
     source: str
     function: Callable
+    writing_over: dict[int, Callable] = field(default_factory=dict)
+
+    def function_for(self, written_over: Optional[int]) -> Callable:
+        """The function to call when the output's memory is input `written_over`'s (None: its own)."""
+        return self.writing_over.get(written_over, self.function)
 
 
 def fuse_elementwise_for_kernels(graph: Graph) -> PassResult:
@@ -125,4 +131,5 @@ class NumbaBackend:
         source = generate(node, self.threads and out.size >= PARALLEL_MIN_ELEMENTS)
         if source is None or (source.small_only and out.size > SMALL_ONLY_MAX_ELEMENTS):
             return None
-        return GeneratedKernel(source.op, source.text, load_kernel(source.text, source.entry))
+        return GeneratedKernel(source.op, source.text, load_kernel(source.text, source.entry),
+                               {k: load_kernel(source.text, f"{source.entry}_over_a{k}") for k in source.written_over})

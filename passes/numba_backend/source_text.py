@@ -30,6 +30,8 @@ class KernelSource:
     entry: str
     text: str
     small_only: bool = False
+    # Inputs the output may be written over (in place), each with an entry `{entry}_over_a{k}` (written_over).
+    written_over: tuple[int, ...] = ()
 
 
 def decorator(parallel: bool, reassociate: bool = False, inline: bool = False, contract: bool = False) -> str:
