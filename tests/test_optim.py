@@ -216,3 +216,95 @@ def test_a_parameter_the_loss_never_reads_is_left_alone_as_torch_does(kind, how)
 def test_hyperparameters_that_would_train_to_nan_are_refused(kind, options, says):
     with pytest.raises(ValueError, match=says):
         kind(**options)
+
+
+def one_update(optimizer, params, grads, joined):
+    """New parameters and state from one update of `optimizer` over Tensors, joined into one vector (update) or
+    parameter by parameter (_update_each)."""
+    names = [name for name, _ in optimizer.named_params]
+    handles = [graphgpt.Tensor(p, dtype="float64") for p in params]
+    gradients = [graphgpt.Tensor(g, dtype="float64") for g in grads]
+    update = optimizer.update if joined else optimizer._update_each
+    new_params, new_state = update(names, handles, gradients, optimizer.state)
+    return [p.data for p in new_params], {name: value.data for name, value in new_state.items()}
+
+
+@pytest.mark.parametrize("joined_elements", [None, 7])
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_elementwise_updates_run_over_parameters_joined_with_the_same_arithmetic(name, joined_elements,
+                                                                                  monkeypatch):
+    """Joined into vectors (one, or with runs of at most 7 elements: [(3, 2)], [(4,), ()], [(2, 1, 3)]), each
+    element goes through the same operations: the same bits, but for the clipping norm, whose sum is taken over
+    each vector instead of parameter by parameter (float64: within 1e-15)."""
+    if joined_elements:
+        monkeypatch.setattr(graphgpt.optim, "JOINED_ELEMENTS", joined_elements)
+    make_optimizer, options = OPTIMIZERS[name]
+    rng = np.random.default_rng(3)
+    params = [rng.normal(size=shape) for shape in [(3, 2), (4,), (), (2, 1, 3)]]
+    grads = [rng.normal(size=p.shape) for p in params]
+    optimizer = make_optimizer([graphgpt.Parameter(p.copy(), dtype="float64") for p in params])
+    assert optimizer._joined_runs(params) == ([[0], [1, 2], [3]] if joined_elements else [[0, 1, 2, 3]])
+    joined = one_update(optimizer, params, grads, joined=True)
+    each = one_update(optimizer, params, grads, joined=False)
+    assert joined[1].keys() == each[1].keys()
+    for got, want in zip([*joined[0], *joined[1].values()], [*each[0], *(each[1][key] for key in joined[1])]):
+        assert got.shape == want.shape
+        if "clip" in options:
+            np.testing.assert_allclose(got, want, rtol=1e-15, atol=1e-15)
+        else:
+            np.testing.assert_array_equal(got, want)
+
+
+def test_a_compiled_elementwise_update_is_a_few_passes_over_one_vector():
+    """The update's operations run once over the joined vector: as many with two layers as with one, where one
+    by one they grew with every parameter; slices and reshapes (views) cut the results apart."""
+    def optimizer_ops(layers):
+        model = make_gpt(layers=layers)
+        tokens = make_tokens(17, 1, 4)
+        step = graphgpt.compile(model, tokens, tokens, loss=F.cross_entropy,
+                                optimizer=AdamW(lr=0.1, clip_grad_norm=1.0))
+        joined = [node for node in step.graph.nodes if node.op == "concat"]
+        assert len(joined) == 4  # parameters, gradients and the two moving averages
+        assert all(node.output.type.shape == (sum(p.data.size for p in model.parameters()),) for node in joined)
+        return sorted(node.op for node in step.graph.nodes
+                      if node.provenance.role == "optimizer" and node.op not in ("slice", "reshape"))
+
+    assert optimizer_ops(1) == optimizer_ops(2)
+
+
+class PerParameterNorm(Adam):
+    """A rule that is not elementwise (each parameter's step scaled by its own norm, as LAMB does) and says
+    nothing: it must be updated parameter by parameter."""
+
+    def update_parameter(self, parameter, gradient, state, step, lr):
+        new_parameter, slots = super().update_parameter(parameter, gradient, state, step, lr)
+        return new_parameter / ((new_parameter * new_parameter).sum().sqrt() + 1.0), slots
+
+
+def test_a_subclass_overriding_the_update_is_updated_parameter_by_parameter():
+    assert Adam.updates_elementwise() and AdamW.updates_elementwise() and SGD.updates_elementwise()
+    assert not PerParameterNorm.updates_elementwise()
+
+    class Inheriting(PerParameterNorm):  # a declaration only counts in the class defining update_parameter
+        elementwise_update = True
+
+    class Declaring(PerParameterNorm):  # a false declaration, to show what it would change
+        elementwise_update = True
+
+        def update_parameter(self, *arguments):
+            return super().update_parameter(*arguments)
+
+    assert not Inheriting.updates_elementwise() and Declaring.updates_elementwise()
+    rng = np.random.default_rng(5)
+    params = [rng.normal(size=shape) for shape in [(3, 2), (4,)]]
+    grads = [rng.normal(size=p.shape) for p in params]
+
+    def updated(kind, joined):
+        optimizer = kind([graphgpt.Parameter(p.copy(), dtype="float64") for p in params], lr=0.1)
+        return one_update(optimizer, params, grads, joined)[0]
+
+    each = updated(PerParameterNorm, joined=False)
+    for got, want in zip(updated(PerParameterNorm, joined=True), each):
+        np.testing.assert_array_equal(got, want)
+    # joined, the norm would be the whole vector's: different parameters
+    assert not all(np.allclose(got, want) for got, want in zip(updated(Declaring, joined=True), each))

@@ -94,11 +94,13 @@ def test_checkpoint_blocks_recomputes_each_block_whole_from_its_input():
 
 
 def test_the_training_trajectory_is_unchanged_with_an_optimizer():
-    """Three AdamW steps (the update writes the parameters in place after the recomputation read them)."""
+    """Three AdamW steps (the update writes the parameters in place after the recomputation read them). The
+    budget leaves room for the update's joined vectors (graphgpt/optim.py), which hold this small model's peak."""
     trajectories = []
-    for options in ({}, dict(memory_budget="85%")):
+    for options in ({}, dict(memory_budget="95%")):
         model = make_gpt(vocab=VOCAB, embed=16, layers=2, heads=4)
         step, tokens, targets = training_step(model, graphgpt.optim.AdamW(lr=1e-2), **options)
+        assert bool(recomputed_nodes(step.graph)) == bool(options)
         losses = [step.run(tokens, targets) for _ in range(3)]
         trajectories.append((losses, {name: p.data.copy() for name, p in model.named_parameters()}))
     (losses, params), (remat_losses, remat_params) = trajectories
