@@ -43,16 +43,18 @@ def _row_mean(expression: str, threads: int, width: int, **names) -> np.ndarray:
 
 
 def gelu(out, x, threads):
-    _evaluate("h * x * (one + tanh(c * (x + k * x * x * x)))", threads, out, x=x, h=F32(0.5), one=F32(1.0),
-              c=F32(GELU_SQRT_2_OVER_PI), k=F32(GELU_CUBIC))
+    _evaluate("x / (one + exp(m2c * (x + k * x * x * x)))", threads, out, x=x, one=F32(1.0),
+              m2c=F32(-2.0 * GELU_SQRT_2_OVER_PI), k=F32(GELU_CUBIC))
 
 
 def gelu_grad(out, g, x, threads):
     c, k = GELU_SQRT_2_OVER_PI, GELU_CUBIC
-    # t is used three times: one pass computes it, the second the rest
-    t = _evaluate("tanh(ck * x * (one + k * x * x))", threads, x=x, ck=F32(c), one=F32(1.0), k=F32(k))
-    _evaluate("g * ((hc * (one + k3 * x * x)) * (one - t) * (one + t) * x + h * (one + t))", threads, out, g=g, x=x,
-              t=t, hc=F32(0.5 * c), one=F32(1.0), k3=F32(3 * k), h=F32(0.5))
+    # e = exp(-2u) is used three times: one pass computes it, the second the rest (as ir/ops/gradients.py does:
+    # s = 1 / (1 + e), s (1 - s) = e s^2 with e capped, 2u' = 2c (1 + 3k x^2))
+    e = _evaluate("exp(m2c * x * (one + k * x * x))", threads, x=x, m2c=F32(-2.0 * c), one=F32(1.0), k=F32(k))
+    _evaluate("g * (one / (one + e) + (c2 * (one + k3 * x * x)) * (where(e > big, big, e) / ((one + e) * (one + e)))"
+              " * x)", threads, out, g=g, x=x, e=e, c2=F32(2.0 * c), one=F32(1.0), k3=F32(3 * k),
+              big=np.finfo(np.float32).max)
 
 
 def bias_residual(out, x, bias, residual, threads):

@@ -187,13 +187,18 @@ def test_float32_exp_and_tanh_within_their_ulp_bounds():
         assert ulps.max() <= bound
 
 
-# -- GELU and its gradient: the tanh gap, propagated ------------------------------------------------------------
+# -- GELU and its gradient: the exp gap, propagated -------------------------------------------------------------
 
-def tanh_terms(x, dtype):
-    """t = tanh(sqrt(2/pi) (x + k x^3)) in float64, and the gap D between the two sides' 1 + t: the library gap in
-    t plus one rounding of 1 + t."""
-    t = np.tanh(GELU_SQRT_2_OVER_PI * (x + GELU_CUBIC * x ** 3))
-    return t, LIBRARY_ULP_GAP * spacing(t, dtype) + spacing(1 + t, dtype)
+def exp_terms(x, dtype):
+    """e = exp(-2u), u = sqrt(2/pi) (x + k x^3), in float64 (capped at the dtype's largest, as the kernels cap
+    it in the gradient), s = 1 / (1 + e), and the gap D between the two sides' e: the library gap. Everything
+    before e is the same arithmetic on both sides, bit for bit."""
+    largest = float(np.finfo(dtype).max)
+    with np.errstate(over="ignore"):
+        e = np.exp(-2 * GELU_SQRT_2_OVER_PI * (x + GELU_CUBIC * x ** 3))
+    s = 1 / (1 + e)
+    e = np.minimum(e, largest)
+    return e, s, LIBRARY_ULP_GAP * spacing(e, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -203,9 +208,10 @@ def test_gelu(shape, dtype):
     node = make_node("gelu", [shape], dtype)
     generated, reference = both(node, [x])
     wide = x.astype(np.float64)
-    t, gap = tanh_terms(wide, dtype)
-    # gelu = 0.5 x (1 + t): the gap in 1 + t times 0.5 |x|, then the two roundings after it on each side
-    bound = 0.5 * np.abs(wide) * gap + 2 * spacing(0.5 * wide * (1 + t), dtype)
+    e, s, gap = exp_terms(wide, dtype)
+    # gelu = x / (1 + e): the gap in e, and each side's rounding of 1 + e, times |x| / (1 + e)^2; then each side's
+    # rounding of the division
+    bound = np.abs(wide) * s * s * (gap + spacing(1 + e, dtype)) + spacing(wide * s, dtype)
     assert_within(generated, reference, bound)
 
 
@@ -216,13 +222,14 @@ def test_gelu_grad(dtype):
     generated, reference = both(make_node("gelu_grad", [shape, shape], dtype), [g, x])
     g, x = g.astype(np.float64), x.astype(np.float64)
     c, k = GELU_SQRT_2_OVER_PI, GELU_CUBIC
-    t, gap = tanh_terms(x, dtype)
-    p = 1 + t
-    a = 0.5 * c + 1.5 * c * k * x * x
-    # result = g (a (2 - p) p x + 0.5 p): its derivative in p times the gap in p, and six roundings after p
-    sensitivity = np.abs(g * (a * x * (2 - 2 * p) + 0.5))
-    magnitude = np.abs(g) * (np.abs(a * (2 - p) * p * x) + np.abs(0.5 * p))
-    bound = sensitivity * gap + 2 * 6 * unit_roundoff(dtype) * magnitude + spacing(reference, dtype)
+    e, s, gap = exp_terms(x, dtype)
+    slope = c * (1 + 3 * k * x * x)  # u'
+    term = 2 * x * slope * e * s * s
+    # result = g (s + 2 x u' e s^2): its derivative in e, -s^2 + 2 x u' s^2 (1 - 2 e s), times the gap in e; then
+    # the eight roundings after e on each side, each at most one unit roundoff of the terms' size
+    sensitivity = np.abs(g) * s * s * (1 + np.abs(2 * x * slope * (1 - 2 * e * s)))
+    magnitude = np.abs(g) * (s + np.abs(term))
+    bound = sensitivity * gap + 2 * 8 * unit_roundoff(dtype) * magnitude + spacing(reference, dtype)
     assert_within(generated, reference, bound)
 
 

@@ -15,8 +15,9 @@ are source_text's vectorised exp32 and tanh32) is used up to SMALL_ONLY_MAX_ELEM
 SIMD functions beat the scalar calls by more than one pass over memory saves. Float32 softmax, GELU and GELU's
 gradient run generated kernels at every size, by measurement (per call, float32, 8*128 x 256, generated / NumPy,
 interleaved medians): softmax 272 / 352 us (and 271 / 526 us on rows of 64, the attention weights' width), GELU
-266 / 252 us, its gradient 284 / 397 us, where the float64-computed exp and tanh they had before took 562, 940
-and 577 us. (Layer norm, without exp: 87 / 280 us.)
+139 / 279 us, its gradient 170 / 529 us (as x sigmoid(2u), one exp each; with tanh they took 266 / 252 and
+284 / 397 us), where the float64-computed exp and tanh they had before took 562, 940 and 577 us. (Layer norm,
+without exp: 87 / 280 us.)
 
 Fused attention (attention_kernels.py) is held to that limit, by measurement: a query row at a time, its
 products are short vector loops where NumPy's fused kernel (ir/ops/attention.py) runs BLAS's GEMMs, and exp32

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
+import numpy as np
+
 from graphgpt.ir import Node, TensorType
 from graphgpt.ir.ops.elementwise import GELU_CUBIC, GELU_SQRT_2_OVER_PI
 
@@ -154,8 +156,8 @@ def _broadcast_pattern(type: TensorType) -> str:
 
 
 def gelu_source(node: Node, parallel: bool) -> KernelSource:
-    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), operation for operation as ir/ops/elementwise.py
-    gelu_into computes it."""
+    """x / (1 + exp(-2 sqrt(2/pi) (x + 0.044715 x^3))), operation for operation as ir/ops/elementwise.py gelu_into
+    computes it."""
     out = node.output.type
     dtype = out.dtype
 
@@ -165,47 +167,50 @@ def gelu_source(node: Node, parallel: bool) -> KernelSource:
                  f"result = result * {x}",
                  f"result = result * {float_literal(GELU_CUBIC, dtype)}",
                  f"result = result + {x}",
-                 f"result = result * {float_literal(GELU_SQRT_2_OVER_PI, dtype)}",
-                 f"result = {tanh_call('result', dtype)}",
+                 f"result = result * {float_literal(-2.0 * GELU_SQRT_2_OVER_PI, dtype)}  # -2u",
+                 f"result = {exp_call('result', dtype)}",
                  f"result = result + {float_literal(1.0, dtype)}",
-                 f"result = result * {x}",
-                 f"result = result * {float_literal(0.5, dtype)}"]
+                 f"result = {x} / result"]
         return [indent + line for line in lines]
 
     title = [f"gelu: {dtype}, rank {len(out.shape)}, {_threads(parallel)}",
-             "0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as ir/ops/elementwise.py gelu_into computes it"]
+             "x / (1 + exp(-2u)), u = sqrt(2/pi) (x + 0.044715 x^3), as ir/ops/elementwise.py gelu_into computes it"]
     kernel = _elementwise_kernel("gelu", out, [out], parallel, body)
-    return KernelSource("gelu", "gelu", module_text(title, float32_helpers(dtype, "tanh"), kernel),
-                        small_only=library_calls(dtype, {"tanh"}))
+    return KernelSource("gelu", "gelu", module_text(title, float32_helpers(dtype, "exp"), kernel),
+                        small_only=library_calls(dtype, {"exp"}))
 
 
 def gelu_grad_source(node: Node, parallel: bool) -> KernelSource:
     """g times the derivative of gelu at x, operation for operation as ir/ops/gradients.py computes it: with
-    t = tanh(c x (1 + k x^2)), (0.5 c (1 + 3k x^2)) (1 - t) (1 + t) x + 0.5 (1 + t), times g."""
+    e = exp(-2u) and s = 1 / (1 + e), s + (2c (1 + 3k x^2)) (s (1 - s)) x, 1 - s taken as min(e, largest) s."""
     out = node.output.type
     dtype = out.dtype
     c, k = GELU_SQRT_2_OVER_PI, GELU_CUBIC
+    largest = float(np.finfo(dtype).max)
 
     def body(scalars: Sequence[str], indent: str) -> list[str]:
         g, x = scalars
         lines = [f"square = {x} * {x}",
-                 f"one_plus_t = square * {float_literal(c * k, dtype)}",
-                 f"one_plus_t = one_plus_t + {float_literal(c, dtype)}",
-                 f"one_plus_t = one_plus_t * {x}",
-                 f"one_plus_t = {tanh_call('one_plus_t', dtype)}",
-                 f"one_plus_t = one_plus_t + {float_literal(1.0, dtype)}",
-                 f"result = square * {float_literal(1.5 * c * k, dtype)}",
-                 f"result = result + {float_literal(0.5 * c, dtype)}",
-                 f"result = result * ({float_literal(2.0, dtype)} - one_plus_t)  # times 1 - t",
-                 "result = result * one_plus_t",
-                 f"result = result * {x}",
-                 f"result = result + one_plus_t * {float_literal(0.5, dtype)}",
+                 f"e = square * {float_literal(-2.0 * c * k, dtype)}",
+                 f"e = e - {float_literal(2.0 * c, dtype)}",
+                 f"e = e * {x}  # -2u",
+                 f"e = {exp_call('e', dtype)}",
+                 f"s = e + {float_literal(1.0, dtype)}",
+                 f"s = {float_literal(1.0, dtype)} / s",
+                 f"e = {float_literal(largest, dtype)} if e > {float_literal(largest, dtype)} else e  # np.minimum",
+                 "e = e * s  # 1 - s",
+                 "e = e * s  # s (1 - s)",
+                 f"square = square * {float_literal(6.0 * c * k, dtype)}",
+                 f"square = square + {float_literal(2.0 * c, dtype)}  # 2u'",
+                 "square = square * e",
+                 f"square = square * {x}",
+                 "result = s + square",
                  f"result = result * {g}"]
         return [indent + line for line in lines]
 
     title = [f"gelu_grad: {dtype}, rank {len(out.shape)}, {_threads(parallel)}",
-             "g (0.5 c (1 + 3k x^2) (1 - t) (1 + t) x + 0.5 (1 + t)), t = tanh(c x (1 + k x^2)), as "
-             "ir/ops/gradients.py computes it"]
+             "g (s + 2c (1 + 3k x^2) s (1 - s) x), s = 1 / (1 + e), e = exp(-2c (x + k x^3)),",
+             "1 - s = min(e, largest) s, as ir/ops/gradients.py computes it"]
     kernel = _elementwise_kernel("gelu_grad", out, [out, out], parallel, body)
-    return KernelSource("gelu_grad", "gelu_grad", module_text(title, float32_helpers(dtype, "tanh"), kernel),
-                        small_only=library_calls(dtype, {"tanh"}))
+    return KernelSource("gelu_grad", "gelu_grad", module_text(title, float32_helpers(dtype, "exp"), kernel),
+                        small_only=library_calls(dtype, {"exp"}))
