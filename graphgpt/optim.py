@@ -149,7 +149,7 @@ class Optimizer:
                 length += size
             else:
                 runs.append([index])
-                length = size if isinstance(size, int) else JOINED_ELEMENTS
+                length = size if isinstance(size, int) else JOINED_ELEMENTS + 1  # nothing joins it
         return runs
 
     def _update_each(self, names: list[str], parameters: list, gradients: list, state: dict) -> tuple[list, dict]:

@@ -87,7 +87,7 @@ class GeneratedKernel:
     op: str
     source: str
     function: Callable
-    writing_over: dict[int, Callable] = field(default_factory=dict)
+    writing_over: dict[int, Callable] = field(default_factory=dict, compare=False)  # the same source's entries
 
     def function_for(self, written_over: Optional[int]) -> Callable:
         """The function to call when the output's memory is input `written_over`'s (None: its own)."""
