@@ -239,27 +239,30 @@ def test_the_numba_backend_splits_smaller_steps_than_numpys(monkeypatch):
     assert tiny.split.shards == 1 and "below 0.5 with the numba backend" in tiny.split.reason
 
 
-def test_a_kernel_written_over_its_input_runs_its_aliased_entry_with_the_same_bits():
+@pytest.mark.parametrize("threads", [False, True])
+def test_a_kernel_written_over_its_input_runs_its_aliased_entry_with_the_same_bits(threads):
     """Where the memory plan writes an elementwise kernel's output over an input (in place, or into the parameter
     an update reads), the schedule calls the kernel's `_over_a<k>` entry, the same loop given one array for both
     (which LLVM vectorises; given two that overlap it runs its scalar loop): the same results, bit for bit, as
     the kernel writing into memory of its own."""
     from graphgpt.ir import GraphBuilder, TensorType
+    from graphgpt.passes.numba_backend import NumbaBackend
     from graphgpt.passes.schedule import Schedule
     builder = GraphBuilder()
-    x = builder.add_input("x", TensorType((40, 24), "float32"))
-    p = builder.add_param("p", TensorType((40, 24), "float32"))
+    shape = (400, 240)  # over PARALLEL_MIN_ELEMENTS: with threads, the rows in prange
+    x = builder.add_input("x", TensorType(shape, "float32"))
+    p = builder.add_param("p", TensorType(shape, "float32"))
     y = builder.add_node("add", [x, p])
     program = (("sqrt", (1,)), ("mul", (2, 0)), ("div", (3, 1)))
     written_over = builder.add_node("fused_elementwise", [x, y], {"program": program})  # y dies here
     updated = builder.add_node("fused_elementwise", [written_over, p], {"program": program})  # into p
     graph = builder.finish([written_over], [(p, updated)])
-    schedule = Schedule(graph, backend=backends.backend_named("numba"))
+    schedule = Schedule(graph, backend=NumbaBackend(threads=threads))
     entries = {step.node.output.id: step.function.__name__ for step in schedule.steps}
     assert entries[written_over.id] == "fused_elementwise_over_a1"
     assert entries[updated.id] == "fused_elementwise_over_a1"
     rng = np.random.default_rng(0)
-    x_array, p_array = (np.abs(rng.standard_normal((40, 24))).astype(np.float32) for _ in range(2))
+    x_array, p_array = (np.abs(rng.standard_normal(shape)).astype(np.float32) for _ in range(2))
     parameter = p_array.copy()
     out, = schedule.run([x_array], [parameter])
     own = dict(schedule.kernels)[written_over.producer].function  # the entry writing into its own memory

@@ -308,3 +308,17 @@ def test_a_subclass_overriding_the_update_is_updated_parameter_by_parameter():
         np.testing.assert_array_equal(got, want)
     # joined, the norm would be the whole vector's: different parameters
     assert not all(np.allclose(got, want) for got, want in zip(updated(Declaring, joined=True), each))
+
+
+def test_runs_join_parameters_of_one_dtype_and_known_size_only():
+    """Runs split where the dtype changes (an optimizer's scalars have one dtype, so a whole update never mixes
+    them; the runs do not rely on it) and never hold a parameter of symbolic size."""
+    class Handle:
+        def __init__(self, size, dtype):
+            self.size, self.dtype = size, dtype
+
+    optimizer = AdamW([graphgpt.Parameter(np.zeros(2, np.float32))], lr=0.01)
+    from graphgpt.ir.dims import Dim
+    handles = [Handle(6, "float32"), Handle(4, "float32"), Handle(5, "float64"), Handle(2, "float32"),
+               Handle(Dim.symbol("T") * 4, "float32"), Handle(0, "float32"), Handle(3, "float32")]
+    assert optimizer._joined_runs(handles) == [[0, 1], [2], [3], [4], [5, 6]]
