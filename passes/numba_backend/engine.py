@@ -119,11 +119,16 @@ def register_module(source: str) -> str:
 def imported_sources(source: str) -> list[str]:
     """The sources of the registered modules `source` imports (and those they import), each once: what a reader
     needs beside a kernel's own text."""
+    with _imported_lock:  # the registry is read as register_module writes it
+        return _imported_sources(source)
+
+
+def _imported_sources(source: str) -> list[str]:
     found: list[str] = []
     for needed in _IMPORT_LINE.findall(source):
         text = _registered.get(needed)
         if text is not None and text not in found:
-            found += [text] + [inner for inner in imported_sources(text) if inner not in found]
+            found += [text] + [inner for inner in _imported_sources(text) if inner not in found]
     return found
 
 
