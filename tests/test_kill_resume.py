@@ -41,14 +41,24 @@ def run_until_done(data, folder):
 
 
 def kill_when(process, condition, timeout=60.0):
+    """SIGKILL the process at a moment the condition holds. Seen from outside, a condition such as "a temporary
+    file exists" can stop holding between the look and the kill, so the process is frozen (SIGSTOP) first, the
+    condition looked at again while nothing moves, and the process killed only if it still holds (else thawed)."""
     started = time.monotonic()
-    while not condition():
+    while True:
         if process.poll() is not None or time.monotonic() - started > timeout:
             return False
+        if condition():
+            process.send_signal(signal.SIGSTOP)
+            _, status = os.waitpid(process.pid, os.WUNTRACED)
+            if not os.WIFSTOPPED(status):  # it ended before the signal arrived (and has been reaped here)
+                return False
+            if condition():
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                return True
+            process.send_signal(signal.SIGCONT)
         time.sleep(0.0005)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    return True
 
 
 @pytest.fixture(scope="module")
