@@ -8,7 +8,8 @@ Each contender is the whole command in a fresh process, `graphgpt train --steps 
 batch (2 layers, 64 wide, batch 16 x 64 tokens) on the standard-library text, with no evaluation, checkpoint or
 sample until the end. Its tokens/s are read from the loss log it writes (loss.csv: every step's tokens/s as the
 progress bar shows them); a round runs every contender once, in a fresh random order, and the figure is the
-median over rounds of each run's median step (its first 20 steps, compiling and warming up, left out). The final
+median over rounds of each run's median step (its first 20 steps, compiling and warming up, left out); each
+ratio to the baseline is also taken within each round, and the median of those given with their spread. The final
 training losses of the two backends are compared step by step: the same within float32 rounding.
 
 Contenders:
@@ -120,10 +121,14 @@ def main() -> None:
                   flush=True)
     base = statistics.median(rates["baseline"])
     print(f"\ngraphgpt train, default model, {args.steps} steps, tokens/s (median of {args.rounds} rounds; "
-          f"spread min-max)")
+          f"spread min-max); x baseline: the medians' ratio, then the median (min-max) of each round's own ratio")
     for name, values in rates.items():
         middle = statistics.median(values)
+        # Paired within each round (runs seconds apart): the machine's load moves over minutes, and a ratio taken
+        # within a round cancels most of it where the medians' ratio keeps it.
+        paired = [value / baseline for value, baseline in zip(values, rates["baseline"])]
         print(f"  {name:9s} {middle:9,.0f}  ({min(values):,.0f}-{max(values):,.0f})  {middle / base:5.2f}x baseline"
+              f", paired {statistics.median(paired):.2f}x ({min(paired):.2f}-{max(paired):.2f})"
               f"  final training loss {losses[name][-1]:.6f}")
     apart = np.abs(losses["numba"] - losses["numpy"]) / np.abs(losses["numpy"])
     print(f"training losses, numba against numpy over {args.steps} steps: at most {apart.max():.2e} apart "

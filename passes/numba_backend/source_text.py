@@ -90,29 +90,47 @@ def row_loop(rank: int, parallel: bool, shape_of: str = "out", shape: str = "") 
 
     The lines end inside the loop body (indented 8 spaces; for rank 1 there is no loop: the body is indented 4 and
     the whole array is the one row). `width` is the last axis's length. The sizes are `shape_of`'s shape, or the
-    tuple expression `shape` (`q.shape[:-1]`: a loop over the matrices of q, width its rows).
+    tuple expression `shape` (`q.shape[:-1]`: a loop over the matrices of q, width its rows). A parallel loop
+    (prange) finds each row's indices by division; a serial one counts them up from the last row's, as integer
+    division per row cost a softmax over rows of 64 a sixth of its time (201 against 177 us, 8 x 4 x 64 rows).
 
     >>> print("\\n".join(row_loop(3, True)[0]))
         d0, d1, width = out.shape
         for row in prange(d0 * d1):
             i1 = row % d1
             i0 = row // d1
+    >>> print("\\n".join(row_loop(3, False)[0]))
+        d0, d1, width = out.shape
+        i0, i1 = 0, -1
+        for row in range(d0 * d1):
+            i1 += 1
+            if i1 == d1:
+                i1 = 0
+                i0 += 1
     """
     shape = shape or f"{shape_of}.shape"
     if rank == 1:
         return [f"    width = {shape}[0]"], []
     leading = [f"d{axis}" for axis in range(rank - 1)]
     indices = [f"i{axis}" for axis in range(rank - 1)]
-    loop = "prange" if parallel else "range"
-    lines = [f"    {', '.join(leading)}, width = {shape}",
-             f"    for row in {loop}({' * '.join(leading)}):"]
-    rest = "row"
-    for axis in range(rank - 2, 0, -1):  # the last leading axis varies fastest (C order)
-        lines.append(f"        i{axis} = {rest} % d{axis}")
-        lines.append(f"        {'rest' if axis > 1 else 'i0'} = {rest} // d{axis}")
-        rest = "rest"
+    lines = [f"    {', '.join(leading)}, width = {shape}"]
     if rank == 2:
-        lines.append("        i0 = row")
+        return lines + [f"    for row in {'prange' if parallel else 'range'}(d0):", "        i0 = row"], indices
+    if parallel:
+        lines.append(f"    for row in prange({' * '.join(leading)}):")
+        rest = "row"
+        for axis in range(rank - 2, 0, -1):  # the last leading axis varies fastest (C order)
+            lines.append(f"        i{axis} = {rest} % d{axis}")
+            lines.append(f"        {'rest' if axis > 1 else 'i0'} = {rest} // d{axis}")
+            rest = "rest"
+        return lines, indices
+    last = rank - 2
+    lines += [f"    {', '.join(indices)} = {', '.join(['0'] * last + ['-1'])}",
+              f"    for row in range({' * '.join(leading)}):",
+              f"        i{last} += 1"]
+    for axis in range(last, 0, -1):  # a carry from axis to the one before it, the last varying fastest (C order)
+        indent = " " * (8 + 4 * (last - axis))
+        lines += [f"{indent}if i{axis} == d{axis}:", f"{indent}    i{axis} = 0", f"{indent}    i{axis - 1} += 1"]
     return lines, indices
 
 
