@@ -177,10 +177,11 @@ def row_sum_of_triple_products(a, b, c):
 # 1 - 2 / (e^2|x| + 1) from |x| = 0.625 on, an odd polynomial of degree 11 below. Measured over every float32
 # input (benchmarks/float32_functions.py; tests/test_numba_kernels.py checks a dense sample of each binade): exp
 # within 1.01 ULP of the exact value and tanh within 1.33, where NumPy's own SIMD functions are within 2.54 and
-# 1.37 (so the two sides are within LIBRARY_ULP_GAP = 5 ULP of each other). Per call over 256K elements: exp 90 us against NumPy's 140, tanh 180
-# against 105 (its exp, division and polynomial all computed, then one chosen). NaN, infinities, zeros of either
-# sign and tiny inputs (where tanh x rounds to x) are passed through or clamped as the functions require. (Before,
-# both were computed in float64 and rounded once: within half a ULP, but exp took 5x as long as NumPy's.)
+# 1.37 (so the two sides are within LIBRARY_ULP_GAP = 5 ULP of each other). Per call over 256K elements: exp 90
+# us against NumPy's 140, tanh 180 against 105 (its exp, division and polynomial all computed, then one chosen).
+# NaN, infinities, zeros of either sign and tiny inputs (where tanh x rounds to x) are passed through or clamped as
+# the functions require. (Before, both were computed in float64 and rounded once: within half a ULP, but exp took
+# 5x as long as NumPy's.)
 BIT_CAST_IMPORT = "from graphgpt.passes.numba_backend.bit_casts import float32_from_bits"
 
 EXP_FLOAT32 = '''{decorator}
