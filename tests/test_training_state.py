@@ -66,3 +66,16 @@ def test_a_replaced_array_is_checked_and_taken():
     assert state.first_nonfinite() is None
     state.take()
     np.testing.assert_array_equal(state.saved["lm_head.weight"], 3.0)
+
+
+def test_an_array_not_in_c_order_is_read_afresh_at_every_call():
+    model, optimizer = gpt_and_adam()
+    state = TrainingState(model, optimizer)
+    weight = model.lm_head.weight
+    weight.data = np.ascontiguousarray(weight.data.T).T  # the same values, stored column by column
+    assert state.first_nonfinite() is None
+    weight.data[0, -1] = np.inf  # written into that same array
+    assert state.first_nonfinite() == "lm_head.weight"
+    weight.data[0, -1] = 2.0
+    state.take()
+    assert state.saved["lm_head.weight"][0, -1] == 2.0

@@ -81,6 +81,7 @@ class TrainingState:
         self._names = list(self.tensors)
         self._datas: list[np.ndarray] = []  # the tensors' arrays the flat views below were made of
         self._flats: list[np.ndarray] = []  # each array as one axis (a view where it is contiguous)
+        self._copied: list[int] = []  # positions of the arrays whose one-axis form is a copy
         self._chunks: list[tuple[int, int, int]] = []  # (first, end, elements) of each chunk, for the check
         datas = self._current_datas()
         positions_of: dict[np.dtype, list[int]] = {}
@@ -103,11 +104,15 @@ class TrainingState:
         return [tensor.data for tensor in self.tensors.values()]
 
     def _flat_views(self) -> list[np.ndarray]:
-        """Each tensor's array as one axis, made again only when a tensor's array was replaced."""
+        """Each tensor's array as one axis: views made again only when a tensor's array was replaced, copies (of
+        an array not in C order, which has no such view) made at every call."""
         datas = self._current_datas()
         if len(datas) != len(self._datas) or any(new is not old for new, old in zip(datas, self._datas)):
             self._datas, self._flats = datas, [data.reshape(-1) for data in datas]
+            self._copied = [position for position, data in enumerate(datas) if not data.flags.c_contiguous]
             self._chunks = _chunks(datas)
+        for position in self._copied:
+            self._flats[position] = self._datas[position].reshape(-1)
         return self._flats
 
     def take(self) -> None:
