@@ -269,6 +269,7 @@ MAPPINGS: dict[str, Mapping] = {
     "cross_entropy": _cross_entropy,
     "reshape": lambda e, a: e.op("Reshape", [a.inputs[0], e.ints(a.attrs["shape"], "shape")], allowzero=1),
     "transpose": lambda e, a: e.op("Transpose", a.inputs, perm=list(a.attrs["perm"])),
+    "matmul_permuted": lambda e, a: e.op("Transpose", [e.op("MatMul", a.inputs)], perm=list(a.attrs["perm"])),
     "broadcast_to": lambda e, a: e.op("Expand", [a.inputs[0], e.ints(a.attrs["shape"], "shape")]),
     "slice": _slice,
     "unslice": _unslice,

@@ -99,6 +99,12 @@ def _matmul(node: Node, classes: dict[int, str]) -> str:
     return PER_EXAMPLE
 
 
+def _matmul_permuted(node: Node, classes: dict[int, str]) -> str:
+    if node.attrs["perm"][0] != 0:
+        _refuse(node, "it moves the batch axis")
+    return _matmul(node, classes)
+
+
 def _reduction(node: Node, classes: dict[int, str]) -> str:
     if 0 not in node.attrs["axes"]:
         return PER_EXAMPLE
@@ -169,7 +175,7 @@ def _concat(node: Node, classes: dict[int, str]) -> str:
 
 _KIND_RULES = {OpKind.ELEMENTWISE: _elementwise, OpKind.BROADCAST: _elementwise}
 _RULES = {
-    "matmul": _matmul, "sum": _reduction, "mean": _reduction, "max": _reduction,
+    "matmul": _matmul, "matmul_permuted": _matmul_permuted, "sum": _reduction, "mean": _reduction, "max": _reduction,
     "softmax": _along_axis("axis"), "log_softmax": _along_axis("axis"), "transpose": _transpose,
     "slice": _whole_axis0_slice, "reshape": _reshape, "layer_norm": _first_input_only, "one_hot": _first_input_only,
     "embedding": _embedding, "cross_entropy": _cross_entropy, "concat": _concat,

@@ -118,6 +118,7 @@ OP_CASES = {
     "cross_entropy": ("cross_entropy", [normal(2, 3, 7), indices(7, 2, 3)], {}),
     "reshape": ("reshape", [normal(2, 3, 4)], {"shape": (6, 4)}),
     "transpose": ("transpose", [normal(2, 3, 4)], {"perm": (2, 0, 1)}),
+    "matmul_permuted": ("matmul_permuted", [normal(2, 3, 4, 5), normal(2, 3, 5, 6)], {"perm": (0, 2, 1, 3)}),
     "broadcast_to": ("broadcast_to", [normal(3, 1)], {"shape": (2, 3, 4)}),
     "slice": ("slice", [normal(4, 6)], {"slices": ((1, 3, 1), (0, 6, 2))}),
     "slice of everything": ("slice", [normal(4, 6)], {"slices": ((0, 4, 1), (0, 6, 1))}),

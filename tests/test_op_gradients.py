@@ -50,6 +50,8 @@ CASES = {  # op -> list of (inputs, attrs)
     "matmul": [([normal(2, 3), normal(3, 4)], {}), ([normal(2, 2, 3), normal(3, 4)], {}),
                ([normal(2, 1, 3, 4), normal(3, 4, 2)], {})],
     "reshape": [([normal(2, 6)], {"shape": (3, 4)})],
+    "matmul_permuted": [([normal(2, 3, 4, 5), normal(2, 3, 5, 2)], {"perm": (0, 2, 1, 3)}),
+                        ([normal(3, 2, 4), normal(1, 4, 5)], {"perm": (1, 0, 2)})],
     "transpose": [([normal(2, 3, 4)], {"perm": (2, 0, 1)})],
     "broadcast_to": [([normal(3, 1)], {"shape": (2, 3, 4)})],
     "slice": [([normal(4, 5)], {"slices": ((1, 4, 2), (0, 5, 1))})],

@@ -308,6 +308,10 @@ CASES += [
     case("matmul", f32(2, 3, 0), f32(0, 4), ref=matmul64),  # empty inner axis: zeros
     case("matmul", i64(2, 3), i64(3, 2), ref=matmul64),  # integers, as torch's CPU matmul takes them
     case("matmul", i32(2, 2, 3), i32(3, 4), ref=matmul64),
+    case("matmul_permuted", f32(2, 3, 4, 5), f32(2, 3, 5, 6), perm=(0, 2, 1, 3),
+         ref=lambda a, b, perm: np.transpose(matmul64(a, b), perm)),
+    case("matmul_permuted", f64(3, 2, 4), f64(1, 4, 5), perm=(1, 0, 2),
+         ref=lambda a, b, perm: np.transpose(matmul64(a, b), perm)),
 
     *[case("reshape", x, shape=shape, ref=lambda x, shape: x.ravel().reshape(shape)) for x, shape in [
         (f32(2, 3, 4), (4, 6)), (i64(6), (2, 1, 3)), (i32(), (1, 1)), (f64(2, 3), (6,)), (f32(1, 1), ())]],
@@ -432,6 +436,8 @@ ZERO_SIZE_CASES: list[Case] = [
     *[case("matmul", a, b, ref=matmul64) for a, b in [
         (f32(0, 3, 4), f32(4, 2)), (f64(2, 0, 4), f64(4, 2)), (f32(2, 3, 4), f32(4, 0)), (f64(3, 0), f64(0, 2)),
         (f32(2, 1, 3, 0), f32(5, 0, 2)), (f64(0, 3, 4), f64(1, 4, 2))]],
+    case("matmul_permuted", f32(2, 0, 3, 4), f32(2, 0, 4, 5), perm=(0, 2, 1, 3),
+         ref=lambda a, b, perm: np.transpose(matmul64(a, b), perm)),
     case("reshape", f32(2, 0, 3), shape=(0, 3), ref=lambda x, shape: x.ravel().reshape(shape)),
     case("reshape", f64(0), shape=(3, 0, 1), ref=lambda x, shape: x.ravel().reshape(shape)),
     case("transpose", f32(2, 0, 3), perm=(2, 0, 1), ref=lambda x, perm: np.transpose(x, perm)),

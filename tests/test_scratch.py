@@ -66,7 +66,9 @@ def scratch_cases():
     # and attention's heads. (A b in row order takes none of the room declared for it: tested with the op table.)
     for a_shape, b_stored in (((2, 3, 5, 4), (2, 3, 6, 4)), ((2, 3, 5, 4), (1, 3, 6, 4)),
                               ((8, 4, 64, 16), (8, 4, 64, 16))):
-        cases.append(("matmul", [normal(*a_shape), np.swapaxes(normal(*b_stored), -1, -2)], {}))
+        b = np.swapaxes(normal(*b_stored), -1, -2)
+        cases.append(("matmul", [normal(*a_shape), b], {}))
+        cases.append(("matmul_permuted", [normal(*a_shape), b], {"perm": (0, 2, 1, 3)}))
     return cases
 
 
@@ -95,7 +97,7 @@ def run_in_arena(op, arrays, attrs, arena_bytes: int) -> np.ndarray:
 def test_every_op_that_takes_scratch_has_cases():
     declaring = {name for name, op in OPS.items() if op.scratch is not None}
     assert declaring >= {"fused_elementwise", "layer_norm", "layer_norm_grad", "layer_norm_gamma_grad", "gelu_grad",
-                         "matmul"}
+                         "matmul", "matmul_permuted"}
     assert declaring == {op for op, _, _ in SCRATCH_CASES}
 
 

@@ -128,6 +128,7 @@ def _build_table():
         "mean": lambda x, axes, keepdims: _reduce(torch.mean, x, axes, keepdims),
         "max": lambda x, axes, keepdims: _reduce(torch.amax, x, axes, keepdims),
         "matmul": torch.matmul,
+        "matmul_permuted": lambda a, b, perm: torch.matmul(a, b).permute(*perm),
         "reshape": lambda x, shape: x.reshape(tuple(shape)),
         "transpose": lambda x, perm: x.permute(*perm),
         "broadcast_to": lambda x, shape: x.broadcast_to(tuple(shape)),
