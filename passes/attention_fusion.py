@@ -29,9 +29,9 @@ import numpy as np
 from graphgpt.ir import Graph, Node, ShapeError, TensorType, Value, get_op
 from graphgpt.ir.ops.rules import broadcast_shapes
 
-from .dead_nodes import eliminate_dead_nodes
+from .dead_nodes import rewrite_dropping_dead, value_uses
 from .result import PassResult
-from .rewrite import RewriteContext, rewrite_nodes
+from .rewrite import RewriteContext
 
 
 def _constant_scalar(value: Value) -> Optional[float]:
@@ -148,16 +148,10 @@ def _fused(node: Node, inputs, context: RewriteContext, uses: Counter) -> Option
 
 def fuse_attention(graph: Graph) -> PassResult:
     """Replace each matched attention by one `attention` node (then drop the composite's dead nodes)."""
-    uses = Counter(value.id for node in graph.nodes for value in node.inputs)
-    uses.update(value.id for value in graph.outputs)
-    uses.update(value.id for _, value in graph.updates)
+    uses = value_uses(graph)
 
     def fuse_scaled_dot_product_attention(node, inputs, context):
         return _fused(node, inputs, context, uses)
 
-    new_graph, fired = rewrite_nodes(graph, [fuse_scaled_dot_product_attention], header="fuse_attention")
-    count = fired["fuse_scaled_dot_product_attention"]
-    if count:
-        new_graph = eliminate_dead_nodes(new_graph).graph
-        new_graph.header = "fuse_attention"
+    new_graph, count = rewrite_dropping_dead(graph, fuse_scaled_dot_product_attention, "fuse_attention")
     return PassResult(new_graph, {"attention fused": count})

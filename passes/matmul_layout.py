@@ -17,20 +17,16 @@ all rows, into a contiguous output).
 
 from __future__ import annotations
 
-from collections import Counter
-
 from graphgpt.ir import Graph
 
-from .dead_nodes import eliminate_dead_nodes
+from .dead_nodes import rewrite_dropping_dead, value_uses
 from .result import PassResult
-from .rewrite import rewrite_nodes
 
 
 def write_matmuls_permuted(graph: Graph) -> PassResult:
     """Replace transpose(matmul(a, b)) by matmul_permuted(a, b) where the transpose is the product's only reader,
     b is a batch of matrices, and the last axis stays last (then drop the replaced matmuls)."""
-    uses = Counter(value.id for node in graph.nodes for value in node.inputs)
-    uses.update(value.id for value in graph.results())
+    uses = value_uses(graph)
 
     def matmul_written_permuted(node, inputs, context):
         product = node.inputs[0] if node.op == "transpose" else None
@@ -41,9 +37,5 @@ def write_matmuls_permuted(graph: Graph) -> PassResult:
             return None
         return context.emit("matmul_permuted", [context.mapped(value) for value in matmul.inputs], {"perm": perm})
 
-    new_graph, fired = rewrite_nodes(graph, [matmul_written_permuted], header="write_matmuls_permuted")
-    count = fired["matmul_written_permuted"]
-    if count:
-        new_graph = eliminate_dead_nodes(new_graph).graph
-        new_graph.header = "write_matmuls_permuted"
+    new_graph, count = rewrite_dropping_dead(graph, matmul_written_permuted, "write_matmuls_permuted")
     return PassResult(new_graph, {"matmuls written permuted": count})
