@@ -13,7 +13,9 @@ calls. On a decode step of the 2-layer GPT that is ~2 us less per node.
 
 Names: `f<n>` the op's function for the node making value n, `b<n>` the planned buffer (or a view of one, made
 once) holding value n, `a<n>` the node's attributes, `p<i>` parameter i, `v<n>` a view made during the run.
-`source` is printable; a failure inside a step is traced back to its node by the line it raised on.
+`source` is printable; a failure inside a step is traced back to its node by the line it raised on. A view of a
+parameter (or of such a view) is kept in `k<n>` with the array it was made of, and made again only when that
+array changes (`if p3 is not k47[0]: ...`): the same view, without the call.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class StraightLineCode:
         if params:
             lines.append(f"    {', '.join(params)}, = params")
         self.nodes_by_line: dict[int, Node] = {}
+        stable = set(params)  # names whose array is the same from run to run while the parameters' arrays are
         for step in schedule.steps:
             slot = step.output_slot
             function = f"f{slot}"
@@ -61,7 +64,18 @@ class StraightLineCode:
             if step.attrs:
                 namespace[f"a{slot}"] = step.attrs
                 arguments.append(f"**a{slot}")
-            if step.mode == VIEW:
+            if step.mode == VIEW and len(step.input_slots) == 1 and names[step.input_slots[0]] in stable:
+                # A view of a parameter (or of such a view) stays the same while the parameter's array does:
+                # made again only when the array is another one (a run of `graphgpt train`'s combine makes 60).
+                source = names[step.input_slots[0]]
+                names[slot] = f"v{slot}"
+                namespace[f"k{slot}"] = [None, None]  # [the source array it was made of, the view]
+                stable.add(names[slot])
+                lines.append(f"    if {source} is not k{slot}[0]:")
+                self.nodes_by_line[len(lines) + 1] = step.node
+                lines.append(f"        k{slot}[0], k{slot}[1] = {source}, {function}({', '.join(arguments)})")
+                line = f"    v{slot} = k{slot}[1]"
+            elif step.mode == VIEW:
                 names[slot] = f"v{slot}"
                 line = f"    v{slot} = {function}({', '.join(arguments)})"
             elif step.mode == INTO_BUFFER:
