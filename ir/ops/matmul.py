@@ -4,6 +4,7 @@ through a transpose, so that attention's heads are merged without a copy)."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -92,15 +93,21 @@ def _infer_matmul_permuted(a: TensorType, b: TensorType, perm) -> TensorType:
     return TensorType(tuple(product.shape[axis] for axis in perm), product.dtype)
 
 
+@functools.lru_cache(maxsize=None)
+def _inverse(perm: tuple[int, ...]) -> tuple[int, ...]:
+    """The permutation undoing `perm` (looked up once per perm: the kernel runs on every step)."""
+    return tuple(int(axis) for axis in np.argsort(perm))
+
+
 def _matmul_permuted_vjp(g, out, a, b, perm):
-    return _matmul_vjp(g.permute(*np.argsort(perm)), None, a, b)
+    return _matmul_vjp(g.permute(*_inverse(tuple(perm))), None, a, b)
 
 
 def _matmul_permuted_into(out: np.ndarray, a: np.ndarray, b: np.ndarray, perm) -> None:
     """transpose(a @ b, perm): the product computed into out seen with its axes put back, the rows of each matrix
     still running along out's last axis (so BLAS writes them in place: as fast as into a contiguous array, and the
     same GEMMs as matmul's over these operands, so the same bits)."""
-    _matmul_into(np.transpose(out, np.argsort(perm)), a, b, "matmul_permuted")
+    _matmul_into(np.transpose(out, _inverse(tuple(perm))), a, b, "matmul_permuted")
 
 
 define_op("matmul_permuted", kind=OpKind.MATMUL, arity=2, attrs={"perm": A.INTS}, infer=_infer_matmul_permuted,
