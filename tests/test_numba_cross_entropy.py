@@ -27,7 +27,7 @@ def cross_entropy_case(shape, dtype, seed):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(5, 33), (2, 3, 17), (4, 64, 99), (9,)])
+@pytest.mark.parametrize("shape", [(5, 33), (2, 3, 17), (4, 64, 99), (9,), (3, 37, 11)])
 def test_cross_entropy(shape, dtype):
     logits, targets = cross_entropy_case(shape, dtype, 21)
     if logits.ndim > 1:
@@ -82,7 +82,7 @@ def test_cross_entropy_target_out_of_range_raises_numpys_error(bad):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(5, 33), (2, 3, 17), (4, 64, 99), (9,)])
+@pytest.mark.parametrize("shape", [(5, 33), (2, 3, 17), (4, 64, 99), (9,), (3, 37, 11)])
 def test_cross_entropy_grad(shape, dtype):
     logits, targets = cross_entropy_case(shape, dtype, 31)
     if logits.ndim > 1:

@@ -30,6 +30,7 @@ from graphgpt.ir.ops.elementwise import GELU_CUBIC, GELU_SQRT_2_OVER_PI  # noqa:
 from graphgpt.passes.numba_backend.backend import SOURCES  # noqa: E402
 from graphgpt.passes.numba_backend.elementwise_kernels import LONE_OP_MIN_ELEMENTS  # noqa: E402
 from graphgpt.passes.numba_backend.engine import load_kernel  # noqa: E402
+from graphgpt.passes.numba_backend.source_text import HELPER_MODULE  # noqa: E402
 
 DTYPES = ("float32", "float64")
 LIBRARY_ULP_GAP = 5
@@ -307,7 +308,7 @@ def test_layer_norm_grad(shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(5, 33), (2, 3, 4, 17), (1, 1, 128), (9,), (0, 3), (3, 0)])
+@pytest.mark.parametrize("shape", [(5, 33), (2, 3, 4, 17), (1, 1, 128), (9,), (0, 3), (3, 0), (2, 37, 9), (40, 3)])
 def test_softmax(shape, dtype):
     x = random(shape, dtype, 12, scale=3.0)
     masked = x.size and x.ndim > 1
@@ -327,6 +328,42 @@ def test_softmax(shape, dtype):
     assert_within(generated, reference, bound)
     if masked:
         assert np.all(generated.reshape(-1, n)[-1] == 0)  # the fully masked row: zeros
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_rows_in_blocks_give_the_bits_of_one_row_at_a_time(dtype):
+    """The kernel finds the maxima of a block of rows before their exps (rows_with_peaks): the same bits as the
+    rank-1 kernel run on each row alone, serial and parallel, rank 2 and 3, across block boundaries (37 rows), with
+    rows whose max is 0.0 and -0.0 both, NaN, -inf and all -inf."""
+    x = random((3, 37, 19), dtype, 41, scale=3.0)
+    x[0, 3, :5], x[0, 3, 5:] = 0.0, -0.0
+    x[0, 4, :5], x[0, 4, 5:] = -0.0, 0.0
+    x[1, 16, 7] = np.nan
+    x[1, 17, :] = -np.inf
+    x[2, 15, ::2] = -np.inf
+    row_kernel = load_kernel(*(lambda source: (source.text, source.entry))(
+        SOURCES["softmax"](make_node("softmax", [(19,)], dtype, {"axis": 0}), False)))
+    one_at_a_time = np.empty_like(x)
+    for index in np.ndindex(x.shape[:-1]):
+        row_kernel(one_at_a_time[index], x[index])
+    for shape, parallel in [((3, 37, 19), False), ((3, 37, 19), True), ((111, 19), False), ((111, 19), True)]:
+        node = make_node("softmax", [shape], dtype, {"axis": len(shape) - 1})
+        generated, _ = both(node, [x.reshape(shape)], parallel=parallel)
+        assert_same_bits(generated.reshape(x.shape), one_at_a_time)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_row_max_is_the_max_of_the_numbers_in_a_row(dtype):
+    """The helper's four running maxima give the row's max over its numbers (NaN passed over), -inf for a row of
+    NaN and -inf only or none, at every length around its multiples of 4."""
+    row_max = load_kernel(f"from {HELPER_MODULE} import row_max\n", "row_max")
+    rng = np.random.default_rng(5)
+    for length in range(0, 14):
+        for trial in range(20):
+            row = rng.choice(np.array([-np.inf, np.inf, np.nan, 0.0, -0.0, -3.5, 2.25, 1e30], dtype), length)
+            numbers = row[~np.isnan(row)]
+            expected = numbers.max() if numbers.size else -np.inf
+            assert row_max(row) == expected
 
 
 def test_softmax_along_another_axis_keeps_numpy():

@@ -175,6 +175,8 @@ def _weights_of_row(node: Node, element: str) -> list[str]:
             "    add_scaled(scores, q_head[i, c], keys_t[c])",
             "for j in range(extent):",
             f"    scores[j] = scores[j] * {scale} + {element.format(j='j')}",
+            "peak = row_max(scores)  # the row's max as rowwise_kernels.rows_with_peaks takes it",
+            f"peak = {float_literal(0.0, dtype)} if peak == -np.inf else peak",
             *softmax_row("scores", "scores", "extent", dtype)]
 
 
@@ -183,8 +185,8 @@ def _source(node: Node, parallel: bool, what: str, parts: _Parts) -> KernelSourc
     threads = "(batch, head) matrices in parallel (prange)" if parallel and len(q.shape) > 2 else "one thread"
     title = [f"{node.op}: {q.dtype}, rank {len(q.shape)}, scale {node.attrs['scale']!r}, mask "
              f"{_broadcast_pattern(mask)} (_ any size, 1 a size-1 axis), {threads}", what]
-    helpers = (reductions("row_sum", "row_sum_of_products") + [ADD_SCALED.format(decorator=decorator(False, inline=True))]
-               + float32_helpers(q.dtype, "exp"))
+    helpers = (reductions("row_sum", "row_sum_of_products", "row_max")
+               + [ADD_SCALED.format(decorator=decorator(False, inline=True))] + float32_helpers(q.dtype, "exp"))
     # `small_only`: kept to backend.SMALL_ONLY_MAX_ELEMENTS elements, as measured (backend.py's docstring):
     # NumPy's fused kernel is faster beyond, where its GEMMs are BLAS's and its exp NumPy's SIMD one.
     return KernelSource(node.op, node.op, module_text(title, helpers, _kernel(node, parallel, parts)),

@@ -85,12 +85,13 @@ def numpy_fallback(op: str, condition: str, entry: str, arguments: str, attrs: d
             f"        numpy_kernel({arguments}, {attributes})"]
 
 
-def row_loop(rank: int, parallel: bool, shape_of: str = "out", shape: str = "") -> tuple[list[str], list[str]]:
+def row_loop(rank: int, parallel: bool, shape_of: str = "out", shape: str = "",
+             width: str = "width") -> tuple[list[str], list[str]]:
     """Lines opening the loop over rows of arrays of `rank` (>= 1), and the index names of the leading axes.
 
     The lines end inside the loop body (indented 8 spaces; for rank 1 there is no loop: the body is indented 4 and
-    the whole array is the one row). `width` is the last axis's length. The sizes are `shape_of`'s shape, or the
-    tuple expression `shape` (`q.shape[:-1]`: a loop over the matrices of q, width its rows). A parallel loop
+    the whole array is the one row). `width` names the last axis's length. The sizes are `shape_of`'s shape, or
+    the tuple expression `shape` (`q.shape[:-1]`: a loop over the matrices of q, width its rows). A parallel loop
     (prange) finds each row's indices by division; a serial one counts them up from the last row's, as integer
     division per row cost a softmax over rows of 64 a sixth of its time (201 against 177 us, 8 x 4 x 64 rows).
 
@@ -110,10 +111,10 @@ def row_loop(rank: int, parallel: bool, shape_of: str = "out", shape: str = "") 
     """
     shape = shape or f"{shape_of}.shape"
     if rank == 1:
-        return [f"    width = {shape}[0]"], []
+        return [f"    {width} = {shape}[0]"], []
     leading = [f"d{axis}" for axis in range(rank - 1)]
     indices = [f"i{axis}" for axis in range(rank - 1)]
-    lines = [f"    {', '.join(leading)}, width = {shape}"]
+    lines = [f"    {', '.join(leading)}, {width} = {shape}"]
     if rank == 2:
         return lines + [f"    for row in {'prange' if parallel else 'range'}(d0):", "        i0 = row"], indices
     if parallel:
@@ -167,6 +168,31 @@ def row_sum_of_triple_products(a, b, c):
     for j in range(a.shape[0]):
         total += (a[j] * b[j]) * c[j]
     return total'''
+
+
+# A row's max, NaN aside (a NaN fails every comparison and is passed over): -inf for a row of NaN and -inf only.
+# Four running maxima, each over every fourth element, then the larger of them: a max taken element after element
+# is one chain of dependent comparisons, which LLVM does not vectorise (without no-NaN fast-math), and it made a
+# softmax over 8 x 4 x 64 rows of 64 wait on it (interleaved medians, with the blocks of rows_with_peaks: 112 ->
+# 74 us; 1024 rows of 99, 128 -> 90 us). Where equal maxima of opposite signs (0.0 and -0.0) both occur, either
+# may come back: x - max is the same number for every x but a zero, whose exp is 1 either way.
+ROW_MAX = '''{decorator}
+def row_max(v):
+    m0 = m1 = m2 = m3 = v.dtype.type(-np.inf)
+    length = v.shape[0]
+    whole = length - length % 4
+    for j in range(0, whole, 4):
+        a, b, c, d = v[j], v[j + 1], v[j + 2], v[j + 3]
+        m0 = a if a > m0 else m0
+        m1 = b if b > m1 else m1
+        m2 = c if c > m2 else m2
+        m3 = d if d > m3 else m3
+    for j in range(whole, length):
+        a = v[j]
+        m0 = a if a > m0 else m0
+    m0 = m1 if m1 > m0 else m0
+    m2 = m3 if m3 > m2 else m2
+    return m2 if m2 > m0 else m0'''
 
 
 # float32 exp and tanh from float32 arithmetic and bit operations only, so that LLVM vectorises the loops calling
@@ -236,12 +262,13 @@ def tanh_call(argument: str, dtype: str) -> str:
     return f"tanh32({argument})" if dtype == "float32" else f"np.tanh({argument})"
 
 
-# The helpers, each with its @njit line: the reductions reassociating (never parallel: they run inside a row of a
-# kernel's loop); exp32 contracting; tanh32, which calls exp32, inlined into its caller (with the caller's flags:
+# The helpers, each with its @njit line: the sums reassociating (never parallel: they run inside a row of a
+# kernel's loop); the max exact, as written; exp32 contracting; tanh32, which calls exp32, inlined into its caller (with the caller's flags:
 # no contract, as measured): LLVM left it a scalar call inside the caller's loop, making GELU 10x slower.
 HELPERS = {"row_sum": (ROW_SUM, dict(reassociate=True)),
            "row_sum_of_products": (ROW_SUM_OF_PRODUCTS, dict(reassociate=True)),
            "row_sum_of_triple_products": (ROW_SUM_OF_TRIPLE_PRODUCTS, dict(reassociate=True)),
+           "row_max": (ROW_MAX, dict()),
            "exp32": (EXP_FLOAT32, dict(contract=True)),
            "tanh32": (TANH_FLOAT32, dict(inline=True))}
 
@@ -250,7 +277,7 @@ def helper_module_text() -> str:
     """The module defining every helper, which kernel modules import from (helper_import): each helper is then
     compiled once per process and, through Numba's disk cache, once per machine, where a copy in every kernel's
     module was compiled again with each (1.75 s of the medium training step's cold compile, 17 kernels)."""
-    title = ["the helpers generated kernels call: sums along a row, float32 exp and tanh (source_text.py)"]
+    title = ["the helpers generated kernels call: sums and maxima along a row, float32 exp and tanh (source_text.py)"]
     definitions = [template.format(decorator=decorator(False, **flags)) for template, flags in HELPERS.values()]
     return module_text(title, [BIT_CAST_IMPORT, *definitions[:-1]], definitions[-1].splitlines())
 
@@ -273,7 +300,8 @@ def float32_helpers(dtype: str, *functions: str) -> list[str]:
 
 
 def reductions(*names: str) -> list[str]:
-    """The import of these reduction helpers ("row_sum", "row_sum_of_products", "row_sum_of_triple_products")."""
+    """The import of these reduction helpers ("row_sum", "row_sum_of_products", "row_sum_of_triple_products",
+    "row_max")."""
     return helper_import(*names)
 
 
