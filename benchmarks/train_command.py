@@ -36,6 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from blas_kernel import describe_blas  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 # The revision before the first generated kernels (commit 82c6939, "A Numba backend (issue 18, first step)").
 DEFAULT_BASELINE = "82c6939^"
@@ -105,6 +109,7 @@ def main() -> None:
     rates: dict[str, list[float]] = {name: [] for name in contenders}
     losses: dict[str, np.ndarray] = {}
     shuffler = np.random.default_rng(0)
+    print(describe_blas())  # every contender's too: they inherit this environment
     with tempfile.TemporaryDirectory() as scratch:
         folders = {name: Path(scratch) / name for name in contenders}
         for folder in folders.values():

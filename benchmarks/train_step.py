@@ -62,6 +62,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from graphgpt.timing import interleaved_times  # noqa: E402
 from graphgpt.passes.analysis import graph_flops  # noqa: E402
 from graphgpt.passes.backends import BACKENDS, default_backend  # noqa: E402
+from blas_kernel import describe_blas  # noqa: E402
 from step_contenders import CONFIGS, build, contender_builders  # noqa: E402
 
 # Agreement with the compiled step, in float32: the loss relative to itself, each gradient relative to its
@@ -281,6 +282,7 @@ def main() -> None:
               f"interleaved repetitions, medians")
         print(f"one step = {flops / 1e9:.2f} GFLOP (graph count); NumPy float32 matmul peak here {peak:.0f} "
               f"GFLOP/s (best of {args.repeats} {PEAK_SIZE}x{PEAK_SIZE} matmuls timed among the steps)")
+        print(describe_blas())
         print(f"loss of the batch: {agreement}")
         print_startup(startup, warm)
         memory = {} if args.no_memory else {name: in_fresh_process("memory_child", config_name, name, args.backend)
