@@ -94,7 +94,7 @@ OPTIONAL_PASSES = ("fuse_elementwise",)
 # Passes any rewrite of which may change values, and the fast-math flag that allows them; with it, they join the
 # default pipeline. fuse_horizontal_matmuls: one (M, k) @ (k, n1 + n2 + n3) GEMM sums each product in the order
 # BLAS picks for that size, not always in the order of the three (M, k) @ (k, n) GEMMs (95 of 400 random shapes
-# differed in the last bit; the GPT's shapes happened not to).
+# differed in the last bit; the GPT's shapes did not with one BLAS kernel, and do with OpenBLAS's Haswell one).
 VALUE_CHANGING_PASSES = {"fuse_horizontal_matmuls": "reassociate", "fuse_attention": "reassociate"}
 # Passes that rewrite a forward graph into ops with gradient rules of their own, so a training step runs them on
 # the forward graph before the backward is generated (passes/program.py), and a forward program first, before

@@ -7,15 +7,16 @@ calls. On a decode step of the 2-layer GPT that is ~2 us less per node.
         i0, i1, = inputs                     # the graph's inputs (here a decode step's tokens, positions)
         p0, p1, p2, ..., = params
         f45(b45, p0, i0)                     # into its planned buffer b45 (an embedding of the tokens)
-        v47 = f47(p37, **a47)                # a view of an input or parameter, made at each run
+        v47 = f47(b46, **a47)                # a view of a buffer, made at each run
         f72(p39, p39, b66, i1)               # an update computed into its parameter (a KV cache write)
         return [b142]
 
 Names: `f<n>` the op's function for the node making value n, `b<n>` the planned buffer (or a view of one, made
 once) holding value n, `a<n>` the node's attributes, `p<i>` parameter i, `v<n>` a view made during the run.
-`source` is printable; a failure inside a step is traced back to its node by the line it raised on. A view of a
-parameter (or of such a view) is kept in `k<n>` with the array it was made of, and made again only when that
-array changes (`if p3 is not k47[0]: ...`): the same view, without the call.
+`source` is printable; a failure inside a step is traced back to its node by the line it raised on. A view of an
+input or a parameter (or of such a view) is kept in `k<n>` with the array it was made of, and made again only
+when that array is another one (`if p3 is not k47[0]: ...`): the same view, without the call. (So the arrays of
+the latest run stay referenced until the next.)
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ class StraightLineCode:
         if params:
             lines.append(f"    {', '.join(params)}, = params")
         self.nodes_by_line: dict[int, Node] = {}
-        stable = set(params)  # names whose array is the same from run to run while the parameters' arrays are
+        # Names whose array stays the same object from run to run while the inputs' and parameters' arrays do: a
+        # combine graph's inputs are the first shard's output buffers, the same arrays at every run.
+        stable = set(inputs) | set(params)
         for step in schedule.steps:
             slot = step.output_slot
             function = f"f{slot}"
@@ -65,8 +68,8 @@ class StraightLineCode:
                 namespace[f"a{slot}"] = step.attrs
                 arguments.append(f"**a{slot}")
             if step.mode == VIEW and len(step.input_slots) == 1 and names[step.input_slots[0]] in stable:
-                # A view of a parameter (or of such a view) stays the same while the parameter's array does:
-                # made again only when the array is another one (a run of `graphgpt train`'s combine makes 60).
+                # A view of an input or a parameter (or of such a view) stays the same while that array does:
+                # made again only when the array is another one (a run of `graphgpt train`'s combine makes 97).
                 source = names[step.input_slots[0]]
                 names[slot] = f"v{slot}"
                 namespace[f"k{slot}"] = [None, None]  # [the source array it was made of, the view]

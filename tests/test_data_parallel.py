@@ -109,9 +109,15 @@ def test_split_step_in_float32_within_rounding_and_stable_across_runs():
     model, tokens, targets = gpt_batch(batch=8)
     whole, split = compile_pair(model, tokens, targets)
     loss_whole = whole.run(tokens, targets)
+    largest = max(np.abs(gradient).max() for gradient in whole.grads.values())
     for _ in range(2):  # the second run reuses every buffer
         np.testing.assert_allclose(split.run(tokens, targets), loss_whole, rtol=1e-6)
         for name, gradient in whole.grads.items():
+            if name.endswith("k_proj.bias"):
+                # Zero in exact arithmetic (softmax ignores a shift shared by every key score): both sides are
+                # rounding noise (1e-12 to 1e-9 here, as the BLAS kernel rounds), so only its size is comparable.
+                assert max(np.abs(split.grads[name]).max(), np.abs(gradient).max()) <= 1e-6 * largest, name
+                continue
             scale = np.abs(gradient).max() + 1e-6
             np.testing.assert_allclose(split.grads[name] / scale, gradient / scale, atol=1e-5, err_msg=name)
 

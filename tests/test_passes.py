@@ -24,6 +24,9 @@ def run_graph(graph, inputs, bindings):
     return outputs, dict(zip((value.name for value in graph.params), params))
 
 
+LEARNING_RATE = 1e-2
+
+
 @pytest.mark.parametrize("passes", PIPELINES, ids=["+".join(getattr(p, "__name__", p) for p in pipeline)
                                                    for pipeline in PIPELINES])
 def test_passes_preserve_gpt_forward_gradients_and_updates(passes):
@@ -31,7 +34,7 @@ def test_passes_preserve_gpt_forward_gradients_and_updates(passes):
     tokens, targets = make_tokens(13, 2, 7), make_tokens(13, 2, 7, seed=1)
     forward = graphgpt.compile(model, tokens, passes=[])
     train = graphgpt.compile(model, tokens, targets, loss=F.cross_entropy, passes=[],
-                             optimizer=graphgpt.optim.AdamW(lr=1e-2, clip_grad_norm=1.0))
+                             optimizer=graphgpt.optim.AdamW(lr=LEARNING_RATE, clip_grad_norm=1.0))
     for compiled, inputs in ((forward, [tokens]), (train, [tokens, targets])):
         # fast math too: within these tolerances, the value-changing rewrites preserve results as well
         optimised, records = run_pipeline(compiled.graph, passes, verify_each=True, fast_math=True)
@@ -42,6 +45,12 @@ def test_passes_preserve_gpt_forward_gradients_and_updates(passes):
         for x, y in zip(before, after):
             np.testing.assert_allclose(y, x, rtol=2e-5, atol=1e-6)
         for name in params_before:
+            if name.endswith("k_proj.bias"):
+                # Its gradient is zero in exact arithmetic (softmax ignores a shift shared by every key score):
+                # rounding noise, which the fast-math rewrites change and Adam scales up to steps of order lr on
+                # either side. Only their size is comparable.
+                assert np.abs(params_after[name] - params_before[name]).max() <= 2.5 * LEARNING_RATE, name
+                continue
             np.testing.assert_allclose(params_after[name], params_before[name], rtol=2e-5, atol=1e-6,
                                        err_msg=name)
 
@@ -199,7 +208,9 @@ def test_horizontal_fusion_joins_each_layers_projections_exactly():
                {"q_proj", "k_proj", "v_proj"} for node in joined)
     before, _ = run_graph(unfused, [tokens], forward.bindings)
     after, _ = run_graph(fused, [tokens], forward.bindings)
-    np.testing.assert_array_equal(after[0], before[0])  # at these shapes; not at all (tests/test_fast_math.py)
+    # One GEMM may sum in another order than the three it replaces (tests/test_fast_math.py): as the BLAS kernel
+    # picks, the bits are the same at these shapes or differ in the last places (OpenBLAS's Haswell kernel).
+    np.testing.assert_allclose(after[0], before[0], rtol=2e-5, atol=1e-6)
     with pytest.raises(ValueError, match="fuse_horizontal_matmuls may change results.*fast_math=\\{'reassociate'\\}"):
         run_pipeline(unfused, ["fuse_horizontal_matmuls"])
 

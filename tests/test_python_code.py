@@ -1,5 +1,5 @@
-"""The straight-line code a schedule runs (passes/python_code.py): a view of a parameter is kept from run to run and
-made again when the parameter's array is another one, so a run always reads the arrays it is given."""
+"""The straight-line code a schedule runs (passes/python_code.py): a view of a parameter or an input is kept from run
+to run and made again when that array is another one, so a run always reads the arrays it is given."""
 
 import numpy as np
 
@@ -30,3 +30,19 @@ def test_views_of_a_parameter_follow_its_array():
         np.testing.assert_array_equal(exps, np.exp(weight.T[1:4:2]))
     first[0, 0] = 5.0  # written in place: the kept view sees it
     np.testing.assert_array_equal(schedule.run([x], [first])[0], x @ first.T)
+
+
+def test_views_of_an_input_follow_its_array():
+    """A combine graph's inputs are the same arrays at every run (a shard's buffers): views of them are kept too."""
+    builder = GraphBuilder()
+    x = builder.add_input("x", TensorType((4, 3), "float32"))
+    rows = builder.add_node("slice", [builder.add_node("transpose", [x], {"perm": (1, 0)})],
+                            {"slices": ((0, 3, 2), (1, 4, 1))})
+    schedule = Schedule(builder.finish([builder.add_node("exp", [rows])]))
+    assert schedule.code.source.count("is not k") == 2
+    rng = np.random.default_rng(1)
+    first, second = (rng.standard_normal((4, 3), dtype=np.float32) for _ in range(2))
+    for x in (first, second, first, first[::-1]):  # another array each run, the first again, a strided view of it
+        np.testing.assert_array_equal(schedule.run([x], [])[0], np.exp(x.T[0:3:2, 1:4]))
+    first[1, 0] = 7.0  # written in place: the kept view sees it
+    np.testing.assert_array_equal(schedule.run([first], [])[0], np.exp(first.T[0:3:2, 1:4]))

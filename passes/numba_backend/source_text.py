@@ -262,9 +262,10 @@ def tanh_call(argument: str, dtype: str) -> str:
     return f"tanh32({argument})" if dtype == "float32" else f"np.tanh({argument})"
 
 
-# The helpers, each with its @njit line: the sums reassociating (never parallel: they run inside a row of a
-# kernel's loop); the max exact, as written; exp32 contracting; tanh32, which calls exp32, inlined into its caller (with the caller's flags:
-# no contract, as measured): LLVM left it a scalar call inside the caller's loop, making GELU 10x slower.
+# The helpers, each with its @njit line: the sums reassociating (never parallel: they run inside a row of a kernel's
+# loop); the max exact, as written; exp32 contracting; tanh32, which calls exp32, inlined into its caller (with the
+# caller's flags: no contract, as measured): LLVM left it a scalar call inside the caller's loop, making GELU 10x
+# slower.
 HELPERS = {"row_sum": (ROW_SUM, dict(reassociate=True)),
            "row_sum_of_products": (ROW_SUM_OF_PRODUCTS, dict(reassociate=True)),
            "row_sum_of_triple_products": (ROW_SUM_OF_TRIPLE_PRODUCTS, dict(reassociate=True)),
