@@ -12,7 +12,9 @@ from graphgpt import compiler, trace_entry
 # equals eager bit for bit are the reference's contract. The generated kernels (the default where numba is
 # installed) are held to the reference within a stated bound by tests/test_numba_*.py and the random programs of
 # tests/test_random_programs.py, and the default's choice by tests/test_numba_backend.py. The variable reaches the
-# graphgpt commands the tests start too; GRAPHGPT_BACKEND=numba pytest runs the whole suite on generated kernels.
+# graphgpt commands the tests start too; GRAPHGPT_BACKEND=numba pytest runs the whole suite on generated kernels,
+# a way to look rather than a gate: the reference's bit-for-bit checks against eager (NaN payloads included)
+# and the texts that list kernels differ there by design (59 tests on one machine).
 os.environ.setdefault("GRAPHGPT_BACKEND", "numpy")
 
 
