@@ -7,10 +7,16 @@ split (SMALL_RUN_FLOPS) keeps BLAS's threads while the machine has cores to spar
 with one thread and two on the GPT's GEMM shapes (it splits rows and columns, not the summed axis).
 
 The limit is process-wide, as the BLAS thread pool it guards is, so it is counted: the first run to enter sets
-one thread, the last to leave restores what was there, however runs of different programs interleave. The
-libraries are looked up once (threadpoolctl), on first use: NumPy's BLAS, which computes graphgpt's matmuls, is
-loaded by then; a library loaded later (torch's, scipy's) is not graphgpt's and is left alone. Entering and
-leaving then costs two calls into each.
+one thread, the last to leave restores what was there, however runs of different programs interleave, from
+whichever threads. The libraries are looked up once (threadpoolctl), on first use: NumPy's BLAS, which computes
+graphgpt's matmuls, is loaded by then; a library loaded later (torch's, scipy's) is not graphgpt's and is left
+alone. Entering and leaving then costs two calls into each.
+
+The threads are set through the library's own call (set_blas_threads), not threadpoolctl's public
+set_num_threads: since threadpoolctl 3.8 that one, for OpenBLAS on pthreads, acts only for the first Python thread
+that used it while that thread lives, and is silently ignored from any other. A compiled step run from a second
+thread after one run from the main thread then ran its shards on two BLAS threads each (four on two cores) and, on
+OpenBLAS's Haswell kernel, rounded its GEMMs differently from the same step run from the main thread.
 """
 
 from __future__ import annotations
@@ -91,7 +97,7 @@ class BlasLimit:
             if self._holders == 0:
                 self._saved = [(library, library.num_threads) for library in self.blas_libraries()]
                 for library, _ in self._saved:
-                    library.set_num_threads(1)
+                    set_blas_threads(library, 1)
             self._holders += 1
         try:
             yield
@@ -100,8 +106,16 @@ class BlasLimit:
                 self._holders -= 1
                 if self._holders == 0:
                     for library, threads in self._saved:
-                        library.set_num_threads(threads)
+                        set_blas_threads(library, threads)
                     self._saved = []
+
+
+def set_blas_threads(library, threads: int) -> None:
+    """Set a BLAS library's threads (a threadpoolctl controller's) from any Python thread: through its own call
+    where threadpoolctl keeps one (`_real_set_num_threads`, which its public set_num_threads calls for the thread
+    it lets act, see the module's docstring), else through the public one (before threadpoolctl 3.8, and other
+    libraries than OpenBLAS, which act from every thread)."""
+    getattr(library, "_real_set_num_threads", library.set_num_threads)(threads)
 
 
 BLAS_LIMIT = BlasLimit()  # one per process, as the BLAS thread pools it guards

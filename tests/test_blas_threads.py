@@ -1,7 +1,8 @@
 """BLAS threads per run (passes/blas_threads.py): a graph too small to split runs on one BLAS thread while the
 machine is busy and on BLAS's threads while it is idle (the load watch's hysteresis tested on its own), and says so
 in its report; a larger unsplit one keeps BLAS's threads, the limit is restored after every run (also
-after a failing one), and runs from several threads at once leave the threads as they found them."""
+after a failing one), it holds for a run from any thread, and runs from several threads at once leave the threads
+as they found them."""
 
 import threading
 
@@ -116,3 +117,26 @@ def test_runs_from_several_threads_leave_the_threads_as_they_were():
     for worker in workers:
         worker.join()
     assert not failures and blas_threads_now() == before
+
+
+def test_a_split_step_run_from_a_second_thread_runs_its_shards_on_one_blas_thread(monkeypatch):
+    """threadpoolctl 3.8 lets only the first Python thread that set OpenBLAS's threads set them again, ignoring the
+    others: the limit must hold for a step run from a second thread after the main thread has set them."""
+    libraries = blas_threads.BLAS_LIMIT.blas_libraries()
+    before = blas_threads_now()
+    for library in libraries:  # two threads to limit, set from this (the main) thread through threadpoolctl
+        library.set_num_threads(2)
+    try:
+        recorder = Recorder(blas_threads.BLAS_LIMIT)
+        monkeypatch.setattr("graphgpt.passes.sharded_run.BLAS_LIMIT", recorder)
+        model = make_gpt(vocab=11, embed=8, layers=1, heads=2)
+        tokens = make_tokens(11, 2, 5)
+        step = graphgpt.compile(model, tokens, tokens, loss=F.cross_entropy, shards=2)
+        worker = threading.Thread(target=step.run, args=(tokens, tokens))
+        worker.start()
+        worker.join()
+        assert recorder.inside == [[1] * len(libraries)]
+        assert blas_threads_now() == [2] * len(libraries)  # restored
+    finally:
+        for library, threads in zip(libraries, before):
+            blas_threads.set_blas_threads(library, threads)
