@@ -1,5 +1,6 @@
 """The data-parallel proof over losses built from batch means, batch sums and batch-independent terms: each loss
-either splits with the whole batch's loss and gradients (float64, 1e-12), or is refused naming the node.
+either splits with the whole batch's loss and gradients (float64: the loss within 1e-12, each gradient within 1e-12
+of the size of the terms it sums), or is refused naming the node.
 
 A loss splits exactly when it is linear in its batch reductions with batch-independent coefficients (the shards'
 scaled losses then add up to it); a product or quotient of two reductions, or a function of one, does not. The
@@ -78,6 +79,49 @@ def classify(expression):
     return combine(op, classes[0], classes[1] if len(classes) > 1 else None)
 
 
+def leaf_occurrences(expression) -> list[str]:
+    """The leaves of `expression` in evaluation order, each as often as it occurs."""
+    if isinstance(expression, str):
+        return [expression]
+    return [leaf for operand in expression[1:] for leaf in leaf_occurrences(operand)]
+
+
+def gradient_terms_scale(expression, model, tokens, targets) -> dict[str, float]:
+    """Per parameter, the largest element of sum over the leaf occurrences of |dloss/dleaf| |dleaf/dparameter|: the
+    size of the terms the gradient is the sum of (chain rule), computed eagerly. Rounding errs relative to them, not
+    to the gradient, which may be much smaller where they cancel: (sum + weight) / weight's gradient is a difference
+    of two terms ~1e4 times its size."""
+    leaves = leaf_occurrences(expression)
+    values, leaf_gradients = [], []
+    for name in leaves:
+        for parameter in model.parameters():
+            parameter.grad = None
+        value = LEAVES[name][1](model(graphgpt.Tensor(tokens)), graphgpt.Tensor(targets), model)
+        if value.requires_grad:
+            value.backward()
+        values.append(float(value.data))
+        leaf_gradients.append({name: (np.zeros(parameter.shape) if parameter.grad is None else parameter.grad.copy())
+                               for name, parameter in model.named_parameters()})
+    handles = iter([graphgpt.Tensor(value, requires_grad=True, dtype="float64") for value in values])
+    scalars = []
+
+    def substitute(node):  # the expression over scalar leaves, each occurrence its own
+        if isinstance(node, str):
+            scalars.append(next(handles))
+            return scalars[-1]
+        op, *operands = node
+        operands = [substitute(operand) for operand in operands]
+        return apply(op, operands[0], operands[1] if len(operands) > 1 else None)
+
+    substitute(expression).backward()
+    scale = {}
+    for name, _ in model.named_parameters():
+        terms = sum(np.abs(float(scalar.grad)) * np.abs(gradients[name])
+                    for scalar, gradients in zip(scalars, leaf_gradients))
+        scale[name] = float(np.max(terms))
+    return scale
+
+
 def check_loss(expression):
     model = TinyModel().to("float64")
     tokens, targets = make_tokens(VOCAB, BATCH, SEQ, seed=1), make_tokens(VOCAB, BATCH, SEQ, seed=2)
@@ -95,9 +139,11 @@ def check_loss(expression):
     split = graphgpt.compile(model, tokens, targets, loss=loss, shards=2)
     assert split.split.shards == 2
     np.testing.assert_allclose(split.run(tokens, targets), expected_loss, rtol=1e-12, atol=1e-300)
+    scale = gradient_terms_scale(expression, model, tokens, targets)
     for name, gradient in expected_grads.items():
-        scale = np.abs(gradient).max() + 1e-300
-        np.testing.assert_allclose(split.grads[name] / scale, gradient / scale, rtol=0, atol=1e-12, err_msg=name)
+        # within 1e-12 of the size of the terms summed into the gradient (at least of the gradient itself)
+        size = max(scale[name], np.abs(gradient).max()) + 1e-300
+        np.testing.assert_allclose(split.grads[name] / size, gradient / size, rtol=0, atol=1e-12, err_msg=name)
 
 
 EXPLICIT = [
