@@ -97,7 +97,7 @@ class Schedule:
         self.buffers, self.scratch = _carve_arena(self.plan)
         self.constants = []  # (slot, array): set once per run, before the schedule
         # Views of planned buffers, made once here: a buffer's address never changes, so neither does a view of
-        # it (nor a view of such a view). Views of inputs are made afresh each run, views of parameters when the
+        # it (nor a view of such a view). Views of inputs and parameters are made again when the input's or
         # parameter's array is another one (passes/python_code.py).
         self.fixed_views: list[tuple[int, np.ndarray, Node]] = []
         fixed: dict[int, np.ndarray] = {}  # slot -> its array, for values whose memory is planned here

@@ -38,7 +38,7 @@ import numpy as np
 from graphgpt.ir import Node, TensorType
 
 from .elementwise_kernels import _broadcast_pattern
-from .rowwise_kernels import softmax_row
+from .rowwise_kernels import row_peak, softmax_row
 from .source_text import (KernelSource, body_indent, decorator, float32_helpers,
                           float_literal, module_text, reductions, row_loop, row_view)
 
@@ -175,8 +175,7 @@ def _weights_of_row(node: Node, element: str) -> list[str]:
             "    add_scaled(scores, q_head[i, c], keys_t[c])",
             "for j in range(extent):",
             f"    scores[j] = scores[j] * {scale} + {element.format(j='j')}",
-            "peak = row_max(scores)  # the row's max as rowwise_kernels.rows_with_peaks takes it",
-            f"peak = {float_literal(0.0, dtype)} if peak == -np.inf else peak",
+            *row_peak("scores", dtype),
             *softmax_row("scores", "scores", "extent", dtype)]
 
 

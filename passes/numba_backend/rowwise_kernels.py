@@ -91,20 +91,34 @@ def layer_norm_grad_source(node: Node, parallel: bool) -> KernelSource:
 ROWS_PER_BLOCK = 16
 
 
-def rows_with_peaks(matrix: str, rows: str, body: Sequence[str], dtype: str, parallel: bool) -> list[str]:
+def row_peak(row: str, dtype: str) -> list[str]:
+    """Lines (unindented) setting `peak` to the max of `row` as ir/ops/composites.py's _row_max takes it, NaN aside
+    (a row holding NaN comes out NaN all the same: its exp and total are NaN, as with np.maximum.reduce's NaN max),
+    and 0 for a row of -inf only (so that x - max stays -inf there, not -inf - -inf = NaN). Its module needs
+    reductions("row_max")."""
+    return [f"peak = row_max({row})", f"peak = {float_literal(0.0, dtype)} if peak == -np.inf else peak"]
+
+
+def peaks_scratch(dtype: str) -> str:
+    """The line making the block's peaks that rows_with_peaks fills (once per thread that runs blocks)."""
+    return f"peaks = np.empty({ROWS_PER_BLOCK}, np.{dtype})"
+
+
+def rows_with_peaks(matrix: str, rows: str, body: Sequence[str], dtype: str, parallel: bool,
+                    peaks_made: bool = False) -> list[str]:
     """Lines (unindented) running `body` (lines, unindented) for each row `r` of 0..rows-1 with `peak` set to the
-    max of `matrix`[r] as ir/ops/composites.py's _row_max takes it, NaN aside (a row holding NaN comes out NaN all the
-    same: its exp and total are NaN, as with np.maximum.reduce's NaN max), and 0 for a row of -inf only (so that
-    x - max stays -inf there, not -inf - -inf = NaN). The rows go in blocks of ROWS_PER_BLOCK, each block's peaks
-    found first; `parallel`: the blocks are the prange loop. Its module needs reductions("row_max")."""
-    return [*([] if parallel else [f"peaks = np.empty({ROWS_PER_BLOCK}, np.{dtype})"]),
+    row_peak of `matrix`[r]. The rows go in blocks of ROWS_PER_BLOCK, each block's peaks found first; `parallel`:
+    the blocks are the prange loop (each makes its own peaks); `peaks_made`: the caller made `peaks`
+    (peaks_scratch) outside its own loop, so that it is not made again for every matrix."""
+    made = [] if parallel or peaks_made else [peaks_scratch(dtype)]
+    return [*made,
             f"for block in {'prange' if parallel else 'range'}(({rows} + {ROWS_PER_BLOCK - 1}) // {ROWS_PER_BLOCK}):",
-            *([f"    peaks = np.empty({ROWS_PER_BLOCK}, np.{dtype})"] if parallel else []),
+            *(["    " + peaks_scratch(dtype)] if parallel else []),
             f"    first = block * {ROWS_PER_BLOCK}",
             f"    last = min(first + {ROWS_PER_BLOCK}, {rows})",
             "    for r in range(first, last):",
-            f"        peak = row_max({matrix}[r])",
-            f"        peaks[r - first] = {float_literal(0.0, dtype)} if peak == -np.inf else peak",
+            *("        " + line for line in row_peak(f"{matrix}[r]", dtype)),
+            "        peaks[r - first] = peak",
             "    for r in range(first, last):",
             "        peak = peaks[r - first]",
             *("        " + line for line in body)]
@@ -139,17 +153,19 @@ def softmax_source(node: Node, parallel: bool) -> Optional[KernelSource]:
     dtype = x.dtype
     row = softmax_row("x_row", "out_row", "width", dtype)
     if rank == 1:  # one row
-        body = ["width = out.shape[0]", "x_row, out_row = x, out", "peak = row_max(x)",
-                f"peak = {float_literal(0.0, dtype)} if peak == -np.inf else peak", *row]
+        body = ["width = out.shape[0]", "x_row, out_row = x, out", *row_peak("x", dtype), *row]
         kernel = [decorator(False), "def softmax(out, x):", *("    " + line for line in body)]
     else:  # the matrices (the last two axes), then blocks of their rows
-        loop, indices = row_loop(rank - 1, parallel and rank > 2, shape="out.shape[:-1]", width="rows")
+        matrix_threads = parallel and rank > 2  # the matrices in parallel, each thread its peaks; else made once
+        loop, indices = row_loop(rank - 1, matrix_threads, shape="out.shape[:-1]", width="rows")
         indent = body_indent(rank - 1)
         matrices = [f"x_rows = {row_view('x', indices)}", f"out_rows = {row_view('out', indices)}"]
         per_row = ["x_row = x_rows[r]", "out_row = out_rows[r]", *row]
-        kernel = [decorator(parallel), "def softmax(out, x):", "    width = out.shape[-1]", *loop,
-                  *(indent + line for line in
-                    matrices + rows_with_peaks("x_rows", "rows", per_row, dtype, parallel and rank == 2))]
+        blocks = rows_with_peaks("x_rows", "rows", per_row, dtype, parallel and rank == 2,
+                                 peaks_made=rank > 2 and not matrix_threads)
+        kernel = [decorator(parallel), "def softmax(out, x):", "    width = out.shape[-1]",
+                  *(["    " + peaks_scratch(dtype)] if rank > 2 and not matrix_threads else []), *loop,
+                  *(indent + line for line in matrices + blocks)]
     title = [f"softmax over the last axis: {dtype}, rank {rank}, {_threads(parallel)}",
              "exp(x - max) / sum, a fully masked row (all -inf) giving zeros, as ir/ops/composites.py computes it"]
     helpers = reductions("row_sum", "row_max") + float32_helpers(dtype, "exp")
