@@ -205,7 +205,11 @@ class BindingGuard:
     def _state_tensor_or_none(self, name: str) -> Optional[Tensor]:
         if self._optimizer is None or not name.startswith(STATE_PREFIX):
             return None
-        return self._optimizer.state.get(name[len(STATE_PREFIX):])
+        return self._optimizer.state_tensor(name[len(STATE_PREFIX):])
+
+    def _state_holder(self, name: str) -> dict:
+        """The optimizer's dict holding the state of graph parameter `name`: its joined vectors, or its state."""
+        return self._optimizer.joined if name[len(STATE_PREFIX):] in self._optimizer.joined else self._optimizer.state
 
     def _snapshot(self, tensors: Sequence[Optional[Tensor]]) -> None:
         """Remember every (container, key) -> object link the bound tensors are reached through, and their
@@ -213,6 +217,7 @@ class BindingGuard:
         links: dict[tuple[int, object], tuple[object, object, object]] = {}
         if self._optimizer is not None:
             links[(id(self._optimizer), "state")] = (vars(self._optimizer), "state", self._optimizer.state)
+            links[(id(self._optimizer), "joined")] = (vars(self._optimizer), "joined", self._optimizer.joined)
         for name, tensor in zip(self._names, tensors):
             path = self._paths.get(name)
             if path is not None:
@@ -223,7 +228,8 @@ class BindingGuard:
                     links[(id(holder), key)] = (holder, key, expected)
                     container = then
             elif tensor is not None and self._optimizer is not None and name.startswith(STATE_PREFIX):
-                links[(id(self._optimizer.state), name)] = (self._optimizer.state, name[len(STATE_PREFIX):], tensor)
+                holder = self._state_holder(name)
+                links[(id(holder), name)] = (holder, name[len(STATE_PREFIX):], tensor)
         self._links = [link for link in links.values() if not isinstance(link[1], int)]
         self._list_links = [link for link in links.values() if isinstance(link[1], int)]
         self._flags = [(tensor, tensor.requires_grad) for name, tensor in zip(self._names, tensors)
@@ -252,6 +258,11 @@ class BindingGuard:
                        if self._hyperparameters.get(key) != value}
             raise ModelChangedError(f"the optimizer's hyperparameters changed since compile ({changed}); they are "
                                     f"constants of the compiled update: compile again")
+        if self._optimizer is not None:
+            try:  # a parameter's state replaced since the last run: copied into its joined vector
+                self._optimizer.gather_joined_state()
+            except ValueError as error:
+                raise ModelChangedError(str(error)) from None
         if self._unchanged() and (self._attributes is None or self._attributes.unchanged()):
             return list(bound)
         tensors = list(bound)
@@ -290,7 +301,7 @@ class BindingGuard:
         return current
 
     def _current_state_tensor(self, name: str) -> Tensor:
-        tensor = self._optimizer.state.get(name[len(STATE_PREFIX):])
+        tensor = self._optimizer.state_tensor(name[len(STATE_PREFIX):])
         if not isinstance(tensor, Tensor):
             raise ModelChangedError(f"optimizer state {name!r} is gone since compile; compile again")
         return tensor

@@ -51,6 +51,11 @@ class Optimizer:
                                else hyperparameter("clip_grad_norm", clip_grad_norm, positive=True))
         self.named_params: list[tuple[str, Parameter]] = []
         self.state: dict[str, Tensor] = {"lr_scale": Tensor(np.ones((), np.float32))}
+        # A run of parameters' state joined into one vector per slot (_join_state), by state name; the members
+        # of each run by its name; (state name, tensor, its view of the vector) of every member.
+        self.joined: dict[str, Tensor] = {}
+        self._joined_members: dict[str, tuple[str, ...]] = {}
+        self._joined_views: list[tuple[str, Tensor, np.ndarray]] = []
         if params is not None:
             self.bind(params)
 
@@ -70,7 +75,58 @@ class Optimizer:
         for name, parameter in named:
             for slot in self.slots:
                 self.state.setdefault(f"{slot}.{name}", Tensor(np.zeros(parameter.shape), dtype=parameter.dtype))
+        self._join_state()
         return self
+
+    def _join_state(self) -> None:
+        """Store each slot of a run of parameters (_joined_runs) as one vector, `joined[f"{slot}.{run name}"]`,
+        the parameters' own state tensors in `state` becoming views of it. A compiled update then reads and
+        writes the vector in place (the `graphgpt train` GPT's combine graph: 2 joins of 117K elements and 74
+        copies back fewer per step), where it would join copies of the parameters' state and cut its results
+        back apart at every step. The values are kept: a second bind with the same runs changes nothing."""
+        runs = self._joined_runs([parameter for _, parameter in self.named_params]) if self.slots else []
+        members = {_run_name(names): names for names in (tuple(self.named_params[index][0] for index in run)
+                                                         for run in runs if len(run) > 1)}
+        if members == self._joined_members:
+            self.gather_joined_state()
+            return
+        self.joined, self._joined_members, self._joined_views = {}, members, []
+        for run_name, names in members.items():
+            for slot in self.slots:
+                tensors = [self.state[f"{slot}.{name}"] for name in names]
+                vector = Tensor(np.concatenate([tensor.data.reshape(-1) for tensor in tensors]),
+                                dtype=tensors[0].dtype)
+                self.joined[f"{slot}.{run_name}"] = vector
+                offset = 0
+                for name, tensor in zip(names, tensors):
+                    view = vector.data[offset:offset + tensor.data.size].reshape(tensor.shape)
+                    tensor.data = view
+                    self._joined_views.append((f"{slot}.{name}", tensor, view))
+                    offset += view.size
+
+    def gather_joined_state(self) -> None:
+        """Keep each joined vector the state of its parameters: a state tensor replaced since the last step
+        (`optimizer.state[name] = ...`, or its .data assigned) is copied into its place in the vector and made a
+        view of it, so the next update, eager or compiled, reads it and writes its new value there."""
+        state = self.state
+        if all(state.get(name) is tensor and tensor.data is view for name, tensor, view in self._joined_views):
+            return
+        for position, (name, tensor, view) in enumerate(self._joined_views):
+            current = state.get(name)
+            if current is tensor and current.data is view:
+                continue
+            if not isinstance(current, Tensor) or current.shape != view.shape:
+                got = f"shape {list(current.shape)}" if isinstance(current, Tensor) else type(current).__name__
+                raise ValueError(f"optimizer state {name!r} must stay a tensor of shape {list(view.shape)} "
+                                 f"(its parameter's), got {got}")
+            view[...] = current.data
+            current.data = view
+            self._joined_views[position] = (name, current, view)
+
+    def state_tensor(self, name: str) -> Optional[Tensor]:
+        """The state tensor of a state name: a parameter's (`exp_avg.blocks.0.ln1.gamma`), a run's joined vector
+        (`exp_avg.<token_embedding.weight to lm_head.weight>`), or the shared ones (`step`); None if none."""
+        return self.joined.get(name) if name in self.joined else self.state.get(name)
 
     @property
     def hyperparameters(self) -> dict:
@@ -102,24 +158,35 @@ class Optimizer:
         one vector each, with their gradients and state slots, and the update runs once over each, its results cut
         back apart: a few passes over long vectors instead of a dozen short ones per parameter (a compiled step's
         optimizer was 227 kernel calls for the 37 parameters of `graphgpt train`'s GPT, now 18, and the views
-        flattening and cutting). Each element goes through the same arithmetic either way; only the clipping
-        norm's sum is taken over each vector."""
+        flattening and cutting). A run whose slots `state` holds joined already (its `joined` vectors, for the
+        very parameters of the run) reads them as they are, and its new slots are returned joined, by the same
+        names. Each element goes through the same arithmetic either way; only the clipping norm's sum is taken
+        over each vector."""
         names, parameters, gradients = list(names), list(parameters), list(gradients)
         runs = self._joined_runs(parameters)
         if all(len(run) == 1 for run in runs):
             return self._update_each(names, parameters, gradients, state)
-        run_names = [names[run[0]] if len(run) == 1 else f"<{names[run[0]]} to {names[run[-1]]}>" for run in runs]
-        run_slots = {slot: [f"{slot}.{run_name}" for run_name in run_names] for slot in self.slots}
+        run_names = [names[run[0]] if len(run) == 1 else _run_name([names[index] for index in run]) for run in runs]
+        stored = {run_name for run, run_name in zip(runs, run_names) if len(run) > 1
+                  and self._joined_members.get(run_name) == tuple(names[index] for index in run)
+                  and all(f"{slot}.{run_name}" in state for slot in self.slots)}
         run_state = dict(state)
-        for slot, keys in run_slots.items():
-            run_state.update(zip(keys, _per_run(runs, [state[f"{slot}.{name}"] for name in names])))
+        for run, run_name in zip(runs, run_names):
+            if len(run) > 1 and run_name not in stored:
+                for slot in self.slots:
+                    run_state[f"{slot}.{run_name}"] = _joined([state[f"{slot}.{names[index]}"] for index in run])
         new_runs, new_run_state = self._update_each(run_names, _per_run(runs, parameters),
                                                     _per_run(runs, gradients), run_state)
-        slot_keys = {key for keys in run_slots.values() for key in keys}
+        slot_keys = {f"{slot}.{run_name}" for slot in self.slots for run_name in run_names}
         new_state = {key: value for key, value in new_run_state.items() if key not in slot_keys}
-        for slot, keys in run_slots.items():
-            pieces = _per_parameter(runs, [new_run_state[key] for key in keys], parameters)
-            new_state.update(zip((f"{slot}.{name}" for name in names), pieces))
+        for run, run_name in zip(runs, run_names):
+            for slot in self.slots:
+                value = new_run_state[f"{slot}.{run_name}"]
+                if len(run) == 1 or run_name in stored:
+                    new_state[f"{slot}.{run_name}"] = value
+                else:
+                    new_state.update(zip((f"{slot}.{names[index]}" for index in run),
+                                         _per_parameter([run], [value], parameters)))
         return _per_parameter(runs, new_runs, parameters), new_state
 
     @classmethod
@@ -178,15 +245,16 @@ class Optimizer:
         reached = [(name, parameter) for name, parameter in self.named_params if parameter.grad is not None]
         if not reached:
             raise RuntimeError("optimizer.step(): no parameter has a gradient; call loss.backward() first")
+        self.gather_joined_state()
         with no_grad():
             parameters = [Tensor(parameter.data, dtype=parameter.dtype) for _, parameter in reached]
             gradients = [Tensor(parameter.grad, dtype=parameter.dtype) for _, parameter in reached]
             new_parameters, new_state = self.update([name for name, _ in reached], parameters, gradients,
-                                                    self.state)
+                                                    {**self.state, **self.joined})
             for (_, parameter), new in zip(reached, new_parameters):
                 np.copyto(parameter.data, new.data)
             for name, new in new_state.items():
-                np.copyto(self.state[name].data, new.data)
+                np.copyto(self.state_tensor(name).data, new.data)
 
     def zero_grad(self) -> None:
         for _, parameter in self.named_params:
@@ -198,11 +266,12 @@ class Optimizer:
         if not self.named_params:
             raise RuntimeError("the optimizer has no parameters bound")
         return UpdateRule(type(self).__name__, tuple(name for name, _ in self.named_params),
-                          {name: tensor.type for name, tensor in self.state.items()}, self.update)
+                          {name: tensor.type for name, tensor in {**self.state, **self.joined}.items()}, self.update)
 
     def state_tensors(self) -> dict[str, Tensor]:
-        """State by the graph parameter name it is bound to ('optimizer.step', 'optimizer.exp_avg.<param>')."""
-        return {STATE_PREFIX + name: tensor for name, tensor in self.state.items()}
+        """State by the graph parameter name it is bound to ('optimizer.step', 'optimizer.exp_avg.<param>', a
+        joined vector 'optimizer.exp_avg.<first param to last param>')."""
+        return {STATE_PREFIX + name: tensor for name, tensor in {**self.state, **self.joined}.items()}
 
     # ---- saving and restoring ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -235,6 +304,11 @@ class Optimizer:
 # of 64 to 16K elements: its compiled update 0.76 to 0.40 ms), and the joined copies it needs (the parameters,
 # gradients and state slots, ~6 vectors of the run alive at once) stay a few MiB however large the model.
 JOINED_ELEMENTS = 1 << 17
+
+
+def _run_name(names: Sequence[str]) -> str:
+    """A run of parameters by its first and last: '<token_embedding.weight to lm_head.weight>'."""
+    return f"<{names[0]} to {names[-1]}>"
 
 
 def _joined(handles: Sequence):

@@ -54,4 +54,10 @@ def append_update(graph: Graph, gradients: dict[str, Value], rule: UpdateRule) -
     new_parameters, new_state = rule.update(names, parameters, gradient_symbols, state)
     updates += [(parameter.value, new.value) for parameter, new in zip(parameters, new_parameters)]
     updates += [(state_values[name], new.value) for name, new in new_state.items()]
-    return builder.finish(outputs, updates)
+    step = builder.finish(outputs, updates)
+    # State the update neither reads nor writes is not bound: a parameter's own slots where the rule read the run's
+    # joined vector, or the slots of a parameter the loss never reaches.
+    used = {value.id for node in step.nodes for value in node.inputs} | {parameter.id for parameter, _ in updates}
+    unused = {value.id for value in state_values.values() if value.id not in used}
+    step.params = [value for value in step.params if value.id not in unused]
+    return step

@@ -145,9 +145,10 @@ def test_train_graph_prints_its_updates():
     step = graphgpt.compile(model, tokens, tokens, loss=F.cross_entropy, optimizer=SGD(lr=0.1, momentum=0.9))
     text = str(step.graph)
     assert "update %lm_head.weight <- %" in text
-    assert "update %optimizer.momentum_buffer.lm_head.weight <- %" in text
+    # The momentum buffers of the run of all parameters are one joined vector, updated as one.
+    assert "update %optimizer.momentum_buffer.<token_embedding.weight to lm_head.weight> <- %" in text
     assert "%optimizer.step:f32[]" in text
-    assert len(step.graph.updates) == 2 * len(model.parameters()) + 1
+    assert len(step.graph.updates) == len(model.parameters()) + 1 + 1
 
 
 class HeadOnly(graphgpt.nn.Module):
@@ -264,8 +265,15 @@ def test_a_compiled_elementwise_update_is_a_few_passes_over_one_vector():
         step = graphgpt.compile(model, tokens, tokens, loss=F.cross_entropy,
                                 optimizer=AdamW(lr=0.1, clip_grad_norm=1.0))
         joined = [node for node in step.graph.nodes if node.op == "concat"]
-        assert len(joined) == 4  # parameters, gradients and the two moving averages
-        assert all(node.output.type.shape == (sum(p.data.size for p in model.parameters()),) for node in joined)
+        assert len(joined) == 2  # parameters and gradients: the two moving averages are stored joined
+        size = sum(p.data.size for p in model.parameters())
+        assert all(node.output.type.shape == (size,) for node in joined)
+        assert {value.name: value.type.shape for value in step.graph.params if "exp_avg" in value.name} == {
+            "optimizer.exp_avg.<token_embedding.weight to lm_head.weight>": (size,),
+            "optimizer.exp_avg_sq.<token_embedding.weight to lm_head.weight>": (size,)}
+        storage = step.program.graphs[0].plan.storage  # the new averages computed straight into the vectors
+        assert all(storage[value.id].kind == "into_param" for parameter, value in step.graph.updates
+                   if "exp_avg" in parameter.name)
         return sorted(node.op for node in step.graph.nodes
                       if node.provenance.role == "optimizer" and node.op not in ("slice", "reshape"))
 

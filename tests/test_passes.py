@@ -60,9 +60,11 @@ def test_default_pipeline_shrinks_the_training_graph():
     tokens = make_tokens(17, 2, 8)
     train = graphgpt.compile(model, tokens, tokens, loss=F.cross_entropy, optimizer=graphgpt.optim.Adam(lr=0.1))
     stages = {stage.name: stage for stage in train.stages}
-    # (Adam's update runs once over all parameters joined: the per-parameter copies of its scalar work that
-    # common subexpressions merged are no longer in the input, so the pipeline removes a quarter, not a third.)
-    assert stages["eliminate_dead_nodes"].nodes < 0.8 * stages["input"].nodes
+    # (Adam's update runs once over all parameters joined, and its moving averages are stored joined: the
+    # per-parameter copies of its scalar work that common subexpressions merged, and the reshapes of each
+    # parameter's state that simplify removed, are no longer in the input: 429 nodes, not 653. The pipeline
+    # removes a sixth of what is left.)
+    assert stages["eliminate_dead_nodes"].nodes < 0.85 * stages["input"].nodes
     assert stages["eliminate_common_subexpressions"].summary["nodes merged"] > 0
     assert stages["eliminate_common_subexpressions"].removed and not stages["eliminate_dead_nodes"].created
     report = train.report()

@@ -77,7 +77,7 @@ def test_labels_are_escaped(tmp_path):
 
 
 def test_large_graphs_collapse_to_modules(tmp_path):
-    model = make_gpt(vocab=11, embed=8, layers=6, heads=2)
+    model = make_gpt(vocab=11, embed=8, layers=9, heads=2)
     tokens = make_tokens(11, 1, 4)
     train = graphgpt.compile(model, tokens, tokens, loss=F.cross_entropy, optimizer=graphgpt.optim.Adam(lr=0.1),
                              passes=[])
