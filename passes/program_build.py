@@ -20,6 +20,7 @@ from .analysis import graph_flops
 from .autodiff import append_backward
 from .backends import backend_named
 from .data_parallel import prove_split, scale_shard_graph, shard_extent, shard_mismatch
+from .gradient_buckets import GradientBuckets, join_gradients
 from .manager import FastMathOption, StageRecord, default_pipeline, fast_math_flags, run_pipeline, split_before_autodiff
 from .optimizer_update import UpdateRule, append_update
 from .program import Program, ProgramGraph, Split, rematerialized, shard_name
@@ -165,11 +166,12 @@ def build_training_program(forward: Graph, wrt: Sequence[str], rule: Optional[Up
     scaled = scale_shard_graph(shard_forward, forward, proof)
     scaled, shard_fused = _before_autodiff(scaled, early, verify_each, flags)
     shard_backward = append_backward(scaled, wrt)
+    shard_graph, buckets = join_gradients(shard_backward.graph, wrt)
     name = shard_name(batch, wanted)
-    shard = ProgramGraph(name, _optimise(shard_backward.graph, passes, verify_each, flags, remat, name, shard_fused),
+    shard = ProgramGraph(name, _optimise(shard_graph, passes, verify_each, flags, remat, name, shard_fused),
                          runs=wanted)
     combine = ProgramGraph("combine", _optimise(
-        combine_shards(verify(shard.graph), wanted, wrt, rule, shard_backward.unreached), passes, verify_each,
+        combine_shards(verify(shard.graph), wanted, buckets, rule, shard_backward.unreached), passes, verify_each,
         flags))
     verify(combine.graph)
     whole_batch = wanted * batch if is_symbolic(batch) else batch  # a symbolic B is the shard's own batch
@@ -190,20 +192,22 @@ def shard_batch_symbols(forward: Graph) -> frozenset[str]:
     return extent.symbols if is_symbolic(extent) else frozenset()
 
 
-def combine_shards(shard: Graph, shards: int, wrt: Sequence[str], rule: Optional[UpdateRule],
+def combine_shards(shard: Graph, shards: int, buckets: GradientBuckets, rule: Optional[UpdateRule],
                    unreached: frozenset[str] = frozenset()) -> Graph:
-    """The combine graph. Inputs: the shards' outputs summed (the loss, then one gradient per name in `wrt`:
-    the shard graph is scaled so that these sums are the whole batch's). Outputs: those sums; with an update
-    rule, the optimizer's update from the summed gradients of the parameters the loss reaches (not those in
-    `unreached`). Its parameters are the shard graph's (and the optimizer's state)."""
+    """The combine graph. Inputs: the shards' outputs summed (the loss, then each bucket of gradients: the shard
+    graph is scaled so that these sums are the whole batch's). Outputs: the loss and the gradient of each name of
+    `buckets` (views cut from the buckets); with an update rule, the optimizer's update from the summed gradients
+    of the parameters the loss reaches (not those in `unreached`). Its parameters are the shard graph's (and the
+    optimizer's state)."""
     builder = GraphBuilder(header=f"combine {shards} data-parallel shards")
-    names = ["loss", *(f"grad.{name}" for name in wrt)]
+    names = ["loss", *(buckets.bucket_name(bucket) for bucket in buckets.buckets)]
     totals = [builder.add_input(f"sum_of_shards.{name}", value.type)
               for name, value in zip(names, shard.outputs)]
     for value in shard.params:
         builder.add_param(value.name, value.type)
-    graph = builder.finish(totals)
+    gradients = buckets.cut(builder, totals[1:])
+    graph = builder.finish([totals[0], *gradients])
     if rule is None:
         return graph
-    reached = {name: total for name, total in zip(wrt, totals[1:]) if name not in unreached}
+    reached = {name: gradient for name, gradient in zip(buckets.names, gradients) if name not in unreached}
     return append_update(graph, reached, rule)

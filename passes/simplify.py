@@ -13,6 +13,8 @@ that may change a value is made only where the graph proves it exact, or when a 
     transpose(transpose(x))                      ->  one transpose, or x: exact (the same view)
     reshape(reshape(x)), reshape to own shape    ->  one reshape, or x: exact for x in C order (else the two
                                                           may differ in layout)
+    concat(x[a:b], x[b:c]) along axis 0          ->  x[a:c], or x: exact for x in C order, slices of whole rows
+                                                          (each flattened: x[a:c] flattened)
     x ** 1, x ** 2                               ->  x, x * x: exact (pow(x, 2) correctly rounded is x * x)
     x ** 0.5                                     ->  sqrt(x): exact where x is never negative; else
                                                           no_signed_zeros and no_infinities (pow(-0.0, 0.5) is
@@ -42,7 +44,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from graphgpt.ir import Graph, Value, get_op
-from graphgpt.ir.dims import same_shape
+from graphgpt.ir.dims import same_shape, same_size
 from graphgpt.ir.ops import ViewLayout
 
 from .result import PassResult
@@ -59,13 +61,26 @@ def _in_c_order(value: Value) -> bool:
     A rule replacing a computed node by an existing value must keep the layout the node's readers see: BLAS and
     NumPy's reductions round differently for a transposed or sliced operand than for a C-ordered one."""
     producer = value.producer
-    while producer is not None and get_op(producer.op).view is ViewLayout.RESHAPE:  # a view of C order is C order
+    while producer is not None and (get_op(producer.op).view is ViewLayout.RESHAPE  # a view of C order is C order
+                                    or (producer.op == "slice" and _rows_in_order(producer.attrs["slices"],
+                                                                                  producer.inputs[0].shape))):
         producer = producer.inputs[0].producer
     if producer is None:
         return True
     if producer.op == "constant":
         return producer.attrs["value"].flags.c_contiguous
     return not get_op(producer.op).view
+
+
+def _whole(triple, extent) -> bool:
+    start, stop, step = triple
+    return same_size(start, 0) and same_size(stop, extent) and step == 1
+
+
+def _rows_in_order(slices, shape) -> bool:
+    """Whether a slice takes consecutive rows (axis 0, step 1) and every other axis whole: of a C-ordered array,
+    such a slice is C-ordered itself (the rows of a joined gradient vector, say)."""
+    return not slices or (slices[0][2] == 1 and all(map(_whole, slices[1:], shape[1:])))
 
 
 # Ops whose result is never negative (nor -0.0, nor -inf) whatever their inputs: exp(-inf) is +0.0.
@@ -168,6 +183,41 @@ def merge_reshapes(node, inputs, context, fast_math: FastMath) -> Optional[Value
     return context.emit("reshape", [source], {"shape": node.attrs["shape"]})
 
 
+def _row_slice(value: Value, flattened: bool):
+    """The slice node making `value` (through a reshape to one axis, if `flattened`), or None."""
+    producer = value.producer
+    if flattened:
+        if producer is None or producer.op != "reshape" or producer.output.type.rank != 1:
+            return None
+        producer = producer.inputs[0].producer
+    return producer if producer is not None and producer.op == "slice" else None
+
+
+def join_adjacent_slices(node, inputs, context, fast_math: FastMath) -> Optional[Value]:
+    """concat(x[a:b], x[b:c], ...) along axis 0 -> x[a:c], or x itself when the slices cover it; the same for the
+    slices each flattened to one axis (-> x[a:c] flattened). Exact (the same elements), for C-ordered x and slices
+    of consecutive rows (the concat's result is C-ordered, and so is such a slice). A gradient vector cut into its
+    parameters' gradients and joined again for the optimizer's update is the vector itself."""
+    if node.op != "concat" or node.attrs["axis"] != 0:
+        return None
+    flattened = node.output.type.rank == 1 and inputs[0].producer is not None and inputs[0].producer.op == "reshape"
+    producers = [_row_slice(value, flattened) for value in inputs]
+    if any(producer is None for producer in producers):
+        return None
+    source = producers[0].inputs[0]
+    if any(producer.inputs[0] is not source for producer in producers) or not _in_c_order(source):
+        return None
+    rows = [producer.attrs["slices"] for producer in producers]
+    if not all(_rows_in_order(slices, source.shape) for slices in rows) or not all(
+            same_size(before[0][1], after[0][0]) for before, after in zip(rows, rows[1:])):
+        return None
+    joined = ((rows[0][0][0], rows[-1][0][1], 1),) + tuple(rows[0][1:])
+    result = source if all(map(_whole, joined, source.shape)) else context.emit("slice", [source], {"slices": joined})
+    if flattened and result.type.rank != 1:
+        return context.emit("reshape", [result], {"shape": (result.type.size,)})
+    return result
+
+
 def strength_reduce_power(node, inputs, context, fast_math: FastMath) -> Optional[Value]:
     """x ** c for a constant c: 1 -> x and 2 -> x * x (exact: pow(x, 2) correctly rounded is the one rounding of
     x * x, -0.0, inf and NaN included, and NumPy's pow squares so itself); 0.5 -> sqrt(x) where x is never
@@ -257,7 +307,7 @@ ADDS_NODES = {"flatten batched matmul": "each batched matmul becomes one 2-D mat
                                         "views), so one GEMM does the work of a loop of them"}
 
 # Each rule: (node, its inputs in the new graph, context, the fast-math flags) -> replacement value or None.
-RULES = [drop_identity_arithmetic, cancel_double_negation, merge_transposes, merge_reshapes,
+RULES = [drop_identity_arithmetic, cancel_double_negation, merge_transposes, merge_reshapes, join_adjacent_slices,
          strength_reduce_power, combine_constant_scales, _flatten_batched_matmul_where_exact]
 
 

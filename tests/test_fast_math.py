@@ -369,6 +369,10 @@ LAYOUT_CASES = {
     "x.T ** 1": lambda b, t, c: b.add_node("pow", [t, constant_of(b, 1.0, "float64")]),
     "reshape(reshape(x.T))": lambda b, t, c: b.add_node(
         "reshape", [b.add_node("reshape", [t], {"shape": (t.type.size,)})], {"shape": t.shape}),
+    # the rows of x.T cut and joined again: x.T itself would be the transposed view, not the joined C-ordered copy
+    "concat(x.T[:1], x.T[1:])": lambda b, t, c: b.add_node("concat", [
+        b.add_node("slice", [t], {"slices": ((0, 1, 1), (0, t.shape[1], 1))}),
+        b.add_node("slice", [t], {"slices": ((1, t.shape[0], 1), (0, t.shape[1], 1))})], {"axis": 0}),
     # a broadcast constant, summed: folding the broadcast into a constant would sum another layout
     "x.T + sum(broadcast(c))": lambda b, t, c: b.add_node("add", [t, b.add_node(
         "sum", [b.add_node("broadcast_to", [c], {"shape": t.shape})], {"axes": (0,), "keepdims": True})]),

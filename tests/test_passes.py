@@ -160,6 +160,34 @@ def test_simplify_keeps_a_multiply_by_one_that_broadcasts():
     assert "mul" in ops_after(build(program, F32), "simplify")
 
 
+def test_simplify_joins_adjacent_row_slices_back_into_their_source():
+    """A vector cut into pieces (a gradient bucket into each parameter's gradient) and joined again (for the
+    optimizer's update) is the vector itself; joined rows of a part of it are one slice. Pieces that skip rows,
+    or cut along another axis, stay joined copies. The same values either way."""
+    def rows(b, x, start, stop):
+        return b.add_node("slice", [x], {"slices": ((start, stop, 1), (0, 4, 1))})
+
+    def program(b, x):
+        pieces = [b.add_node("reshape", [rows(b, x, start, stop)], {"shape": ((stop - start) * 4,)})
+                  for start, stop in ((0, 2), (2, 3), (3, 6))]
+        flat = [b.add_node("reshape", [piece], {"shape": (piece.type.size,)}) for piece in pieces]  # as the
+        return [b.add_node("concat", flat, {"axis": 0}),                                              # optimizer
+                b.add_node("concat", [rows(b, x, 1, 2), rows(b, x, 2, 4)], {"axis": 0}),
+                b.add_node("concat", [rows(b, x, 0, 1), rows(b, x, 2, 3)], {"axis": 0}),
+                b.add_node("concat", [b.add_node("slice", [x], {"slices": ((0, 6, 1), (0, 2, 1))}),
+                                      b.add_node("slice", [x], {"slices": ((0, 6, 1), (2, 4, 1))})], {"axis": 1})]
+
+    graph = build(program, TensorType((6, 4), "float32"))
+    optimised, _ = run_pipeline(graph, ["simplify", "eliminate_dead_nodes"], verify_each=True)
+    whole, part, skipping, columns = optimised.outputs
+    assert whole.producer.op == "reshape" and whole.producer.inputs[0] is optimised.inputs[0]  # x, flattened
+    assert part.producer.op == "slice" and part.producer.attrs["slices"] == ((1, 4, 1), (0, 4, 1))
+    assert skipping.producer.op == "concat" and columns.producer.op == "concat"
+    x = np.arange(24, dtype=np.float32).reshape(6, 4)
+    for got, want in zip(Schedule(optimised).run([x], []), Schedule(graph).run([x], [])):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_fold_constants_and_cse():
     def program(b, x):
         c = b.add_node("exp", [b.add_constant(np.arange(3, dtype=np.float32))])

@@ -32,7 +32,11 @@ def test_a_split_step_runs_and_reports_its_shard_and_combine_graphs():
     shard, combine = step.program.graphs
     assert shard.graph.inputs[0].type.shape == (2, 8) and step.graph.inputs[0].type.shape == (4, 8)
     roles = {node.provenance.role for node in combine.graph.nodes}
-    assert roles == {"optimizer"}  # the update runs once, on the summed gradients
+    assert roles == {"optimizer", "combine"}  # the update runs once, on the summed gradients
+    # the shards return their gradients joined into one bucket; the combine graph cuts its sum apart (views)
+    assert [value.name for value in combine.graph.inputs] == [
+        "sum_of_shards.loss", "sum_of_shards.grad.<token_embedding.weight to lm_head.weight>"]
+    assert {node.op for node in combine.graph.nodes if node.provenance.role == "combine"} <= {"slice", "reshape"}
     assert not any(node.provenance.role == "optimizer" for node in shard.graph.nodes)
     # the schedules run exactly these graphs, over the plans the report measured
     schedules = step.program.schedules

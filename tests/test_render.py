@@ -175,7 +175,9 @@ def test_cli_shows_the_graphs_a_split_step_runs(tmp_path, capsys):
     assert main(["render", "--stage", "train", "--shards", "2", "--batch", "4", "--out", str(tmp_path / "s.svg")]) == 0
     drawn = open(capsys.readouterr().out.strip()).read()
     assert "shard (batch 2 of 4), one copy per shard, 2 at once: forward + backward" in drawn
-    assert ">combine: 0 nodes<" in drawn
+    # no optimizer: the combine graph only cuts the shards' summed gradient bucket into each parameter's gradient
+    assert re.search(r">combine: sum of the shards, \d+ nodes<", drawn)
+    assert "sum_of_shards.grad.&lt;token_embedding.weight to lm_head.weight&gt;" in drawn
     with pytest.raises(SystemExit, match="cannot split this training step into 3"):
         main(["ir", "--stage", "train", "--shards", "3", "--batch", "4"])
 
