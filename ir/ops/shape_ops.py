@@ -114,7 +114,9 @@ def _check_indices(indices: np.ndarray, count: int, what: str) -> None:
 
 def _embedding_into(out: np.ndarray, weight: np.ndarray, indices: np.ndarray) -> None:
     _check_indices(indices, weight.shape[0], "embedding")
-    np.take(weight, indices, axis=0, out=out)
+    # mode="clip" (on indices just checked, it never clips): take's default mode="raise" copies `out` through a
+    # buffer, twice the memory traffic (the `graphgpt train` GPT's token embedding: 5.1 -> 2.4 us warm).
+    np.take(weight, indices, axis=0, out=out, mode="clip")
 
 
 define_op("embedding", kind=OpKind.INJECTIVE, arity=2, infer=_infer_embedding, compute_into=_embedding_into,
