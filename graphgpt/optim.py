@@ -11,6 +11,10 @@ changes per step without recompiling, while lr, a constant of the compiled updat
 
     opt = graphgpt.optim.Adam(model.named_parameters(), lr=3e-4)
     loss.backward(); opt.step(); opt.zero_grad()
+
+An elementwise update runs over runs of parameters joined into one vector, and stores their state joined too:
+`opt.joined` holds one vector per slot and run, `opt.state` each parameter's state as a view of it (what
+state_dict saves), so a compiled update reads and writes the vectors in place.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
+from graphgpt.passes.joined_runs import JOINED_ELEMENTS, joined_runs
 from graphgpt.passes.optimizer_update import STATE_PREFIX, UpdateRule
 
 from .tensor import Parameter, Tensor
@@ -28,6 +33,7 @@ from .tracing import no_grad
 # A tensor's array without .data's check for a traced value (a contextvar lookup, ~0.1 us): the optimizer's state
 # tensors hold arrays, never traced values.
 _DATA = attrgetter("_data")
+
 
 def hyperparameter(name: str, value, *, positive: bool = False) -> float:
     """`value` as a float, or ValueError saying what was expected: a finite number (not a bool or a string),
@@ -211,22 +217,11 @@ class Optimizer:
     def _joined_runs(self, parameters: Sequence) -> list[list[int]]:
         """The parameters (positions) update() runs over together: where the update is elementwise, runs of
         consecutive parameters of one dtype and known sizes, each run at most JOINED_ELEMENTS long (a parameter
-        that large alone); otherwise each parameter alone."""
+        that large alone: passes/joined_runs.py, the rule a split step's gradient buckets follow too); otherwise
+        each parameter alone."""
         if not self.updates_elementwise():
             return [[index] for index in range(len(parameters))]
-        runs: list[list[int]] = []
-        length = 0
-        for index, parameter in enumerate(parameters):
-            size = parameter.size
-            joins = (runs and isinstance(size, int) and length + size <= JOINED_ELEMENTS
-                     and parameter.dtype == parameters[runs[-1][0]].dtype)
-            if joins:
-                runs[-1].append(index)
-                length += size
-            else:
-                runs.append([index])
-                length = size if isinstance(size, int) else JOINED_ELEMENTS + 1  # nothing joins it
-        return runs
+        return joined_runs(parameters, JOINED_ELEMENTS)
 
     def _update_each(self, names: list[str], parameters: list, gradients: list, state: dict) -> tuple[list, dict]:
         """update() parameter by parameter: the clipping norm over all the gradients, then update_parameter."""
@@ -306,13 +301,6 @@ class Optimizer:
         for name, tensor in self.state.items():
             if name in state:
                 tensor.data[...] = np.asarray(state[name], dtype=tensor.dtype)
-
-
-# The longest run of parameters update() joins into one vector (elements): it pays where a parameter's update
-# is a few short passes, each costing more in the call than in its work (the `graphgpt train` GPT's 37 parameters
-# of 64 to 16K elements: its compiled update 0.76 to 0.40 ms), and the joined copies it needs (the parameters,
-# gradients and state slots, ~6 vectors of the run alive at once) stay a few MiB however large the model.
-JOINED_ELEMENTS = 1 << 17
 
 
 def _run_name(names: Sequence[str]) -> str:

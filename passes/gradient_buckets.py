@@ -1,10 +1,11 @@
 """Gradient buckets of a data-parallel step: each shard returns its gradients joined into vectors (a bucket: a run
-of consecutive gradients of one dtype and known sizes), the shards' buckets are summed with one addition each, and
+of consecutive gradients as passes/joined_runs.py forms them), the shards' buckets are summed with one addition each, and
 the combine graph cuts each sum back into the parameters' gradients (views), as PyTorch's DistributedDataParallel
 buckets gradients for its all-reduce. The `graphgpt train` GPT's 37 gradients are one bucket: the sum over shards,
 serial after them, is one addition of 117K elements instead of 37 short ones, and the optimizer's update, which
-joins the gradients of a run of parameters again, reads the summed vector itself (simplify's join_adjacent_slices
-folds the join of its consecutive slices). Joining the gradients is a copy inside each shard, run in parallel.
+joins the gradients of the same run of parameters again (the same rule: passes/joined_runs.py), reads the summed
+vector itself (simplify's join_adjacent_slices folds the join of its consecutive slices). Joining is a copy inside
+each shard, run in parallel, of gradients the combine graph would otherwise join serially.
 
     shard, buckets = join_gradients(shard_backward.graph, wrt)    # outputs: the loss, then one vector per bucket
     gradients = buckets.cut(builder, totals)                      # in the combine graph: a value per name
@@ -17,6 +18,7 @@ from typing import Sequence
 
 from graphgpt.ir import Graph, GraphBuilder, Provenance, TensorType, Value
 
+from .joined_runs import joined_runs
 from .rewrite import copied_results, copy_into
 
 PROVENANCE = Provenance(module_path="data_parallel", role="combine")
@@ -58,16 +60,10 @@ class GradientBuckets:
 
 
 def gradient_buckets(names: Sequence[str], types: Sequence[TensorType]) -> GradientBuckets:
-    """Runs of consecutive gradients of one dtype and known sizes; a gradient of symbolic size is alone."""
-    buckets: list[list[int]] = []
-    for position, kind in enumerate(types):
-        known = isinstance(kind.size, int)
-        if buckets and known and types[buckets[-1][-1]].dtype == kind.dtype and isinstance(
-                types[buckets[-1][-1]].size, int):
-            buckets[-1].append(position)
-        else:
-            buckets.append([position])
-    return GradientBuckets(tuple(names), tuple(types), tuple(tuple(bucket) for bucket in buckets))
+    """The gradients' runs as the optimizer joins its parameters' (passes/joined_runs.py): consecutive gradients
+    of one dtype and known sizes, at most JOINED_ELEMENTS in a bucket. A gradient that large stays alone, returned
+    as it is: joining it would only add a copy (its update runs over it alone too)."""
+    return GradientBuckets(tuple(names), tuple(types), tuple(tuple(run) for run in joined_runs(types)))
 
 
 def join_gradients(graph: Graph, names: Sequence[str]) -> tuple[Graph, GradientBuckets]:

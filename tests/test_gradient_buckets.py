@@ -11,18 +11,24 @@ from graphgpt.ir.dims import Dim
 from graphgpt.nn import functional as F
 from graphgpt.optim import AdamW
 from graphgpt.passes import gradient_buckets, program_build
+from graphgpt.passes.joined_runs import JOINED_ELEMENTS
 from conftest import make_gpt, make_tokens
 
 
-def test_a_bucket_is_a_run_of_gradients_of_one_dtype_and_known_sizes():
+def test_a_bucket_is_a_run_the_optimizer_joins():
+    """Consecutive gradients of one dtype and known sizes, at most JOINED_ELEMENTS in all: one that large alone."""
+    large = JOINED_ELEMENTS // 2
     types = [TensorType((3, 2), "float32"), TensorType((4,), "float32"), TensorType((), "float32"),
              TensorType((5,), "float64"), TensorType((2,), "float64"), TensorType((Dim.symbol("T"), 2), "float32"),
-             TensorType((3,), "float32")]
-    buckets = gradient_buckets.gradient_buckets([f"p{index}" for index in range(7)], types)
-    assert buckets.buckets == ((0, 1, 2), (3, 4), (5,), (6,))
-    assert [buckets.bucket_name(bucket) for bucket in buckets.buckets] == [
-        "grad.<p0 to p2>", "grad.<p3 to p4>", "grad.p5", "grad.p6"]
-    assert buckets.bucket_type((0, 1, 2)) == TensorType((11,), "float32") and buckets.bucket_type((6,)) == types[6]
+             TensorType((3,), "float32"), TensorType((large,), "float32"), TensorType((large - 3,), "float32"),
+             TensorType((1, 2 * large), "float32"), TensorType((4,), "float32")]
+    buckets = gradient_buckets.gradient_buckets([f"p{index}" for index in range(len(types))], types)
+    assert buckets.buckets == ((0, 1, 2), (3, 4), (5,), (6, 7, 8), (9,), (10,))
+    assert [buckets.bucket_name(bucket) for bucket in buckets.buckets][:3] == [
+        "grad.<p0 to p2>", "grad.<p3 to p4>", "grad.p5"]
+    assert buckets.bucket_type((0, 1, 2)) == TensorType((11,), "float32") and buckets.bucket_type((9,)) == types[9]
+    optimizer = AdamW([graphgpt.Parameter(np.zeros(1, np.float32))])  # the optimizer's runs over the same tensors
+    assert optimizer._joined_runs(types) == [list(bucket) for bucket in buckets.buckets]
 
 
 def split_run(model, tokens, joined: bool, monkeypatch, steps=3):
