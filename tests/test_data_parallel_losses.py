@@ -86,11 +86,12 @@ def leaf_occurrences(expression) -> list[str]:
     return [leaf for operand in expression[1:] for leaf in leaf_occurrences(operand)]
 
 
-def gradient_terms_scale(expression, model, tokens, targets) -> dict[str, float]:
-    """Per parameter, the largest element of sum over the leaf occurrences of |dloss/dleaf| |dleaf/dparameter|: the
-    size of the terms the gradient is the sum of (chain rule), computed eagerly. Rounding errs relative to them, not
-    to the gradient, which may be much smaller where they cancel: (sum + weight) / weight's gradient is a difference
-    of two terms ~1e4 times its size."""
+def terms_scales(expression, model, tokens, targets) -> tuple[float, dict[str, float]]:
+    """The size of the terms the loss and each gradient are sums of, computed eagerly: for the loss, sum over the
+    leaf occurrences of |dloss/dleaf| |leaf|; per parameter, the largest element of sum over them of |dloss/dleaf|
+    |dleaf/dparameter| (chain rule). Rounding errs relative to them, not to the result, which may be much smaller
+    where they cancel: (sum + weight) / weight's gradient is a difference of two terms ~1e4 times its size, and
+    -(0.75 const) + 0.75 (const + sum) a loss ~1e-4 of its terms."""
     leaves = leaf_occurrences(expression)
     values, leaf_gradients = [], []
     for name in leaves:
@@ -114,12 +115,13 @@ def gradient_terms_scale(expression, model, tokens, targets) -> dict[str, float]
         return apply(op, operands[0], operands[1] if len(operands) > 1 else None)
 
     substitute(expression).backward()
+    loss_scale = sum(abs(float(scalar.grad)) * abs(value) for scalar, value in zip(scalars, values))
     scale = {}
     for name, _ in model.named_parameters():
         terms = sum(np.abs(float(scalar.grad)) * np.abs(gradients[name])
                     for scalar, gradients in zip(scalars, leaf_gradients))
         scale[name] = float(np.max(terms))
-    return scale
+    return loss_scale, scale
 
 
 def check_loss(expression):
@@ -138,8 +140,10 @@ def check_loss(expression):
         return
     split = graphgpt.compile(model, tokens, targets, loss=loss, shards=2)
     assert split.split.shards == 2
-    np.testing.assert_allclose(split.run(tokens, targets), expected_loss, rtol=1e-12, atol=1e-300)
-    scale = gradient_terms_scale(expression, model, tokens, targets)
+    loss_scale, scale = terms_scales(expression, model, tokens, targets)
+    # within 1e-12 of the size of the terms summed into the loss (at least of the loss itself)
+    size = max(loss_scale, abs(float(expected_loss))) + 1e-300
+    np.testing.assert_allclose(split.run(tokens, targets) / size, expected_loss / size, rtol=0, atol=1e-12)
     for name, gradient in expected_grads.items():
         # within 1e-12 of the size of the terms summed into the gradient (at least of the gradient itself)
         size = max(scale[name], np.abs(gradient).max()) + 1e-300
@@ -153,6 +157,7 @@ EXPLICIT = [
     ("+", "mean", "const"), ("+", "sum", "const"), ("*", ("+", "mean", "sum"), "weight"),
     ("+", ("*", "mean", "const"), ("neg", ("/", "sum", "weight"))), ("*", ("+", "mean", "weight"), "sum"),
     ("-", ("scale", "row-mean"), ("+", "sum", "const")), ("+", "weight", "const"),
+    ("+", ("neg", ("scale", "const")), ("scale", ("+", "const", "sum"))),  # a loss ~1e-4 of its terms
 ]
 
 
