@@ -205,7 +205,8 @@ def join_adjacent_slices(node, inputs, context, fast_math: FastMath) -> Optional
     if any(producer is None for producer in producers):
         return None
     source = producers[0].inputs[0]
-    if any(producer.inputs[0] is not source for producer in producers) or not _in_c_order(source):
+    if (source.type.rank == 0 or any(producer.inputs[0] is not source for producer in producers)
+            or not _in_c_order(source)):
         return None
     rows = [producer.attrs["slices"] for producer in producers]
     if not all(_rows_in_order(slices, source.shape) for slices in rows) or not all(

@@ -188,6 +188,14 @@ def test_simplify_joins_adjacent_row_slices_back_into_their_source():
         np.testing.assert_array_equal(got, want)
 
 
+def test_simplify_leaves_joined_scalars_alone():
+    def program(b, x):
+        pieces = [b.add_node("reshape", [b.add_node("slice", [x], {"slices": ()})], {"shape": (1,)}) for _ in "ab"]
+        return [b.add_node("concat", pieces, {"axis": 0})]
+
+    assert ops_after(build(program, TensorType((), "float32")), "simplify")[-1] == "concat"
+
+
 def test_fold_constants_and_cse():
     def program(b, x):
         c = b.add_node("exp", [b.add_constant(np.arange(3, dtype=np.float32))])
