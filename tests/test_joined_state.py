@@ -57,13 +57,18 @@ def test_joined_state_gives_the_bits_of_state_stored_apart(how, kind, monkeypatc
         np.testing.assert_array_equal(np.concatenate([piece.reshape(-1) for piece in pieces]), vector)
 
 
-@pytest.mark.parametrize("replace", ["tensor", "data"])
-def test_a_state_tensor_replaced_between_compiled_steps_is_read_and_updated(replace):
-    model = make_gpt()
-    optimizer = SGD(lr=0.1, momentum=0.5)
-    tokens = make_tokens(17, 2, 8)
+def stepped_once(optimizer):
+    """A 2-layer GPT, its tokens, and its compiled step with `optimizer`, run once."""
+    model, tokens = make_gpt(), make_tokens(17, 2, 8)
     step = graphgpt.compile(model, tokens, tokens, loss=F.cross_entropy, optimizer=optimizer, shards=1)
     step.run(tokens, tokens)
+    return model, tokens, step
+
+
+@pytest.mark.parametrize("replace", ["tensor", "data"])
+def test_a_state_tensor_replaced_between_compiled_steps_is_read_and_updated(replace):
+    optimizer = SGD(lr=0.1, momentum=0.5)
+    model, tokens, step = stepped_once(optimizer)
     name = "momentum_buffer.lm_head.weight"
     new = np.full(optimizer.state[name].shape, 3.0, np.float32)
     if replace == "tensor":
@@ -80,11 +85,8 @@ def test_a_state_tensor_replaced_between_compiled_steps_is_read_and_updated(repl
 
 
 def test_a_state_tensor_replaced_by_one_of_another_shape_is_refused_in_one_line():
-    model = make_gpt()
     optimizer = AdamW(lr=0.1)
-    tokens = make_tokens(17, 2, 8)
-    step = graphgpt.compile(model, tokens, tokens, loss=F.cross_entropy, optimizer=optimizer)
-    step.run(tokens, tokens)
+    model, tokens, step = stepped_once(optimizer)
     optimizer.state["exp_avg.lm_head.weight"] = graphgpt.Tensor(np.zeros((3, 3), np.float32))
     with pytest.raises(graphgpt.ModelChangedError, match=r"optimizer state 'exp_avg.lm_head.weight' must stay a "
                                                          r"tensor of shape \[12, 17\] \(its parameter's\), got "
@@ -97,11 +99,8 @@ def test_a_state_tensor_replaced_by_one_of_another_shape_is_refused_in_one_line(
 
 def test_state_loaded_and_compiled_again_keeps_its_values():
     """load_state_dict writes into the views (so into the vectors); a second compile binds the same vectors."""
-    model = make_gpt()
     optimizer = AdamW(lr=0.1)
-    tokens = make_tokens(17, 2, 8)
-    step = graphgpt.compile(model, tokens, tokens, loss=F.cross_entropy, optimizer=optimizer)
-    step.run(tokens, tokens)
+    model, tokens, step = stepped_once(optimizer)
     saved = optimizer.state_dict()
     assert f"exp_avg.{RUN}" not in saved["state"] and "exp_avg.lm_head.weight" in saved["state"]
     vectors = dict(optimizer.joined)
