@@ -108,8 +108,10 @@ class BatchSampler:
 
     def next(self) -> tuple[np.ndarray, np.ndarray]:
         starts = self.generator.integers(0, len(self.tokens) - self.seq_len - 1, size=self.batch)
-        windows = np.stack([self.tokens[start:start + self.seq_len + 1] for start in starts])
-        return windows[:, :-1], windows[:, 1:]
+        # Two gathers into C-ordered arrays (what a compiled step takes as they are): a Python loop over the
+        # windows and views of them, which the step then copied, took 25 us of each ~4 ms step of graphgpt train.
+        positions = starts[:, None] + np.arange(self.seq_len)
+        return self.tokens[positions], self.tokens[positions + 1]
 
     @property
     def state(self) -> dict:
