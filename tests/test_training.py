@@ -14,7 +14,7 @@ from graphgpt.cli import main
 from graphgpt.nn import GPT
 from graphgpt.training import checkpoint as checkpoint_module
 from graphgpt.training.checkpoint import CheckpointError, load_checkpoint
-from graphgpt.training.corpus import DataError, Vocabulary, default_corpus, unigram_cross_entropy
+from graphgpt.training.corpus import BatchSampler, DataError, Vocabulary, default_corpus, unigram_cross_entropy
 from graphgpt.training.loss_log import LOSS_CURVE, LOSS_LOG
 from graphgpt.training.sampling import sample
 from graphgpt.training.trainer import LATEST, TrainOptions, train
@@ -39,6 +39,16 @@ def tiny(data_file, folder, **overrides):
 
 def quiet(options):
     return train(options, out=io.StringIO())
+
+
+def test_a_batch_is_windows_of_the_text_and_the_tokens_after_them():
+    tokens = np.arange(1000) * 7
+    sampler = BatchSampler(tokens, 4, 9, seed=5)
+    starts = np.random.default_rng(5).integers(0, 1000 - 9 - 1, size=4)  # the sampler's own draw
+    inputs, targets = sampler.next()
+    assert inputs.flags.c_contiguous and targets.flags.c_contiguous  # a compiled step takes them as they are
+    np.testing.assert_array_equal(inputs, [tokens[start:start + 9] for start in starts])
+    np.testing.assert_array_equal(targets, [tokens[start + 1:start + 10] for start in starts])
 
 
 def test_resumed_run_repeats_the_uninterrupted_loss_curve(data_file, tmp_path):
