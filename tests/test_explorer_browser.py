@@ -131,6 +131,17 @@ def test_a_click_expands_one_level_and_keeps_the_view(opened, screenshots):
     opened.find_element(By.ID, "expand-all").click()
     print(f"expand all: {wait_for_timing(opened, 2)[-1]:.0f} ms")
     assert drawn(opened, "g.leaf") == opened.execute_script("return explorer.graph.values.length")
+    # Each name measured in the font the page draws it in (the drawing's zoom-out to fit, where Chromium enlarges
+    # tiny text, would blur a check of the rendered boxes) against the box the layout made for it.
+    overrun = opened.execute_script("""
+        const canvas = document.createElement('canvas').getContext('2d');
+        return [...document.querySelectorAll('#graph g.leaf, #graph g.box.closed')].filter((g) => {
+          const rect = g.querySelector('rect'), name = g.querySelector('text.name');
+          canvas.font = getComputedStyle(name).font;
+          const right = name.x.baseVal[0].value + canvas.measureText(name.textContent).width;
+          return right > rect.x.baseVal.value + rect.width.baseVal.value;
+        }).map((g) => g.querySelector('text.name').textContent);""")
+    assert overrun == []  # every name inside its box: the joined optimizer state's long names among them
     opened.find_element(By.ID, "collapse-all").click()
     assert drawn(opened, "g.leaf") == opened.execute_script(
         "return explorer.graph.values.filter((value) => value.box === explorer.graph.root).length")

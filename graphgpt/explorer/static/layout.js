@@ -7,7 +7,7 @@
 GraphExplorer.Layout = class {
   constructor(graph, measure) {
     this.graph = graph;
-    this.measure = measure;  // text -> width in pixels at the node font
+    this.measure = measure;  // (text, style: plain, bold or heading) -> width in pixels as drawn
     this.layouts = new Map();  // container (box or root) -> {items: Map(key -> rect), width, height}
     for (const value of graph.values) {
       const chain = [];
@@ -31,7 +31,7 @@ GraphExplorer.Layout = class {
     for (const variant of value.variants) {
       const title = value.kind === "node" ? `${value.label} ${variant.op}` : value.label;
       const detail = value.saved ? `${variant.type} · saved ${GraphExplorer.formatBytes(variant[4])}` : `${variant.type} · buf 9999`;
-      width = Math.max(width, this.measure(title), this.measure(detail));
+      width = Math.max(width, this.measure(title, "bold"), this.measure(detail));
     }
     return { w: Math.ceil(width + 18), h: 36 };
   }
@@ -47,11 +47,11 @@ GraphExplorer.Layout = class {
   size(item) {
     if (item.kind !== undefined && item.leaves === undefined) return this.leafSizes[item.index];  // a value
     if (!item.expanded) {
-      return { w: Math.ceil(Math.max(this.measure(item.name) + 30, this.statsWidth) + 20), h: 48 };
+      return { w: Math.ceil(Math.max(this.measure(item.name, "heading") + 30, this.statsWidth) + 20), h: 48 };
     }
     if (!this.layouts.has(item)) this.layoutContainer(item);  // opened while hidden (a search revealed it)
     const own = this.layouts.get(item);
-    return { w: Math.max(own.width + 2 * GraphExplorer.Layout.PAD, this.measure(item.name) + 240),
+    return { w: Math.max(own.width + 2 * GraphExplorer.Layout.PAD, this.measure(item.name, "heading") + 240),
              h: own.height + GraphExplorer.Layout.HEADER + GraphExplorer.Layout.PAD };
   }
 

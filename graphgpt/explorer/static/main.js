@@ -8,11 +8,17 @@ GraphExplorer.App = class {
     this.model = model;
     this.selected = null;
     const canvas = document.createElement("canvas").getContext("2d");
-    canvas.font = "11px 'DejaVu Sans', Arial, sans-serif";
     const cache = new Map();
-    this.measure = (text) => {
-      if (!cache.has(text)) cache.set(text, canvas.measureText(text).width);
-      return cache.get(text);
+    // text -> its width in pixels, in the style the drawing gives it (explorer.css): a leaf's name is bold, a
+    // box's name bold and larger, the rest plain. Measured in another style, a long name overran its box.
+    const fonts = { plain: "11px", bold: "bold 11px", heading: "bold 12px" };
+    this.measure = (text, style = "plain") => {
+      const key = `${style}\u0000${text}`;
+      if (!cache.has(key)) {
+        canvas.font = `${fonts[style]} 'DejaVu Sans', Arial, sans-serif`;
+        cache.set(key, canvas.measureText(text).width);
+      }
+      return cache.get(key);
     };
     this.buildPage();
     this.drawing = new GraphExplorer.Drawing(document.getElementById("graph"), document.getElementById("viewport"),

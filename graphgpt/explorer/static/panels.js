@@ -31,7 +31,7 @@ GraphExplorer.Panels = {
       view: `a view of ${other} (no memory of its own)`,
       into_param: `computed straight into parameter ${other}`,
       constant: "a constant (kept with the schedule)",
-      input: "a graph input (the caller's array)", param: "a parameter (the model's array)",
+      input: "a graph input (the caller's array)", param: "a parameter (an array the model or the optimizer holds)",
     }[kind] || kind;
     return `${GraphExplorer.escape(described)}, ${life}`;
   },
