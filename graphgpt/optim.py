@@ -102,12 +102,18 @@ class Optimizer:
         if members == self._joined_members:
             self.gather_joined_state()
             return
+        parameters = dict(self.named_params)
+        for names in members.values():
+            for name in names:
+                for slot in self.slots:
+                    _check_state(f"{slot}.{name}", self.state.get(f"{slot}.{name}"), parameters[name].shape,
+                                 parameters[name].dtype)
         self.joined, self._joined_members, self._joined_views = {}, members, []
         for run_name, names in members.items():
             for slot in self.slots:
                 tensors = [self.state[f"{slot}.{name}"] for name in names]
                 vector = Tensor(np.concatenate([tensor.data.reshape(-1) for tensor in tensors]),
-                                dtype=tensors[0].dtype)
+                                dtype=parameters[names[0]].dtype)
                 self.joined[f"{slot}.{run_name}"] = vector
                 offset = 0
                 for name, tensor in zip(names, tensors):
@@ -120,7 +126,8 @@ class Optimizer:
     def gather_joined_state(self) -> None:
         """Keep each joined vector the state of its parameters: a state tensor replaced since the last step
         (`optimizer.state[name] = ...`, or its .data assigned) is copied into its place in the vector and made a
-        view of it, so the next update, eager or compiled, reads it and writes its new value there."""
+        view of it, so the next update, eager or compiled, reads it and writes its new value there. One of another
+        shape or dtype than its parameter's is refused (ValueError), as a compiled run refuses a changed type."""
         names, tensors, views = self._joined_check
         if all(map(is_, map(self.state.get, names), tensors)) and all(map(is_, map(_DATA, tensors), views)):
             return  # checked at every step: C-level loops, ~3 us for the 74 of the `graphgpt train` GPT
@@ -129,10 +136,7 @@ class Optimizer:
             current = state.get(name)
             if current is tensor and current.data is view:
                 continue
-            if not isinstance(current, Tensor) or current.shape != view.shape:
-                got = f"shape {list(current.shape)}" if isinstance(current, Tensor) else type(current).__name__
-                raise ValueError(f"optimizer state {name!r} must stay a tensor of shape {list(view.shape)} "
-                                 f"(its parameter's), got {got}")
+            _check_state(name, current, view.shape, view.dtype)
             view[...] = current.data
             current.data = view
             self._joined_views[position] = (name, current, view)
@@ -301,6 +305,14 @@ class Optimizer:
         for name, tensor in self.state.items():
             if name in state:
                 tensor.data[...] = np.asarray(state[name], dtype=tensor.dtype)
+
+
+def _check_state(name: str, tensor, shape, dtype) -> None:
+    """ValueError unless a parameter's state tensor has the parameter's shape and dtype."""
+    if not isinstance(tensor, Tensor) or tensor.shape != tuple(shape) or tensor.dtype != dtype:
+        got = f"shape {list(tensor.shape)} of {tensor.dtype}" if isinstance(tensor, Tensor) else type(tensor).__name__
+        raise ValueError(f"optimizer state {name!r} must stay a tensor of shape {list(shape)} of {np.dtype(dtype)} "
+                         f"(its parameter's), got {got}")
 
 
 def _run_name(names: Sequence[str]) -> str:

@@ -84,17 +84,29 @@ def test_a_state_tensor_replaced_between_compiled_steps_is_read_and_updated(repl
     assert np.shares_memory(buffer, optimizer.joined[f"momentum_buffer.{RUN}"].data)
 
 
-def test_a_state_tensor_replaced_by_one_of_another_shape_is_refused_in_one_line():
+def test_a_state_tensor_replaced_by_one_of_another_shape_or_dtype_is_refused_in_one_line():
     optimizer = AdamW(lr=0.1)
     model, tokens, step = stepped_once(optimizer)
     optimizer.state["exp_avg.lm_head.weight"] = graphgpt.Tensor(np.zeros((3, 3), np.float32))
     with pytest.raises(graphgpt.ModelChangedError, match=r"optimizer state 'exp_avg.lm_head.weight' must stay a "
-                                                         r"tensor of shape \[12, 17\] \(its parameter's\), got "
-                                                         r"shape \[3, 3\]$"):
+                                                         r"tensor of shape \[12, 17\] of float32 \(its "
+                                                         r"parameter's\), got shape \[3, 3\] of float32$"):
+        step.run(tokens, tokens)
+    optimizer.state["exp_avg.lm_head.weight"] = graphgpt.Tensor(np.zeros((12, 17)), dtype="float64")
+    with pytest.raises(graphgpt.ModelChangedError, match=r"got shape \[12, 17\] of float64$"):
         step.run(tokens, tokens)
     F.cross_entropy(model(graphgpt.Tensor(tokens)), graphgpt.Tensor(tokens)).backward()
     with pytest.raises(ValueError, match="must stay a tensor of shape"):
         optimizer.step()
+
+
+def test_compiling_over_a_state_tensor_of_another_dtype_is_refused():
+    model, tokens = make_gpt(), make_tokens(17, 2, 8)
+    optimizer = AdamW(model.named_parameters(), lr=0.1)
+    optimizer.state["exp_avg_sq.ln_f.gamma"] = graphgpt.Tensor(np.zeros(12), dtype="float64")
+    with pytest.raises(ValueError, match=r"optimizer state 'exp_avg_sq.ln_f.gamma' must stay a tensor of shape \[12\] "
+                                         r"of float32 \(its parameter's\), got shape \[12\] of float64$"):
+        graphgpt.compile(model, tokens, tokens, loss=F.cross_entropy, optimizer=optimizer)
 
 
 def test_state_loaded_and_compiled_again_keeps_its_values():
