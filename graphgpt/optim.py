@@ -142,6 +142,10 @@ class Optimizer:
             self._joined_views[position] = (name, current, view)
         self._joined_check = tuple(map(tuple, zip(*self._joined_views))) or ((), (), ())
 
+    def _update_state(self) -> dict[str, Tensor]:
+        """The state update() may read, by name: each parameter's, the runs' joined vectors, and the shared ones."""
+        return {**self.state, **self.joined}
+
     def state_tensor(self, name: str) -> Optional[Tensor]:
         """The state tensor of a state name: a parameter's (`exp_avg.blocks.0.ln1.gamma`), a run's joined vector
         (`exp_avg.<token_embedding.weight to lm_head.weight>`), or the shared ones (`step`); None if none."""
@@ -258,7 +262,7 @@ class Optimizer:
             parameters = [Tensor(parameter.data, dtype=parameter.dtype) for _, parameter in reached]
             gradients = [Tensor(parameter.grad, dtype=parameter.dtype) for _, parameter in reached]
             new_parameters, new_state = self.update([name for name, _ in reached], parameters, gradients,
-                                                    {**self.state, **self.joined})
+                                                    self._update_state())
             for (_, parameter), new in zip(reached, new_parameters):
                 np.copyto(parameter.data, new.data)
             for name, new in new_state.items():
@@ -274,12 +278,12 @@ class Optimizer:
         if not self.named_params:
             raise RuntimeError("the optimizer has no parameters bound")
         return UpdateRule(type(self).__name__, tuple(name for name, _ in self.named_params),
-                          {name: tensor.type for name, tensor in {**self.state, **self.joined}.items()}, self.update)
+                          {name: tensor.type for name, tensor in self._update_state().items()}, self.update)
 
     def state_tensors(self) -> dict[str, Tensor]:
         """State by the graph parameter name it is bound to ('optimizer.step', 'optimizer.exp_avg.<param>', a
         joined vector 'optimizer.exp_avg.<first param to last param>')."""
-        return {STATE_PREFIX + name: tensor for name, tensor in {**self.state, **self.joined}.items()}
+        return {STATE_PREFIX + name: tensor for name, tensor in self._update_state().items()}
 
     # ---- saving and restoring ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -69,7 +69,7 @@ class StraightLineCode:
                 arguments.append(f"**a{slot}")
             if step.mode == VIEW and len(step.input_slots) == 1 and names[step.input_slots[0]] in stable:
                 # A view of an input or a parameter (or of such a view) stays the same while that array does:
-                # made again only when the array is another one (a run of `graphgpt train`'s combine makes 97).
+                # made again only when the array is another one (a run of `graphgpt train`'s combine makes 67).
                 source = names[step.input_slots[0]]
                 names[slot] = f"v{slot}"
                 namespace[f"k{slot}"] = [None, None]  # [the source array it was made of, the view]
